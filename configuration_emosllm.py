@@ -1,0 +1,174 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""EmoSLLM configuration: an audio encoder, an interface (adapter) and a causal LLM adapted with LoRA.
+
+The paper is "EmoSLLM: Parameter-Efficient Adaptation of LLMs for Speech Emotion Recognition" (arXiv 2508.14130).
+"""
+
+import math
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+DEFAULT_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
+
+DEFAULT_PROMPT = (
+    "Listen to the speech and name the emotion of the speaker. "
+    "Answer with one word from: {labels}."
+)
+
+# Audio encoders whose input is a log-mel spectrogram with a hop of 160 samples and a stride-2 convolution stem.
+WHISPER_LIKE = ("whisper",)
+MEL_HOP_LENGTH = 160
+
+
+class EmoSLLMConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`EmoSLLMForSpeechEmotionRecognition`].
+
+    audio_config (`dict` or `PreTrainedConfig`):
+        Config of the audio encoder: Whisper (its encoder is used), WavLM, HuBERT, wav2vec2 or any other
+        `AutoModel` audio encoder of the Hub. Defaults to Whisper tiny.en.
+    text_config (`dict` or `PreTrainedConfig`):
+        Config of the causal LLM. Defaults to SmolLM2-135M-Instruct (a Llama).
+    adapter_type (`str`):
+        The interface between encoder and LLM: `"qpmapper"` (the paper's Query Pooling Mapper, fixed `num_queries`
+        outputs per clip), `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of
+        `window_size` encoder frames) or `"mlp"` (an MLP over `stack_factor` stacked frames).
+    adapter_hidden_size, adapter_num_layers, adapter_num_heads (`int`):
+        Width, depth and heads of the qpmapper's transformer and of the Q-Former (the paper: 768, 2, 8).
+    num_queries (`int`): learned queries of the qpmapper (the paper: 32).
+    window_size, queries_per_window (`int`): the Q-Former's window of encoder frames and queries per window.
+    stack_factor (`int`): frames stacked into one LLM embedding by the MLP interface.
+    freeze_audio_encoder (`bool`): keep the audio encoder frozen (the paper does).
+    lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA on the LLM (`lora_rank=0`: no LoRA, the LLM is
+        frozen and only the interface trains).
+    classifier (`str`): `"verbalizer"` scores each class by the LLM's own output-embedding of the label's words at
+        the answer position; `"linear"` puts a new linear layer on the last hidden state instead.
+    prompt (`str`): the task text; `{labels}` is replaced by the comma-separated label names.
+    audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
+        embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
+    label_token_ids (`list[list[int]]`): token ids of each label's words (set from the tokenizer).
+    max_audio_seconds (`float`): longest clip the processor accepts; longer audio must be segmented (the pipeline
+        does it).
+    pad_audio_to_max_length (`bool`): pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of
+        the longest clip of the batch.
+    use_transcript (`str`): `"given"` puts a given transcript into the prompt, `"auto"` also transcribes clips
+        that come without one with `asr_model`, `"none"` never uses transcripts.
+    asr_model (`str`): Whisper used for automatic transcripts.
+    """
+
+    model_type = "emosllm"
+    sub_configs_defaults = {
+        "audio_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="whisper",
+            init_kwargs={
+                "d_model": 384,
+                "encoder_layers": 4,
+                "encoder_attention_heads": 6,
+                "encoder_ffn_dim": 1536,
+                "num_mel_bins": 80,
+                "vocab_size": 51864,
+            },
+        ),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="llama",
+            init_kwargs={
+                "hidden_size": 576,
+                "intermediate_size": 1536,
+                "num_hidden_layers": 30,
+                "num_attention_heads": 9,
+                "num_key_value_heads": 3,
+                "vocab_size": 49152,
+                "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-5,
+                "tie_word_embeddings": True,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+        ),
+    }
+
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    adapter_type: Literal["qpmapper", "qformer", "mlp"] = "qpmapper"
+    adapter_hidden_size: int = 768
+    adapter_num_layers: int = 2
+    adapter_num_heads: int = 8
+    num_queries: int = 32
+    window_size: int = 15
+    queries_per_window: int = 3
+    stack_factor: int = 8
+    freeze_audio_encoder: bool = True
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | str = "all-linear"
+    classifier: Literal["verbalizer", "linear"] = "verbalizer"
+    prompt: str = DEFAULT_PROMPT
+    audio_token: str = "<|audio|>"
+    audio_token_id: int | None = None
+    label_token_ids: list[list[int]] | None = None
+    max_audio_seconds: float = 30.0
+    pad_audio_to_max_length: bool = False
+    use_transcript: Literal["given", "auto", "none"] = "given"
+    asr_model: str = "openai/whisper-tiny.en"
+
+    def __post_init__(self, **kwargs):
+        if self.id2label is None and "num_labels" not in kwargs:
+            self.id2label = dict(enumerate(DEFAULT_LABELS))
+        super().__post_init__(**kwargs)
+        self.label2id = {label: i for i, label in self.id2label.items()}
+        if self.label_token_ids is not None and len(self.label_token_ids) != self.num_labels:
+            raise ValueError(
+                f"label_token_ids has {len(self.label_token_ids)} entries but there are {self.num_labels} labels; "
+                "rebuild the processor and config together (EmoSLLMProcessor.from_backbones)."
+            )
+        if self.is_whisper_encoder:
+            max_positions = self.audio_config.max_source_positions
+            if self.max_audio_seconds * 16000 // MEL_HOP_LENGTH > 2 * max_positions:
+                raise ValueError(
+                    f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window "
+                    f"({2 * max_positions * MEL_HOP_LENGTH / 16000:g} s)."
+                )
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names in id order."""
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def is_whisper_encoder(self) -> bool:
+        return self.audio_config.model_type in WHISPER_LIKE
+
+    def num_encoder_frames(self, num_samples: int) -> int:
+        """Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames)."""
+        if self.is_whisper_encoder:
+            mel_frames = max(num_samples // MEL_HOP_LENGTH, 1)
+            return (mel_frames - 1) // 2 + 1  # conv2: kernel 3, stride 2, padding 1
+        # wav2vec2 family: a stack of 1-D convolutions without padding
+        length = num_samples
+        for kernel, stride in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride):
+            length = (length - kernel) // stride + 1
+        return max(length, 0)
+
+    def num_audio_embeddings(self, num_samples: int) -> int:
+        """
+        Number of audio embeddings the interface gives the LLM for a clip of `num_samples` samples at 16 kHz.
+
+        This is the one place that decides it: the processor repeats the audio placeholder this many times and the
+        model checks that its interface produced as many.
+        """
+        if self.adapter_type == "qpmapper":
+            return self.num_queries
+        frames = self.num_encoder_frames(num_samples)
+        if self.adapter_type == "qformer":
+            return math.ceil(frames / self.window_size) * self.queries_per_window
+        return math.ceil(frames / self.stack_factor)
+
+
+EmoSLLMConfig.register_for_auto_class()
+
+__all__ = ["EmoSLLMConfig"]

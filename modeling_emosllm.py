@@ -1,0 +1,373 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+EmoSLLM: an audio encoder, an interface (adapter) and a LoRA-adapted causal LLM for speech emotion recognition.
+
+Where things happen, each in one place:
+- audio becomes embeddings: `EmoSLLMForSpeechEmotionRecognition.get_audio_embeddings` (encoder, then interface);
+- audio embeddings enter the LLM: `EmoSLLMForSpeechEmotionRecognition.merge_audio_embeddings` (`masked_scatter`);
+- class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
+    from .configuration_emosllm import EmoSLLMConfig
+except ImportError:
+    from configuration_emosllm import EmoSLLMConfig
+
+
+@dataclass
+class SpeechEmotionOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor` of shape `()`): cross-entropy over the emotion classes, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): one score per class; softmax gives probabilities.
+    audio_embeddings (`torch.FloatTensor` of shape `(batch, num_audio_embeddings, llm_hidden)`): interface output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    audio_embeddings: torch.FloatTensor | None = None
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
+    """`(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class EmoSLLMAudioEncoder(nn.Module):
+    """
+    The pretrained audio encoder plus a learned softmax-weighted average of its layers (SUPERB-style: emotion lives
+    in the middle layers as much as in the last one).
+
+    Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
+    for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
+    Output: frames `(batch, frames, encoder_hidden)` and their validity mask `(batch, frames)`.
+    """
+
+    def __init__(self, config: EmoSLLMConfig):
+        super().__init__()
+        self.config = config
+        audio_config = config.audio_config
+        if config.is_whisper_encoder:
+            self.encoder = WhisperEncoder(audio_config)
+            num_layers = audio_config.encoder_layers
+        else:
+            audio_config.layerdrop = 0.0  # the layer-weighted average needs every layer's output
+            self.encoder = AutoModel.from_config(audio_config)
+            num_layers = audio_config.num_hidden_layers
+        self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
+        self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
+
+    def _whisper_hidden_states(self, input_features: torch.Tensor) -> list[torch.Tensor]:
+        # Written by hand because WhisperEncoder.forward insists on exactly 30 s of mel frames; the same layers run
+        # here on the batch's own length, with the positional table cut to it (identical at full length, tested).
+        encoder = self.encoder
+        hidden = F.gelu(encoder.conv1(input_features))
+        hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        if hidden.shape[1] > encoder.embed_positions.num_embeddings:
+            raise ValueError(
+                f"{hidden.shape[1]} encoder frames exceed Whisper's {encoder.embed_positions.num_embeddings} positions;"
+                " cut the audio into segments of at most max_audio_seconds."
+            )
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        states = [hidden]
+        for layer in encoder.layers:
+            hidden = layer(hidden, None)
+            states.append(hidden)
+        states[-1] = encoder.layer_norm(hidden)
+        return states
+
+    def forward(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.config.is_whisper_encoder:
+            states = self._whisper_hidden_states(input_features)
+        else:
+            attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
+            states = self.encoder(input_features, attention_mask=attention_mask, output_hidden_states=True)
+            states = states.hidden_states
+        weights = torch.softmax(self.layer_weights, dim=0)
+        frames = torch.einsum("l,lbtd->btd", weights.to(states[0].dtype), torch.stack(states))
+        num_frames = torch.tensor(
+            [self.config.num_encoder_frames(int(n)) for n in audio_lengths], device=frames.device
+        ).clamp(max=frames.shape[1])
+        return frames, lengths_to_mask(num_frames, frames.shape[1])
+
+
+class EmoSLLMQueryPoolingMapper(nn.Module):
+    """
+    The paper's Query Pooling Mapper: `num_queries` learned queries are concatenated to the encoder frames, a small
+    transformer encoder runs over the whole, and only the query positions are kept and projected to the LLM width.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        width = config.adapter_hidden_size
+        self.input_proj = nn.Linear(encoder_hidden, width)
+        self.queries = nn.Parameter(torch.zeros(1, config.num_queries, width))
+        layer = nn.TransformerEncoderLayer(
+            width, config.adapter_num_heads, 4 * width, dropout=0.1, activation="gelu", batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.adapter_num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.output_proj = nn.Linear(width, config.text_config.hidden_size)
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_queries = frames.shape[0], self.queries.shape[1]
+        hidden = torch.cat([self.queries.expand(batch, -1, -1), self.input_proj(frames)], dim=1)
+        query_mask = frame_mask.new_ones(batch, num_queries)
+        hidden = self.transformer(hidden, src_key_padding_mask=~torch.cat([query_mask, frame_mask], dim=1))
+        return self.output_proj(self.norm(hidden[:, :num_queries])), query_mask
+
+
+class EmoSLLMWindowQFormer(nn.Module):
+    """
+    Window-level Q-Former (SALMONN; transformers' Granite Speech projector): `queries_per_window` learned queries
+    cross-attend to each window of `window_size` encoder frames.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, windows * queries_per_window, llm_hidden)`; grows with the audio.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+        width = config.adapter_hidden_size
+        self.window_size = config.window_size
+        self.queries = nn.Parameter(torch.zeros(1, config.queries_per_window, width))
+        qformer_config = Blip2QFormerConfig(
+            hidden_size=width, num_hidden_layers=config.adapter_num_layers,
+            num_attention_heads=config.adapter_num_heads, intermediate_size=4 * width,
+            encoder_hidden_size=encoder_hidden, cross_attention_frequency=1,
+        )
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.output_proj = nn.Linear(width, config.text_config.hidden_size)
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_frames, dim = frames.shape
+        num_windows = -(-num_frames // self.window_size)
+        pad = num_windows * self.window_size - num_frames
+        windows = F.pad(frames, (0, 0, 0, pad)).reshape(batch * num_windows, self.window_size, dim)
+        window_mask = F.pad(frame_mask, (0, pad)).reshape(batch * num_windows, self.window_size)
+        # An all-padding window still gets computed (its output is masked out below); keep its attention finite.
+        window_mask = window_mask | ~window_mask.any(dim=1, keepdim=True)
+        queries = self.queries.expand(batch * num_windows, -1, -1)
+        hidden = self.qformer(
+            query_embeds=queries, encoder_hidden_states=windows, encoder_attention_mask=window_mask.long()
+        ).last_hidden_state
+        embeddings = self.output_proj(hidden).reshape(batch, num_windows * queries.shape[1], -1)
+        valid_windows = F.pad(frame_mask, (0, pad)).reshape(batch, num_windows, self.window_size).any(dim=-1)
+        return embeddings, valid_windows.repeat_interleave(queries.shape[1], dim=1)
+
+
+class EmoSLLMFrameStackMLP(nn.Module):
+    """
+    Ultravox-style projector: `stack_factor` consecutive frames are stacked and mapped by an MLP.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, ceil(frames / stack_factor), llm_hidden)`.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        self.stack_factor = config.stack_factor
+        self.norm = nn.LayerNorm(encoder_hidden * self.stack_factor)
+        self.mlp = nn.Sequential(
+            nn.Linear(encoder_hidden * self.stack_factor, config.adapter_hidden_size),
+            nn.GELU(),
+            nn.Linear(config.adapter_hidden_size, config.text_config.hidden_size),
+        )
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_frames, dim = frames.shape
+        pad = -num_frames % self.stack_factor
+        stacked = F.pad(frames * frame_mask[..., None], (0, 0, 0, pad)).reshape(batch, -1, dim * self.stack_factor)
+        mask = F.pad(frame_mask, (0, pad)).reshape(batch, -1, self.stack_factor).any(dim=-1)
+        return self.mlp(self.norm(stacked)), mask
+
+
+ADAPTERS = {"qpmapper": EmoSLLMQueryPoolingMapper, "qformer": EmoSLLMWindowQFormer, "mlp": EmoSLLMFrameStackMLP}
+
+
+class EmoSLLMPreTrainedModel(PreTrainedModel):
+    config: EmoSLLMConfig
+    config_class = EmoSLLMConfig
+    base_model_prefix = ""
+    main_input_name = "input_features"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (EmoSLLMQueryPoolingMapper, EmoSLLMWindowQFormer)):
+            nn.init.normal_(module.queries, std=0.02)
+        elif isinstance(module, EmoSLLMAudioEncoder):
+            nn.init.zeros_(module.layer_weights)
+
+
+class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
+    """
+    Audio encoder -> interface -> LLM (with LoRA) -> one score per emotion class.
+
+    The prompt (built by `EmoSLLMProcessor`) holds the task text, any transcript or other text features, and one
+    audio placeholder per audio embedding; the class scores are read at the last prompt position, where the LLM
+    would start its answer.
+    """
+
+    def __init__(self, config: EmoSLLMConfig):
+        super().__init__(config)
+        if config.audio_token_id is None or (config.classifier == "verbalizer" and config.label_token_ids is None):
+            raise ValueError(
+                "The config has no audio_token_id/label_token_ids: build config and processor together with "
+                "EmoSLLMProcessor.from_backbones(...) (or load a saved EmoSLLM folder)."
+            )
+        self.audio_encoder = EmoSLLMAudioEncoder(config)
+        self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.hidden_size)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if config.lora_rank > 0:
+            lora = LoraConfig(
+                r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+            )
+            inject_adapter_in_model(lora, self.language_model)
+        if config.classifier == "linear":
+            self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
+        self.post_init()
+        self.freeze_backbones()
+        self.train(self.training)
+        # `save_pretrained` writes the AutoModelForAudioClassification entry; plain AutoModel loads the same class.
+        self.config.auto_map = {**getattr(self.config, "auto_map", {}), "AutoModel": f"{__name__.split('.')[-1]}.{type(self).__name__}"}
+
+    @classmethod
+    def from_backbones(cls, config: EmoSLLMConfig, audio_encoder: str, llm: str) -> "EmoSLLMForSpeechEmotionRecognition":
+        """
+        A new EmoSLLM whose audio encoder and LLM carry the pretrained weights in the folders (or Hub ids)
+        `audio_encoder` and `llm`; the interface and LoRA start fresh. Build `config` with
+        `EmoSLLMProcessor.from_backbones` on the same names.
+        """
+        model = cls(config)
+        encoder = AutoModel.from_pretrained(audio_encoder, dtype=torch.float32)
+        encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
+        model.audio_encoder.encoder.load_state_dict(encoder.state_dict())
+        weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
+        missing, unexpected = model.language_model.load_state_dict(weights, strict=False)
+        missing = [name for name in missing if "lora_" not in name]
+        if missing or unexpected:
+            raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        model.freeze_backbones()
+        return model
+
+    def freeze_backbones(self) -> None:
+        """Only the interface, the encoder's layer weights, LoRA and a linear classifier train (the paper)."""
+        for name, param in self.named_parameters():
+            in_llm = name.startswith("language_model.")
+            in_encoder = name.startswith("audio_encoder.encoder.")
+            frozen = (in_llm and "lora_" not in name) or (in_encoder and self.config.freeze_audio_encoder)
+            param.requires_grad_(not frozen)
+
+    def train(self, mode: bool = True) -> "EmoSLLMForSpeechEmotionRecognition":
+        super().train(mode)
+        if self.config.freeze_audio_encoder:
+            self.audio_encoder.encoder.eval()  # a frozen encoder gives the same frames in training and inference
+        return self
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def label_vectors(self) -> torch.Tensor:
+        """The verbalizer: `(num_labels, llm_hidden)`, each class the mean output embedding of its label's tokens."""
+        output_embeddings = self.language_model.get_output_embeddings().weight
+        return torch.stack([output_embeddings[ids].mean(dim=0) for ids in self.config.label_token_ids])
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_audio_embeddings(
+        self, input_features: torch.Tensor, audio_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
+        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
+        """
+        frames, frame_mask = self.audio_encoder(input_features, audio_lengths)
+        return self.adapter(frames, frame_mask)
+
+    def merge_audio_embeddings(
+        self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Token embeddings `(batch, seq, llm_hidden)` with the audio placeholders replaced by the audio embeddings."""
+        placeholder = input_ids == self.config.audio_token_id
+        expected, produced = placeholder.sum(dim=1), audio_mask.sum(dim=1)
+        if not torch.equal(expected, produced):
+            raise ValueError(
+                f"The prompt has {expected.tolist()} audio placeholders per clip but the interface produced "
+                f"{produced.tolist()} embeddings: the processor and the model do not match. Load both from the same "
+                "folder (EmoSLLMProcessor.from_pretrained / AutoProcessor)."
+            )
+        # The placeholder id may lie outside the LLM's vocabulary; it is looked up as token 0 and then overwritten.
+        embeddings = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
+        audio = audio_embeddings[audio_mask].to(embeddings.dtype)
+        return embeddings.masked_scatter(placeholder[..., None].expand_as(embeddings), audio)
+
+    def _llm_inputs(self, input_ids, attention_mask, input_features, audio_lengths) -> dict:
+        audio_embeddings, audio_mask = self.get_audio_embeddings(input_features, audio_lengths)
+        inputs_embeds = self.merge_audio_embeddings(input_ids, audio_embeddings, audio_mask)
+        # Prompts are left-padded; positions count real tokens only.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids}, (
+            audio_embeddings
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        input_features: torch.Tensor,
+        audio_lengths: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SpeechEmotionOutput:
+        r"""
+        input_ids, attention_mask (`(batch, seq)`): the left-padded prompt with audio placeholders.
+        input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
+        audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
+        labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss`.
+        """
+        llm_inputs, audio_embeddings = self._llm_inputs(input_ids, attention_mask, input_features, audio_lengths)
+        hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
+        if self.config.classifier == "linear":
+            logits = self.classifier(hidden)
+        else:
+            logits = hidden @ self.label_vectors().T.to(hidden.dtype)
+        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SpeechEmotionOutput(loss=loss, logits=logits, audio_embeddings=audio_embeddings)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor,
+        input_features: torch.Tensor,
+        audio_lengths: torch.LongTensor,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Free-text answer from the LLM (new tokens only), e.g. `max_new_tokens=5`."""
+        llm_inputs, _ = self._llm_inputs(input_ids, attention_mask, input_features, audio_lengths)
+        llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
+        return self.language_model.generate(**llm_inputs, **generate_kwargs)
+
+
+EmoSLLMForSpeechEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
+
+__all__ = ["EmoSLLMForSpeechEmotionRecognition", "EmoSLLMPreTrainedModel"]

@@ -1,0 +1,92 @@
+"""Tiny random backbones and a tiny offline tokenizer, as transformers' own model tests use."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Wav2Vec2Config,
+    Wav2Vec2FeatureExtractor,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+
+from configuration_emosllm import DEFAULT_PROMPT  # noqa: E402
+from processing_emosllm import EmoSLLMProcessor  # noqa: E402
+
+LABELS = ["neutral", "happy", "sad", "angry"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|user|> {{ m['content'] }} <|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer trained on the prompt's own words, so prompts stay short and tests run offline."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [DEFAULT_PROMPT, " ".join(LABELS), 'Transcript: "kids are talking by the door" Gender: female.']
+    trainer = trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<|user|>", "<|end|>", "<|assistant|>"])
+    tokenizer.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>", eos_token="<|end|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def tiny_llm_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=1,
+        bos_token_id=None, eos_token_id=3, initializer_range=0.1,
+    )
+
+
+def tiny_audio(encoder: str):
+    """(audio_config, feature_extractor) of a tiny random Whisper or wav2vec2 encoder."""
+    if encoder == "whisper":
+        config = WhisperConfig(
+            d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64, decoder_layers=1,
+            pad_token_id=0, bos_token_id=0, eos_token_id=0, decoder_start_token_id=0,
+            decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=16, vocab_size=100,
+            max_source_positions=1500, max_target_positions=32, init_std=0.2,
+        )
+        return config, WhisperFeatureExtractor(feature_size=16)
+    config = Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10,
+    )
+    return config, Wav2Vec2FeatureExtractor(return_attention_mask=True)
+
+
+ADAPTER_SIZES = {"adapter_hidden_size": 32, "adapter_num_heads": 2, "num_queries": 4, "window_size": 5,
+                 "queries_per_window": 2, "stack_factor": 4}
+
+
+def tiny_processor(encoder: str = "whisper", adapter: str = "qpmapper", **config_kwargs) -> EmoSLLMProcessor:
+    audio_config, feature_extractor = tiny_audio(encoder)
+    tokenizer = tiny_tokenizer()
+    kwargs = {**ADAPTER_SIZES, "adapter_type": adapter, "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+              **config_kwargs}
+    return EmoSLLMProcessor.build(
+        feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)), labels=LABELS, **kwargs
+    )
+
+
+def tone(seconds: float, frequency: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """A noisy sine tone: audio that differs by class without any real speech."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.5 * np.sin(2 * np.pi * frequency * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+@pytest.fixture
+def processor() -> EmoSLLMProcessor:
+    return tiny_processor()

@@ -1,0 +1,209 @@
+"""EmoSLLM on tiny random backbones: shapes, audio placeholders, what trains, overfitting, errors, Hub round trip."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELS, tiny_processor, tone
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+ENCODERS = ["whisper", "wav2vec2"]
+ADAPTERS = ["qpmapper", "qformer", "mlp"]
+
+
+def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
+    processor = tiny_processor(encoder, adapter, **kwargs)
+    torch.manual_seed(seed)
+    return processor, EmoSLLMForSpeechEmotionRecognition(processor.config)
+
+
+def batch_of_lengths(processor, seconds=(0.7, 1.9, 3.1)):
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate(seconds)]
+    return processor(audios, labels=LABELS[: len(audios)]), audios
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_shapes_and_placeholders_match_interface(encoder, adapter):
+    processor, model = make(encoder, adapter)
+    batch, audios = batch_of_lengths(processor)
+    placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
+    _, audio_mask = model.get_audio_embeddings(batch["input_features"], batch["audio_lengths"])
+    assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
+    assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
+    if adapter == "qpmapper":
+        assert set(placeholders.tolist()) == {processor.config.num_queries}
+    else:  # grows with the audio
+        assert placeholders[0] < placeholders[1] < placeholders[2]
+    output = model(**batch)
+    assert output.logits.shape == (3, len(LABELS))
+    assert output.loss.shape == () and torch.isfinite(output.loss)
+    assert output.audio_embeddings.shape[-1] == processor.config.text_config.hidden_size
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_gradients_reach_only_interface_and_lora(adapter):
+    processor, model = make("whisper", adapter)
+    batch, _ = batch_of_lengths(processor)
+    model.train()
+    model(**batch).loss.backward()
+    for name, param in model.named_parameters():
+        trainable = name.startswith("adapter.") or "lora_" in name or name == "audio_encoder.layer_weights"
+        assert param.requires_grad == trainable, name
+        assert (param.grad is not None) == trainable, name
+    # LoRA's B starts at zero, so the signal shows on B (and on every interface weight) at the first step.
+    lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(g.abs().sum() > 0 for g in lora_b)
+    assert model.adapter.output_proj.weight.grad.abs().sum() > 0 if adapter != "mlp" else True
+    trainable, total = model.trainable_parameters()
+    expected = sum(p.numel() for n, p in model.named_parameters()
+                   if n.startswith("adapter.") or "lora_" in n or n == "audio_encoder.layer_weights")
+    assert trainable == expected < total
+
+
+def test_no_lora_trains_only_the_interface():
+    processor, model = make(lora_rank=0)
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    assert all(n.startswith(("adapter.", "audio_encoder.layer_weights")) for n, p in model.named_parameters()
+               if p.requires_grad)
+
+
+def test_frozen_encoder_stays_in_eval_mode():
+    _, model = make("wav2vec2")
+    model.train()
+    assert not model.audio_encoder.encoder.training and model.adapter.training
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_overfits_eight_clips(encoder):
+    processor, model = make(encoder, "qpmapper", seed=1)
+    frequencies = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
+    audios, labels = [], []
+    for i, label in enumerate(LABELS * 2):
+        audios.append(tone(0.8 + 0.1 * i, frequencies[label], seed=i))
+        labels.append(label)
+    batch = processor(audios, labels=labels)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(40):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1)
+    assert predictions.tolist() == batch["labels"].tolist()
+
+
+def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
+    processor, model = make("whisper")
+    model.eval()
+    features = torch.randn(1, 16, 3000)
+    ours = model.audio_encoder._whisper_hidden_states(features)
+    reference = WhisperEncoder.forward(model.audio_encoder.encoder, features, output_hidden_states=True)
+    torch.testing.assert_close(ours[-1], reference.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert len(ours) == len(reference.hidden_states)
+
+
+def test_padding_to_max_length_gives_same_placeholders():
+    processor, _ = make("whisper", "mlp", pad_audio_to_max_length=True, max_audio_seconds=4.0)
+    batch, audios = batch_of_lengths(processor)
+    assert batch["input_features"].shape[-1] == 400  # 4 s of 10 ms mel frames
+    placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
+    assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
+
+
+def test_linear_classifier_option():
+    processor, model = make(classifier="linear")
+    batch, _ = batch_of_lengths(processor)
+    assert model(**batch).logits.shape == (3, len(LABELS))
+    assert model.classifier.weight.requires_grad
+
+
+def test_generate_writes_free_text():
+    processor, model = make()
+    batch, _ = batch_of_lengths(processor, (1.0,))
+    batch.pop("labels")
+    tokens = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert tokens.shape[0] == 1 and 1 <= tokens.shape[1] <= 3
+
+
+def test_mismatched_processor_and_model_raise():
+    processor, _ = make(num_queries=4)
+    _, model = make(num_queries=6)
+    batch, _ = batch_of_lengths(processor)
+    with pytest.raises(ValueError, match="processor and the model do not match"):
+        model(**batch)
+
+
+def test_model_needs_tokenizer_ids():
+    processor, _ = make()
+    config = processor.config
+    config.audio_token_id = None
+    with pytest.raises(ValueError, match="from_backbones"):
+        EmoSLLMForSpeechEmotionRecognition(config)
+
+
+ROUND_TRIP = textwrap.dedent(
+    """
+    import json, sys, numpy as np, torch
+    from transformers import AutoConfig, AutoModel, AutoModelForAudioClassification, AutoProcessor
+    folder, data = sys.argv[1], np.load(sys.argv[2])
+    try:
+        import modeling_emosllm  # must not be importable here: the code has to come from the folder
+        raise SystemExit("project importable")
+    except ImportError:
+        pass
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    batch = processor([data["a"], data["b"]], sampling_rate=16000, transcript=["kids are talking", None])
+    results = {"config": type(config).__name__, "processor": type(processor).__name__}
+    for auto in (AutoModel, AutoModelForAudioClassification):
+        model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            results[auto.__name__] = model(**batch).logits.tolist()
+        results[auto.__name__ + "_class"] = type(model).__name__
+    print(json.dumps(results))
+    """
+)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_save_and_load_in_fresh_process(tmp_path, adapter):
+    processor, model = make("whisper", adapter)
+    model.eval()
+    audios = [tone(1.3, 300), tone(2.2, 600, seed=3)]
+    batch = processor(audios, transcript=["kids are talking", None])
+    with torch.no_grad():
+        expected = model(**batch).logits
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    processor.save_pretrained(saved)
+    config = json.loads((saved / "config.json").read_text())
+    assert set(config["auto_map"]) >= {"AutoConfig", "AutoModel", "AutoModelForAudioClassification"}
+    assert (saved / "model.safetensors").exists() and (saved / "configuration_emosllm.py").exists()
+    elsewhere = tmp_path / "elsewhere" / "emosllm-copy"
+    shutil.copytree(saved, elsewhere)
+    np.savez(tmp_path / "audio.npz", a=audios[0], b=audios[1])
+    (tmp_path / "check.py").write_text(ROUND_TRIP)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    run = subprocess.run(
+        [sys.executable, "check.py", str(elsewhere), "audio.npz"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert results["config"] == "EmoSLLMConfig" and results["processor"] == "EmoSLLMProcessor"
+    for auto in ("AutoModel", "AutoModelForAudioClassification"):
+        assert results[auto + "_class"] == "EmoSLLMForSpeechEmotionRecognition"
+        torch.testing.assert_close(torch.tensor(results[auto]), expected, atol=1e-5, rtol=0)

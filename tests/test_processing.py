@@ -1,0 +1,77 @@
+"""EmoSLLMProcessor: audio checks, resampling, down-mixing, prompts, labels."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELS, tone
+
+
+def test_prompt_has_task_transcript_features_and_placeholders(processor):
+    batch = processor(tone(1.0, 300), transcript="kids are talking by the door", text_features={"gender": "female"})
+    text = processor.tokenizer.decode(batch["input_ids"][0])
+    assert "talking" in text and "female" in text and "emotion" in text
+    for label in LABELS:
+        assert label in text
+    assert (batch["input_ids"][0] == processor.config.audio_token_id).sum() == processor.config.num_queries
+
+
+def test_transcript_not_used_when_config_says_none():
+    from conftest import tiny_processor
+
+    processor = tiny_processor(use_transcript="none")
+    batch = processor(tone(1.0, 300), transcript="kids are talking by the door")
+    assert "talking" not in processor.tokenizer.decode(batch["input_ids"][0])
+
+
+def test_stereo_is_mixed_down(processor):
+    mono = tone(1.0, 300)
+    stereo_first = np.stack([mono, mono])
+    stereo_last = stereo_first.T.copy()
+    reference = processor(mono)["input_features"]
+    for stereo in (stereo_first, stereo_last):
+        torch.testing.assert_close(processor(stereo)["input_features"], reference)
+
+
+def test_other_rates_are_resampled(processor):
+    clip_16k = tone(1.0, 300, rate=16000)
+    clip_8k = tone(1.0, 300, rate=8000)
+    prepared = processor.prepare_audio(clip_8k, 8000)
+    assert prepared.shape == clip_16k.shape
+    spectrum = np.abs(np.fft.rfft(prepared))
+    assert abs(np.argmax(spectrum) * 16000 / len(prepared) - 300) < 2  # the tone stays at 300 Hz
+
+
+def test_left_padding_keeps_prompts_aligned_at_the_end(processor):
+    batch = processor([tone(0.5, 300), tone(1.0, 300)], transcript=["kids are talking by the door", None])
+    assert batch["attention_mask"][:, -1].tolist() == [1, 1]
+    assert batch["attention_mask"][1, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "audio, message",
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(16000, dtype=np.float32), "silent"),
+        (np.full(16000, np.nan, dtype=np.float32), "NaN"),
+        (np.ones((2, 2, 100), dtype=np.float32), "shape"),
+        ((tone(1.0, 300) * 32767).astype(np.int16), "dtype"),
+        (tone(31.0, 300), "longer than"),
+    ],
+)
+def test_bad_audio_raises_clear_error(processor, audio, message):
+    with pytest.raises(ValueError, match=message):
+        processor(audio)
+
+
+def test_bad_member_of_batch_is_named(processor):
+    with pytest.raises(ValueError, match=r"audio\[1\].*silent"):
+        processor([tone(1.0, 300), np.zeros(1000, dtype=np.float32)])
+
+
+def test_labels(processor):
+    batch = processor([tone(1.0, 300), tone(1.0, 400)], labels=["sad", 0])
+    assert batch["labels"].tolist() == [LABELS.index("sad"), 0]
+    with pytest.raises(ValueError, match="Unknown label 'bored'"):
+        processor(tone(1.0, 300), labels="bored")
+    with pytest.raises(ValueError, match="one per clip"):
+        processor([tone(1.0, 300), tone(1.0, 400)], labels=["sad"])
