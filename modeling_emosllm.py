@@ -85,15 +85,27 @@ class EmoSLLMAudioEncoder(nn.Module):
         states[-1] = encoder.layer_norm(hidden)
         return states
 
-    def forward(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
+        """Every layer's output of the pretrained encoder: `(batch, num_layers + 1, frames, encoder_hidden)`."""
         if self.config.is_whisper_encoder:
             states = self._whisper_hidden_states(input_features)
         else:
             attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
             states = self.encoder(input_features, attention_mask=attention_mask, output_hidden_states=True)
             states = states.hidden_states
-        weights = torch.softmax(self.layer_weights, dim=0)
-        frames = torch.einsum("l,lbtd->btd", weights.to(states[0].dtype), torch.stack(states))
+        return torch.stack(states, dim=1)
+
+    def forward(
+        self,
+        audio_lengths: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        encoder_layer_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
+        if encoder_layer_states is None:
+            encoder_layer_states = self.layer_states(input_features, audio_lengths)
+        weights = torch.softmax(self.layer_weights, dim=0).to(encoder_layer_states.dtype)
+        frames = torch.einsum("l,bltd->btd", weights, encoder_layer_states)
         num_frames = torch.tensor(
             [self.config.num_encoder_frames(int(n)) for n in audio_lengths], device=frames.device
         ).clamp(max=frames.shape[1])
@@ -294,13 +306,16 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return self.language_model.get_input_embeddings()
 
     def get_audio_embeddings(
-        self, input_features: torch.Tensor, audio_lengths: torch.Tensor
+        self,
+        audio_lengths: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        encoder_layer_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
         `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
         """
-        frames, frame_mask = self.audio_encoder(input_features, audio_lengths)
+        frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
         return self.adapter(frames, frame_mask)
 
     def merge_audio_embeddings(
@@ -320,8 +335,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio = audio_embeddings[audio_mask].to(embeddings.dtype)
         return embeddings.masked_scatter(placeholder[..., None].expand_as(embeddings), audio)
 
-    def _llm_inputs(self, input_ids, attention_mask, input_features, audio_lengths) -> dict:
-        audio_embeddings, audio_mask = self.get_audio_embeddings(input_features, audio_lengths)
+    def _llm_inputs(self, input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states) -> tuple:
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         inputs_embeds = self.merge_audio_embeddings(input_ids, audio_embeddings, audio_mask)
         # Prompts are left-padded; positions count real tokens only.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -333,8 +348,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor,
-        input_features: torch.Tensor,
         audio_lengths: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        encoder_layer_states: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SpeechEmotionOutput:
@@ -342,9 +358,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         input_ids, attention_mask (`(batch, seq)`): the left-padded prompt with audio placeholders.
         input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
         audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
+        encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
+            outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
         labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss`.
         """
-        llm_inputs, audio_embeddings = self._llm_inputs(input_ids, attention_mask, input_features, audio_lengths)
+        llm_inputs, audio_embeddings = self._llm_inputs(
+            input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states
+        )
         hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
         if self.config.classifier == "linear":
             logits = self.classifier(hidden)
@@ -358,12 +378,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.LongTensor,
-        input_features: torch.Tensor,
         audio_lengths: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        encoder_layer_states: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Free-text answer from the LLM (new tokens only), e.g. `max_new_tokens=5`."""
-        llm_inputs, _ = self._llm_inputs(input_ids, attention_mask, input_features, audio_lengths)
+        llm_inputs, _ = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
         return self.language_model.generate(**llm_inputs, **generate_kwargs)
 

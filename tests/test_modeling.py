@@ -36,7 +36,7 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     processor, model = make(encoder, adapter)
     batch, audios = batch_of_lengths(processor)
     placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
-    _, audio_mask = model.get_audio_embeddings(batch["input_features"], batch["audio_lengths"])
+    _, audio_mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
     assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
     if adapter == "qpmapper":
@@ -102,6 +102,17 @@ def test_overfits_eight_clips(encoder):
     with torch.no_grad():
         predictions = model(**batch).logits.argmax(-1)
     assert predictions.tolist() == batch["labels"].tolist()
+
+
+def test_cached_encoder_states_give_the_same_logits():
+    processor, model = make("wav2vec2", "qformer")
+    model.eval()
+    batch, _ = batch_of_lengths(processor)
+    with torch.no_grad():
+        states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+        direct = model(**batch).logits
+        cached = model(**{k: v for k, v in batch.items() if k != "input_features"}, encoder_layer_states=states).logits
+    torch.testing.assert_close(cached, direct)
 
 
 def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
