@@ -146,8 +146,11 @@ class EmoSLLMConfig(PreTrainedConfig):
     def num_encoder_frames(self, num_samples: int) -> int:
         """Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames)."""
         if self.is_whisper_encoder:
-            mel_frames = max(num_samples // MEL_HOP_LENGTH, 1)
-            return (mel_frames - 1) // 2 + 1  # conv2: kernel 3, stride 2, padding 1
+            # Two 3-wide convolutions (the second with stride 2) put mel frames 2j-2..2j+2 into encoder frame j; the
+            # last mel frame's STFT window reaches past the clip. Frames that see it, or padding, are not counted,
+            # so a clip's frames are the same alone and padded in a batch.
+            mel_frames = num_samples // MEL_HOP_LENGTH
+            return max((mel_frames - 2) // 2, 1)
         # wav2vec2 family: a stack of 1-D convolutions without padding
         length = num_samples
         for kernel, stride in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride):

@@ -66,7 +66,7 @@ class EmoSLLMAudioEncoder(nn.Module):
         self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
 
-    def _whisper_hidden_states(self, input_features: torch.Tensor) -> list[torch.Tensor]:
+    def _whisper_hidden_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
         # Written by hand because WhisperEncoder.forward insists on exactly 30 s of mel frames; the same layers run
         # here on the batch's own length, with the positional table cut to it (identical at full length, tested).
         encoder = self.encoder
@@ -78,9 +78,13 @@ class EmoSLLMAudioEncoder(nn.Module):
                 " cut the audio into segments of at most max_audio_seconds."
             )
         hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        # Unlike Whisper's own forward, padding frames are masked, so a clip's frames do not depend on its batch.
+        valid = self.frame_mask(audio_lengths, hidden.shape[1])
+        attention_mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
+        attention_mask = attention_mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[:, None, None, :]
         states = [hidden]
         for layer in encoder.layers:
-            hidden = layer(hidden, None)
+            hidden = layer(hidden, attention_mask)
             states.append(hidden)
         states[-1] = encoder.layer_norm(hidden)
         return states
@@ -88,7 +92,7 @@ class EmoSLLMAudioEncoder(nn.Module):
     def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
         """Every layer's output of the pretrained encoder: `(batch, num_layers + 1, frames, encoder_hidden)`."""
         if self.config.is_whisper_encoder:
-            states = self._whisper_hidden_states(input_features)
+            states = self._whisper_hidden_states(input_features, audio_lengths)
         else:
             attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
             states = self.encoder(input_features, attention_mask=attention_mask, output_hidden_states=True)
@@ -106,10 +110,12 @@ class EmoSLLMAudioEncoder(nn.Module):
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
         weights = torch.softmax(self.layer_weights, dim=0).to(encoder_layer_states.dtype)
         frames = torch.einsum("l,bltd->btd", weights, encoder_layer_states)
-        num_frames = torch.tensor(
-            [self.config.num_encoder_frames(int(n)) for n in audio_lengths], device=frames.device
-        ).clamp(max=frames.shape[1])
-        return frames, lengths_to_mask(num_frames, frames.shape[1])
+        return frames, self.frame_mask(audio_lengths, frames.shape[1])
+
+    def frame_mask(self, audio_lengths: torch.Tensor, num_frames: int) -> torch.BoolTensor:
+        """`(batch, num_frames)`: True on each clip's valid encoder frames."""
+        lengths = [self.config.num_encoder_frames(int(n)) for n in audio_lengths]
+        return lengths_to_mask(torch.tensor(lengths, device=audio_lengths.device).clamp(max=num_frames), num_frames)
 
 
 class EmoSLLMQueryPoolingMapper(nn.Module):
@@ -352,6 +358,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        lm_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SpeechEmotionOutput:
         r"""
@@ -360,11 +367,16 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
         encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
             outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
-        labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss`.
+        labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss` over the classes.
+        lm_labels (`(batch, seq)`, optional): answer token ids (-100 elsewhere) for the ASR stage; gives the
+            language-model `loss` instead, and no class scores.
         """
         llm_inputs, audio_embeddings = self._llm_inputs(
             input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states
         )
+        if lm_labels is not None:
+            loss = self.language_model(**llm_inputs, labels=lm_labels).loss
+            return SpeechEmotionOutput(loss=loss, audio_embeddings=audio_embeddings)
         hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
         if self.config.classifier == "linear":
             logits = self.classifier(hidden)

@@ -17,6 +17,8 @@ except ImportError:
 SAMPLING_RATE = 16000
 # Peak below this (-80 dBFS) counts as silence: such a clip carries no emotion to classify.
 SILENCE_PEAK = 1e-4
+# The first training stage (the paper's ASR task): the LLM writes what was said.
+ASR_PROMPT = "Transcribe the speech."
 
 AudioInput = np.ndarray | torch.Tensor
 
@@ -147,18 +149,58 @@ class EmoSLLMProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # Text
     # ----------------------------------------------------------------------------------------------------------------
-    def build_prompt(self, num_samples: int, transcript: str | None = None, text_features: dict | None = None) -> str:
-        """The prompt of one clip: audio placeholders, transcript and text features as sentences, the task."""
+    def build_prompt(
+        self, num_samples: int, transcript: str | None = None, text_features: dict | None = None, task: str = "ser"
+    ) -> str:
+        """
+        The prompt of one clip: audio placeholders, transcript and text features as sentences, the task text.
+        `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
+        """
         lines = [self.config.audio_token * self.config.num_audio_embeddings(num_samples)]
-        if transcript:
-            lines.append(f'Transcript: "{transcript.strip()}"')
-        for key, value in (text_features or {}).items():
-            lines.append(f"{key.replace('_', ' ').capitalize()}: {value}.")
-        lines.append(self.config.prompt.format(labels=", ".join(self.config.labels)))
+        if task == "asr":
+            lines.append(ASR_PROMPT)
+        else:
+            if transcript:
+                lines.append(f'Transcript: "{transcript.strip()}"')
+            for key, value in (text_features or {}).items():
+                lines.append(f"{key.replace('_', ' ').capitalize()}: {value}.")
+            lines.append(self.config.prompt.format(labels=", ".join(self.config.labels)))
         messages = [{"role": "user", "content": "\n".join(lines)}]
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return f"User: {messages[0]['content']}\nAssistant:"
+
+    def text_inputs(
+        self,
+        num_samples: Sequence[int],
+        transcripts: Sequence[str | None],
+        text_features: Sequence[dict | None],
+        task: str = "ser",
+    ) -> dict[str, torch.Tensor]:
+        """
+        Left-padded `input_ids`/`attention_mask` `(batch, seq)` for clips of `num_samples` samples. With
+        `task="asr"` the transcripts are appended as the answer and `lm_labels` `(batch, seq)` mark them (-100
+        elsewhere) for the language-model loss.
+        """
+        prompts = [self.build_prompt(n, t, f, task) for n, t, f in zip(num_samples, transcripts, text_features)]
+        if task != "asr":
+            return dict(self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt"))
+        if any(not t for t in transcripts):
+            raise ValueError("The ASR stage needs a transcript for every clip (given, or use_transcript='auto').")
+        sequences, targets = [], []
+        for prompt, transcript in zip(prompts, transcripts):
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+            answer_ids = self.tokenizer(transcript.strip(), add_special_tokens=False).input_ids
+            answer_ids = answer_ids + [self.tokenizer.eos_token_id]
+            sequences.append(prompt_ids + answer_ids)
+            targets.append([-100] * len(prompt_ids) + answer_ids)
+        longest = max(len(ids) for ids in sequences)
+        pad = [longest - len(ids) for ids in sequences]
+        return {
+            "input_ids": torch.tensor([[self.tokenizer.pad_token_id] * p + ids for p, ids in zip(pad, sequences)]),
+            "attention_mask": torch.tensor([[0] * p + [1] * len(ids) for p, ids in zip(pad, sequences)]),
+            "lm_labels": torch.tensor([[-100] * p + ids for p, ids in zip(pad, targets)]),
+        }
 
     def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
         """Label names (or ids) -> `(batch,)` class ids; unknown labels raise `ValueError`."""
@@ -221,9 +263,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         transcripts = self._per_clip(transcript, len(audios), "transcript")
         features = self._per_clip(text_features, len(audios), "text_features")
         transcripts = self._transcripts(audios, transcripts)
-        prompts = [self.build_prompt(len(a), t, f) for a, t, f in zip(audios, transcripts, features)]
-        text = self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt")
-        data = {"input_ids": text["input_ids"], "attention_mask": text["attention_mask"], **self._audio_features(audios)}
+        data = {**self.text_inputs([len(a) for a in audios], transcripts, features), **self._audio_features(audios)}
         if labels is not None:
             data["labels"] = self.label_ids(self._per_clip(labels, len(audios), "labels"))
         return BatchFeature(data)

@@ -115,11 +115,39 @@ def test_cached_encoder_states_give_the_same_logits():
     torch.testing.assert_close(cached, direct)
 
 
+@pytest.mark.parametrize("adapter", ["qpmapper", "mlp"])
+def test_scores_do_not_depend_on_batch_company(adapter):
+    processor, model = make("whisper", adapter)
+    model.eval()
+    short, long = tone(1.0, 300), tone(3.0, 700, seed=2)
+    with torch.no_grad():
+        alone = model(**processor(short)).logits
+        together = model(**processor([short, long])).logits[:1]
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_asr_stage_gives_language_model_loss_on_the_answer_only():
+    processor, model = make()
+    audios = [tone(1.0, 300), tone(1.5, 500, seed=1)]
+    text = processor.text_inputs([len(a) for a in audios], ["kids are talking", "the door"], [None, None], task="asr")
+    features = processor._audio_features(audios)
+    answer = text["lm_labels"] != -100
+    assert answer.sum(1).tolist() == [4, 3]  # the words and the end-of-text token
+    assert (text["input_ids"][answer] == text["lm_labels"][answer]).all()
+    output = model(**text, **features)
+    assert output.logits is None and output.loss > 0
+    output.loss.backward()
+    assert model.adapter.output_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="transcript"):
+        processor.text_inputs([16000], [None], [None], task="asr")
+
+
 def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
     processor, model = make("whisper")
     model.eval()
     features = torch.randn(1, 16, 3000)
-    ours = model.audio_encoder._whisper_hidden_states(features)
+    every_frame_valid = torch.tensor([480000 + 640])  # HF masks nothing; neither do we when all frames count
+    ours = model.audio_encoder._whisper_hidden_states(features, every_frame_valid)
     reference = WhisperEncoder.forward(model.audio_encoder.encoder, features, output_hidden_states=True)
     torch.testing.assert_close(ours[-1], reference.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert len(ours) == len(reference.hidden_states)
