@@ -29,12 +29,10 @@ class SpeechEmotionOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`): cross-entropy over the emotion classes, when `labels` are given.
     logits (`torch.FloatTensor` of shape `(batch, num_labels)`): one score per class; softmax gives probabilities.
-    audio_embeddings (`torch.FloatTensor` of shape `(batch, num_audio_embeddings, llm_hidden)`): interface output.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    audio_embeddings: torch.FloatTensor | None = None
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
@@ -277,12 +275,25 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
         model.audio_encoder.encoder.load_state_dict(encoder.state_dict())
         weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
+        # LoRA wraps each adapted layer: its pretrained `x.weight` now lives at `x.base_layer.weight`.
+        own = set(model.language_model.state_dict())
+        weights = {name if name in own else ".base_layer.".join(name.rsplit(".", 1)): w for name, w in weights.items()}
         missing, unexpected = model.language_model.load_state_dict(weights, strict=False)
         missing = [name for name in missing if "lora_" not in name]
         if missing or unexpected:
             raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
         model.freeze_backbones()
         return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also ships the inference pipeline: `pipeline(model=folder, trust_remote_code=True)` finds it."""
+        # A relative import is what transformers follows to copy code files into the folder (and back out of it).
+        try:
+            from .pipeline_emosllm import custom_pipelines
+        except ImportError:
+            from pipeline_emosllm import custom_pipelines
+        self.config.custom_pipelines = custom_pipelines()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def freeze_backbones(self) -> None:
         """Only the interface, the encoder's layer weights, LoRA and a linear classifier train (the paper)."""
@@ -341,14 +352,12 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio = audio_embeddings[audio_mask].to(embeddings.dtype)
         return embeddings.masked_scatter(placeholder[..., None].expand_as(embeddings), audio)
 
-    def _llm_inputs(self, input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states) -> tuple:
+    def _llm_inputs(self, input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states) -> dict:
         audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         inputs_embeds = self.merge_audio_embeddings(input_ids, audio_embeddings, audio_mask)
         # Prompts are left-padded; positions count real tokens only.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids}, (
-            audio_embeddings
-        )
+        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids}
 
     def forward(
         self,
@@ -371,19 +380,17 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         lm_labels (`(batch, seq)`, optional): answer token ids (-100 elsewhere) for the ASR stage; gives the
             language-model `loss` instead, and no class scores.
         """
-        llm_inputs, audio_embeddings = self._llm_inputs(
-            input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states
-        )
+        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
         if lm_labels is not None:
             loss = self.language_model(**llm_inputs, labels=lm_labels).loss
-            return SpeechEmotionOutput(loss=loss, audio_embeddings=audio_embeddings)
+            return SpeechEmotionOutput(loss=loss)
         hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
         if self.config.classifier == "linear":
             logits = self.classifier(hidden)
         else:
             logits = hidden @ self.label_vectors().T.to(hidden.dtype)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SpeechEmotionOutput(loss=loss, logits=logits, audio_embeddings=audio_embeddings)
+        return SpeechEmotionOutput(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(
@@ -396,7 +403,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Free-text answer from the LLM (new tokens only), e.g. `max_new_tokens=5`."""
-        llm_inputs, _ = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
+        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
         return self.language_model.generate(**llm_inputs, **generate_kwargs)
 

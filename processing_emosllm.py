@@ -96,10 +96,13 @@ class EmoSLLMProcessor(ProcessorMixin):
     # ----------------------------------------------------------------------------------------------------------------
     # Audio
     # ----------------------------------------------------------------------------------------------------------------
-    def prepare_audio(self, audio: AudioInput, sampling_rate: int | None = None, name: str = "audio") -> np.ndarray:
+    def prepare_audio(
+        self, audio: AudioInput, sampling_rate: int | None = None, name: str = "audio", check_length: bool = True
+    ) -> np.ndarray:
         """
         One clip -> float32 mono at 16 kHz. Stereo is mixed down (channels first or last), other rates resampled.
-        Raises `ValueError` naming `name` for audio that cannot give an honest answer.
+        Raises `ValueError` naming `name` for audio that cannot give an honest answer. `check_length=False` accepts
+        clips longer than `max_audio_seconds` (the pipeline checks a whole recording, then cuts it into segments).
         """
         if isinstance(audio, torch.Tensor):
             audio = audio.detach().cpu().numpy()
@@ -126,7 +129,7 @@ class EmoSLLMProcessor(ProcessorMixin):
             divisor = gcd(int(sampling_rate), SAMPLING_RATE)
             audio = resample_poly(audio, SAMPLING_RATE // divisor, int(sampling_rate) // divisor)
         max_samples = int(self.config.max_audio_seconds * SAMPLING_RATE)
-        if audio.shape[0] > max_samples:
+        if check_length and audio.shape[0] > max_samples:
             raise ValueError(
                 f"{name}: the clip lasts {audio.shape[0] / SAMPLING_RATE:.1f} s, longer than the model's "
                 f"{self.config.max_audio_seconds:g} s; cut it into segments (the pipeline does this with "

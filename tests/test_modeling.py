@@ -46,7 +46,8 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     output = model(**batch)
     assert output.logits.shape == (3, len(LABELS))
     assert output.loss.shape == () and torch.isfinite(output.loss)
-    assert output.audio_embeddings.shape[-1] == processor.config.text_config.hidden_size
+    embeddings, _ = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
+    assert embeddings.shape[-1] == processor.config.text_config.hidden_size
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

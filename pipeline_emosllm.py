@@ -1,0 +1,582 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+EmoSLLM inference the way transformers users call it: an `audio-classification` pipeline, and a command line.
+
+    from transformers import pipeline
+    classifier = pipeline(model="path/to/emosllm", trust_remote_code=True)
+    classifier("speech.wav")                          # [{"score": 0.71, "label": "happy"}, ...]
+    classifier("podcast.flac", return_timeline=True)  # whole-clip scores and a per-segment timeline
+
+    python -m pipeline_emosllm --model path/to/emosllm a.wav b.flac [--format table|jsonl] [--top_k K]
+
+`model.save_pretrained(folder)` copies this file next to the model and writes `custom_pipelines` into config.json,
+so `pipeline(model=folder, trust_remote_code=True)` finds it without the project being installed.
+
+Long recordings: a clip longer than `segment_seconds` (default 10 s) is cut into windows of exactly that length whose
+starts are at most `hop_seconds` (default: `segment_seconds`) apart, spread evenly so that the first starts at 0 and
+the last ends at the clip's end. Each window is classified on its own; the whole-clip scores are the mean of the
+windows' probabilities, each weighted by the stretch of audio it is closest to (overlaps are split in their middle,
+so every second of the recording counts once). Windows that are silent are not classified and weigh nothing.
+"""
+
+import argparse
+import io
+import itertools
+import json
+import math
+import os
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+from transformers import Pipeline
+from transformers.pipelines import PIPELINE_REGISTRY, AudioClassificationPipeline
+from transformers.pipelines.base import ChunkPipeline
+from transformers.utils import logging
+
+try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
+    from .processing_emosllm import SAMPLING_RATE, SILENCE_PEAK, EmoSLLMProcessor
+except ImportError:
+    from processing_emosllm import SAMPLING_RATE, SILENCE_PEAK, EmoSLLMProcessor
+
+logger = logging.get_logger(__name__)
+
+TASK = "audio-classification"
+# 10 s covers nearly every single utterance of the emotion corpora the model learns from (IEMOCAP, RAVDESS, CREMA-D,
+# MSP-Podcast: 1-11 s), so such clips are classified whole, exactly as in training; a longer recording is a sequence
+# of utterances whose emotion changes, and 10 s windows follow it while keeping the prompt short.
+DEFAULT_SEGMENT_SECONDS = 10.0
+DICT_KEYS = {"array", "raw", "sampling_rate", "path", "transcript", "text_features"}
+_UNSET = object()
+
+
+class _Single:
+    """Marks the one input of a non-batched call, so that errors name it as `inputs` rather than `inputs[0]`."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------------------------
+def _wav_data_missing(extra_info: str) -> bool:
+    """libsndfile notes a WAV whose data chunk is shorter than its header says as `data : N (should be M)`."""
+    match = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info or "")
+    if not match:
+        return False
+    declared, present = int(match.group(1)), int(match.group(2))
+    streamed = declared == 0 or declared >= 0x7FFFFFFF  # written to a pipe: the size was never filled in
+    return not streamed and declared > present + 64
+
+
+def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """
+    An encoded file's bytes -> (float32 mono samples, sampling rate). soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...)
+    first; torchcodec (FFmpeg) for formats libsndfile does not know. A damaged or truncated file raises `ValueError`.
+    """
+    if len(data) == 0:
+        raise ValueError(f"{name}: the file is empty (0 bytes); pass a recording.")
+    errors = []
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    if soundfile is not None:
+        try:
+            with soundfile.SoundFile(io.BytesIO(data)) as audio_file:
+                declared, rate, extra = audio_file.frames, audio_file.samplerate, audio_file.extra_info
+                audio_format = audio_file.format
+                samples = audio_file.read(dtype="float32", always_2d=True)
+        except Exception as error:  # soundfile.LibsndfileError, or a RuntimeError from a broken stream
+            message = str(error)
+            if "not recognised" not in message.lower() and "unknown format" not in message.lower():
+                raise ValueError(
+                    f"{name}: the audio file is damaged or truncated ({message.strip()}); re-export or re-download it."
+                ) from error
+            errors.append(f"soundfile: {message.strip()}")
+        else:
+            slack = 2304 if audio_format == "MP3" else 0  # an MP3's length in its header is an estimate
+            if samples.shape[0] + slack < declared or _wav_data_missing(extra):
+                raise ValueError(
+                    f"{name}: the audio file is truncated (it holds {samples.shape[0]} of the {declared} frames its "
+                    "header announces, or less data than its header says); re-export or re-download it."
+                )
+            return samples.mean(axis=1), int(rate)
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        decoded = AudioDecoder(data).get_all_samples()
+        return decoded.data.mean(dim=0).numpy().astype(np.float32), int(decoded.sample_rate)
+    except Exception as error:  # ImportError, or FFmpeg failing on the data
+        errors.append(f"torchcodec: {str(error).strip()[:300]}")
+    raise ValueError(
+        f"{name}: could not decode the audio ({'; '.join(errors)}). Pass a WAV, FLAC, OGG or MP3 file (other formats "
+        "need torchcodec with FFmpeg), or decoded samples as {'array': samples, 'sampling_rate': rate}."
+    )
+
+
+def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
+    """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate)."""
+    path = os.fspath(path)
+    if path.startswith(("http://", "https://")):
+        import urllib.request
+
+        with urllib.request.urlopen(path) as response:  # noqa: S310 (the user asked for this URL)
+            return decode_audio(response.read(), name)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; pass the audio files in it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: no such audio file: {path!r}; check the path.")
+    with open(path, "rb") as audio_file:
+        return decode_audio(audio_file.read(), name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Segments
+# ----------------------------------------------------------------------------------------------------------------------
+def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> list[tuple[int, int]]:
+    """
+    `(start, end)` sample bounds of the windows a clip is classified in. A clip no longer than `segment` (or with
+    `segment=None`) is one window; a longer one gets windows of exactly `segment` samples whose starts are evenly
+    spread at most `hop` apart, from 0 to `num_samples - segment`: no gaps, overlaps of at least `segment - hop`.
+    """
+    if segment is None or num_samples <= segment:
+        return [(0, num_samples)]
+    hop = hop or segment
+    count = math.ceil((num_samples - segment) / hop) + 1
+    stride = (num_samples - segment) / (count - 1)
+    return [(round(i * stride), round(i * stride) + segment) for i in range(count)]
+
+
+def segment_weights(bounds: list[tuple[int, int]]) -> np.ndarray:
+    """Each window weighs the stretch of the clip it owns: overlaps are split in their middle; the weights sum to the
+    clip's length."""
+    cuts = [bounds[0][0]] + [(bounds[i + 1][0] + bounds[i][1]) / 2 for i in range(len(bounds) - 1)] + [bounds[-1][1]]
+    return np.diff(np.asarray(cuts, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
+    """
+    Speech emotion recognition with an EmoSLLM model; the interface and output of transformers'
+    `AudioClassificationPipeline`, plus transcripts, long recordings and a timeline.
+
+    Inputs (one, or a list of them; `batch_size` windows run through the model at once):
+        - a path to an audio file (WAV, FLAC, OGG, MP3 with soundfile; other formats with torchcodec), or an http(s)
+          URL;
+        - `bytes`: the content of an audio file;
+        - a 1-D `np.ndarray` or `torch.Tensor` of float samples at the model's rate (16 kHz); 2-D arrays
+          `(channels, samples)` are mixed down;
+        - a dict `{"array" or "raw": samples, "sampling_rate": rate}` at any rate (resampled), optionally with
+          `"transcript"` (str) and `"text_features"` (dict, e.g. `{"gender": "female"}`) for this input;
+        - a torchcodec `AudioDecoder` (what `datasets` gives for an `Audio` column).
+
+    Call parameters (also accepted when building the pipeline, as defaults):
+        top_k (`int`, defaults to all classes): how many classes to return, best first; `None` returns all.
+        function_to_apply (`"softmax"`, `"sigmoid"` or `"none"`, defaults to `"softmax"`): scores from the logits.
+        transcript (`str`, or a list with one per input): the transcript, for models whose config uses one
+            (`use_transcript`); a dict input's `"transcript"` wins. Without one, the processor's configured behaviour
+            applies (`"auto"` transcribes). A clip cut into segments ignores it (it cannot be split in time).
+        text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
+        segment_seconds (`float` or `None`, defaults to 10 s, at most `config.max_audio_seconds`): longer clips are
+            classified in windows of this length; `None` classifies the clip whole and a clip longer than
+            `config.max_audio_seconds` raises `ValueError`.
+        hop_seconds (`float`, defaults to `segment_seconds`): the largest distance between window starts; smaller
+            values make overlapping windows (a smoother timeline, more compute).
+        return_timeline (`bool`, defaults to `False`): return a dict instead of the list (see below).
+
+    Returns, per input:
+        - by default, as transformers' audio-classification pipeline: a list of `{"score": float, "label": str}`,
+          best first (`top_k` of them), for the whole clip;
+        - with `return_timeline=True`: `{"label", "score", "scores", "duration", "timeline"}` where `scores` is that
+          same list, `duration` the clip's length in seconds and `timeline` a list with one
+          `{"start", "end", "label", "score", "scores"}` per window (seconds; a silent window has `label` and `score`
+          `None` and empty `scores`).
+
+    Bad input (missing file, damaged or truncated file, empty, silent, NaN or infinite samples, integer samples, a
+    clip too long for `segment_seconds=None`) raises `FileNotFoundError` or `ValueError` naming the input (its index
+    in a list, and its path) and what to do; no label is returned for it.
+    """
+
+    # Tried, not required: a model that is not an EmoSLLM is handed to transformers' own pipeline (see `__new__`),
+    # which needs the feature extractor. The EmoSLLM processor is loaded in `__init__` if `pipeline()` could not.
+    _load_processor = None
+    _load_feature_extractor = None
+    _load_tokenizer = False
+    _load_image_processor = False
+    _load_video_processor = False
+
+    def __new__(cls, *args, **kwargs):
+        # Registering this class for "audio-classification" (needed for `pipeline("audio-classification", model=...)`
+        # on an EmoSLLM) replaces the task's entry in the process; other models keep transformers' own pipeline.
+        model = kwargs.get("model", args[0] if args else None)
+        if model is not None and getattr(getattr(model, "config", None), "model_type", None) != "emosllm":
+            kwargs = {k: v for k, v in kwargs.items() if k != "processor"}
+            return AudioClassificationPipeline(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, model, processor: EmoSLLMProcessor | None = None, **kwargs):
+        if not isinstance(processor, EmoSLLMProcessor) and not hasattr(processor, "prepare_audio"):
+            if not model.name_or_path:
+                raise ValueError("Pass the model's EmoSLLMProcessor: processor=EmoSLLMProcessor.from_pretrained(...).")
+            # `pipeline()` swallows processor loading errors (flag None); loading again shows the real cause.
+            processor = EmoSLLMProcessor.from_pretrained(model.name_or_path)
+        if getattr(processor, "config", None) is None:
+            processor.config = model.config
+        super().__init__(model=model, processor=processor, **kwargs)
+        self.model.eval()  # an inference pipeline: no dropout, whatever mode the model was given in
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Parameters
+    # ------------------------------------------------------------------------------------------------------------------
+    def _sanitize_parameters(
+        self,
+        top_k=_UNSET,
+        function_to_apply=None,
+        transcript=_UNSET,
+        text_features=_UNSET,
+        segment_seconds=_UNSET,
+        hop_seconds=_UNSET,
+        return_timeline=None,
+    ):
+        preprocess, postprocess = {}, {}
+        num_labels = self.model.config.num_labels
+        if top_k is not _UNSET:
+            if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+                raise ValueError(f"top_k must be a positive integer or None (all classes), got {top_k!r}.")
+            postprocess["top_k"] = num_labels if top_k is None else min(int(top_k), num_labels)
+        if function_to_apply is not None:
+            if function_to_apply not in ("softmax", "sigmoid", "none"):
+                raise ValueError(
+                    f"Invalid value for `function_to_apply`: {function_to_apply}. "
+                    "Valid options are ['softmax', 'sigmoid', 'none']"
+                )
+            postprocess["function_to_apply"] = function_to_apply
+        if return_timeline is not None:
+            postprocess["return_timeline"] = bool(return_timeline)
+        if transcript is not _UNSET:
+            preprocess["transcript"] = transcript
+        if text_features is not _UNSET:
+            preprocess["text_features"] = text_features
+        max_seconds = self.model.config.max_audio_seconds
+        if segment_seconds is not _UNSET:
+            if segment_seconds is not None and not 0 < segment_seconds <= max_seconds:
+                raise ValueError(
+                    f"segment_seconds={segment_seconds} must lie in (0, {max_seconds:g}] (the model's "
+                    "max_audio_seconds), or be None to classify clips whole."
+                )
+            preprocess["segment_seconds"] = segment_seconds
+        if hop_seconds is not _UNSET:
+            if hop_seconds is not None and hop_seconds <= 0:
+                raise ValueError(f"hop_seconds must be positive, got {hop_seconds}.")
+            preprocess["hop_seconds"] = hop_seconds
+        return preprocess, {}, postprocess
+
+    def __call__(self, inputs, **kwargs: Any):
+        """
+        Classify one input or a list of inputs; see the class documentation for the input forms, parameters and
+        output.
+        """
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list):
+            if not inputs:
+                raise ValueError("No inputs given: pass an audio file, an array or a dict, or a list of them.")
+            for key in ("transcript", "text_features"):
+                value = kwargs.get(key)
+                if isinstance(value, (list, tuple)) and len(value) != len(inputs):
+                    raise ValueError(f"{key}: got {len(value)} values for {len(inputs)} inputs; give one per input.")
+        elif not isinstance(inputs, (types.GeneratorType, TorchDataset)):  # those stream, like lists
+            for key in ("transcript", "text_features"):
+                if isinstance(kwargs.get(key), (list, tuple)):
+                    raise ValueError(f"{key}: a list needs a list of inputs, one value per input.")
+            inputs = _Single(inputs)
+        return super().__call__(inputs, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Steps
+    # ------------------------------------------------------------------------------------------------------------------
+    def _load(self, inputs, name: str) -> tuple[np.ndarray, int | None, dict, str]:
+        """Any input form -> (samples, sampling rate or None for 16 kHz, per-input text, name for errors)."""
+        text = {}
+        if isinstance(inputs, (str, os.PathLike)):
+            path = os.fspath(inputs)
+            name = path if name == "inputs" else f"{name} ({path})"
+            audio, rate = read_audio_file(path, name)
+            return audio, rate, text, name
+        if isinstance(inputs, (bytes, bytearray)):
+            audio, rate = decode_audio(bytes(inputs), name)
+            return audio, rate, text, name
+        if hasattr(inputs, "get_all_samples"):  # torchcodec AudioDecoder
+            decoded = inputs.get_all_samples()
+            return decoded.data, int(decoded.sample_rate), text, name
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - DICT_KEYS
+            if unknown:
+                raise ValueError(f"{name}: unknown keys {sorted(unknown)}; a dict input takes {sorted(DICT_KEYS)}.")
+            if "sampling_rate" not in inputs or ("raw" not in inputs and "array" not in inputs):
+                raise ValueError(
+                    f"{name}: a dict input needs the samples under \"array\" (or \"raw\") and their \"sampling_rate\"."
+                )
+            if inputs.get("path"):
+                name = f"{name} ({inputs['path']})"
+            text = {key: inputs[key] for key in ("transcript", "text_features") if inputs.get(key) is not None}
+            audio = inputs["raw"] if "raw" in inputs else inputs["array"]
+            return audio if isinstance(audio, (np.ndarray, torch.Tensor)) else np.asarray(audio), int(
+                inputs["sampling_rate"]
+            ), text, name
+        if isinstance(inputs, (np.ndarray, torch.Tensor)):
+            return inputs, None, text, name
+        raise TypeError(
+            f"{name}: got a {type(inputs).__name__}; pass a file path, bytes, a float array at "
+            f"{SAMPLING_RATE} Hz or a dict {{'array': samples, 'sampling_rate': rate}} (or a list of these)."
+        )
+
+    def preprocess(
+        self,
+        inputs,
+        transcript=None,
+        text_features=None,
+        segment_seconds=DEFAULT_SEGMENT_SECONDS,
+        hop_seconds=None,
+        index: int | None = None,
+    ):
+        """Yields the windows of one input: checked 16 kHz samples, the prompt's text, and their place in the clip."""
+        name = "inputs" if index is None else f"inputs[{index}]"
+        audio, rate, text, name = self._load(inputs, name)
+        max_seconds = self.model.config.max_audio_seconds
+        if segment_seconds is not None:
+            segment_seconds = min(segment_seconds, max_seconds)
+        audio = self.processor.prepare_audio(audio, rate, name, check_length=segment_seconds is None)
+        if isinstance(transcript, (list, tuple)):
+            transcript = transcript[index]
+        if isinstance(text_features, (list, tuple)):
+            text_features = text_features[index]
+        transcript = text.get("transcript", transcript)
+        text_features = text.get("text_features", text_features)
+
+        segment = hop = None
+        if segment_seconds is not None:
+            hop_seconds = segment_seconds if hop_seconds is None else hop_seconds
+            if hop_seconds > segment_seconds:
+                raise ValueError(
+                    f"hop_seconds={hop_seconds} is longer than segment_seconds={segment_seconds}: the windows would "
+                    "leave gaps; pass a hop no longer than the segment."
+                )
+            segment, hop = round(segment_seconds * SAMPLING_RATE), max(1, round(hop_seconds * SAMPLING_RATE))
+        bounds = segment_bounds(len(audio), segment, hop)
+        if len(bounds) > 1 and transcript is not None:
+            logger.warning(
+                f"{name}: the clip is cut into {len(bounds)} segments; its transcript cannot be split in time and is "
+                "not used. Pass segment_seconds=None (clips up to max_audio_seconds) to use it."
+            )
+            transcript = None
+        weights = segment_weights(bounds)
+        for i, ((start, end), weight) in enumerate(zip(bounds, weights)):
+            window = audio[start:end]
+            yield {
+                "audio": window,
+                "silent": bool(np.abs(window).max() < SILENCE_PEAK),
+                "transcript": transcript,
+                "text_features": text_features,
+                "start": start / SAMPLING_RATE,
+                "end": end / SAMPLING_RATE,
+                "weight": float(weight),
+                "duration": len(audio) / SAMPLING_RATE,
+                "is_last": i == len(bounds) - 1,
+            }
+
+    def _collate(self, windows: list[dict]) -> dict:
+        """Windows -> the model's batch (the processor pads them as it does in training) and their descriptions."""
+        speech = [w for w in windows if not w["silent"]]
+        batch = None
+        if speech:
+            batch = self.processor(
+                [w["audio"] for w in speech],
+                sampling_rate=SAMPLING_RATE,
+                transcript=[w["transcript"] for w in speech],
+                text_features=[w["text_features"] for w in speech],
+            )
+            batch = dict(batch)
+            batch["input_features"] = batch["input_features"].to(self.model.dtype)
+        return {"batch": batch, "windows": [{k: v for k, v in w.items() if k != "audio"} for w in windows]}
+
+    def _forward(self, model_inputs: dict) -> list[dict]:
+        logits = None
+        if model_inputs["batch"] is not None:
+            logits = self.model(**model_inputs["batch"]).logits.float()
+        outputs, row = [], 0
+        for window in model_inputs["windows"]:
+            output = dict(window, logits=None)
+            if not window["silent"]:
+                output["logits"], row = logits[row], row + 1
+            outputs.append(output)
+        return outputs
+
+    def postprocess(self, model_outputs: list[dict], top_k=None, function_to_apply="softmax", return_timeline=False):
+        config = self.model.config
+        top_k = config.num_labels if top_k is None else top_k
+
+        def scores_of(logits: torch.Tensor) -> torch.Tensor:
+            if function_to_apply == "softmax":
+                return logits.softmax(-1)
+            return logits.sigmoid() if function_to_apply == "sigmoid" else logits
+
+        def ranked(scores: torch.Tensor) -> list[dict]:
+            values, ids = scores.topk(top_k)
+            return [{"score": s, "label": config.id2label[i]} for s, i in zip(values.tolist(), ids.tolist())]
+
+        timeline, total, weight = [], torch.zeros(config.num_labels, dtype=torch.float64), 0.0
+        for output in model_outputs:
+            best = {"label": None, "score": None, "scores": []}  # a silent window
+            if output["logits"] is not None:
+                scores = scores_of(output["logits"])
+                total += output["weight"] * scores.double()
+                weight += output["weight"]
+                listed = ranked(scores)
+                best = {"label": listed[0]["label"], "score": listed[0]["score"], "scores": listed}
+            timeline.append({"start": round(output["start"], 3), "end": round(output["end"], 3), **best})
+        if len(model_outputs) == 1:  # classified whole: exactly the model's scores
+            clip = ranked(scores_of(model_outputs[0]["logits"]))
+        else:  # silent windows weigh nothing; a clip that passed the silence check has speech in some window
+            clip = ranked((total / weight).float())
+        if not return_timeline:
+            return clip
+        return {
+            "label": clip[0]["label"],
+            "score": clip[0]["score"],
+            "scores": clip,
+            "duration": round(model_outputs[0]["duration"], 3),
+            "timeline": timeline,
+        }
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Running: windows of all inputs are batched together, `batch_size` at a time, and regrouped per input.
+    # ------------------------------------------------------------------------------------------------------------------
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        return self._iterate(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
+
+    def _iterate(self, inputs, batch_size, preprocess_params, forward_params, postprocess_params):
+        def windows():
+            for index, item in enumerate(inputs):
+                if isinstance(item, _Single):
+                    yield from self.preprocess(item.value, **preprocess_params)
+                else:
+                    yield from self.preprocess(item, index=index, **preprocess_params)
+
+        stream, clip = windows(), []
+        while batch := list(itertools.islice(stream, max(1, batch_size))):
+            for output in self.forward(self._collate(batch), **forward_params):
+                clip.append(output)
+                if output["is_last"]:
+                    yield self.postprocess(clip, **postprocess_params)
+                    clip = []
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
+        """The model (with this pipeline's file and `custom_pipelines`) and the processor, ready for `pipeline()`."""
+        self.model.save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory, **kwargs)
+
+
+def _register() -> None:
+    from transformers import AutoModelForAudioClassification
+
+    builtin = PIPELINE_REGISTRY.supported_tasks.get(TASK, {})
+    base_logger = logging.get_logger("transformers.pipelines.base")
+    level = base_logger.level
+    base_logger.setLevel(logging.ERROR)  # "already registered. Overwriting": intended, see `__new__`
+    try:
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK,
+            pipeline_class=EmoSLLMAudioClassificationPipeline,
+            pt_model=AutoModelForAudioClassification,
+            default=builtin.get("default"),
+            type="audio",
+        )
+    finally:
+        base_logger.setLevel(level)
+
+
+_register()
+
+
+def custom_pipelines() -> dict:
+    """The `custom_pipelines` entry of config.json (as `Pipeline.save_pretrained` writes it) for this pipeline."""
+    info = EmoSLLMAudioClassificationPipeline._registered_impl[TASK]
+    return {
+        TASK: {
+            "impl": f"{Path(__file__).stem}.{EmoSLLMAudioClassificationPipeline.__name__}",
+            "pt": [model_class.__name__ for model_class in info["pt"]],
+            "type": info.get("type", "audio"),
+        }
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------------
+def _format_scores(scores: list[dict]) -> str:
+    return ", ".join(f"{s['label']} {s['score']:.3f}" for s in scores)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline_emosllm", description="Emotion labels of audio files with an EmoSLLM model."
+    )
+    parser.add_argument("--model", required=True, help="a saved EmoSLLM folder (or Hub id)")
+    parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec)")
+    parser.add_argument("--format", choices=["table", "jsonl"], default="table")
+    parser.add_argument("--top_k", type=int, default=None, help="classes to show per file (default: all)")
+    parser.add_argument("--segment_seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
+                        help="window length for long files (default: 10); 0 classifies files whole")
+    parser.add_argument("--hop_seconds", type=float, default=None, help="largest distance between window starts")
+    parser.add_argument("--timeline", action="store_true", help="table: print each window of long files too")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
+    args = parser.parse_args(argv)
+
+    from transformers import pipeline
+
+    classifier = pipeline(model=args.model, trust_remote_code=True, device=args.device)
+    call = {"top_k": args.top_k, "segment_seconds": args.segment_seconds or None, "hop_seconds": args.hop_seconds,
+            "return_timeline": True, "batch_size": args.batch_size}
+    failed = 0
+    if args.format == "table":
+        width = max(len(f) for f in args.files)
+        print(f"{'file':<{width}}  {'seconds':>8}  {'label':<12} {'score':>6}  scores")
+    for path in args.files:
+        try:
+            result = classifier(path, **call)
+        except (ValueError, FileNotFoundError) as error:
+            failed += 1
+            print(f"error: {error}", file=sys.stderr)
+            if args.format == "jsonl":
+                print(json.dumps({"file": path, "error": str(error)}), flush=True)
+            continue
+        if args.format == "jsonl":
+            print(json.dumps({"file": path, **result}), flush=True)
+            continue
+        print(f"{path:<{width}}  {result['duration']:>8.2f}  {result['label']:<12} {result['score']:>6.3f}  "
+              f"{_format_scores(result['scores'])}", flush=True)
+        if args.timeline and len(result["timeline"]) > 1:
+            for entry in result["timeline"]:
+                span = f"{entry['start']:.1f}-{entry['end']:.1f} s"
+                label = entry["label"] or "(silence)"
+                score = "" if entry["score"] is None else f"{entry['score']:>6.3f}"
+                print(f"{'':<{width}}  {span:>14}  {label:<12} {score}  {_format_scores(entry['scores'])}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["EmoSLLMAudioClassificationPipeline", "custom_pipelines", "decode_audio", "segment_bounds"]

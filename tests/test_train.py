@@ -1,0 +1,126 @@
+"""train.py end to end on tiny random backbones: a Hub folder comes out, and a killed run resumes losing nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import LABELS, tiny_audio, tiny_llm_config, tiny_tokenizer, tone
+from safetensors.torch import load_file
+from transformers import AutoModelForAudioClassification, LlamaForCausalLM, WhisperModel
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """Tiny random backbones saved as folders (as a Hub checkpoint would be) and a 4-speaker corpus."""
+    root = tmp_path_factory.mktemp("train")
+    audio_config, feature_extractor = tiny_audio("whisper")
+    torch.manual_seed(0)
+    WhisperModel(audio_config).save_pretrained(root / "encoder")
+    feature_extractor.save_pretrained(root / "encoder")
+    tokenizer = tiny_tokenizer()
+    LlamaForCausalLM(tiny_llm_config(len(tokenizer) + 1)).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    rows = ["path,label,speaker,transcript"]
+    frequencies = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
+    for speaker in range(1, 5):
+        for label in LABELS:
+            for take in range(2):
+                name = f"s{speaker}_{label}_{take}.wav"
+                sf.write(corpus / name, tone(0.6 + 0.2 * take, frequencies[label], seed=speaker * 10 + take), 16000)
+                rows.append(f"{name},{label},spk{speaker},kids are talking by the door")
+    (corpus / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def train_command(setup: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(REPO / "train.py"), "--data_dir", str(setup / "corpus"),
+        "--audio_encoder", str(setup / "encoder"), "--llm", str(setup / "llm"), "--output_dir", str(output),
+        "--encoder_cache_dir", str(setup / "encoder_cache"), "--test_speakers", "4", "--eval_speakers", "3",
+        "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--bf16", "false",
+        "--num_queries", "4", "--lora_rank", "4", "--learning_rate", "3e-3", "--logging_steps", "1",
+        "--save_strategy", "steps", "--eval_strategy", "steps", *extra,
+    ]
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
+    output = tmp_path / "out"
+    run(train_command(tiny_setup, output, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
+    for name in ("config.json", "model.safetensors", "modeling_emosllm.py", "processor_config.json",
+                 "test_report.json", "test_confusion_matrix.png", "README.md"):
+        assert (output / name).exists(), name
+    report = json.loads((output / "test_report.json").read_text())
+    assert set(report["per_class_recall"]) <= set(LABELS) and 0 <= report["ua"] <= 1
+    card = (output / "README.md").read_text()
+    assert "model-index" in card and "Unweighted accuracy" in card
+    model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
+    assert model.config.labels == sorted(LABELS)
+    # Checkpoints keep only what trains; the frozen backbones never change.
+    checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
+    assert checkpoint and all("lora_" in k or k.startswith(("adapter.", "audio_encoder.layer_weights"))
+                              for k in checkpoint)
+
+
+def test_killed_run_resumes_from_last_checkpoint_and_ends_the_same(tiny_setup, tmp_path):
+    steps = ["--max_steps", "8", "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "10"]
+    straight = tmp_path / "straight"
+    run(train_command(tiny_setup, straight, *steps), tmp_path)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(train_command(tiny_setup, killed, *steps), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its 4th step was saved"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoints" / "checkpoint-8").exists()
+
+    run(train_command(tiny_setup, killed, *steps, "--resume", "true"), tmp_path)
+    state = json.loads((killed / "checkpoints" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    resumed_weights = trainable_weights(killed / "checkpoints" / "checkpoint-8")
+    straight_weights = trainable_weights(straight / "checkpoints" / "checkpoint-8")
+    assert resumed_weights.keys() == straight_weights.keys()
+    for name in straight_weights:
+        torch.testing.assert_close(resumed_weights[name], straight_weights[name], atol=1e-5, rtol=1e-4)
+    straight_report = json.loads((straight / "test_report.json").read_text())
+    resumed_report = json.loads((killed / "test_report.json").read_text())
+    assert resumed_report["ua"] == pytest.approx(straight_report["ua"])
+
+
+def test_incomplete_checkpoint_is_skipped(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from train import last_complete_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # cut while writing
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None

@@ -1,0 +1,395 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Fine-tune and evaluate EmoSLLM on emotional speech with transformers' Trainer (and so Accelerate).
+
+    python train.py                                    # offline smoke run: generated corpus, default backbones
+    python train.py --data_dir ../shared/data/ravdess --test_speakers 17-20 --eval_speakers 13-16
+    accelerate launch --num_processes 2 train.py ...  # several processes (CPU: gloo; GPUs: NCCL)
+
+Stages (as in the paper): an optional ASR stage (`--asr_epochs`) where the LLM writes the transcript, then the SER
+stage where it names the emotion. The frozen audio encoder's outputs are computed once and cached on disk.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from backbones_emosllm import default_cache_dir, resolve_pretrained
+from configuration_emosllm import DEFAULT_PROMPT
+from data_emosllm import (
+    compute_ser_metrics,
+    load_corpus,
+    load_hub_dataset,
+    make_smoke_corpus,
+    save_confusion_matrix,
+    speaker_folds,
+    speaker_ids,
+    speaker_sort_key,
+    split_by_speakers,
+    write_report,
+)
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from processing_emosllm import EmoSLLMProcessor
+
+logger = logging.getLogger("emosllm.train")
+
+SMOKE_DIR = Path(__file__).resolve().parent / "data" / "smoke"
+
+
+@dataclass
+class ModelArguments:
+    audio_encoder: str = field(default="openai/whisper-tiny.en", metadata={"help": "Hub id or folder of the encoder."})
+    llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
+    adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp"})
+    num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
+    lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
+    lora_alpha: int = field(default=16)
+    classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
+    use_transcript: str = field(default="given", metadata={"help": "given | auto (ASR for missing) | none"})
+    prompt: str = field(default=DEFAULT_PROMPT)
+    backbone_cache_dir: str | None = field(default=None, metadata={"help": "Where converted backbones live."})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "A corpus folder (manifest.csv, or RAVDESS/CREMA-D/TESS/EmoDB names). Default: the "
+                  "generated smoke corpus."},
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` dataset (Hub id or folder)."})
+    dataset_split: str = field(default="train")
+    audio_column: str = field(default="audio")
+    label_column: str = field(default="label")
+    transcript_column: str | None = field(default=None)
+    speaker_column: str | None = field(default=None)
+    labels: str | None = field(default=None, metadata={"help": "Comma-separated label set (default: the data's)."})
+    test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%."})
+    eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10% before."})
+    folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
+    asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
+    encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})
+    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+
+
+def parse_args() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
+    parser.set_defaults(
+        output_dir="outputs/emosllm", per_device_train_batch_size=8, per_device_eval_batch_size=16,
+        learning_rate=1e-3, num_train_epochs=6, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
+        remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
+        bf16=True, use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
+    )
+    return parser.parse_args_into_dataclasses()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+def load_data(args: DataArguments):
+    labels = args.labels.split(",") if args.labels else None
+    if args.dataset_name:
+        return load_hub_dataset(
+            args.dataset_name, args.dataset_split, args.audio_column, args.label_column, args.transcript_column,
+            args.speaker_column,
+        )
+    data_dir = args.data_dir or make_smoke_corpus(SMOKE_DIR)
+    return load_corpus(data_dir, labels)
+
+
+def default_speaker_split(dataset) -> tuple[list[str], list[str]]:
+    """Last 20% of speakers (at least one) for test, the 10% before (at least one) for validation."""
+    speakers = sorted(set(speaker_ids(dataset)), key=speaker_sort_key)
+    if len(speakers) < 3:
+        raise ValueError(f"Speaker-independent splits need at least 3 speakers; the data has {speakers}.")
+    num_test = max(1, round(0.2 * len(speakers)))
+    num_eval = max(1, round(0.1 * len(speakers)))
+    return speakers[-num_test:], speakers[-num_test - num_eval:-num_test]
+
+
+def decoded_clips(dataset) -> list[dict]:
+    """Rows as dicts with a float32 16 kHz mono `audio` array (decoded once through `datasets.Audio`)."""
+    clips = []
+    for row in dataset:
+        samples = row["audio"].get_all_samples()
+        clips.append({
+            "audio": samples.data.mean(dim=0).numpy().astype(np.float32),
+            "label": row["label"],
+            "speaker": row["speaker"],
+            "transcript": row.get("transcript"),
+            "text_features": {},  # other columns (gender, intensity, ...) are not given to the model by default
+        })
+    return clips
+
+
+class EncoderStateCache:
+    """
+    The frozen audio encoder's per-layer outputs, computed once per clip and kept on disk as safetensors, keyed on
+    the audio's bytes and the encoder (its name and config). Written by hand: `datasets.map` would store these
+    `(layers, frames, hidden)` tensors in Arrow, several times larger and slower to read back than one file per clip.
+    """
+
+    def __init__(self, model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, root: Path):
+        self.model, self.processor = model, processor
+        encoder_key = json.dumps(
+            [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length], sort_keys=True, default=str
+        )
+        self.root = root / hashlib.sha1(encoder_key.encode()).hexdigest()[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, audio: np.ndarray) -> Path:
+        return self.root / f"{hashlib.sha1(audio.tobytes()).hexdigest()}.safetensors"
+
+    @torch.no_grad()
+    def fill(self, clips: list[dict], batch_size: int = 16) -> None:
+        """Compute and store the states of every clip not cached yet; attach them as `clip["states"]` (fp16)."""
+        todo = [c for c in clips if not self.path(c["audio"]).exists()]
+        todo.sort(key=lambda c: len(c["audio"]))
+        encoder = self.model.audio_encoder
+        started = time.time()
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            features = self.processor._audio_features([c["audio"] for c in chunk])
+            states = encoder.layer_states(features["input_features"], features["audio_lengths"])
+            for clip, clip_states in zip(chunk, states):
+                frames = self.model.config.num_encoder_frames(len(clip["audio"]))
+                save_file({"states": clip_states[:, :frames].half().contiguous()}, str(self.path(clip["audio"])))
+        if todo:
+            logger.info("Encoded %d clips in %.1f s (cache: %s)", len(todo), time.time() - started, self.root)
+        for clip in clips:
+            clip["states"] = load_file(str(self.path(clip["audio"])))["states"]
+
+
+@dataclass
+class EmoSLLMCollator:
+    """Clips -> model inputs: the processor's prompt, cached encoder states padded to the longest clip, labels."""
+
+    processor: EmoSLLMProcessor
+    task: str = "ser"
+
+    def __call__(self, clips: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [len(c["audio"]) for c in clips]
+        batch = self.processor.text_inputs(
+            lengths, [c["transcript"] for c in clips], [c["text_features"] for c in clips], task=self.task
+        )
+        batch["audio_lengths"] = torch.tensor(lengths)
+        if "states" in clips[0]:
+            longest = max(c["states"].shape[1] for c in clips)
+            batch["encoder_layer_states"] = torch.stack([
+                torch.nn.functional.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1])) for c in clips
+            ])
+        else:
+            batch.update(self.processor._audio_features([c["audio"] for c in clips]))
+        if self.task == "ser":
+            batch["labels"] = self.processor.label_ids([c["label"] for c in clips])
+        return batch
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+class EmoSLLMTrainer(Trainer):
+    """Checkpoints hold only the trainable weights (interface, LoRA): the frozen backbones never change."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        state_dict = {n: t for n, t in (state_dict or model.state_dict()).items() if n in trainable}
+        super()._save(output_dir, state_dict=state_dict)
+
+
+def build_model(model_args: ModelArguments, labels: list[str]):
+    cache = model_args.backbone_cache_dir
+    audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
+    llm = resolve_pretrained(model_args.llm, cache_dir=cache)
+    processor = EmoSLLMProcessor.from_backbones(
+        audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
+        lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
+        use_transcript=model_args.use_transcript, prompt=model_args.prompt,
+    )
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
+    trainable, total = model.trainable_parameters()
+    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model, processor
+
+
+def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
+    """Fill missing transcripts by ASR when the config says so (once, before training)."""
+    missing = [c for c in clips if not c["transcript"]]
+    if processor.config.use_transcript == "auto" and missing:
+        texts = processor._transcripts([c["audio"] for c in missing], [None] * len(missing))
+        for clip, text in zip(missing, texts):
+            clip["transcript"] = text
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """
+    The newest `checkpoint-N` that was written to the end. Trainer writes `trainer_state.json` last, so a run killed
+    while saving leaves a folder without it (or with a cut one), which is skipped.
+    """
+    complete = []
+    for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            complete.append((int(checkpoint.name.rsplit("-", 1)[1]), checkpoint))
+        except (OSError, ValueError):
+            logger.warning("Skipping incomplete checkpoint %s", checkpoint)
+    return str(max(complete)[1]) if complete else None
+
+
+def run_stage(model, processor, training_args, train_clips, eval_clips, task, output_dir, epochs, resume):
+    evaluate = task == "ser" and bool(eval_clips)
+    args = dataclasses.replace(
+        training_args, output_dir=str(output_dir), num_train_epochs=epochs, load_best_model_at_end=evaluate,
+        eval_strategy=training_args.eval_strategy if evaluate else "no",
+    )
+    labels = processor.config.labels
+
+    def compute_metrics(prediction):
+        scores = compute_ser_metrics(prediction.predictions.argmax(-1), prediction.label_ids, labels)
+        return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
+
+    trainer = EmoSLLMTrainer(
+        model=model, args=args, train_dataset=train_clips, eval_dataset=eval_clips or None,
+        data_collator=EmoSLLMCollator(processor, task), compute_metrics=compute_metrics if task == "ser" else None,
+    )
+    checkpoint = last_complete_checkpoint(Path(output_dir)) if resume else None
+    if resume and checkpoint is None:
+        logger.info("No checkpoint in %s: starting this stage from scratch.", output_dir)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    return trainer
+
+
+def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: str = "test") -> dict:
+    prediction = trainer.predict(test_clips)
+    labels = processor.config.labels
+    predicted = prediction.predictions.argmax(-1)
+    metrics = compute_ser_metrics(predicted, prediction.label_ids, labels)
+    write_report(metrics, output_dir / f"{name}_report.json")
+    save_confusion_matrix(predicted, prediction.label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
+    return metrics
+
+
+def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor) -> None:
+    """README.md with `model-index` metadata, through huggingface_hub's ModelCard."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    dataset = data_args.dataset_name or data_args.data_dir or "EmoSLLM smoke corpus (generated with espeak-ng)"
+    results = [
+        EvalResult(task_type="audio-classification", dataset_type=str(dataset), dataset_name=str(dataset),
+                   metric_type=key, metric_name=name, metric_value=round(float(metrics[key]), 4),
+                   dataset_split=f"speakers {', '.join(split['test'])}")
+        for key, name in (("ua", "Unweighted accuracy"), ("wa", "Weighted accuracy"), ("macro_f1", "Macro F1"))
+    ]
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="audio-classification", model_name=output_dir.name,
+        tags=["speech-emotion-recognition", "emosllm", "lora"], eval_results=results,
+    )
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# {output_dir.name}
+
+EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
+
+- Audio encoder: `{model_args.audio_encoder}` (frozen); interface: `{processor.config.adapter_type}`;
+  LLM: `{model_args.llm}` with LoRA rank {processor.config.lora_rank}.
+- Data: `{dataset}`; labels: {", ".join(processor.config.labels)}.
+- Speaker-independent split: train {len(split['train'])} speakers, validation {split['validation']},
+  test {split['test']}.
+- Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},
+  weighted F1 {metrics['weighted_f1']:.4f}.
+
+```python
+from transformers import pipeline
+classifier = pipeline("audio-classification", model="{output_dir}", trust_remote_code=True)
+classifier("speech.wav")
+```
+"""
+    ModelCard(text).save(output_dir / "README.md")
+
+
+def push_to_hub(output_dir: Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().create_repo(repo_id, exist_ok=True)
+        HfApi().upload_folder(folder_path=str(output_dir), repo_id=repo_id)
+        logger.info("Pushed %s to https://huggingface.co/%s", output_dir, repo_id)
+    except Exception as error:  # no token, no network: say so, keep the local folder
+        logger.error("Could not push to the Hub (%s: %s); the model is saved in %s.",
+                     type(error).__name__, error, output_dir)
+
+
+def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
+    labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \
+        else data_args.labels.split(",")
+    set_seed(training_args.seed)
+    model, processor = build_model(model_args, labels)
+    clips = {name: decoded_clips(split) for name, split in splits.items()}
+    root = Path(data_args.encoder_cache_dir) if data_args.encoder_cache_dir else Path(default_cache_dir()) / "encoder_states"
+    cache = EncoderStateCache(model, processor, root)
+    with training_args.main_process_first(desc="encoder cache"):
+        for split_clips in clips.values():
+            attach_transcripts(split_clips, processor)
+            cache.fill(split_clips)
+    started = time.time()
+    if data_args.asr_epochs > 0:
+        run_stage(model, processor, training_args, clips["train"], None, "asr", output_dir / "stage1_asr",
+                  data_args.asr_epochs, data_args.resume)
+    trainer = run_stage(model, processor, training_args, clips["train"], clips.get("validation"), "ser",
+                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
+    train_seconds = time.time() - started
+    metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    split_speakers = {name: sorted(set(split["speaker"])) for name, split in splits.items()}
+    split_speakers.setdefault("validation", [])
+    if training_args.process_index == 0:
+        model.save_pretrained(output_dir)  # full weights, safetensors, auto_map and code files
+        processor.save_pretrained(output_dir)
+        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor)
+    return metrics
+
+
+def main() -> None:
+    model_args, data_args, training_args = parse_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(training_args.output_dir)
+    dataset = load_data(data_args)
+    if data_args.folds > 1:
+        results = []
+        for fold, splits in enumerate(speaker_folds(dataset, data_args.folds)):
+            results.append(train_one_split(model_args, data_args, training_args, splits, output_dir / f"fold{fold}"))
+        metrics = {key: float(np.mean([r[key] for r in results])) for key in ("ua", "wa", "macro_f1", "weighted_f1")}
+        metrics["folds"] = results
+    else:
+        test, validation = (data_args.test_speakers, data_args.eval_speakers)
+        if test is None:
+            test, default_validation = default_speaker_split(dataset)
+            validation = validation or default_validation
+        splits = split_by_speakers(dataset, test, validation)
+        metrics = train_one_split(model_args, data_args, training_args, splits, output_dir)
+    if training_args.process_index == 0:
+        write_report(metrics, output_dir / "all_results.json")
+        print(json.dumps({k: v for k, v in metrics.items() if k in ("ua", "wa", "macro_f1", "weighted_f1",
+                                                                     "train_seconds")}, indent=2))
+        if training_args.push_to_hub:
+            push_to_hub(output_dir, training_args.hub_model_id or output_dir.name)
+
+
+if __name__ == "__main__":
+    main()
