@@ -43,7 +43,7 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
 class EmoSLLMAudioEncoder(nn.Module):
     """
     The pretrained audio encoder plus a learned softmax-weighted average of its layers (SUPERB-style: emotion lives
-    in the middle layers as much as in the last one).
+    in the middle layers as much as in the last one), layer-normalized.
 
     Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
     for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
@@ -63,6 +63,8 @@ class EmoSLLMAudioEncoder(nn.Module):
             num_layers = audio_config.num_hidden_layers
         self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
+        # Inner layers are an unnormalized residual stream; the interface gets frames on one scale.
+        self.frame_norm = nn.LayerNorm(self.hidden_size)
 
     def _whisper_hidden_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
         # Written by hand because WhisperEncoder.forward insists on exactly 30 s of mel frames; the same layers run
@@ -107,7 +109,7 @@ class EmoSLLMAudioEncoder(nn.Module):
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
         weights = torch.softmax(self.layer_weights, dim=0).to(encoder_layer_states.dtype)
-        frames = torch.einsum("l,bltd->btd", weights, encoder_layer_states)
+        frames = self.frame_norm(torch.einsum("l,bltd->btd", weights, encoder_layer_states))
         return frames, self.frame_mask(audio_lengths, frames.shape[1])
 
     def frame_mask(self, audio_lengths: torch.Tensor, num_frames: int) -> torch.BoolTensor:
@@ -296,7 +298,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def freeze_backbones(self) -> None:
-        """Only the interface, the encoder's layer weights, LoRA and a linear classifier train (the paper)."""
+        """Only the interface, the encoder's layer weights and frame norm, LoRA and a linear classifier train."""
         for name, param in self.named_parameters():
             in_llm = name.startswith("language_model.")
             in_encoder = name.startswith("audio_encoder.encoder.")

@@ -17,6 +17,8 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
 ADAPTERS = ["qpmapper", "qformer", "mlp"]
+# The interface and what sits between encoder and interface: the learned layer weights and the frame norm.
+TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.frame_norm.")
 
 
 def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
@@ -57,7 +59,7 @@ def test_gradients_reach_only_interface_and_lora(adapter):
     model.train()
     model(**batch).loss.backward()
     for name, param in model.named_parameters():
-        trainable = name.startswith("adapter.") or "lora_" in name or name == "audio_encoder.layer_weights"
+        trainable = name.startswith(TRAINABLE) or "lora_" in name
         assert param.requires_grad == trainable, name
         assert (param.grad is not None) == trainable, name
     # LoRA's B starts at zero, so the signal shows on B (and on every interface weight) at the first step.
@@ -65,16 +67,14 @@ def test_gradients_reach_only_interface_and_lora(adapter):
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b)
     assert model.adapter.output_proj.weight.grad.abs().sum() > 0 if adapter != "mlp" else True
     trainable, total = model.trainable_parameters()
-    expected = sum(p.numel() for n, p in model.named_parameters()
-                   if n.startswith("adapter.") or "lora_" in n or n == "audio_encoder.layer_weights")
+    expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAINABLE) or "lora_" in n)
     assert trainable == expected < total
 
 
 def test_no_lora_trains_only_the_interface():
     processor, model = make(lora_rank=0)
     assert not any("lora_" in n for n, _ in model.named_parameters())
-    assert all(n.startswith(("adapter.", "audio_encoder.layer_weights")) for n, p in model.named_parameters()
-               if p.requires_grad)
+    assert all(n.startswith(TRAINABLE) for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_frozen_encoder_stays_in_eval_mode():
