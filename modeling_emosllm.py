@@ -263,7 +263,21 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self.freeze_backbones()
         self.train(self.training)
         # `save_pretrained` writes the AutoModelForAudioClassification entry; plain AutoModel loads the same class.
-        self.config.auto_map = {**getattr(self.config, "auto_map", {}), "AutoModel": f"{__name__.split('.')[-1]}.{type(self).__name__}"}
+        module = __name__.split(".")[-1]
+        self.config.auto_map = {**getattr(self.config, "auto_map", {}), "AutoModel": f"{module}.{type(self).__name__}"}
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "EmoSLLMForSpeechEmotionRecognition":
+        """`PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+        if problems:
+            raise ValueError(
+                f"The checkpoint does not match this EmoSLLM config ({problems}): it was saved from another "
+                "configuration or version. Load the folder's own config.json with it, or retrain with train.py."
+            )
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def from_backbones(cls, config: EmoSLLMConfig, audio_encoder: str, llm: str) -> "EmoSLLMForSpeechEmotionRecognition":

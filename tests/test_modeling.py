@@ -193,6 +193,16 @@ def test_model_needs_tokenizer_ids():
         EmoSLLMForSpeechEmotionRecognition(config)
 
 
+def test_mismatched_checkpoint_raises(tmp_path):
+    processor, model = make(lora_rank=0)
+    model.save_pretrained(tmp_path)
+    config = processor.config
+    config.lora_rank = 4  # the folder has no LoRA weights for this config: they would start random
+    with pytest.raises(ValueError, match="does not match this EmoSLLM config"):
+        EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path, config=config)
+    assert EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path).config.lora_rank == 0
+
+
 ROUND_TRIP = textwrap.dedent(
     """
     import json, sys, numpy as np, torch
