@@ -75,3 +75,37 @@ def test_labels(processor):
         processor(tone(1.0, 300), labels="bored")
     with pytest.raises(ValueError, match="one per clip"):
         processor([tone(1.0, 300), tone(1.0, 400)], labels=["sad"])
+
+
+def test_auto_transcripts_fill_only_missing_ones(monkeypatch):
+    import backbones_emosllm
+    from conftest import tiny_processor
+
+    processor = tiny_processor(use_transcript="auto")
+    calls = []
+
+    def fake_transcribe(audios, model_name):
+        calls.append((len(audios), model_name))
+        return ["kids are talking"] * len(audios)
+
+    monkeypatch.setattr(backbones_emosllm, "transcribe", fake_transcribe)
+    batch = processor([tone(1.0, 300), tone(1.0, 400)], transcript=["the door", None])
+    assert calls == [(1, processor.config.asr_model)]  # only the clip without a transcript was transcribed
+    texts = [processor.tokenizer.decode(ids) for ids in batch["input_ids"]]
+    assert "door" in texts[0] and "kids" not in texts[0]
+    assert "kids" in texts[1]
+
+
+@pytest.mark.slow
+def test_auto_transcript_from_bundled_whisper_on_real_speech():
+    import importlib.util
+    from pathlib import Path
+
+    import soundfile as sf
+    from conftest import tiny_processor
+
+    wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
+    audio, rate = sf.read(wav, dtype="float32")
+    processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
+    (transcript,) = processor._transcripts([processor.prepare_audio(audio, rate)], [None])
+    assert "fail" in transcript.lower()  # Beckett: "Ever tried. Ever failed. No matter. Try again. Fail again..."
