@@ -124,3 +124,17 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # cut while writing
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(tiny_setup, tmp_path):
+    output = tmp_path / "ddp"
+    command = train_command(tiny_setup, output, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--cpu", *command[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (output / "model.safetensors").exists() and (output / "test_report.json").exists()
