@@ -1,6 +1,7 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """EmoSLLM processor: every step from raw audio, transcripts and labels to the model's input tensors."""
 
+import os
 from collections.abc import Sequence
 from math import gcd
 
@@ -80,8 +81,6 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory, **kwargs):
         files = super().save_pretrained(save_directory, **kwargs)
-        import os
-
         if not os.path.exists(os.path.join(save_directory, "config.json")):
             self.config.save_pretrained(save_directory)
         return files
