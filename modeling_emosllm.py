@@ -226,6 +226,8 @@ class EmoSLLMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        if isinstance(module, EmoSLLMForSpeechEmotionRecognition) and hasattr(module, "label_bias"):
+            nn.init.zeros_(module.label_bias)
         if isinstance(module, (EmoSLLMQueryPoolingMapper, EmoSLLMWindowQFormer)):
             nn.init.normal_(module.queries, std=0.02)
         elif isinstance(module, EmoSLLMAudioEncoder):
@@ -259,6 +261,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             inject_adapter_in_model(lora, self.language_model)
         if config.classifier == "linear":
             self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
+        else:
+            # The LLM's prior over the label words is far from uniform (its loss starts above chance); one learned
+            # bias per class calibrates it, so training spends its updates on telling the emotions apart.
+            self.label_bias = nn.Parameter(torch.zeros(config.num_labels))
         self.post_init()
         self.freeze_backbones()
         self.train(self.training)
@@ -312,7 +318,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def freeze_backbones(self) -> None:
-        """Only the interface, the encoder's layer weights and frame norm, LoRA and a linear classifier train."""
+        """Only the interface, the encoder's layer weights and frame norm, LoRA and the classifier's own weights train."""
         for name, param in self.named_parameters():
             in_llm = name.startswith("language_model.")
             in_encoder = name.startswith("audio_encoder.encoder.")
@@ -404,7 +410,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if self.config.classifier == "linear":
             logits = self.classifier(hidden)
         else:
-            logits = hidden @ self.label_vectors().T.to(hidden.dtype)
+            logits = hidden @ self.label_vectors().T.to(hidden.dtype) + self.label_bias.to(hidden.dtype)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return SpeechEmotionOutput(loss=loss, logits=logits)
 

@@ -55,6 +55,9 @@ class ModelArguments:
     num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
     lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
     lora_alpha: int = field(default=16)
+    adapter_learning_rate: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the interface; --learning_rate is LoRA's."}
+    )
     classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
     use_transcript: str = field(default="given", metadata={"help": "given | auto (ASR for missing) | none"})
     prompt: str = field(default=DEFAULT_PROMPT)
@@ -88,7 +91,7 @@ def parse_args() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
     parser.set_defaults(
         output_dir="outputs/emosllm", per_device_train_batch_size=8, per_device_eval_batch_size=16,
-        learning_rate=1e-3, num_train_epochs=6, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
+        learning_rate=2e-4, num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
         bf16=True, use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
@@ -202,7 +205,28 @@ class EmoSLLMCollator:
 # Training
 # --------------------------------------------------------------------------------------------------------------------
 class EmoSLLMTrainer(Trainer):
-    """Checkpoints hold only the trainable weights (interface, LoRA): the frozen backbones never change."""
+    """
+    Two learning rates: the interface (new, randomly initialized) learns at `adapter_learning_rate`, LoRA at the
+    usual `learning_rate`. Checkpoints hold only the trainable weights: the frozen backbones never change.
+    """
+
+    def __init__(self, *args, adapter_learning_rate: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adapter_learning_rate = adapter_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            new, lora = [], []
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    (lora if "lora_" in name else new).append(param)
+            optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(
+                [{"params": new, "lr": self.adapter_learning_rate}, {"params": lora, "lr": self.args.learning_rate}],
+                **optimizer_kwargs,
+            )
+        return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model = self.accelerator.unwrap_model(self.model)
@@ -250,7 +274,9 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return str(max(complete)[1]) if complete else None
 
 
-def run_stage(model, processor, training_args, train_clips, eval_clips, task, output_dir, epochs, resume):
+def run_stage(
+    model, processor, training_args, train_clips, eval_clips, task, output_dir, epochs, resume, adapter_learning_rate
+):
     evaluate = task == "ser" and bool(eval_clips)
     args = dataclasses.replace(
         training_args, output_dir=str(output_dir), num_train_epochs=epochs, load_best_model_at_end=evaluate,
@@ -263,7 +289,7 @@ def run_stage(model, processor, training_args, train_clips, eval_clips, task, ou
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
     trainer = EmoSLLMTrainer(
-        model=model, args=args, train_dataset=train_clips, eval_dataset=eval_clips or None,
+        model=model, args=args, adapter_learning_rate=adapter_learning_rate, train_dataset=train_clips, eval_dataset=eval_clips or None,
         data_collator=EmoSLLMCollator(processor, task), compute_metrics=compute_metrics if task == "ser" else None,
     )
     checkpoint = last_complete_checkpoint(Path(output_dir)) if resume else None
@@ -350,9 +376,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, clips["train"], None, "asr", output_dir / "stage1_asr",
-                  data_args.asr_epochs, data_args.resume)
+                  data_args.asr_epochs, data_args.resume, model_args.adapter_learning_rate)
     trainer = run_stage(model, processor, training_args, clips["train"], clips.get("validation"), "ser",
-                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
+                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume,
+                        model_args.adapter_learning_rate)
     train_seconds = time.time() - started
     metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
     metrics["train_seconds"] = round(train_seconds, 1)

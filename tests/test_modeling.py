@@ -17,8 +17,8 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
 ADAPTERS = ["qpmapper", "qformer", "mlp"]
-# The interface and what sits between encoder and interface: the learned layer weights and the frame norm.
-TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.frame_norm.")
+# The interface, what sits between encoder and interface (layer weights, frame norm) and the class bias.
+TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.frame_norm.", "label_bias")
 
 
 def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
