@@ -407,11 +407,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             loss = self.language_model(**llm_inputs, labels=lm_labels).loss
             return SpeechEmotionOutput(loss=loss)
         hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
-        if self.config.classifier == "linear":
-            logits = self.classifier(hidden)
-        else:
-            logits = hidden @ self.label_vectors().T.to(hidden.dtype) + self.label_bias.to(hidden.dtype)
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        # Class scores in float32 even under bf16 autocast: LLM logits sit near 20-30, where bf16's spacing (0.125)
+        # is coarser than the differences between clips that training has to grow.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            hidden = hidden.float()
+            if self.config.classifier == "linear":
+                logits = self.classifier(hidden)
+            else:
+                logits = hidden @ self.label_vectors().float().T + self.label_bias
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SpeechEmotionOutput(loss=loss, logits=logits)
 
     @torch.no_grad()

@@ -91,7 +91,7 @@ def parse_args() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
     parser.set_defaults(
         output_dir="outputs/emosllm", per_device_train_batch_size=8, per_device_eval_batch_size=16,
-        learning_rate=2e-4, num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
+        learning_rate=5e-4, num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
         bf16=True, use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
