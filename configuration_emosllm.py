@@ -119,7 +119,12 @@ class EmoSLLMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:
             self.id2label = dict(enumerate(DEFAULT_LABELS))
+        # PreTrainedConfig resets the sub-configs' attention implementation; keep the one they came with (SDPA).
+        chosen = {k: getattr(getattr(self, k), "_attn_implementation", None) for k in ("audio_config", "text_config")}
         super().__post_init__(**kwargs)
+        for key, implementation in chosen.items():
+            if implementation is not None and kwargs.get("attn_implementation") is None:
+                getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
         if self.label_token_ids is not None and len(self.label_token_ids) != self.num_labels:
             raise ValueError(

@@ -257,3 +257,13 @@ def test_save_and_load_in_fresh_process(tmp_path, adapter):
     for auto in ("AutoModel", "AutoModelForAudioClassification"):
         assert results[auto + "_class"] == "EmoSLLMForSpeechEmotionRecognition"
         torch.testing.assert_close(torch.tensor(results[auto]), expected, atol=1e-5, rtol=0)
+
+
+def test_wrapping_a_config_keeps_its_attention_implementation():
+    from conftest import tiny_audio
+
+    from configuration_emosllm import EmoSLLMConfig
+
+    audio_config, _ = tiny_audio("whisper")
+    audio_config._attn_implementation = "sdpa"
+    assert EmoSLLMConfig(audio_config=audio_config).audio_config._attn_implementation == "sdpa"
