@@ -251,12 +251,13 @@ def build_model(model_args: ModelArguments, labels: list[str]):
 
 
 def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
-    """Fill missing transcripts by ASR when the config says so (once, before training)."""
-    missing = [c for c in clips if not c["transcript"]]
-    if processor.config.use_transcript == "auto" and missing:
-        texts = processor._transcripts([c["audio"] for c in missing], [None] * len(missing))
-        for clip, text in zip(missing, texts):
-            clip["transcript"] = text
+    """
+    The processor's transcript rule, applied once before training: given transcripts win, `auto` transcribes the
+    missing ones, `none` drops them all (the collator builds prompts from `clip["transcript"]`).
+    """
+    given = [c["transcript"] or None for c in clips]
+    for clip, text in zip(clips, processor._transcripts([c["audio"] for c in clips], given)):
+        clip["transcript"] = text
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -138,3 +138,16 @@ def test_accelerate_launch_two_processes(tiny_setup, tmp_path):
     state = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
     assert (output / "model.safetensors").exists() and (output / "test_report.json").exists()
+
+
+def test_training_prompts_follow_the_transcript_setting(monkeypatch):
+    sys.path.insert(0, str(REPO))
+    import backbones_emosllm
+    from conftest import tiny_processor
+    from train import attach_transcripts
+
+    monkeypatch.setattr(backbones_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
+    for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
+        clips = [{"audio": tone(1.0, 300), "transcript": "the door"}, {"audio": tone(1.0, 400), "transcript": ""}]
+        attach_transcripts(clips, tiny_processor(use_transcript=setting))
+        assert [c["transcript"] for c in clips] == expected, setting
