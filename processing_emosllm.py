@@ -272,15 +272,13 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     @staticmethod
     def _per_clip(value, batch: int, name: str) -> list:
-        if value is None or isinstance(value, (str, dict, int, np.integer)):
-            return [value] * batch if batch == 1 or value is None else EmoSLLMProcessor._mismatch(name, 1, batch)
-        if len(value) != batch:
-            EmoSLLMProcessor._mismatch(name, len(value), batch)
-        return list(value)
-
-    @staticmethod
-    def _mismatch(name: str, got: int, batch: int):
-        raise ValueError(f"{name}: got {got} values for {batch} clips; give one per clip.")
+        """One value per clip: None for every clip, a single value for a single clip, or a list of `batch`."""
+        if value is None:
+            return [None] * batch
+        values = [value] if isinstance(value, (str, dict, int, np.integer)) else list(value)
+        if len(values) != batch:
+            raise ValueError(f"{name}: got {len(values)} values for {batch} clips; give one per clip.")
+        return values
 
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
