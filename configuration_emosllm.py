@@ -43,8 +43,11 @@ class EmoSLLMConfig(PreTrainedConfig):
     freeze_audio_encoder (`bool`): keep the audio encoder frozen (the paper does).
     lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA on the LLM (`lora_rank=0`: no LoRA, the LLM is
         frozen and only the interface trains).
-    classifier (`str`): `"verbalizer"` scores each class by the LLM's own output-embedding of the label's words at
-        the answer position; `"linear"` puts a new linear layer on the last hidden state instead.
+    freeze_language_model (`bool`): keep the LLM's own weights frozen (the paper: LoRA adapts it). `False`, with
+        `lora_rank=0`, fine-tunes every LLM weight instead (full fine-tuning, for comparison).
+    classifier (`str`): the head on the LLM's last hidden state at the answer position, one score per class.
+        `"verbalizer"` starts it as the LLM's own output embeddings of the label words (so the untrained model
+        answers as the LLM would); `"linear"` starts it at random. Either way it trains with the interface.
     prompt (`str`): the task text; `{labels}` is replaced by the comma-separated label names.
     audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
         embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
@@ -106,6 +109,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | str = "all-linear"
+    freeze_language_model: bool = True
     classifier: Literal["verbalizer", "linear"] = "verbalizer"
     prompt: str = DEFAULT_PROMPT
     audio_token: str = "<|audio|>"
@@ -126,6 +130,11 @@ class EmoSLLMConfig(PreTrainedConfig):
             if implementation is not None and kwargs.get("attn_implementation") is None:
                 getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
+        if self.lora_rank > 0 and not self.freeze_language_model:
+            raise ValueError(
+                "LoRA and full fine-tuning of the LLM exclude each other: use lora_rank>0 with a frozen LLM, or "
+                "freeze_language_model=False with lora_rank=0."
+            )
         if self.label_token_ids is not None and len(self.label_token_ids) != self.num_labels:
             raise ValueError(
                 f"label_token_ids has {len(self.label_token_ids)} entries but there are {self.num_labels} labels; "

@@ -8,6 +8,7 @@ Where things happen, each in one place:
 - class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +44,10 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
 class EmoSLLMAudioEncoder(nn.Module):
     """
     The pretrained audio encoder plus a learned softmax-weighted average of its layers (SUPERB-style: emotion lives
-    in the middle layers as much as in the last one), layer-normalized.
+    in the middle layers as much as in the last one). Each layer is first standardized per dimension with statistics
+    of the training data (`set_feature_statistics`), as a linear probe's StandardScaler would: Whisper's hidden
+    states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (a pooled probe
+    trained like the interface reached validation UA 0.64 standardized, 0.55 with a LayerNorm: BENCHMARKS.md).
 
     Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
     for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
@@ -63,8 +67,10 @@ class EmoSLLMAudioEncoder(nn.Module):
             num_layers = audio_config.num_hidden_layers
         self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
-        # Inner layers are an unnormalized residual stream; the interface gets frames on one scale.
-        self.frame_norm = nn.LayerNorm(self.hidden_size)
+        # Per-layer, per-dimension statistics of the encoder's outputs `(num_layers + 1, encoder_hidden)`; saved with
+        # the weights, so inference standardizes exactly as training did.
+        self.register_buffer("feature_mean", torch.zeros(num_layers + 1, self.hidden_size))
+        self.register_buffer("feature_std", torch.ones(num_layers + 1, self.hidden_size))
 
     def _whisper_hidden_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
         # Written by hand because WhisperEncoder.forward insists on exactly 30 s of mel frames; the same layers run
@@ -108,9 +114,29 @@ class EmoSLLMAudioEncoder(nn.Module):
         """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
-        weights = torch.softmax(self.layer_weights, dim=0).to(encoder_layer_states.dtype)
-        frames = self.frame_norm(torch.einsum("l,bltd->btd", weights, encoder_layer_states))
+        standardized = (encoder_layer_states - self.feature_mean[:, None]) / self.feature_std[:, None]
+        weights = torch.softmax(self.layer_weights, dim=0).to(standardized.dtype)
+        frames = torch.einsum("l,bltd->btd", weights, standardized)
         return frames, self.frame_mask(audio_lengths, frames.shape[1])
+
+    @torch.no_grad()
+    def set_feature_statistics(self, clip_layer_states: Iterable[torch.Tensor]) -> None:
+        """
+        Sets `feature_mean`/`feature_std` from the training clips' valid frames, each clip's `layer_states`
+        `(num_layers + 1, frames, encoder_hidden)` (e.g. the frozen-encoder cache). Call before training.
+        """
+        count, total, squares = 0, 0.0, 0.0
+        for states in clip_layer_states:
+            states = states.double()
+            count += states.shape[1]
+            total = total + states.sum(dim=1)
+            squares = squares + states.square().sum(dim=1)
+        if count < 2:
+            raise ValueError("Feature statistics need the encoder outputs of at least one clip of audio.")
+        mean = total / count
+        std = (squares / count - mean.square()).clamp(min=0).sqrt()
+        self.feature_mean.copy_(mean.float())
+        self.feature_std.copy_(std.float().clamp(min=1e-5))
 
     def frame_mask(self, audio_lengths: torch.Tensor, num_frames: int) -> torch.BoolTensor:
         """`(batch, num_frames)`: True on each clip's valid encoder frames."""
@@ -226,12 +252,12 @@ class EmoSLLMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, EmoSLLMForSpeechEmotionRecognition) and hasattr(module, "label_bias"):
-            nn.init.zeros_(module.label_bias)
         if isinstance(module, (EmoSLLMQueryPoolingMapper, EmoSLLMWindowQFormer)):
             nn.init.normal_(module.queries, std=0.02)
         elif isinstance(module, EmoSLLMAudioEncoder):
             nn.init.zeros_(module.layer_weights)
+            nn.init.zeros_(module.feature_mean)
+            nn.init.ones_(module.feature_std)
 
 
 class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
@@ -259,12 +285,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 target_modules=config.lora_target_modules,
             )
             inject_adapter_in_model(lora, self.language_model)
-        if config.classifier == "linear":
-            self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
-        else:
-            # The LLM's prior over the label words is far from uniform (its loss starts above chance); one learned
-            # bias per class calibrates it, so training spends its updates on telling the emotions apart.
-            self.label_bias = nn.Parameter(torch.zeros(config.num_labels))
+        # The head: one score per class from the LLM's last hidden state. With the verbalizer it starts as the LLM's
+        # own output embeddings of the label words (`from_backbones`), so its first answers are the LLM's; it then
+        # trains with the interface: a frozen verbalizer learned too slowly to leave chance on RAVDESS (BENCHMARKS.md).
+        self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
         self.post_init()
         self.freeze_backbones()
         self.train(self.training)
@@ -304,6 +328,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         missing = [name for name in missing if "lora_" not in name]
         if missing or unexpected:
             raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        if config.classifier == "verbalizer":
+            with torch.no_grad():
+                model.classifier.weight.copy_(model.label_vectors())
+                model.classifier.bias.zero_()
         model.freeze_backbones()
         return model
 
@@ -318,11 +346,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def freeze_backbones(self) -> None:
-        """Only the interface, the encoder's layer weights and frame norm, LoRA and the classifier's own weights train."""
+        """
+        Only the interface, the encoder's layer weights, LoRA and the classifier's own weights train (and the
+        backbones that the config does not freeze).
+        """
         for name, param in self.named_parameters():
-            in_llm = name.startswith("language_model.")
+            in_llm = name.startswith("language_model.") and "lora_" not in name
             in_encoder = name.startswith("audio_encoder.encoder.")
-            frozen = (in_llm and "lora_" not in name) or (in_encoder and self.config.freeze_audio_encoder)
+            frozen = (in_llm and self.config.freeze_language_model) or (in_encoder and self.config.freeze_audio_encoder)
             param.requires_grad_(not frozen)
 
     def train(self, mode: bool = True) -> "EmoSLLMForSpeechEmotionRecognition":
@@ -411,10 +442,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         # is coarser than the differences between clips that training has to grow.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             hidden = hidden.float()
-            if self.config.classifier == "linear":
-                logits = self.classifier(hidden)
-            else:
-                logits = hidden @ self.label_vectors().float().T + self.label_bias
+            logits = self.classifier(hidden)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return SpeechEmotionOutput(loss=loss, logits=logits)
 

@@ -155,10 +155,13 @@ class EmoSLLMProcessor(ProcessorMixin):
         self, num_samples: int, transcript: str | None = None, text_features: dict | None = None, task: str = "ser"
     ) -> str:
         """
-        The prompt of one clip: audio placeholders, transcript and text features as sentences, the task text.
-        `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
+        The prompt of one clip: transcript and text features as sentences, the task text, then the audio
+        placeholders. `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
+
+        The audio comes last, right before the answer (the paper puts it first): with it there, EmoSLLM's loss left
+        chance sooner on RAVDESS (BENCHMARKS.md), as the answer position sits next to the audio it has to read.
         """
-        lines = [self.config.audio_token * self.config.num_audio_embeddings(num_samples)]
+        lines = []
         if task == "asr":
             lines.append(ASR_PROMPT)
         else:
@@ -167,6 +170,7 @@ class EmoSLLMProcessor(ProcessorMixin):
             for key, value in (text_features or {}).items():
                 lines.append(f"{key.replace('_', ' ').capitalize()}: {value}.")
             lines.append(self.config.prompt.format(labels=", ".join(self.config.labels)))
+        lines.append("Speech: " + self.config.audio_token * self.config.num_audio_embeddings(num_samples))
         messages = [{"role": "user", "content": "\n".join(lines)}]
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -55,6 +55,9 @@ class ModelArguments:
     num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
     lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
     lora_alpha: int = field(default=16)
+    freeze_language_model: bool = field(
+        default=True, metadata={"help": "False (with --lora_rank 0): fine-tune all LLM weights instead of LoRA."}
+    )
     adapter_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the interface; --learning_rate is LoRA's."}
     )
@@ -206,8 +209,9 @@ class EmoSLLMCollator:
 # --------------------------------------------------------------------------------------------------------------------
 class EmoSLLMTrainer(Trainer):
     """
-    Two learning rates: the interface (new, randomly initialized) learns at `adapter_learning_rate`, LoRA at the
-    usual `learning_rate`. Checkpoints hold only the trainable weights: the frozen backbones never change.
+    Two learning rates: the interface (new, randomly initialized) learns at `adapter_learning_rate`, the LLM (LoRA,
+    or all its weights with `--freeze_language_model False`) at the usual `learning_rate`. Checkpoints hold only the
+    trainable weights: the frozen backbones never change.
     """
 
     def __init__(self, *args, adapter_learning_rate: float, **kwargs):
@@ -217,13 +221,13 @@ class EmoSLLMTrainer(Trainer):
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            new, lora = [], []
+            new, llm = [], []
             for name, param in model.named_parameters():
                 if param.requires_grad:
-                    (lora if "lora_" in name else new).append(param)
+                    (llm if name.startswith("language_model.") else new).append(param)
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             self.optimizer = optimizer_cls(
-                [{"params": new, "lr": self.adapter_learning_rate}, {"params": lora, "lr": self.args.learning_rate}],
+                [{"params": new, "lr": self.adapter_learning_rate}, {"params": llm, "lr": self.args.learning_rate}],
                 **optimizer_kwargs,
             )
         return self.optimizer
@@ -242,6 +246,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     processor = EmoSLLMProcessor.from_backbones(
         audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
         lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
+        freeze_language_model=model_args.freeze_language_model,
         use_transcript=model_args.use_transcript, prompt=model_args.prompt,
     )
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
@@ -374,6 +379,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         for split_clips in clips.values():
             attach_transcripts(split_clips, processor)
             cache.fill(split_clips)
+    # The interface reads each encoder dimension standardized over the training clips (never validation or test).
+    model.audio_encoder.set_feature_statistics(clip["states"] for clip in clips["train"])
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, clips["train"], None, "asr", output_dir / "stage1_asr",

@@ -17,8 +17,8 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
 ADAPTERS = ["qpmapper", "qformer", "mlp"]
-# The interface, what sits between encoder and interface (layer weights, frame norm) and the class bias.
-TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.frame_norm.", "label_bias")
+# The interface, the layer weights between encoder and interface, and the class head.
+TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "classifier.")
 
 
 def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
@@ -77,6 +77,17 @@ def test_no_lora_trains_only_the_interface():
     assert all(n.startswith(TRAINABLE) for n, p in model.named_parameters() if p.requires_grad)
 
 
+def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
+    processor, model = make(lora_rank=0, freeze_language_model=False)
+    batch, _ = batch_of_lengths(processor)
+    model(**batch).loss.backward()
+    llm = dict(model.language_model.named_parameters())
+    assert all(p.requires_grad and p.grad is not None for p in llm.values())
+    assert not any(p.requires_grad for p in model.audio_encoder.encoder.parameters())
+    with pytest.raises(ValueError, match="exclude each other"):
+        make(lora_rank=4, freeze_language_model=False)
+
+
 def test_frozen_encoder_stays_in_eval_mode():
     _, model = make("wav2vec2")
     model.train()
@@ -114,6 +125,22 @@ def test_cached_encoder_states_give_the_same_logits():
         direct = model(**batch).logits
         cached = model(**{k: v for k, v in batch.items() if k != "input_features"}, encoder_layer_states=states).logits
     torch.testing.assert_close(cached, direct)
+
+
+def test_feature_statistics_standardize_each_layer_and_dimension():
+    processor, model = make("whisper", "mlp")
+    batch, audios = batch_of_lengths(processor)
+    with torch.no_grad():
+        states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+    clip_states = [s[:, : processor.config.num_encoder_frames(len(a))] for s, a in zip(states, audios)]
+    model.audio_encoder.set_feature_statistics(clip_states)
+    frames = torch.cat(clip_states, dim=1)  # (layers + 1, all valid frames, hidden): padding never counts
+    standardized = (frames - model.audio_encoder.feature_mean[:, None]) / model.audio_encoder.feature_std[:, None]
+    torch.testing.assert_close(standardized.mean(dim=1), torch.zeros_like(standardized[:, 0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardized.std(dim=1, unbiased=False), torch.ones_like(standardized[:, 0]),
+                               atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="at least one clip"):
+        model.audio_encoder.set_feature_statistics([])
 
 
 @pytest.mark.parametrize("adapter", ["qpmapper", "mlp"])
@@ -233,6 +260,9 @@ def test_save_and_load_in_fresh_process(tmp_path, adapter):
     model.eval()
     audios = [tone(1.3, 300), tone(2.2, 600, seed=3)]
     batch = processor(audios, transcript=["kids are talking", None])
+    with torch.no_grad():
+        states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+    model.audio_encoder.set_feature_statistics(states)  # the standardization is part of the saved model
     with torch.no_grad():
         expected = model(**batch).logits
     saved = tmp_path / "saved"

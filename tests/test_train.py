@@ -79,7 +79,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     assert model.config.labels == sorted(LABELS)
     # Checkpoints keep only what trains; the frozen backbones never change.
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
-    trainable = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.frame_norm.", "label_bias")
+    trainable = ("adapter.", "audio_encoder.layer_weights", "classifier.")
     assert checkpoint and all("lora_" in k or k.startswith(trainable) for k in checkpoint)
 
 
@@ -151,3 +151,16 @@ def test_training_prompts_follow_the_transcript_setting(monkeypatch):
         clips = [{"audio": tone(1.0, 300), "transcript": "the door"}, {"audio": tone(1.0, 400), "transcript": ""}]
         attach_transcripts(clips, tiny_processor(use_transcript=setting))
         assert [c["transcript"] for c in clips] == expected, setting
+
+
+def test_verbalizer_head_starts_as_the_llms_label_words(tiny_setup):
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from processing_emosllm import EmoSLLMProcessor
+
+    encoder, llm = str(tiny_setup / "encoder"), str(tiny_setup / "llm")
+    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, lora_rank=2)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    output_embeddings = model.language_model.get_output_embeddings().weight
+    for row, ids in zip(model.classifier.weight, processor.config.label_token_ids):
+        torch.testing.assert_close(row, output_embeddings[ids].mean(dim=0))
+    assert not model.classifier.bias.any() and model.classifier.weight.requires_grad
