@@ -307,6 +307,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 f"The checkpoint does not match this EmoSLLM config ({problems}): it was saved from another "
                 "configuration or version. Load the folder's own config.json with it, or retrain with train.py."
             )
+        model.freeze_backbones()  # loading marks every parameter trainable; the config says which ones train
         return (model, info) if output_loading_info else model
 
     @classmethod

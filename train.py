@@ -89,7 +89,8 @@ class DataArguments:
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
 
 
-def parse_args() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """The command line (or `argv`) with this script's defaults."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
     parser.set_defaults(
@@ -99,7 +100,7 @@ def parse_args() -> tuple[ModelArguments, DataArguments, TrainingArguments]:
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
         bf16=True, use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
     )
-    return parser.parse_args_into_dataclasses()
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 # --------------------------------------------------------------------------------------------------------------------

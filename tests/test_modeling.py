@@ -227,7 +227,10 @@ def test_mismatched_checkpoint_raises(tmp_path):
     config.lora_rank = 4  # the folder has no LoRA weights for this config: they would start random
     with pytest.raises(ValueError, match="does not match this EmoSLLM config"):
         EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path, config=config)
-    assert EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path).config.lora_rank == 0
+    loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path)
+    assert loaded.config.lora_rank == 0
+    # What trains after loading is what the config says, as in a fresh model (fine-tuning a loaded model).
+    assert loaded.trainable_parameters() == model.trainable_parameters()
 
 
 ROUND_TRIP = textwrap.dedent(

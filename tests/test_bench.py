@@ -1,0 +1,193 @@
+"""bench/ser_benchmark.py on tiny data: the split, the aggregation and an end-to-end quick run on tiny backbones."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from conftest import LABELS, tiny_audio, tiny_llm_config, tiny_tokenizer, tone
+from transformers import LlamaForCausalLM, WhisperModel
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import ser_benchmark  # noqa: E402
+
+FREQUENCIES = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
+
+
+def write_corpus(folder: Path, speakers: int = 10, takes: int = 2) -> Path:
+    """A manifest corpus of noisy tones: `speakers` x 4 labels x `takes` clips of 0.6-0.8 s."""
+    folder.mkdir(parents=True)
+    rows = ["path,label,speaker,transcript"]
+    for speaker in range(1, speakers + 1):
+        for label in LABELS:
+            for take in range(takes):
+                name = f"s{speaker:02d}_{label}_{take}.wav"
+                sf.write(folder / name, tone(0.6 + 0.2 * take, FREQUENCIES[label], seed=speaker * 10 + take), 16000)
+                rows.append(f"{name},{label},spk{speaker:02d},kids are talking by the door")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """Tiny random backbones saved as folders (as in tests/test_train.py) and an 80-clip, 10-speaker corpus."""
+    root = tmp_path_factory.mktemp("bench")
+    audio_config, feature_extractor = tiny_audio("whisper")
+    torch.manual_seed(0)
+    WhisperModel(audio_config).save_pretrained(root / "encoder")
+    feature_extractor.save_pretrained(root / "encoder")
+    tokenizer = tiny_tokenizer()
+    LlamaForCausalLM(tiny_llm_config(len(tokenizer) + 1)).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    write_corpus(root / "corpus")
+    return root
+
+
+def test_split_never_shares_a_speaker_and_subsets_every_group(tiny_setup):
+    corpus = str(tiny_setup / "corpus")
+    splits = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10")
+    speakers = {name: set(split["speaker"]) for name, split in splits.items()}
+    assert speakers == {"train": {f"spk{i:02d}" for i in range(1, 7)}, "validation": {"spk07", "spk08"},
+                        "test": {"spk09", "spk10"}}
+    half = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
+    assert {name: len(split) for name, split in half.items()} == {"train": 24, "validation": 8, "test": 8}
+    for name, split in half.items():
+        speakers_of_half = set(split["speaker"])
+        assert speakers_of_half == speakers[name]  # every speaker keeps every label, one clip each
+        assert sorted(zip(split["speaker"], split["label"])) == sorted(
+            (s, label) for s in speakers_of_half for label in LABELS)
+    again = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
+    assert again["train"]["path"] == half["train"]["path"]  # fixed, not drawn anew
+    with pytest.raises(ValueError, match="both test and validation"):
+        ser_benchmark.load_splits(corpus, eval_speakers="7-9", test_speakers="9-10")
+
+
+def test_transcript_only_prompt_has_no_audio():
+    from conftest import tiny_processor
+
+    processor_class, _ = ser_benchmark.transcript_only_classes()
+    base = tiny_processor()
+    processor = processor_class(base.feature_extractor, base.tokenizer, config=base.config)
+    prompt = processor.build_prompt(16000, transcript="kids are talking by the door")
+    assert base.config.audio_token not in prompt and "Speech" not in prompt
+    assert prompt == base.build_prompt(16000, "kids are talking by the door").replace(
+        "\nSpeech: " + base.config.audio_token * base.config.num_queries, "")
+
+
+def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_setup):
+    from types import SimpleNamespace
+
+    from processing_emosllm import EmoSLLMProcessor
+
+    model, runner, feature_extractor = ser_benchmark.build_whisper_classifier(
+        str(tiny_setup / "encoder"), LABELS, freeze_encoder=True)
+    pretrained = WhisperModel.from_pretrained(tiny_setup / "encoder").encoder.state_dict()
+    assert all(torch.equal(value, pretrained[name]) for name, value in model.encoder.state_dict().items())
+    assert runner.encoder is model.encoder
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        "projector.weight", "projector.bias", "classifier.weight", "classifier.bias"}
+
+    model.eval()
+    short, long = tone(0.5, 300), tone(1.2, 900, seed=1)
+    with torch.no_grad():
+        alone = model(encoder_outputs=(ser_benchmark.pooled_encoder_output(runner, feature_extractor, [short]),))
+        batch = model(encoder_outputs=(ser_benchmark.pooled_encoder_output(runner, feature_extractor, [short, long]),))
+        # HF's order on the short clip's own frames: projector on every frame, mean over them, classifier.
+        owner = SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
+        features = EmoSLLMProcessor._audio_features(owner, [short])
+        last = runner.layer_states(features["input_features"], features["audio_lengths"])[0, -1]
+        frames = runner.config.num_encoder_frames(len(short))
+        expected = model.classifier(model.projector(last[:frames]).mean(dim=0))
+    torch.testing.assert_close(alone.logits[0], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch.logits[0], expected, rtol=1e-4, atol=1e-5)  # padding never enters the mean
+
+
+def run_result(seed: int, ua: float, wa: float, seconds: float) -> dict:
+    return {"seed": seed, "ua": ua, "wa": wa, "macro_f1": ua / 2, "weighted_f1": wa / 2, "train_seconds": seconds,
+            "real_time_factor": 0.25, "peak_rss_mib": 1000.0 + seed, "wall_seconds": 2 * seconds,
+            "trainable_parameters": 17_400_000, "total_parameters": 160_123_456}
+
+
+def test_aggregation_and_table_match_hand_computed_values():
+    runs = [run_result(0, 0.5, 0.6, 100.0), run_result(1, 0.6, 0.6, 110.0), run_result(2, 0.7, 0.9, 120.0),
+            {"system": "x", "seed": 3, "error": "killed"}]
+    row = ser_benchmark.summarize(runs)
+    assert row["seeds"] == [0, 1, 2] and row["failed_seeds"] == [3]
+    assert row["ua"]["mean"] == pytest.approx(0.6) and row["ua"]["std"] == pytest.approx(0.1)
+    assert row["wa"]["mean"] == pytest.approx(0.7) and row["wa"]["std"] == pytest.approx(0.3 / 3**0.5)
+    assert row["train_seconds"]["values"] == [100.0, 110.0, 120.0] and row["train_seconds"]["std"] == pytest.approx(10)
+    single = ser_benchmark.summarize([run_result(0, 0.25, 0.5, 7.0)])
+    assert single["ua"] == {"mean": 0.25, "std": None, "values": [0.25]}
+
+    table = ser_benchmark.markdown_table({"emosllm_qpmapper": row, "mfcc_lr": single}, ["1 epoch(s) instead of 5"])
+    lines = table.splitlines()
+    assert lines[0] == "**REDUCED benchmark (1 epoch(s) instead of 5)**"
+    assert lines[4] == ("| emosllm_qpmapper | 0,1,2 (failed: 3) | 0.600 ± 0.100 | 0.700 ± 0.173 | 0.300 ± 0.050 | "
+                        "17.4M / 160.1M | 110 ± 10 | 0.250 ± 0.000 | 1001 ± 1 |")
+    assert lines[5] == "| mfcc_lr | 0 | 0.250 | 0.500 | 0.125 | 17.4M / 160.1M | 7 | 0.250 | 1000 |"
+    assert ser_benchmark.markdown_table({}, []).startswith("**Full benchmark**")
+
+
+def test_modes_state_their_reductions(tmp_path):
+    full = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
+    assert (full["epochs"], full["subset_fraction"]) == (5, 1.0)  # train.py's default epochs, every clip
+    assert ser_benchmark.reductions_of(full, [0, 1, 2]) == []
+    quick = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--out", str(tmp_path)]))
+    assert (quick["epochs"], quick["subset_fraction"], quick["threads"]) == (1, 0.1, 1)
+    assert ser_benchmark.reductions_of(quick, [0]) == [
+        "10% of the clips of every speaker-emotion group (at least one) in train, validation and test",
+        "1 epoch(s) instead of 5", "seed(s) 0 only"]
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
+    import train
+
+    # Every row but emosllm_qformer / emosllm_mlp, which differ from emosllm_qpmapper only by train.py's
+    # --adapter_type (the interfaces have their own tests); that keeps this test near a minute.
+    systems = [s for s in ser_benchmark.SYSTEMS if s not in ("emosllm_qformer", "emosllm_mlp")]
+    if "freeze_language_model" not in {f.name for f in dataclasses.fields(train.ModelArguments)}:
+        systems.remove("emosllm_full_finetune")  # needs train.py's --freeze_language_model, not there yet
+    out = tmp_path / "serbench"
+    argv = ["--mode", "quick", "--out", str(out), "--data_dir", str(tiny_setup / "corpus"), "--eval_speakers", "7-8",
+            "--test_speakers", "9-10", "--subset_fraction", "0.5", "--audio_encoder", str(tiny_setup / "encoder"),
+            "--llm", str(tiny_setup / "llm"), "--systems", ",".join(systems)]
+    assert ser_benchmark.main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert list(report["rows"]) == systems
+    assert sum(split["clips"] for split in report["splits"].values()) == 40
+    assert report["settings"]["epochs"] == 1 and report["seeds"] == [0]
+    assert any("50%" in text for text in report["reductions"]) and "REDUCED" in report["table"]
+    for system in systems:
+        row = report["rows"][system]
+        assert row["seeds"] == [0] and not row["failed_seeds"], system
+        assert 0 <= row["ua"]["mean"] <= 1 and row["real_time_factor"]["mean"] > 0, system
+        assert 0 < row["trainable_parameters"] <= row["total_parameters"], system
+        assert row["peak_rss_mib"]["mean"] > 0 and row["train_seconds"]["mean"] > 0, system
+        run = report["runs"][system][0]
+        assert run["num_samples"] == 8 and run["speed"]["clips"] == 8, system
+    runs = {system: report["runs"][system][0] for system in systems}
+    # Frozen encoder: only HF's head trains (projector 32 -> 256, classifier 256 -> 4); fine-tuned: the encoder too.
+    assert runs["whisper_linear_frozen"]["trainable_parameters"] == (32 + 1) * 256 + (256 + 1) * 4
+    frozen_positions = 1500 * 32  # HF keeps Whisper's sinusoidal position table frozen (max_source_positions x d_model)
+    finetuned = runs["whisper_linear_finetuned"]
+    assert finetuned["trainable_parameters"] + frozen_positions == finetuned["total_parameters"]
+    # Without audio only LoRA and the head train; without LoRA the interface and the head; full fine-tuning trains
+    # every LLM weight.
+    assert runs["emosllm_transcript_only"]["trainable_parameters"] < runs["emosllm_qpmapper"]["trainable_parameters"]
+    assert runs["emosllm_no_lora"]["trainable_parameters"] < runs["emosllm_qpmapper"]["trainable_parameters"]
+    if "emosllm_full_finetune" in runs:
+        assert runs["emosllm_full_finetune"]["trainable_parameters"] > runs["emosllm_qpmapper"]["trainable_parameters"]
+    markdown = (out / "results.md").read_text()
+    assert all(f"| {system} |" in markdown for system in systems) and "Command:" in markdown
+    assert not list((out / "runs").rglob("*.safetensors"))  # EmoSLLM weights are removed after measuring
+
+    # A second call with the same settings reuses every finished run.
+    assert ser_benchmark.main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"]["emosllm_qpmapper"]["ua"] == report["rows"]["emosllm_qpmapper"]["ua"]
