@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
-from transformers import Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY, AudioClassificationPipeline
 from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging

@@ -2,20 +2,24 @@
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     LlamaConfig,
+    LlamaForCausalLM,
     PreTrainedTokenizerFast,
     Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
     WhisperConfig,
     WhisperFeatureExtractor,
+    WhisperModel,
 )
 
 from configuration_emosllm import DEFAULT_PROMPT  # noqa: E402
@@ -90,3 +94,34 @@ def tone(seconds: float, frequency: float, seed: int = 0, rate: int = 16000) -> 
 @pytest.fixture
 def processor() -> EmoSLLMProcessor:
     return tiny_processor()
+
+
+TONE_FREQUENCIES = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
+
+
+def save_tiny_backbones(root: Path) -> None:
+    """A tiny random Whisper and Llama saved as `root/encoder` and `root/llm`, as Hub checkpoints would be."""
+    audio_config, feature_extractor = tiny_audio("whisper")
+    torch.manual_seed(0)
+    WhisperModel(audio_config).save_pretrained(root / "encoder")
+    feature_extractor.save_pretrained(root / "encoder")
+    tokenizer = tiny_tokenizer()
+    LlamaForCausalLM(tiny_llm_config(len(tokenizer) + 1)).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+
+
+def write_tone_corpus(folder: Path, speakers: int, takes: int = 2) -> Path:
+    """A manifest corpus of noisy tones, one pitch per label: `speakers` x 4 labels x `takes` clips of 0.6-0.8 s."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rows = ["path,label,speaker,transcript"]
+    for speaker in range(1, speakers + 1):
+        for label in LABELS:
+            for take in range(takes):
+                name = f"s{speaker:02d}_{label}_{take}.wav"
+                audio = tone(0.6 + 0.2 * take, TONE_FREQUENCIES[label], seed=speaker * 10 + take)
+                sf.write(folder / name, audio, 16000)
+                rows.append(f"{name},{label},spk{speaker:02d},kids are talking by the door")
+    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return folder

@@ -6,45 +6,21 @@ import sys
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
-from conftest import LABELS, tiny_audio, tiny_llm_config, tiny_tokenizer, tone
-from transformers import LlamaForCausalLM, WhisperModel
+from conftest import LABELS, save_tiny_backbones, tone, write_tone_corpus
+from transformers import WhisperModel
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import ser_benchmark  # noqa: E402
 
-FREQUENCIES = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
-
-
-def write_corpus(folder: Path, speakers: int = 10, takes: int = 2) -> Path:
-    """A manifest corpus of noisy tones: `speakers` x 4 labels x `takes` clips of 0.6-0.8 s."""
-    folder.mkdir(parents=True)
-    rows = ["path,label,speaker,transcript"]
-    for speaker in range(1, speakers + 1):
-        for label in LABELS:
-            for take in range(takes):
-                name = f"s{speaker:02d}_{label}_{take}.wav"
-                sf.write(folder / name, tone(0.6 + 0.2 * take, FREQUENCIES[label], seed=speaker * 10 + take), 16000)
-                rows.append(f"{name},{label},spk{speaker:02d},kids are talking by the door")
-    (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     """Tiny random backbones saved as folders (as in tests/test_train.py) and an 80-clip, 10-speaker corpus."""
     root = tmp_path_factory.mktemp("bench")
-    audio_config, feature_extractor = tiny_audio("whisper")
-    torch.manual_seed(0)
-    WhisperModel(audio_config).save_pretrained(root / "encoder")
-    feature_extractor.save_pretrained(root / "encoder")
-    tokenizer = tiny_tokenizer()
-    LlamaForCausalLM(tiny_llm_config(len(tokenizer) + 1)).save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    write_corpus(root / "corpus")
+    save_tiny_backbones(root)
+    write_tone_corpus(root / "corpus", speakers=10)
     return root
 
 

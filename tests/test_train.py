@@ -8,13 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from conftest import LABELS, tiny_audio, tiny_llm_config, tiny_tokenizer, tone
+from conftest import LABELS, save_tiny_backbones, tone, write_tone_corpus
 from safetensors.torch import load_file
-from transformers import AutoModelForAudioClassification, LlamaForCausalLM, WhisperModel
+from transformers import AutoModelForAudioClassification
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,24 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_setup(tmp_path_factory):
     """Tiny random backbones saved as folders (as a Hub checkpoint would be) and a 4-speaker corpus."""
     root = tmp_path_factory.mktemp("train")
-    audio_config, feature_extractor = tiny_audio("whisper")
-    torch.manual_seed(0)
-    WhisperModel(audio_config).save_pretrained(root / "encoder")
-    feature_extractor.save_pretrained(root / "encoder")
-    tokenizer = tiny_tokenizer()
-    LlamaForCausalLM(tiny_llm_config(len(tokenizer) + 1)).save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    rows = ["path,label,speaker,transcript"]
-    frequencies = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
-    for speaker in range(1, 5):
-        for label in LABELS:
-            for take in range(2):
-                name = f"s{speaker}_{label}_{take}.wav"
-                sf.write(corpus / name, tone(0.6 + 0.2 * take, frequencies[label], seed=speaker * 10 + take), 16000)
-                rows.append(f"{name},{label},spk{speaker},kids are talking by the door")
-    (corpus / "manifest.csv").write_text("\n".join(rows) + "\n")
+    save_tiny_backbones(root)
+    write_tone_corpus(root / "corpus", speakers=4)
     return root
 
 
