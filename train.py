@@ -58,7 +58,8 @@ class ModelArguments:
         default=True, metadata={"help": "False (with --lora_rank 0): fine-tune all LLM weights instead of LoRA."}
     )
     adapter_learning_rate: float = field(
-        default=1e-3, metadata={"help": "Learning rate of the interface; --learning_rate is LoRA's."}
+        default=1e-3,
+        metadata={"help": "Learning rate of the interface, layer weights and head; --learning_rate is the LLM's (LoRA)."},
     )
     classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
     use_transcript: str = field(default="given", metadata={"help": "given | auto (ASR for missing) | none"})
