@@ -132,13 +132,18 @@ def layer_average(encoder: EmoSLLMAudioEncoder, features: dict, mode: str, num_f
     return encoder.layer_states(features["input_features"], features["audio_lengths"])[:, :, :num_frames].mean(dim=1)
 
 
-def pool(frames: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+def masked_mean_std(frames: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean and std over each clip's valid frames: `(batch, frames, hidden)` -> `(batch, 2 * hidden)`."""
     mask = valid.to(frames.dtype)[..., None]
     count = mask.sum(dim=1)
     mean = (frames * mask).sum(dim=1) / count
     std = ((((frames - mean[:, None]) ** 2) * mask).sum(dim=1) / count).sqrt()
-    return torch.cat([mean, std], dim=-1).numpy()
+    return torch.cat([mean, std], dim=-1)
+
+
+def pool(frames: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    """`masked_mean_std` as a NumPy array, for scikit-learn."""
+    return masked_mean_std(frames, valid).numpy()
 
 
 def whisper_pooled(

@@ -30,9 +30,11 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from backbones_emosllm import default_cache_dir  # noqa: E402
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
+from encoder_padding import masked_mean_std  # noqa: E402
 from train import EncoderStateCache, ModelArguments, build_model, decoded_clips  # noqa: E402
 
 
@@ -56,10 +58,8 @@ def pooled_probe(model, clips: dict, labels: list[str], variant: str, seed: int,
             states = (states - encoder.feature_mean[:, None]) / encoder.feature_std[:, None]
         frames = torch.einsum("l,bltd->btd", torch.softmax(layer_weights, 0), states)
         frames = norm(frames) if variant == "layernorm" else frames
-        mask = encoder.frame_mask(torch.tensor([len(c["audio"]) for c in batch]), longest)[..., None].float()
-        mean = (frames * mask).sum(1) / mask.sum(1)
-        std = ((frames - mean[:, None]).square() * mask).sum(1).div(mask.sum(1)).sqrt()
-        return head(torch.cat([mean, std], dim=-1))
+        valid = encoder.frame_mask(torch.tensor([len(c["audio"]) for c in batch]), longest)
+        return head(masked_mean_std(frames, valid))
 
     target = {label: i for i, label in enumerate(labels)}
     history = []

@@ -421,13 +421,6 @@ def transcript_only_classes():
     return TranscriptOnlyProcessor, TranscriptOnlyEmoSLLM
 
 
-def parse_train_args(argv: list[str]):
-    """train.py's `parse_args` (its own defaults) on `argv`."""
-    import train
-
-    return train.parse_args(argv)
-
-
 def validation_history(checkpoints: Path) -> dict:
     """Validation UA after each epoch and the best one, from the Trainer state of the newest checkpoint."""
     states = sorted(checkpoints.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
@@ -459,7 +452,7 @@ def run_emosllm(
         "--num_train_epochs", str(settings["epochs"]), "--disable_tqdm", "true",
         "--encoder_cache_dir", str(Path(settings["out"]) / "encoder_cache"), *EMOSLLM_FLAGS[system],
     ]
-    model_args, data_args, training_args = parse_train_args(argv)
+    model_args, data_args, training_args = train.parse_args(argv)
     processor_class, model_class = EmoSLLMProcessor, EmoSLLMForSpeechEmotionRecognition
     with contextlib.ExitStack() as patches:
         if system == "emosllm_transcript_only":
@@ -608,7 +601,9 @@ def machine_info() -> dict:
 
 def train_py_epochs() -> int:
     """train.py's default `--num_train_epochs`."""
-    return int(parse_train_args(["--output_dir", "unused"])[2].num_train_epochs)
+    import train
+
+    return int(train.parse_args(["--output_dir", "unused"])[2].num_train_epochs)
 
 
 def resolve_settings(args: argparse.Namespace) -> dict:
