@@ -48,6 +48,9 @@ class EmoSLLMConfig(PreTrainedConfig):
     classifier (`str`): the head on the LLM's last hidden state at the answer position, one score per class.
         `"verbalizer"` starts it as the LLM's own output embeddings of the label words (so the untrained model
         answers as the LLM would); `"linear"` starts it at random. Either way it trains with the interface.
+    audio_loss_weight (`float`): weight of an auxiliary loss during training: a linear layer (`audio_classifier`)
+        names the emotion from the mean of the audio embeddings, so the interface gets a direct training signal
+        besides the one that comes back through the LLM. `0` turns it off. Inference reads only the LLM's answer.
     prompt (`str`): the task text; `{labels}` is replaced by the comma-separated label names.
     audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
         embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
@@ -62,6 +65,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     """
 
     model_type = "emosllm"
+    keys_to_ignore_at_inference = ["audio_logits"]  # Trainer's predictions are the answer's class scores only
     sub_configs_defaults = {
         "audio_config": SubConfigSpec(
             config_class=AutoConfig,
@@ -111,6 +115,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     lora_target_modules: list[str] | str = "all-linear"
     freeze_language_model: bool = True
     classifier: Literal["verbalizer", "linear"] = "verbalizer"
+    audio_loss_weight: float = 0.0
     prompt: str = DEFAULT_PROMPT
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None

@@ -30,10 +30,13 @@ class SpeechEmotionOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`): cross-entropy over the emotion classes, when `labels` are given.
     logits (`torch.FloatTensor` of shape `(batch, num_labels)`): one score per class; softmax gives probabilities.
+    audio_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the auxiliary `audio_classifier`'s scores from
+        the audio embeddings alone, when `config.audio_loss_weight > 0` (a training signal and diagnostic only).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    audio_logits: torch.FloatTensor | None = None
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
@@ -289,6 +292,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         # own output embeddings of the label words (`from_backbones`), so its first answers are the LLM's; it then
         # trains with the interface: a frozen verbalizer learned too slowly to leave chance on RAVDESS (BENCHMARKS.md).
         self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
+        # Training aid (`audio_loss_weight`): names the emotion from the mean audio embedding, a short path for the
+        # interface's gradient that does not pass through the 30 LLM layers.
+        if config.audio_loss_weight > 0:
+            self.audio_classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
         self.post_init()
         self.freeze_backbones()
         self.train(self.training)
@@ -406,8 +413,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio = audio_embeddings[audio_mask].to(embeddings.dtype)
         return embeddings.masked_scatter(placeholder[..., None].expand_as(embeddings), audio)
 
-    def _llm_inputs(self, input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states) -> dict:
-        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
+    def _llm_inputs(self, input_ids, attention_mask, audio_embeddings, audio_mask) -> dict:
         inputs_embeds = self.merge_audio_embeddings(input_ids, audio_embeddings, audio_mask)
         # Prompts are left-padded; positions count real tokens only.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -434,7 +440,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         lm_labels (`(batch, seq)`, optional): answer token ids (-100 elsewhere) for the ASR stage; gives the
             language-model `loss` instead, and no class scores.
         """
-        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
+        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         if lm_labels is not None:
             loss = self.language_model(**llm_inputs, labels=lm_labels).loss
             return SpeechEmotionOutput(loss=loss)
@@ -442,10 +449,18 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         # Class scores in float32 even under bf16 autocast: LLM logits sit near 20-30, where bf16's spacing (0.125)
         # is coarser than the differences between clips that training has to grow.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            hidden = hidden.float()
-            logits = self.classifier(hidden)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return SpeechEmotionOutput(loss=loss, logits=logits)
+            logits = self.classifier(hidden.float())
+            audio_logits = None
+            if self.config.audio_loss_weight > 0:
+                weights = audio_mask[..., None].float()
+                mean_audio = (audio_embeddings.float() * weights).sum(dim=1) / weights.sum(dim=1)
+                audio_logits = self.audio_classifier(mean_audio)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels)
+            if audio_logits is not None:
+                loss = loss + self.config.audio_loss_weight * F.cross_entropy(audio_logits, labels)
+        return SpeechEmotionOutput(loss=loss, logits=logits, audio_logits=audio_logits)
 
     @torch.no_grad()
     def generate(
@@ -458,7 +473,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """Free-text answer from the LLM (new tokens only), e.g. `max_new_tokens=5`."""
-        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states)
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
+        llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
         return self.language_model.generate(**llm_inputs, **generate_kwargs)
 

@@ -136,8 +136,12 @@ class EmoSLLMProcessor(ProcessorMixin):
             )
         return audio.astype(np.float32)
 
-    def _audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Feature extraction, padded to the batch's longest clip (or to `max_audio_seconds`)."""
+    def audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """
+        Feature extraction of prepared clips (`prepare_audio`), padded to the batch's longest clip (or to
+        `max_audio_seconds`): `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)`
+        for the wav2vec2 family, and `audio_lengths` `(batch,)`.
+        """
         if self.config.pad_audio_to_max_length:
             padding = {"padding": "max_length", "max_length": int(self.config.max_audio_seconds * SAMPLING_RATE)}
         else:
@@ -223,8 +227,11 @@ class EmoSLLMProcessor(ProcessorMixin):
                 )
         return torch.tensor(ids)
 
-    def _transcripts(self, audios: list[np.ndarray], transcripts: list[str | None]) -> list[str | None]:
-        """Given transcripts win; with `use_transcript="auto"` the missing ones come from the bundled Whisper."""
+    def resolve_transcripts(self, audios: list[np.ndarray], transcripts: list[str | None]) -> list[str | None]:
+        """
+        The transcript each clip's prompt shows, by `config.use_transcript`: given transcripts win; with `"auto"` the
+        missing ones come from the bundled Whisper; with `"none"` there are none.
+        """
         if self.config.use_transcript == "none":
             return [None] * len(audios)
         missing = [i for i, t in enumerate(transcripts) if t is None]
@@ -268,8 +275,8 @@ class EmoSLLMProcessor(ProcessorMixin):
         audios = [self.prepare_audio(a, sampling_rate, name) for a, name in zip(audios, names)]
         transcripts = self._per_clip(transcript, len(audios), "transcript")
         features = self._per_clip(text_features, len(audios), "text_features")
-        transcripts = self._transcripts(audios, transcripts)
-        data = {**self.text_inputs([len(a) for a in audios], transcripts, features), **self._audio_features(audios)}
+        transcripts = self.resolve_transcripts(audios, transcripts)
+        data = {**self.text_inputs([len(a) for a in audios], transcripts, features), **self.audio_features(audios)}
         if labels is not None:
             data["labels"] = self.label_ids(self._per_clip(labels, len(audios), "labels"))
         return BatchFeature(data)

@@ -62,6 +62,10 @@ class ModelArguments:
         metadata={"help": "Learning rate of the interface, layer weights and head; --learning_rate is the LLM's (LoRA)."},
     )
     classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
+    audio_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the auxiliary emotion loss on the mean audio embedding (0: off; BENCHMARKS.md)."},
+    )
     use_transcript: str = field(default="given", metadata={"help": "given | auto (ASR for missing) | none"})
     prompt: str = field(default=DEFAULT_PROMPT)
     backbone_cache_dir: str | None = field(default=None, metadata={"help": "Where converted backbones live."})
@@ -169,7 +173,7 @@ class EncoderStateCache:
         started = time.time()
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            features = self.processor._audio_features([c["audio"] for c in chunk])
+            features = self.processor.audio_features([c["audio"] for c in chunk])
             states = encoder.layer_states(features["input_features"], features["audio_lengths"])
             for clip, clip_states in zip(chunk, states):
                 frames = self.model.config.num_encoder_frames(len(clip["audio"]))
@@ -199,7 +203,7 @@ class EmoSLLMCollator:
                 torch.nn.functional.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1])) for c in clips
             ])
         else:
-            batch.update(self.processor._audio_features([c["audio"] for c in clips]))
+            batch.update(self.processor.audio_features([c["audio"] for c in clips]))
         if self.task == "ser":
             batch["labels"] = self.processor.label_ids([c["label"] for c in clips])
         return batch
@@ -248,6 +252,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
         audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
         lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
         freeze_language_model=model_args.freeze_language_model,
+        audio_loss_weight=model_args.audio_loss_weight,
         use_transcript=model_args.use_transcript, prompt=model_args.prompt,
     )
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
@@ -262,7 +267,7 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
     missing ones, `none` drops them all (the collator builds prompts from `clip["transcript"]`).
     """
     given = [c["transcript"] or None for c in clips]
-    for clip, text in zip(clips, processor._transcripts([c["audio"] for c in clips], given)):
+    for clip, text in zip(clips, processor.resolve_transcripts([c["audio"] for c in clips], given)):
         clip["transcript"] = text
 
 

@@ -9,7 +9,7 @@ Two ways to run Whisper tiny.en's frozen encoder on short emotional clips:
 * ``own_length``: ``EmoSLLMAudioEncoder.layer_states`` on the batch's own length, padding frames masked (EmoSLLM's
   default, ``pad_audio_to_max_length=False``).
 
-Both modes prepare features with ``EmoSLLMProcessor._audio_features`` (``pad_audio_to_max_length`` True / False)
+Both modes prepare features with ``EmoSLLMProcessor.audio_features`` (``pad_audio_to_max_length`` True / False)
 and share one set of encoder weights. For each mode the script measures
 
 1. speed: seconds per clip and real-time factor of feature extraction and of the encoder, batches of 8, the same
@@ -106,11 +106,11 @@ def check_attention(encoder: EmoSLLMAudioEncoder, attn_implementation: str) -> N
 
 
 def audio_features(feature_configs: dict, feature_extractor, audios: list[np.ndarray], mode: str) -> dict:
-    """The processor's own feature step (`EmoSLLMProcessor._audio_features`) with `pad_audio_to_max_length` set by
+    """The processor's own feature step (`EmoSLLMProcessor.audio_features`) with `pad_audio_to_max_length` set by
     `mode`. It needs only `config` and `feature_extractor` from the processor, so it is called with just those (the
     full processor would also need an LLM tokenizer, which plays no part here)."""
     owner = types.SimpleNamespace(config=feature_configs[mode], feature_extractor=feature_extractor)
-    return EmoSLLMProcessor._audio_features(owner, audios)
+    return EmoSLLMProcessor.audio_features(owner, audios)
 
 
 @torch.inference_mode()

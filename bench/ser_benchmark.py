@@ -104,7 +104,7 @@ EMOSLLM_FLAGS = {
     "emosllm_qpmapper": ["--adapter_type", "qpmapper"],
     "emosllm_qformer": ["--adapter_type", "qformer"],
     "emosllm_mlp": ["--adapter_type", "mlp"],
-    "emosllm_transcript_only": ["--adapter_type", "qpmapper"],
+    "emosllm_transcript_only": ["--adapter_type", "qpmapper", "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": ["--adapter_type", "qpmapper", "--lora_rank", "0"],
     "emosllm_full_finetune": ["--adapter_type", "qpmapper", "--lora_rank", "0", "--freeze_language_model", "False",
                               "--learning_rate", "2e-5"],
@@ -287,7 +287,7 @@ def pooled_encoder_output(runner, feature_extractor, audios: list[np.ndarray]):
 
     # The processor's own feature step; it reads only `config` and `feature_extractor` (no tokenizer needed).
     owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
-    features = EmoSLLMProcessor._audio_features(owner, audios)
+    features = EmoSLLMProcessor.audio_features(owner, audios)
     last = runner.layer_states(features["input_features"], features["audio_lengths"])[:, -1]
     mask = runner.frame_mask(features["audio_lengths"], last.shape[1]).to(last.dtype)[..., None]
     return ((last * mask).sum(dim=1) / mask.sum(dim=1))[:, None]

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import LABELS, tiny_processor, tone
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -143,6 +144,30 @@ def test_feature_statistics_standardize_each_layer_and_dimension():
         model.audio_encoder.set_feature_statistics([])
 
 
+@pytest.mark.parametrize("adapter", ["qpmapper", "qformer"])
+def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adapter):
+    processor, model = make("whisper", adapter, audio_loss_weight=0.5)
+    batch, _ = batch_of_lengths(processor)
+    model.eval()  # no dropout, so the two passes below see the same embeddings
+    output = model(**batch)
+    embeddings, mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
+    mean_audio = (embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # padding embeddings excluded
+    torch.testing.assert_close(output.audio_logits, model.audio_classifier(mean_audio))
+    expected = F.cross_entropy(output.logits, batch["labels"]) + 0.5 * F.cross_entropy(output.audio_logits,
+                                                                                       batch["labels"])
+    torch.testing.assert_close(output.loss, expected)
+    model.train()
+    model(**batch).loss.backward()
+    assert model.audio_classifier.weight.grad.abs().sum() > 0
+    # The answer is the LLM's alone: the auxiliary head does not move the class scores.
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch).logits
+        model.audio_classifier.weight.add_(1.0)
+        torch.testing.assert_close(model(**batch).logits, before)
+    assert not hasattr(make()[1], "audio_classifier")  # off by default in the config
+
+
 @pytest.mark.parametrize("adapter", ["qpmapper", "mlp"])
 def test_scores_do_not_depend_on_batch_company(adapter):
     processor, model = make("whisper", adapter)
@@ -158,7 +183,7 @@ def test_asr_stage_gives_language_model_loss_on_the_answer_only():
     processor, model = make()
     audios = [tone(1.0, 300), tone(1.5, 500, seed=1)]
     text = processor.text_inputs([len(a) for a in audios], ["kids are talking", "the door"], [None, None], task="asr")
-    features = processor._audio_features(audios)
+    features = processor.audio_features(audios)
     answer = text["lm_labels"] != -100
     assert answer.sum(1).tolist() == [4, 3]  # the words and the end-of-text token
     assert (text["input_ids"][answer] == text["lm_labels"][answer]).all()

@@ -107,5 +107,5 @@ def test_auto_transcript_from_bundled_whisper_on_real_speech():
     wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
     audio, rate = sf.read(wav, dtype="float32")
     processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
-    (transcript,) = processor._transcripts([processor.prepare_audio(audio, rate)], [None])
+    (transcript,) = processor.resolve_transcripts([processor.prepare_audio(audio, rate)], [None])
     assert "fail" in transcript.lower()  # Beckett: "Ever tried. Ever failed. No matter. Try again. Fail again..."

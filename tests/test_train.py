@@ -61,7 +61,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     assert model.config.labels == sorted(LABELS)
     # Checkpoints keep only what trains; the frozen backbones never change.
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
-    trainable = ("adapter.", "audio_encoder.layer_weights", "classifier.")
+    trainable = ("adapter.", "audio_encoder.layer_weights", "classifier.", "audio_classifier.")
     assert checkpoint and all("lora_" in k or k.startswith(trainable) for k in checkpoint)
 
 
