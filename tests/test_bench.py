@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import LABELS, save_tiny_backbones, tone, write_tone_corpus
@@ -167,3 +168,26 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     assert ser_benchmark.main(argv) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["rows"]["emosllm_qpmapper"]["ua"] == report["rows"]["emosllm_qpmapper"]["ua"]
+
+
+def test_audio_head_diagnostic_scores_the_answer_and_the_audio_head_separately():
+    import audio_head
+    from conftest import tiny_processor
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor(audio_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    clips = [{"audio": tone(1.0 + 0.1 * i, 150 + 40 * i, seed=i), "label": LABELS[i % len(LABELS)],
+              "transcript": None, "text_features": {}} for i in range(8)]
+    with torch.no_grad():
+        model.audio_classifier.weight.zero_()
+        model.audio_classifier.bias.copy_(torch.arange(len(LABELS)) == 0)  # the audio head always says class 0
+        scores = audio_head.answer_and_audio_head_ua(model, processor, clips, batch_size=3)
+    assert scores["audio_head"] == pytest.approx(1 / len(LABELS))  # one class right, the others never
+    batch = processor([c["audio"] for c in clips], labels=[c["label"] for c in clips])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        predicted = model(**batch).logits.float().argmax(-1)
+    expected = np.mean([(predicted[batch["labels"] == k] == k).float().mean().item()
+                        for k in batch["labels"].unique()])
+    assert scores["answer"] == pytest.approx(expected)
