@@ -73,7 +73,8 @@ def main(argv=None) -> dict:
         cache.fill(clips)
         results[name] = answer_and_audio_head_ua(model, processor, clips)
         speakers = sorted(set(split["speaker"]))
-        print(f"| {name} | {len(clips)} ({speakers[0]} to {speakers[-1]}) | " + " | ".join(f"{v:.3f}" for v in results[name].values()) + " |", flush=True)
+        scores = " | ".join(f"{value:.3f}" for value in results[name].values())
+        print(f"| {name} | {len(clips)} ({speakers[0]} to {speakers[-1]}) | {scores} |", flush=True)
     return results
 
 
