@@ -16,17 +16,20 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from scipy.signal import resample_poly
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
+    SAMPLING_RATE,
     compute_ser_metrics,
     load_corpus,
     load_hub_dataset,
@@ -52,6 +55,11 @@ class ModelArguments:
     llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
     adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp"})
     num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
+    adapter_hidden_size: int = field(
+        default=256,
+        metadata={"help": "Width of the qpmapper/Q-Former transformer and of the MLP. The paper's 768 scored the same "
+                  "on RAVDESS with 4x the trainable parameters (BENCHMARKS.md)."},
+    )
     lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
     lora_alpha: int = field(default=16)
     freeze_language_model: bool = field(
@@ -88,6 +96,16 @@ class DataArguments:
     test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%."})
     eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10% before."})
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
+    speed_perturbation: str = field(
+        default="0.9,0.95,1.05,1.1",
+        metadata={"help": "Comma-separated speed factors: each training clip also gets a copy resampled by each "
+                  "(tempo and pitch change together). Empty: none."},
+    )
+    noise_snr_db: str = field(
+        default="20,10",
+        metadata={"help": "Comma-separated SNRs in dB: each training clip also gets a copy with white noise at "
+                  "each. Empty: none."},
+    )
     asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
     encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
@@ -144,6 +162,66 @@ def decoded_clips(dataset) -> list[dict]:
             "text_features": {},  # other columns (gender, intensity, ...) are not given to the model by default
         })
     return clips
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} takes comma-separated numbers, e.g. '0.9,1.1'; got {text!r}.") from None
+
+
+def augmented_copies(clip: dict, speeds: list[float], snrs_db: list[float], max_samples: int) -> list[dict]:
+    """
+    Copies of a training clip: speed perturbation (the audio resampled by each factor, so tempo and pitch change
+    together, as Kaldi's recipes do; a slowed copy is cut at `max_samples`) and white noise at each SNR. The noise is
+    seeded by the clip's own samples, so a copy is the same in every run and the encoder cache finds it. Written by hand: these are two lines on scipy's
+    polyphase resampler, where torchaudio would be one more pinned dependency.
+    """
+    audio = clip["audio"]
+    copies = []
+    for speed in speeds:
+        if speed <= 0:
+            raise ValueError(f"--speed_perturbation factors must be positive; got {speed}.")
+        ratio = Fraction(1 / speed).limit_denominator(100)
+        resampled = resample_poly(audio, ratio.numerator, ratio.denominator)[:max_samples]
+        copies.append(dict(clip, audio=resampled.astype(np.float32)))
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha1(audio.tobytes()).digest()[:8], "little"))
+    power = float(np.mean(audio.astype(np.float64) ** 2))
+    for snr in snrs_db:
+        noise = rng.standard_normal(len(audio)) * np.sqrt(power / 10 ** (snr / 10))
+        copies.append(dict(clip, audio=(audio + noise).astype(np.float32)))
+    for copy in copies:
+        copy.pop("states", None)
+    return copies
+
+
+class AugmentedClips(torch.utils.data.Dataset):
+    """
+    The training clips, each read as one of its versions (the original or an augmented copy), drawn anew every epoch.
+    The draw depends only on the seed, the epoch and the clip, so a resumed run reads the same versions as an
+    uninterrupted one; `EpochCallback` tells the dataset the epoch.
+    """
+
+    def __init__(self, versions: list[list[dict]], seed: int):
+        self.versions, self.seed, self.epoch = versions, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def __getitem__(self, index: int) -> dict:
+        versions = self.versions[index]
+        return versions[np.random.default_rng([self.seed, self.epoch, index]).integers(len(versions))]
+
+
+class EpochCallback(TrainerCallback):
+    """Sets `AugmentedClips.epoch` at every epoch's start (also when a run resumes in the middle of one)."""
+
+    def __init__(self, dataset: AugmentedClips):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.epoch = int(state.epoch or 0)
 
 
 class EncoderStateCache:
@@ -250,6 +328,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
     processor = EmoSLLMProcessor.from_backbones(
         audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
+        adapter_hidden_size=model_args.adapter_hidden_size,
         lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
         freeze_language_model=model_args.freeze_language_model,
         audio_loss_weight=model_args.audio_loss_weight,
@@ -301,8 +380,10 @@ def run_stage(
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
     trainer = EmoSLLMTrainer(
-        model=model, args=args, adapter_learning_rate=adapter_learning_rate, train_dataset=train_clips, eval_dataset=eval_clips or None,
-        data_collator=EmoSLLMCollator(processor, task), compute_metrics=compute_metrics if task == "ser" else None,
+        model=model, args=args, adapter_learning_rate=adapter_learning_rate, train_dataset=train_clips,
+        eval_dataset=eval_clips or None, data_collator=EmoSLLMCollator(processor, task),
+        compute_metrics=compute_metrics if task == "ser" else None,
+        callbacks=[EpochCallback(train_clips)],
     )
     checkpoint = last_complete_checkpoint(Path(output_dir)) if resume else None
     if resume and checkpoint is None:
@@ -374,6 +455,8 @@ def push_to_hub(output_dir: Path, repo_id: str) -> None:
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
+    speeds = parse_floats(data_args.speed_perturbation, "speed_perturbation")
+    snrs_db = parse_floats(data_args.noise_snr_db, "noise_snr_db")
     labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \
         else data_args.labels.split(",")
     set_seed(training_args.seed)
@@ -387,11 +470,19 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             cache.fill(split_clips)
     # The interface reads each encoder dimension standardized over the training clips (never validation or test).
     model.audio_encoder.set_feature_statistics(clip["states"] for clip in clips["train"])
+    versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
+    max_samples = int(processor.config.max_audio_seconds * SAMPLING_RATE)
+    if speeds or snrs_db:
+        with training_args.main_process_first(desc="encoder cache (augmented copies)"):
+            for clip_versions in versions:
+                clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
+            cache.fill([copy for clip_versions in versions for copy in clip_versions[1:]])
+    train_clips = AugmentedClips(versions, training_args.seed)
     started = time.time()
     if data_args.asr_epochs > 0:
-        run_stage(model, processor, training_args, clips["train"], None, "asr", output_dir / "stage1_asr",
+        run_stage(model, processor, training_args, train_clips, None, "asr", output_dir / "stage1_asr",
                   data_args.asr_epochs, data_args.resume, model_args.adapter_learning_rate)
-    trainer = run_stage(model, processor, training_args, clips["train"], clips.get("validation"), "ser",
+    trainer = run_stage(model, processor, training_args, train_clips, clips.get("validation"), "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume,
                         model_args.adapter_learning_rate)
     train_seconds = time.time() - started

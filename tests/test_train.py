@@ -32,8 +32,8 @@ def train_command(setup: Path, output: Path, *extra: str) -> list[str]:
         "--audio_encoder", str(setup / "encoder"), "--llm", str(setup / "llm"), "--output_dir", str(output),
         "--encoder_cache_dir", str(setup / "encoder_cache"), "--test_speakers", "4", "--eval_speakers", "3",
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--bf16", "false",
-        "--num_queries", "4", "--lora_rank", "4", "--learning_rate", "3e-3", "--logging_steps", "1",
-        "--save_strategy", "steps", "--eval_strategy", "steps", *extra,
+        "--num_queries", "4", "--adapter_hidden_size", "32", "--lora_rank", "4", "--learning_rate", "3e-3",
+        "--logging_steps", "1", "--save_strategy", "steps", "--eval_strategy", "steps", *extra,
     ]
 
 
@@ -59,6 +59,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     assert "model-index" in card and "Unweighted accuracy" in card
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
     assert model.config.labels == sorted(LABELS)
+    assert model.config.adapter_hidden_size == 32 and model.adapter.input_proj.out_features == 32
     # Checkpoints keep only what trains; the frozen backbones never change.
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
     trainable = ("adapter.", "audio_encoder.layer_weights", "classifier.", "audio_classifier.")
@@ -146,3 +147,47 @@ def test_verbalizer_head_starts_as_the_llms_label_words(tiny_setup):
     for row, ids in zip(model.classifier.weight, processor.config.label_token_ids):
         torch.testing.assert_close(row, output_embeddings[ids].mean(dim=0))
     assert not model.classifier.bias.any() and model.classifier.weight.requires_grad
+
+
+def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
+    sys.path.insert(0, str(REPO))
+    from train import augmented_copies, parse_floats
+
+    clip = {"audio": tone(1.0, 300), "label": "angry", "states": torch.zeros(1)}
+    original = clip["audio"].copy()
+    slow, fast, noisy = augmented_copies(clip, speeds=[0.9, 1.1], snrs_db=[20.0], max_samples=10**6)
+    assert len(slow["audio"]) == pytest.approx(len(original) / 0.9, abs=2)
+    assert len(fast["audio"]) == pytest.approx(len(original) / 1.1, abs=2)
+    noise = noisy["audio"].astype(float) - original
+    snr = 10 * torch.log10(torch.tensor((original.astype(float) ** 2).mean() / (noise ** 2).mean())).item()
+    assert snr == pytest.approx(20.0, abs=0.5)
+    assert all(copy["label"] == "angry" and "states" not in copy for copy in (slow, fast, noisy))
+    assert (clip["audio"] == original).all() and "states" in clip  # the original is left as it was
+    # The same clip gets the same copies in every run, so the encoder cache finds them.
+    again = augmented_copies(clip, speeds=[0.9, 1.1], snrs_db=[20.0], max_samples=10**6)
+    assert all((a["audio"] == b["audio"]).all() for a, b in zip((slow, fast, noisy), again))
+    # A slowed copy never gets longer than the processor accepts.
+    (cut,) = augmented_copies(clip, speeds=[0.5], snrs_db=[], max_samples=len(original))
+    assert len(cut["audio"]) == len(original)
+    with pytest.raises(ValueError, match="positive"):
+        augmented_copies(clip, speeds=[0.0], snrs_db=[], max_samples=10**6)
+    assert parse_floats("0.9, 1.1", "speed_perturbation") == [0.9, 1.1] and parse_floats("", "noise_snr_db") == []
+    with pytest.raises(ValueError, match="--speed_perturbation takes comma-separated numbers"):
+        parse_floats("0.9,fast", "speed_perturbation")
+
+
+def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
+    sys.path.insert(0, str(REPO))
+    from train import AugmentedClips
+
+    versions = [[{"clip": i, "version": v} for v in range(4)] for i in range(16)]
+    dataset = AugmentedClips(versions, seed=0)
+    drawn = {}
+    for epoch in range(6):
+        dataset.epoch = epoch
+        drawn[epoch] = [dataset[i]["version"] for i in range(len(dataset))]
+        assert [dataset[i]["clip"] for i in range(len(dataset))] == list(range(16))
+    assert set(v for epoch in drawn.values() for v in epoch) == {0, 1, 2, 3}
+    assert drawn[0] != drawn[1]
+    dataset.epoch = 0
+    assert [dataset[i]["version"] for i in range(16)] == drawn[0]  # a resumed run reads what the first run read
