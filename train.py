@@ -97,14 +97,14 @@ class DataArguments:
     eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10% before."})
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
     speed_perturbation: str = field(
-        default="0.9,0.95,1.05,1.1",
-        metadata={"help": "Comma-separated speed factors: each training clip also gets a copy resampled by each "
-                  "(tempo and pitch change together). Empty: none."},
+        default="",
+        metadata={"help": "Comma-separated speed factors, e.g. '0.9,0.95,1.05,1.1': each training clip also gets a "
+                  "copy resampled by each (tempo and pitch change together). Empty (default): none."},
     )
     noise_snr_db: str = field(
-        default="20,10",
-        metadata={"help": "Comma-separated SNRs in dB: each training clip also gets a copy with white noise at "
-                  "each. Empty: none."},
+        default="",
+        metadata={"help": "Comma-separated SNRs in dB, e.g. '20,10': each training clip also gets a copy with white "
+                  "noise at each. Empty (default): none."},
     )
     asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
     encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})

@@ -67,7 +67,8 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
 
 
 def test_killed_run_resumes_from_last_checkpoint_and_ends_the_same(tiny_setup, tmp_path):
-    steps = ["--max_steps", "8", "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "10"]
+    steps = ["--max_steps", "8", "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "10",
+             "--speed_perturbation", "0.9,1.1", "--noise_snr_db", "20"]  # the resumed run must draw the same copies
     straight = tmp_path / "straight"
     run(train_command(tiny_setup, straight, *steps), tmp_path)
 
@@ -178,7 +179,9 @@ def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
 
 def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
     sys.path.insert(0, str(REPO))
-    from train import AugmentedClips
+    from transformers import TrainerState
+
+    from train import AugmentedClips, EpochCallback
 
     versions = [[{"clip": i, "version": v} for v in range(4)] for i in range(16)]
     dataset = AugmentedClips(versions, seed=0)
@@ -191,3 +194,6 @@ def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
     assert drawn[0] != drawn[1]
     dataset.epoch = 0
     assert [dataset[i]["version"] for i in range(16)] == drawn[0]  # a resumed run reads what the first run read
+    # The Trainer's epoch reaches the dataset, also for a run resumed in the middle of epoch 2.
+    EpochCallback(dataset).on_epoch_begin(None, TrainerState(epoch=2.5), None)
+    assert dataset.epoch == 2
