@@ -57,8 +57,8 @@ class ModelArguments:
     num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
     adapter_hidden_size: int = field(
         default=256,
-        metadata={"help": "Width of the qpmapper/Q-Former transformer and of the MLP. The paper's 768 scored the same "
-                  "on RAVDESS with 4x the trainable parameters (BENCHMARKS.md)."},
+        metadata={"help": "Width of the qpmapper/Q-Former transformer and of the MLP. The paper's 768 scored the "
+                  "same on RAVDESS with 4x the trainable parameters (BENCHMARKS.md)."},
     )
     lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
     lora_alpha: int = field(default=16)
@@ -175,8 +175,8 @@ def augmented_copies(clip: dict, speeds: list[float], snrs_db: list[float], max_
     """
     Copies of a training clip: speed perturbation (the audio resampled by each factor, so tempo and pitch change
     together, as Kaldi's recipes do; a slowed copy is cut at `max_samples`) and white noise at each SNR. The noise is
-    seeded by the clip's own samples, so a copy is the same in every run and the encoder cache finds it. Written by hand: these are two lines on scipy's
-    polyphase resampler, where torchaudio would be one more pinned dependency.
+    seeded by the clip's own samples, so a copy is the same in every run and the encoder cache finds it. Written by
+    hand: these are two lines on scipy's polyphase resampler, where torchaudio would be one more pinned dependency.
     """
     audio = clip["audio"]
     copies = []
@@ -211,11 +211,17 @@ class AugmentedClips(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         versions = self.versions[index]
+        if len(versions) == 1:  # no augmentation: nothing to draw
+            return versions[0]
         return versions[np.random.default_rng([self.seed, self.epoch, index]).integers(len(versions))]
 
 
 class EpochCallback(TrainerCallback):
-    """Sets `AugmentedClips.epoch` at every epoch's start (also when a run resumes in the middle of one)."""
+    """
+    Sets `AugmentedClips.epoch` at every epoch's start (also when a run resumes in the middle of one). A callback and
+    not `Dataset.set_epoch`: Accelerate forwards `set_epoch` to the dataset only when the sampler has none, which
+    does not hold under `accelerate launch`.
+    """
 
     def __init__(self, dataset: AugmentedClips):
         self.dataset = dataset
@@ -471,8 +477,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     # The interface reads each encoder dimension standardized over the training clips (never validation or test).
     model.audio_encoder.set_feature_statistics(clip["states"] for clip in clips["train"])
     versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
-    max_samples = int(processor.config.max_audio_seconds * SAMPLING_RATE)
     if speeds or snrs_db:
+        max_samples = int(processor.config.max_audio_seconds * SAMPLING_RATE)
         with training_args.main_process_first(desc="encoder cache (augmented copies)"):
             for clip_versions in versions:
                 clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
