@@ -93,8 +93,8 @@ class DataArguments:
     transcript_column: str | None = field(default=None)
     speaker_column: str | None = field(default=None)
     labels: str | None = field(default=None, metadata={"help": "Comma-separated label set (default: the data's)."})
-    test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%."})
-    eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10% before."})
+    test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%%."})
+    eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before."})
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
     speed_perturbation: str = field(
         default="",

@@ -47,6 +47,16 @@ def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
+@pytest.mark.parametrize("script", ["train.py", *sorted(p.name for p in (REPO / "bench").glob("*.py"))])
+def test_help_lists_the_options(script):
+    """`--help` must print every option (argparse formats help strings with %, so a bare % breaks it)."""
+    path = REPO / script if script == "train.py" else REPO / "bench" / script
+    result = run([sys.executable, str(path), "--help"], cwd=REPO)
+    assert "usage:" in result.stdout
+    if script == "train.py":
+        assert "--test_speakers" in result.stdout and "the last 20%" in result.stdout
+
+
 def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     output = tmp_path / "out"
     run(train_command(tiny_setup, output, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
