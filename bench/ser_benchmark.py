@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
 import importlib.metadata
 import json
@@ -606,6 +607,32 @@ def train_py_epochs() -> int:
     return int(train.parse_args(["--output_dir", "unused"])[2].num_train_epochs)
 
 
+# TrainingArguments that shape an EmoSLLM run and that train.py gives its own defaults.
+RECIPE_TRAINING_ARGUMENTS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "num_train_epochs",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "metric_for_best_model",
+)
+
+
+def recipe() -> dict:
+    """
+    What a run's result depends on besides this invocation's flags: train.py's defaults (all of its model and data
+    arguments, the training arguments above) and this script's own constants. It is part of the settings, so a
+    finished run is reused only while none of these changed; train.py's default interface width once went from 768
+    to 256, and a resumed table must not mix the two.
+    """
+    import train
+
+    model_args, data_args, training_args = train.parse_args(["--output_dir", "unused"])
+    raw = {
+        "train_py": {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args),
+                     **{name: getattr(training_args, name) for name in RECIPE_TRAINING_ARGUMENTS}},
+        "emosllm_flags": EMOSLLM_FLAGS, "mfcc_recipe": MFCC_RECIPE, "batch_size": BATCH_SIZE,
+        "head_learning_rate": HEAD_LEARNING_RATE, "encoder_learning_rate": ENCODER_LEARNING_RATE,
+    }
+    return json.loads(json.dumps(raw, default=str))  # as a result.json stores it (enums as text), for comparison
+
+
 def resolve_settings(args: argparse.Namespace) -> dict:
     """The settings every run of this invocation shares, with the mode's defaults filled in."""
     mode = MODES[args.mode]
@@ -617,7 +644,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "eval_speakers": args.eval_speakers, "test_speakers": args.test_speakers,
         "audio_encoder": args.audio_encoder, "llm": args.llm, "epochs": epochs,
         "subset_fraction": args.subset_fraction if args.subset_fraction is not None else mode["subset_fraction"],
-        "threads": args.threads,
+        "threads": args.threads, "recipe": recipe(),
     }
 
 

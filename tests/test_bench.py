@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -119,6 +120,37 @@ def test_modes_state_their_reductions(tmp_path):
     assert ser_benchmark.reductions_of(quick, [0]) == [
         "10% of the clips of every speaker-emotion group (at least one) in train, validation and test",
         "1 epoch(s) instead of 5", "seed(s) 0 only"]
+
+
+def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp_path, monkeypatch):
+    import train
+
+    settings = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
+    assert settings["recipe"]["train_py"]["adapter_hidden_size"] == train.ModelArguments.adapter_hidden_size
+    ran = []
+
+    def fake_run(command, **kwargs):  # stands for the child process: writes the result file it was given
+        ran.append(command)
+        result = Path(command[command.index("--result") + 1])
+        result.write_text(json.dumps(run_result(0, 0.5, 0.5, 1.0) | {"settings": settings}, default=str))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ser_benchmark.subprocess, "run", fake_run)
+    ser_benchmark.run_all(["emosllm_qpmapper"], [0], settings)
+    ser_benchmark.run_all(["emosllm_qpmapper"], [0], settings)
+    assert len(ran) == 1  # same settings and recipe: the finished run is reused
+
+    parse_args = train.parse_args
+
+    def parse_args_with_another_default(argv=None):  # as if train.py's default interface width changed
+        model_args, data_args, training_args = parse_args(argv)
+        return dataclasses.replace(model_args, adapter_hidden_size=768), data_args, training_args
+
+    monkeypatch.setattr(train, "parse_args", parse_args_with_another_default)
+    changed = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
+    assert changed["recipe"] != settings["recipe"]
+    ser_benchmark.run_all(["emosllm_qpmapper"], [0], changed)
+    assert len(ran) == 2  # run again, not reused
 
 
 @pytest.mark.slow
