@@ -528,10 +528,12 @@ def run_one(system: str, seed: int, settings: dict, run_dir: Path) -> dict:
 def summarize(runs: list[dict]) -> dict:
     """
     One system's row: for each of `SUMMARY_KEYS` the mean, the sample standard deviation (None for one run) and the
-    per-seed values over the runs that finished; parameter counts of the first run; failed seeds listed apart.
+    per-seed values over the runs that finished; parameter counts of the first run; failed seeds and seeds not run
+    yet (`--report_only`) listed apart.
     """
-    done = [run for run in runs if "error" not in run]
-    row = {"seeds": [run["seed"] for run in done], "failed_seeds": [run["seed"] for run in runs if "error" in run]}
+    done = [run for run in runs if "error" not in run and not run.get("missing")]
+    row = {"seeds": [run["seed"] for run in done], "failed_seeds": [run["seed"] for run in runs if "error" in run],
+           "missing_seeds": [run["seed"] for run in runs if run.get("missing")]}
     for key in SUMMARY_KEYS:
         values = [float(run[key]) for run in done]
         row[key] = {
@@ -577,6 +579,8 @@ def markdown_table(rows: dict[str, dict], reductions: list[str]) -> str:
         seeds = ",".join(map(str, row["seeds"])) or "-"
         if row["failed_seeds"]:
             seeds += " (failed: " + ",".join(map(str, row["failed_seeds"])) + ")"
+        if row.get("missing_seeds"):
+            seeds += " (not run yet: " + ",".join(map(str, row["missing_seeds"])) + ")"
         lines.append(
             f"| {system} | {seeds} | {format_mean_std(row['ua'], 3)} | {format_mean_std(row['wa'], 3)} | "
             f"{format_mean_std(row['macro_f1'], 3)} | {format_count(row['trainable_parameters'])} / "
@@ -672,8 +676,11 @@ def child_command(system: str, seed: int, settings: dict, result: Path) -> list[
     return command
 
 
-def run_all(systems: list[str], seeds: list[int], settings: dict) -> dict[str, list[dict]]:
-    """Every (system, seed) in its own process, one after the other; a finished one with the same settings is reused."""
+def run_all(systems: list[str], seeds: list[int], settings: dict, report_only: bool = False) -> dict[str, list[dict]]:
+    """
+    Every (system, seed) in its own process, one after the other; a finished one with the same settings is reused.
+    With `report_only`, nothing runs: a (system, seed) not finished yet is marked `missing`.
+    """
     out = Path(settings["out"])
     env = {**os.environ, "OMP_NUM_THREADS": str(settings["threads"])}
     runs: dict[str, list[dict]] = {}
@@ -685,6 +692,9 @@ def run_all(systems: list[str], seeds: list[int], settings: dict) -> dict[str, l
             if result_file.is_file() and json.loads(result_file.read_text()).get("settings") == settings:
                 print(f"{system} seed {seed}: reusing {result_file}", flush=True)
                 runs[system].append(json.loads(result_file.read_text()))
+                continue
+            if report_only:
+                runs[system].append({"system": system, "seed": seed, "missing": True})
                 continue
             result_file.unlink(missing_ok=True)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -720,6 +730,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every trained system (default: the mode's)")
     parser.add_argument("--subset_fraction", type=float, default=None,
                         help="share of every speaker-emotion group's clips kept in each split (default: the mode's)")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: build the table from the runs already finished in --out (with the same "
+                             "settings), listing the (system, seed) pairs not run yet")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads of each run (default: 1)")
     parser.add_argument("--audio_encoder", default="openai/whisper-tiny.en",
                         help="Hub id or folder of every Whisper and EmoSLLM row's encoder (default: %(default)s)")
@@ -758,8 +771,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"SER benchmark, mode {args.mode}: " + ("; ".join(reductions) or "no reductions") + "; splits "
           + ", ".join(f"{name} {len(split)} clips" for name, split in splits.items()), flush=True)
 
-    runs = run_all(systems, seeds, settings)
+    runs = run_all(systems, seeds, settings, report_only=args.report_only)
     rows = {system: summarize(system_runs) for system, system_runs in runs.items()}
+    missing = [f"{system} seed {run['seed']}" for system, system_runs in runs.items() for run in system_runs
+               if run.get("missing")]
+    if missing:
+        reductions.append("not run yet: " + ", ".join(missing))
     table = markdown_table(rows, reductions)
     command = shlex.join(["python", os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])])
     report = {

@@ -153,6 +153,29 @@ def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp
     assert len(ran) == 2  # run again, not reused
 
 
+def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_setup, tmp_path, monkeypatch):
+    out = tmp_path / "serbench"
+    argv = ["--mode", "full", "--out", str(out), "--data_dir", str(tiny_setup / "corpus"), "--eval_speakers", "7-8",
+            "--test_speakers", "9-10", "--systems", "emosllm_qpmapper,mfcc_lr", "--seeds", "0,1", "--report_only"]
+    settings = ser_benchmark.resolve_settings(ser_benchmark.parse_args(argv))
+    finished = out / "runs" / "emosllm_qpmapper" / "seed0" / "result.json"
+    finished.parent.mkdir(parents=True)
+    finished.write_text(json.dumps(run_result(0, 0.5, 0.6, 10.0) | {"settings": settings}))
+    monkeypatch.setattr(ser_benchmark, "child_command", lambda *a, **k: pytest.fail("--report_only ran something"))
+
+    assert ser_benchmark.main(argv) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["rows"]["emosllm_qpmapper"]["seeds"] == [0]
+    assert report["rows"]["emosllm_qpmapper"]["missing_seeds"] == [1]
+    assert report["rows"]["emosllm_qpmapper"]["ua"]["values"] == [0.5]
+    assert report["rows"]["mfcc_lr"]["missing_seeds"] == [0]  # deterministic: one run, not made yet
+    assert report["reductions"][-1] == "not run yet: emosllm_qpmapper seed 1, mfcc_lr seed 0"
+    lines = report["table"].splitlines()
+    assert lines[0].startswith("**REDUCED benchmark") and "not run yet" in lines[0]
+    assert lines[4].startswith("| emosllm_qpmapper | 0 (not run yet: 1) | 0.500 |")
+    assert lines[5].startswith("| mfcc_lr | - (not run yet: 0) | - |")
+
+
 @pytest.mark.slow
 def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     import train
