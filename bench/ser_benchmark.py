@@ -773,8 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs = run_all(systems, seeds, settings, report_only=args.report_only)
     rows = {system: summarize(system_runs) for system, system_runs in runs.items()}
-    missing = [f"{system} seed {run['seed']}" for system, system_runs in runs.items() for run in system_runs
-               if run.get("missing")]
+    missing = [f"{system} (seed {','.join(map(str, row['missing_seeds']))})" for system, row in rows.items()
+               if row["missing_seeds"]]
     if missing:
         reductions.append("not run yet: " + ", ".join(missing))
     table = markdown_table(rows, reductions)

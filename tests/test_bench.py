@@ -169,7 +169,7 @@ def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_se
     assert report["rows"]["emosllm_qpmapper"]["missing_seeds"] == [1]
     assert report["rows"]["emosllm_qpmapper"]["ua"]["values"] == [0.5]
     assert report["rows"]["mfcc_lr"]["missing_seeds"] == [0]  # deterministic: one run, not made yet
-    assert report["reductions"][-1] == "not run yet: emosllm_qpmapper seed 1, mfcc_lr seed 0"
+    assert report["reductions"][-1] == "not run yet: emosllm_qpmapper (seed 1), mfcc_lr (seed 0)"
     lines = report["table"].splitlines()
     assert lines[0].startswith("**REDUCED benchmark") and "not run yet" in lines[0]
     assert lines[4].startswith("| emosllm_qpmapper | 0 (not run yet: 1) | 0.500 |")
