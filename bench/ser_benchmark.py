@@ -579,7 +579,7 @@ def markdown_table(rows: dict[str, dict], reductions: list[str]) -> str:
         seeds = ",".join(map(str, row["seeds"])) or "-"
         if row["failed_seeds"]:
             seeds += " (failed: " + ",".join(map(str, row["failed_seeds"])) + ")"
-        if row.get("missing_seeds"):
+        if row["missing_seeds"]:
             seeds += " (not run yet: " + ",".join(map(str, row["missing_seeds"])) + ")"
         lines.append(
             f"| {system} | {seeds} | {format_mean_std(row['ua'], 3)} | {format_mean_std(row['wa'], 3)} | "
@@ -602,13 +602,6 @@ def machine_info() -> dict:
             versions[package] = importlib.metadata.version(package)
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions}
-
-
-def train_py_epochs() -> int:
-    """train.py's default `--num_train_epochs`."""
-    import train
-
-    return int(train.parse_args(["--output_dir", "unused"])[2].num_train_epochs)
 
 
 # TrainingArguments that shape an EmoSLLM run and that train.py gives its own defaults.
@@ -639,22 +632,22 @@ def recipe() -> dict:
 
 def resolve_settings(args: argparse.Namespace) -> dict:
     """The settings every run of this invocation shares, with the mode's defaults filled in."""
-    mode = MODES[args.mode]
+    mode, run_recipe = MODES[args.mode], recipe()
     epochs = args.epochs if args.epochs is not None else mode["epochs"]
     if epochs is None:
-        epochs = train_py_epochs()
+        epochs = int(run_recipe["train_py"]["num_train_epochs"])
     return {
         "mode": args.mode, "data_dir": str(Path(args.data_dir).resolve()), "out": str(Path(args.out).resolve()),
         "eval_speakers": args.eval_speakers, "test_speakers": args.test_speakers,
         "audio_encoder": args.audio_encoder, "llm": args.llm, "epochs": epochs,
         "subset_fraction": args.subset_fraction if args.subset_fraction is not None else mode["subset_fraction"],
-        "threads": args.threads, "recipe": recipe(),
+        "threads": args.threads, "recipe": run_recipe,
     }
 
 
 def reductions_of(settings: dict, seeds: list[int]) -> list[str]:
     """What this invocation leaves out compared with the full benchmark, in words (empty for a full run)."""
-    full_epochs = train_py_epochs()
+    full_epochs = int(settings["recipe"]["train_py"]["num_train_epochs"])  # train.py's default
     reductions = []
     if settings["subset_fraction"] < 1:
         reductions.append(f"{settings['subset_fraction']:.0%} of the clips of every speaker-emotion group (at least "
