@@ -237,8 +237,12 @@ class EncoderStateCache:
     `(layers, frames, hidden)` tensors in Arrow, several times larger and slower to read back than one file per clip.
     """
 
-    def __init__(self, model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, root: Path):
+    def __init__(
+        self, model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, root: str | Path | None = None
+    ):
+        """`root`: the cache folder (`--encoder_cache_dir`); None: `encoder_states` under the backbone cache."""
         self.model, self.processor = model, processor
+        root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
         encoder_key = json.dumps(
             [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length], sort_keys=True, default=str
         )
@@ -468,8 +472,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     set_seed(training_args.seed)
     model, processor = build_model(model_args, labels)
     clips = {name: decoded_clips(split) for name, split in splits.items()}
-    root = Path(data_args.encoder_cache_dir) if data_args.encoder_cache_dir else Path(default_cache_dir()) / "encoder_states"
-    cache = EncoderStateCache(model, processor, root)
+    cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
         for split_clips in clips.values():
             attach_transcripts(split_clips, processor)

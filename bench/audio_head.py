@@ -22,7 +22,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backbones_emosllm import default_cache_dir  # noqa: E402
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition  # noqa: E402
 from processing_emosllm import EmoSLLMProcessor  # noqa: E402
@@ -56,6 +55,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "ravdess"))
     parser.add_argument("--test_speakers", default="17-20")
     parser.add_argument("--eval_speakers", default="13-16")
+    parser.add_argument("--encoder_cache_dir", default=None,
+                        help="cache of frozen-encoder outputs (train.py's flag of the same name); default: train.py's")
     args = parser.parse_args(argv)
     model = EmoSLLMForSpeechEmotionRecognition.from_pretrained(args.model).eval()
     processor = EmoSLLMProcessor.from_pretrained(args.model)
@@ -63,7 +64,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"{args.model} was trained without the audio loss: it has no audio head to compare.")
     splits = split_by_speakers(load_corpus(args.data_dir, processor.config.labels), args.test_speakers,
                                args.eval_speakers)
-    cache = EncoderStateCache(model, processor, Path(default_cache_dir()) / "encoder_states")
+    cache = EncoderStateCache(model, processor, args.encoder_cache_dir)
     print("| split | clips (speakers) | LLM answer UA | audio head UA | both (summed softmaxes) UA |")
     print("|---|---|---:|---:|---:|")
     results = {}

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from backbones_emosllm import default_cache_dir  # noqa: E402
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
 from encoder_padding import masked_mean_std  # noqa: E402
 from train import EncoderStateCache, ModelArguments, build_model, decoded_clips  # noqa: E402
@@ -92,7 +91,7 @@ def main(argv=None) -> dict:
     labels = sorted(set(splits["train"]["label"]))
     model, processor = build_model(ModelArguments(), labels)
     clips = {name: decoded_clips(splits[name]) for name in ("train", "validation")}
-    cache = EncoderStateCache(model, processor, Path(default_cache_dir()) / "encoder_states")
+    cache = EncoderStateCache(model, processor)
     for split_clips in clips.values():
         cache.fill(split_clips)
     model.audio_encoder.set_feature_statistics(c["states"] for c in clips["train"])
