@@ -34,10 +34,13 @@ class EmoSLLMConfig(PreTrainedConfig):
     adapter_type (`str`):
         The interface between encoder and LLM: `"qpmapper"` (the paper's Query Pooling Mapper, fixed `num_queries`
         outputs per clip), `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of
-        `window_size` encoder frames) or `"mlp"` (an MLP over `stack_factor` stacked frames).
+        `window_size` encoder frames), `"mlp"` (an MLP over `stack_factor` stacked frames) or `"statistics"`
+        (statistics pooling: the clip's mean and standard deviation over its frames, mapped by one linear layer to
+        `num_queries` embeddings; not in the paper, the best interface measured on RAVDESS, BENCHMARKS.md).
     adapter_hidden_size, adapter_num_layers, adapter_num_heads (`int`):
         Width, depth and heads of the qpmapper's transformer and of the Q-Former (the paper: 768, 2, 8).
-    num_queries (`int`): learned queries of the qpmapper (the paper: 32).
+    num_queries (`int`): learned queries of the qpmapper (the paper: 32); audio embeddings of the statistics
+        interface.
     window_size, queries_per_window (`int`): the Q-Former's window of encoder frames and queries per window.
     stack_factor (`int`): frames stacked into one LLM embedding by the MLP interface.
     freeze_audio_encoder (`bool`): keep the audio encoder frozen (the paper does).
@@ -100,7 +103,7 @@ class EmoSLLMConfig(PreTrainedConfig):
 
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    adapter_type: Literal["qpmapper", "qformer", "mlp"] = "qpmapper"
+    adapter_type: Literal["qpmapper", "qformer", "mlp", "statistics"] = "qpmapper"
     adapter_hidden_size: int = 768
     adapter_num_layers: int = 2
     adapter_num_heads: int = 8
@@ -183,7 +186,7 @@ class EmoSLLMConfig(PreTrainedConfig):
         This is the one place that decides it: the processor repeats the audio placeholder this many times and the
         model checks that its interface produced as many.
         """
-        if self.adapter_type == "qpmapper":
+        if self.adapter_type in ("qpmapper", "statistics"):
             return self.num_queries
         frames = self.num_encoder_frames(num_samples)
         if self.adapter_type == "qformer":

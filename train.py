@@ -53,8 +53,10 @@ SMOKE_DIR = Path(__file__).resolve().parent / "data" / "smoke"
 class ModelArguments:
     audio_encoder: str = field(default="openai/whisper-tiny.en", metadata={"help": "Hub id or folder of the encoder."})
     llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
-    adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp"})
-    num_queries: int = field(default=32, metadata={"help": "qpmapper queries (the paper: 32)."})
+    adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp | statistics"})
+    num_queries: int = field(
+        default=32, metadata={"help": "qpmapper: learned queries (the paper: 32); statistics: audio embeddings (4)."}
+    )
     adapter_hidden_size: int = field(
         default=256,
         metadata={"help": "Width of the qpmapper/Q-Former transformer and of the MLP. The paper's 768 scored the "
@@ -66,8 +68,12 @@ class ModelArguments:
         default=True, metadata={"help": "False (with --lora_rank 0): fine-tune all LLM weights instead of LoRA."}
     )
     adapter_learning_rate: float = field(
-        default=1e-3,
-        metadata={"help": "Learning rate of the interface, layer weights and head; --learning_rate is the LLM's (LoRA)."},
+        default=1e-3, metadata={"help": "Learning rate of the interface; --learning_rate is the LLM's (LoRA)."}
+    )
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the encoder's layer weights and the class heads (default: "
+                  "--adapter_learning_rate). The statistics interface: --adapter_learning_rate 1e-2 with 1e-3 here."},
     )
     classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
     audio_loss_weight: float = field(
@@ -302,25 +308,29 @@ class EmoSLLMCollator:
 # --------------------------------------------------------------------------------------------------------------------
 class EmoSLLMTrainer(Trainer):
     """
-    Two learning rates: the interface (new, randomly initialized) learns at `adapter_learning_rate`, the LLM (LoRA,
-    or all its weights with `--freeze_language_model False`) at the usual `learning_rate`. Checkpoints hold only the
-    trainable weights: the frozen backbones never change.
+    Three learning rates: the interface (new, randomly initialized) learns at `adapter_learning_rate`, the
+    encoder's layer weights and the class heads at `head_learning_rate`, the LLM (LoRA, or all its weights with
+    `--freeze_language_model False`) at the usual `learning_rate`. Checkpoints hold only the trainable weights: the
+    frozen backbones never change.
     """
 
-    def __init__(self, *args, adapter_learning_rate: float, **kwargs):
+    def __init__(self, *args, adapter_learning_rate: float, head_learning_rate: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.adapter_learning_rate = adapter_learning_rate
+        self.adapter_learning_rate, self.head_learning_rate = adapter_learning_rate, head_learning_rate
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
             model = self.model if model is None else model
-            new, llm = [], []
+            groups = {"adapter": [], "head": [], "llm": []}
             for name, param in model.named_parameters():
                 if param.requires_grad:
-                    (llm if name.startswith("language_model.") else new).append(param)
+                    module = name.split(".", 1)[0]
+                    groups[{"adapter": "adapter", "language_model": "llm"}.get(module, "head")].append(param)
             optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+            rates = {"adapter": self.adapter_learning_rate, "head": self.head_learning_rate,
+                     "llm": self.args.learning_rate}
             self.optimizer = optimizer_cls(
-                [{"params": new, "lr": self.adapter_learning_rate}, {"params": llm, "lr": self.args.learning_rate}],
+                [{"params": params, "lr": rates[group]} for group, params in groups.items() if params],
                 **optimizer_kwargs,
             )
         return self.optimizer
@@ -376,7 +386,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def run_stage(
-    model, processor, training_args, train_clips, eval_clips, task, output_dir, epochs, resume, adapter_learning_rate
+    model, processor, training_args, model_args, train_clips, eval_clips, task, output_dir, epochs, resume
 ):
     evaluate = task == "ser" and bool(eval_clips)
     args = dataclasses.replace(
@@ -390,7 +400,8 @@ def run_stage(
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
     trainer = EmoSLLMTrainer(
-        model=model, args=args, adapter_learning_rate=adapter_learning_rate, train_dataset=train_clips,
+        model=model, args=args, adapter_learning_rate=model_args.adapter_learning_rate,
+        head_learning_rate=model_args.head_learning_rate or model_args.adapter_learning_rate, train_dataset=train_clips,
         eval_dataset=eval_clips or None, data_collator=EmoSLLMCollator(processor, task),
         compute_metrics=compute_metrics if task == "ser" else None,
         callbacks=[EpochCallback(train_clips)],
@@ -489,11 +500,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     train_clips = AugmentedClips(versions, training_args.seed)
     started = time.time()
     if data_args.asr_epochs > 0:
-        run_stage(model, processor, training_args, train_clips, None, "asr", output_dir / "stage1_asr",
-                  data_args.asr_epochs, data_args.resume, model_args.adapter_learning_rate)
-    trainer = run_stage(model, processor, training_args, train_clips, clips.get("validation"), "ser",
-                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume,
-                        model_args.adapter_learning_rate)
+        run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
+                  data_args.asr_epochs, data_args.resume)
+    trainer = run_stage(model, processor, training_args, model_args, train_clips, clips.get("validation"), "ser",
+                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     train_seconds = time.time() - started
     metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
     metrics["train_seconds"] = round(train_seconds, 1)

@@ -22,7 +22,8 @@ Systems (``--systems``, default all):
   and the mean is taken over valid frames only. AdamW, lr 1e-3 for the head and 3e-5 for the encoder, linear decay
   with 10% warm-up, batch 8; the epoch with the best validation UA is kept.
 * ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: ``train.train_one_split`` with train.py's own
-  defaults and ``--adapter_type``.
+  defaults and ``--adapter_type``; ``emosllm_statistics``: the statistics-pooling interface with its own recipe
+  (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``).
 * ``emosllm_transcript_only``: ablation without audio (the prompt keeps transcript and task, no audio
   placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (interface and head only); ``emosllm_full_finetune``:
   ``--lora_rank 0 --freeze_language_model False --learning_rate 2e-5``.
@@ -96,6 +97,7 @@ SYSTEMS = {
     "emosllm_qpmapper": "EmoSLLM, Query Pooling Mapper, LoRA (train.py defaults)",
     "emosllm_qformer": "EmoSLLM, window Q-Former, LoRA",
     "emosllm_mlp": "EmoSLLM, frame-stacking MLP, LoRA",
+    "emosllm_statistics": "EmoSLLM, statistics pooling (mean+std to 4 embeddings, interface at lr 1e-2), LoRA",
     "emosllm_transcript_only": "EmoSLLM ablation: no audio (prompt with transcript and task only), LoRA",
     "emosllm_no_lora": "EmoSLLM ablation: Query Pooling Mapper, no LoRA (interface and head only)",
     "emosllm_full_finetune": "EmoSLLM, Query Pooling Mapper, every LLM weight fine-tuned instead of LoRA (lr 2e-5)",
@@ -105,6 +107,8 @@ EMOSLLM_FLAGS = {
     "emosllm_qpmapper": ["--adapter_type", "qpmapper"],
     "emosllm_qformer": ["--adapter_type", "qformer"],
     "emosllm_mlp": ["--adapter_type", "mlp"],
+    "emosllm_statistics": ["--adapter_type", "statistics", "--num_queries", "4", "--adapter_learning_rate", "1e-2",
+                           "--head_learning_rate", "1e-3"],
     "emosllm_transcript_only": ["--adapter_type", "qpmapper", "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": ["--adapter_type", "qpmapper", "--lora_rank", "0"],
     "emosllm_full_finetune": ["--adapter_type", "qpmapper", "--lora_rank", "0", "--freeze_language_model", "False",

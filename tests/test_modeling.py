@@ -17,7 +17,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
-ADAPTERS = ["qpmapper", "qformer", "mlp"]
+ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics"]
 # The interface, the layer weights between encoder and interface, and the class head.
 TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "classifier.")
 
@@ -42,7 +42,7 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     _, audio_mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
     assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
-    if adapter == "qpmapper":
+    if adapter in ("qpmapper", "statistics"):
         assert set(placeholders.tolist()) == {processor.config.num_queries}
     else:  # grows with the audio
         assert placeholders[0] < placeholders[1] < placeholders[2]
@@ -168,7 +168,7 @@ def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adap
     assert not hasattr(make()[1], "audio_classifier")  # off by default in the config
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "mlp"])
+@pytest.mark.parametrize("adapter", ["qpmapper", "mlp", "statistics"])
 def test_scores_do_not_depend_on_batch_company(adapter):
     processor, model = make("whisper", adapter)
     model.eval()
@@ -177,6 +177,20 @@ def test_scores_do_not_depend_on_batch_company(adapter):
         alone = model(**processor(short)).logits
         together = model(**processor([short, long])).logits[:1]
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
+    processor, model = make("whisper", "statistics")
+    adapter = model.adapter
+    frames = torch.randn(2, 7, adapter.output_proj.in_features // 2)
+    frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    embeddings, mask = adapter(frames, frame_mask)
+    assert embeddings.shape == (2, processor.config.num_queries, processor.config.text_config.hidden_size)
+    assert mask.all()
+    short = frames[1, :3]
+    statistics = torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)])
+    expected = adapter.output_proj(statistics).reshape(processor.config.num_queries, -1)
+    torch.testing.assert_close(embeddings[1], expected)
 
 
 def test_asr_stage_gives_language_model_loss_on_the_answer_only():

@@ -163,6 +163,24 @@ def test_verbalizer_head_starts_as_the_llms_label_words(tiny_setup):
     assert not model.classifier.bias.any() and model.classifier.weight.requires_grad
 
 
+def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from conftest import tiny_processor
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from train import EmoSLLMTrainer, parse_args
+
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(adapter="statistics", audio_loss_weight=1.0).config)
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
+    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    groups = {group["lr"]: {by_id[id(p)] for p in group["params"]} for group in trainer.create_optimizer().param_groups}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert sorted(groups) == [5e-4, 1e-3, 1e-2] and set().union(*groups.values()) == trainable
+    assert all(n.startswith("adapter.") for n in groups[1e-2])
+    assert all(n.startswith(("audio_encoder.layer_weights", "classifier.", "audio_classifier.")) for n in groups[1e-3])
+    assert groups[5e-4] and all("lora_" in n for n in groups[5e-4])
+
+
 def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
     sys.path.insert(0, str(REPO))
     from train import augmented_copies, parse_floats
