@@ -399,9 +399,11 @@ def run_stage(
         scores = compute_ser_metrics(prediction.predictions.argmax(-1), prediction.label_ids, labels)
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
+    head_learning_rate = model_args.head_learning_rate
     trainer = EmoSLLMTrainer(
         model=model, args=args, adapter_learning_rate=model_args.adapter_learning_rate,
-        head_learning_rate=model_args.head_learning_rate or model_args.adapter_learning_rate, train_dataset=train_clips,
+        head_learning_rate=model_args.adapter_learning_rate if head_learning_rate is None else head_learning_rate,
+        train_dataset=train_clips,
         eval_dataset=eval_clips or None, data_collator=EmoSLLMCollator(processor, task),
         compute_metrics=compute_metrics if task == "ser" else None,
         callbacks=[EpochCallback(train_clips)],
