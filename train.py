@@ -55,7 +55,8 @@ class ModelArguments:
     llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
     adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp | statistics"})
     num_queries: int = field(
-        default=32, metadata={"help": "qpmapper: learned queries (the paper: 32); statistics: audio embeddings (4)."}
+        default=32,
+        metadata={"help": "qpmapper: learned queries (the paper: 32); statistics: audio embeddings (its recipe: 4)."},
     )
     adapter_hidden_size: int = field(
         default=256,
