@@ -5,7 +5,7 @@ The paper is "EmoSLLM: Parameter-Efficient Adaptation of LLMs for Speech Emotion
 """
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -138,6 +138,10 @@ class EmoSLLMConfig(PreTrainedConfig):
             if implementation is not None and kwargs.get("attn_implementation") is None:
                 getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
+        for name in ("adapter_type", "classifier", "use_transcript"):
+            choices = get_args(type(self).__annotations__[name])
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
         if self.lora_rank > 0 and not self.freeze_language_model:
             raise ValueError(
                 "LoRA and full fine-tuning of the LLM exclude each other: use lora_rank>0 with a frozen LLM, or "

@@ -235,6 +235,12 @@ def test_linear_classifier_option():
     assert model.classifier.weight.requires_grad
 
 
+@pytest.mark.parametrize("name", ["adapter_type", "classifier", "use_transcript"])
+def test_a_misspelt_choice_is_an_error_not_another_choice(name):
+    with pytest.raises(ValueError, match=f"{name}='Verbalizer' is not one of"):
+        tiny_processor(**{name: "Verbalizer"})
+
+
 def test_generate_writes_free_text():
     processor, model = make()
     batch, _ = batch_of_lengths(processor, (1.0,))
