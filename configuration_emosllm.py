@@ -138,6 +138,7 @@ class EmoSLLMConfig(PreTrainedConfig):
             if implementation is not None and kwargs.get("attn_implementation") is None:
                 getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
+        # PreTrainedConfig does not check Literal annotations: a misspelt choice would otherwise run another one.
         for name in ("adapter_type", "classifier", "use_transcript"):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
