@@ -138,7 +138,9 @@ class EmoSLLMConfig(PreTrainedConfig):
             if implementation is not None and kwargs.get("attn_implementation") is None:
                 getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
-        # PreTrainedConfig does not check Literal annotations: a misspelt choice would otherwise run another one.
+        # A misspelt choice would otherwise run another one. Checked by hand: huggingface_hub's `@strict` (which
+        # transformers' own configs use) would check these, but raises a non-ValueError and rejects ints for float
+        # fields (`audio_loss_weight=0`).
         for name in ("adapter_type", "classifier", "use_transcript"):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
