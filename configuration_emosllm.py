@@ -36,7 +36,13 @@ class EmoSLLMConfig(PreTrainedConfig):
         outputs per clip), `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of
         `window_size` encoder frames), `"mlp"` (an MLP over `stack_factor` stacked frames) or `"statistics"`
         (statistics pooling: the clip's mean and standard deviation over its frames, mapped by one linear layer to
-        `num_queries` embeddings; not in the paper, the best interface measured on RAVDESS, BENCHMARKS.md).
+        `num_queries` embeddings; not in the paper) or `"probe"` (statistics pooling read by a linear emotion probe
+        that is fitted, not trained, on the training clips: its class probabilities mix the label words' embeddings
+        into one audio embedding, a "soft emotion word"; not in the paper, the best interface measured on RAVDESS,
+        BENCHMARKS.md).
+    encoder_layer_combination (`str`): how the audio encoder's standardized layers become one frame sequence:
+        `"weighted_average"` (a learned softmax-weighted average, SUPERB-style) or `"concatenate"` (every layer side
+        by side: frames `(num_layers + 1) * encoder_hidden` wide; what the probe interface is recommended with).
     adapter_hidden_size, adapter_num_layers, adapter_num_heads (`int`):
         Width, depth and heads of the qpmapper's transformer and of the Q-Former (the paper: 768, 2, 8).
     num_queries (`int`): learned queries of the qpmapper (the paper: 32); audio embeddings of the statistics
@@ -103,7 +109,8 @@ class EmoSLLMConfig(PreTrainedConfig):
 
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    adapter_type: Literal["qpmapper", "qformer", "mlp", "statistics"] = "qpmapper"
+    adapter_type: Literal["qpmapper", "qformer", "mlp", "statistics", "probe"] = "qpmapper"
+    encoder_layer_combination: Literal["weighted_average", "concatenate"] = "weighted_average"
     adapter_hidden_size: int = 768
     adapter_num_layers: int = 2
     adapter_num_heads: int = 8
@@ -141,7 +148,7 @@ class EmoSLLMConfig(PreTrainedConfig):
         # A misspelt choice would otherwise run another one. Checked by hand: huggingface_hub's `@strict` (which
         # transformers' own configs use) would check these, but raises a non-ValueError and rejects ints for float
         # fields (`audio_loss_weight=0`).
-        for name in ("adapter_type", "classifier", "use_transcript"):
+        for name in ("adapter_type", "encoder_layer_combination", "classifier", "use_transcript"):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
@@ -195,6 +202,8 @@ class EmoSLLMConfig(PreTrainedConfig):
         """
         if self.adapter_type in ("qpmapper", "statistics"):
             return self.num_queries
+        if self.adapter_type == "probe":
+            return 1
         frames = self.num_encoder_frames(num_samples)
         if self.adapter_type == "qformer":
             return math.ceil(frames / self.window_size) * self.queries_per_window

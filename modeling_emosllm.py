@@ -46,15 +46,17 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
 
 class EmoSLLMAudioEncoder(nn.Module):
     """
-    The pretrained audio encoder plus a learned softmax-weighted average of its layers (SUPERB-style: emotion lives
-    in the middle layers as much as in the last one). Each layer is first standardized per dimension with statistics
+    The pretrained audio encoder and the combination of its layers (emotion lives in the middle layers as much as in
+    the last one): a learned softmax-weighted average (SUPERB-style, `encoder_layer_combination="weighted_average"`)
+    or every layer side by side (`"concatenate"`). Each layer is first standardized per dimension with statistics
     of the training data (`set_feature_statistics`), as a linear probe's StandardScaler would: Whisper's hidden
     states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (a pooled probe
     trained like the interface reached validation UA 0.64 standardized, 0.55 with a LayerNorm: BENCHMARKS.md).
 
     Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
     for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
-    Output: frames `(batch, frames, encoder_hidden)` and their validity mask `(batch, frames)`.
+    Output: frames `(batch, frames, output_size)` and their validity mask `(batch, frames)`; `output_size` is the
+    encoder's width, times its `num_layers + 1` outputs when they are concatenated.
     """
 
     def __init__(self, config: EmoSLLMConfig):
@@ -68,8 +70,13 @@ class EmoSLLMAudioEncoder(nn.Module):
             audio_config.layerdrop = 0.0  # the layer-weighted average needs every layer's output
             self.encoder = AutoModel.from_config(audio_config)
             num_layers = audio_config.num_hidden_layers
-        self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
+        self.concatenate_layers = config.encoder_layer_combination == "concatenate"
+        if self.concatenate_layers:
+            self.output_size = (num_layers + 1) * self.hidden_size
+        else:
+            self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
+            self.output_size = self.hidden_size
         # Per-layer, per-dimension statistics of the encoder's outputs `(num_layers + 1, encoder_hidden)`; saved with
         # the weights, so inference standardizes exactly as training did.
         self.register_buffer("feature_mean", torch.zeros(num_layers + 1, self.hidden_size))
@@ -118,8 +125,11 @@ class EmoSLLMAudioEncoder(nn.Module):
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
         standardized = (encoder_layer_states - self.feature_mean[:, None]) / self.feature_std[:, None]
-        weights = torch.softmax(self.layer_weights, dim=0).to(standardized.dtype)
-        frames = torch.einsum("l,bltd->btd", weights, standardized)
+        if self.concatenate_layers:
+            frames = standardized.permute(0, 2, 1, 3).flatten(2)  # (batch, frames, layers * encoder_hidden)
+        else:
+            weights = torch.softmax(self.layer_weights, dim=0).to(standardized.dtype)
+            frames = torch.einsum("l,bltd->btd", weights, standardized)
         return frames, self.frame_mask(audio_lengths, frames.shape[1])
 
     @torch.no_grad()
@@ -241,6 +251,15 @@ class EmoSLLMFrameStackMLP(nn.Module):
         return self.mlp(self.norm(stacked)), mask
 
 
+def pooled_statistics(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean and standard deviation over each clip's valid frames: `(batch, frames, dim)` -> `(batch, 2 * dim)`."""
+    weights = frame_mask[..., None].to(frames.dtype)
+    count = weights.sum(dim=1).clamp(min=1)
+    mean = (frames * weights).sum(dim=1) / count
+    variance = ((frames - mean[:, None]).square() * weights).sum(dim=1) / count
+    return torch.cat([mean, variance.clamp(min=1e-6).sqrt()], dim=-1)
+
+
 class EmoSLLMStatisticsPooling(nn.Module):
     """
     Statistics pooling (as in x-vectors): the mean and standard deviation of the clip's valid encoder frames, mapped
@@ -257,13 +276,60 @@ class EmoSLLMStatisticsPooling(nn.Module):
         self.output_proj = nn.Linear(2 * encoder_hidden, self.num_queries * self.llm_hidden)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = frame_mask[..., None].to(frames.dtype)
-        count = weights.sum(dim=1).clamp(min=1)
-        mean = (frames * weights).sum(dim=1) / count
-        variance = ((frames - mean[:, None]).square() * weights).sum(dim=1) / count
-        statistics = torch.cat([mean, variance.clamp(min=1e-6).sqrt()], dim=-1)
-        embeddings = self.output_proj(statistics).reshape(-1, self.num_queries, self.llm_hidden)
+        embeddings = self.output_proj(pooled_statistics(frames, frame_mask))
+        embeddings = embeddings.reshape(-1, self.num_queries, self.llm_hidden)
         return embeddings, frame_mask.new_ones(embeddings.shape[:2])
+
+
+class EmoSLLMStatisticsProbe(nn.Module):
+    """
+    Statistics pooling read by a linear emotion probe, whose class probabilities mix the label words' embeddings into
+    one audio embedding: a "soft emotion word" that the LLM reads like the word itself. Not in the paper. The probe
+    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: `set_probe` takes an
+    L2-regularized logistic regression fitted on the training clips' pooled statistics (train.py fits it with
+    scikit-learn, the regularization chosen on the validation speakers), which on RAVDESS generalizes to new voices
+    better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`, which
+    starts as the LLM's input embeddings of the label words (`from_backbones`), then LoRA and the head learn to read
+    the mixture together with the rest of the prompt (the transcript, other text features).
+
+    `(batch, frames, encoder_hidden)` -> `(batch, 1, llm_hidden)`, whatever the clip length.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        num_statistics = 2 * encoder_hidden
+        self.register_buffer("statistics_mean", torch.zeros(num_statistics))
+        self.register_buffer("statistics_std", torch.ones(num_statistics))
+        self.register_buffer("probe_weight", torch.zeros(config.num_labels, num_statistics))
+        self.register_buffer("probe_bias", torch.zeros(config.num_labels))
+        self.label_embeddings = nn.Linear(config.num_labels, config.text_config.hidden_size, bias=False)
+
+    def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The probe's scores `(batch, num_labels)` (before softmax)."""
+        statistics = (pooled_statistics(frames, frame_mask) - self.statistics_mean) / self.statistics_std
+        return F.linear(statistics, self.probe_weight, self.probe_bias)
+
+    def forward(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor, probe_scores: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`probe_scores` `(batch, num_labels)`, if given, stand in for the probe's own (cross-fitted scores)."""
+        if probe_scores is None:
+            probe_scores = self.class_scores(frames.float(), frame_mask)
+        probabilities = probe_scores.float().softmax(dim=-1)
+        embeddings = self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
+        return embeddings, frame_mask.new_ones(embeddings.shape[:2])
+
+    @torch.no_grad()
+    def set_probe(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """
+        The fitted probe: the pooled statistics' standardization `mean`, `std` `(2 * encoder_hidden,)`, then class
+        scores `statistics @ weight.T + bias`, `weight` `(num_labels, 2 * encoder_hidden)`, `bias` `(num_labels,)`.
+        """
+        for buffer, value in zip((self.statistics_mean, self.statistics_std, self.probe_weight, self.probe_bias),
+                                 (mean, std, weight, bias)):
+            if buffer.shape != value.shape:
+                raise ValueError(f"The probe expects a tensor of shape {tuple(buffer.shape)}, got {tuple(value.shape)}.")
+            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
 
 
 ADAPTERS = {
@@ -271,6 +337,7 @@ ADAPTERS = {
     "qformer": EmoSLLMWindowQFormer,
     "mlp": EmoSLLMFrameStackMLP,
     "statistics": EmoSLLMStatisticsPooling,
+    "probe": EmoSLLMStatisticsProbe,
 }
 
 
@@ -288,9 +355,14 @@ class EmoSLLMPreTrainedModel(PreTrainedModel):
         if isinstance(module, (EmoSLLMQueryPoolingMapper, EmoSLLMWindowQFormer)):
             nn.init.normal_(module.queries, std=0.02)
         elif isinstance(module, EmoSLLMAudioEncoder):
-            nn.init.zeros_(module.layer_weights)
+            if not module.concatenate_layers:
+                nn.init.zeros_(module.layer_weights)
             nn.init.zeros_(module.feature_mean)
             nn.init.ones_(module.feature_std)
+        elif isinstance(module, EmoSLLMStatisticsProbe):  # an unfitted probe: every class equally likely
+            for buffer in (module.statistics_mean, module.probe_weight, module.probe_bias):
+                nn.init.zeros_(buffer)
+            nn.init.ones_(module.statistics_std)
 
 
 class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
@@ -310,7 +382,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 "EmoSLLMProcessor.from_backbones(...) (or load a saved EmoSLLM folder)."
             )
         self.audio_encoder = EmoSLLMAudioEncoder(config)
-        self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.hidden_size)
+        self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.output_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_rank > 0:
             lora = LoraConfig(
@@ -366,10 +438,12 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         missing = [name for name in missing if "lora_" not in name]
         if missing or unexpected:
             raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-        if config.classifier == "verbalizer":
-            with torch.no_grad():
+        with torch.no_grad():
+            if config.classifier == "verbalizer":
                 model.classifier.weight.copy_(model.label_vectors())
                 model.classifier.bias.zero_()
+            if config.adapter_type == "probe":  # the soft emotion word starts as a mixture of the label words
+                model.adapter.label_embeddings.weight.copy_(model.label_vectors(model.get_input_embeddings()).T)
         model.freeze_backbones()
         return model
 
@@ -405,10 +479,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters())
 
-    def label_vectors(self) -> torch.Tensor:
-        """The verbalizer: `(num_labels, llm_hidden)`, each class the mean output embedding of its label's tokens."""
-        output_embeddings = self.language_model.get_output_embeddings().weight
-        return torch.stack([output_embeddings[ids].mean(dim=0) for ids in self.config.label_token_ids])
+    def label_vectors(self, embeddings: nn.Module | None = None) -> torch.Tensor:
+        """
+        `(num_labels, llm_hidden)`: each class the mean embedding of its label's tokens in `embeddings` (default: the
+        LLM's output embeddings, the verbalizer).
+        """
+        table = (self.language_model.get_output_embeddings() if embeddings is None else embeddings).weight
+        return torch.stack([table[ids].mean(dim=0) for ids in self.config.label_token_ids])
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -418,13 +495,19 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.Tensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
+        probe_scores: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
-        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
+        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings. `probe_scores`: see
+        `forward`.
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
-        return self.adapter(frames, frame_mask)
+        if probe_scores is None:
+            return self.adapter(frames, frame_mask)
+        if self.config.adapter_type != "probe":
+            raise ValueError(f"probe_scores are for the probe interface; this model's is {self.config.adapter_type!r}.")
+        return self.adapter(frames, frame_mask, probe_scores)
 
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
@@ -458,6 +541,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         encoder_layer_states: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         lm_labels: torch.LongTensor | None = None,
+        probe_scores: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechEmotionOutput:
         r"""
@@ -469,8 +553,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss` over the classes.
         lm_labels (`(batch, seq)`, optional): answer token ids (-100 elsewhere) for the ASR stage; gives the
             language-model `loss` instead, and no class scores.
+        probe_scores (`(batch, num_labels)`, optional): the probe interface's class scores computed elsewhere, in
+            place of its own; train.py passes cross-fitted scores (from a probe fitted without the clip's speaker)
+            for the training clips.
         """
-        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
+        audio_embeddings, audio_mask = self.get_audio_embeddings(
+            audio_lengths, input_features, encoder_layer_states, probe_scores
+        )
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         if lm_labels is not None:
             loss = self.language_model(**llm_inputs, labels=lm_labels).loss

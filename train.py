@@ -15,12 +15,14 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -41,7 +43,7 @@ from data_emosllm import (
     split_by_speakers,
     write_report,
 )
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, pooled_statistics
 from processing_emosllm import EmoSLLMProcessor
 
 logger = logging.getLogger("emosllm.train")
@@ -53,7 +55,20 @@ SMOKE_DIR = Path(__file__).resolve().parent / "data" / "smoke"
 class ModelArguments:
     audio_encoder: str = field(default="openai/whisper-tiny.en", metadata={"help": "Hub id or folder of the encoder."})
     llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
-    adapter_type: str = field(default="qpmapper", metadata={"help": "qpmapper | qformer | mlp | statistics"})
+    adapter_type: str = field(
+        default="qpmapper",
+        metadata={"help": "qpmapper | qformer | mlp | statistics | probe. On RAVDESS-sized data: probe, with "
+                  "--encoder_layer_combination concatenate --num_train_epochs 4 (BENCHMARKS.md)."},
+    )
+    encoder_layer_combination: str = field(
+        default="weighted_average",
+        metadata={"help": "weighted_average (learned) | concatenate (every encoder layer side by side)."},
+    )
+    probe_c: str = field(
+        default="0.001,0.003,0.01,0.03",
+        metadata={"help": "The probe interface: inverse L2 strengths (scikit-learn's C) to try; the one with the best "
+                  "validation UA is kept (without validation speakers: the median)."},
+    )
     num_queries: int = field(
         default=32,
         metadata={"help": "qpmapper: learned queries (the paper: 32); statistics: audio embeddings (its recipe: 4)."},
@@ -279,6 +294,12 @@ class EncoderStateCache:
             clip["states"] = load_file(str(self.path(clip["audio"])))["states"]
 
 
+def padded_states(clips: list[dict]) -> torch.Tensor:
+    """Cached encoder states, zero-padded to the longest clip: `(batch, num_layers + 1, frames, encoder_hidden)`."""
+    longest = max(c["states"].shape[1] for c in clips)
+    return torch.stack([F.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1])) for c in clips])
+
+
 @dataclass
 class EmoSLLMCollator:
     """Clips -> model inputs: the processor's prompt, cached encoder states padded to the longest clip, labels."""
@@ -293,12 +314,11 @@ class EmoSLLMCollator:
         )
         batch["audio_lengths"] = torch.tensor(lengths)
         if "states" in clips[0]:
-            longest = max(c["states"].shape[1] for c in clips)
-            batch["encoder_layer_states"] = torch.stack([
-                torch.nn.functional.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1])) for c in clips
-            ])
+            batch["encoder_layer_states"] = padded_states(clips)
         else:
             batch.update(self.processor.audio_features([c["audio"] for c in clips]))
+        if "probe_scores" in clips[0]:  # training clips of the probe interface: cross-fitted scores
+            batch["probe_scores"] = torch.stack([c["probe_scores"] for c in clips])
         if self.task == "ser":
             batch["labels"] = self.processor.label_ids([c["label"] for c in clips])
         return batch
@@ -349,6 +369,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
     processor = EmoSLLMProcessor.from_backbones(
         audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
+        encoder_layer_combination=model_args.encoder_layer_combination,
         adapter_hidden_size=model_args.adapter_hidden_size,
         lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
         freeze_language_model=model_args.freeze_language_model,
@@ -359,6 +380,84 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     trainable, total = model.trainable_parameters()
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, processor
+
+
+@torch.no_grad()
+def clip_statistics(model: EmoSLLMForSpeechEmotionRecognition, clips: list[dict], batch_size: int = 32) -> np.ndarray:
+    """Each clip's pooled statistics of its standardized encoder frames: `(clips, 2 * frame width)`."""
+    statistics = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        lengths = torch.tensor([len(c["audio"]) for c in chunk])
+        frames, mask = model.audio_encoder(lengths, encoder_layer_states=padded_states(chunk))
+        statistics.append(pooled_statistics(frames, mask))
+    return torch.cat(statistics).double().numpy()  # scikit-learn's lbfgs stops early on float32
+
+
+def fit_probe(
+    model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float],
+    augmented_clips: Sequence[dict] = (), max_folds: int = 4,
+) -> dict:
+    """
+    Fits the probe interface: scikit-learn's StandardScaler and L2-regularized LogisticRegression on the training
+    clips' pooled statistics, one per C in `cs`; keeps the one with the best validation UA (without validation
+    clips, the median C). Deterministic, so a resumed run refits the same probe.
+
+    Then cross-fitting, as in stacking: each training clip, and each of their `augmented_clips` copies, gets
+    `clip["probe_scores"]` from a probe fitted without its speaker (the training speakers in up to
+    `max_folds` folds), which the collator passes to the model in training. The LLM so learns to read the probe as
+    it is on voices it has not seen; on its own training clips the probe is far more confident and right than on new
+    ones (RAVDESS: the LLM trained on those read validation clips 0.035 UA below the probe itself, BENCHMARKS.md).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(x, y, c):
+        scaler = StandardScaler().fit(x)
+        return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+
+    labels = processor.config.labels
+    x_train = clip_statistics(model, train_clips)
+    y_train = processor.label_ids([c["label"] for c in train_clips]).numpy()
+    missing = sorted(set(labels) - {labels[i] for i in y_train.tolist()})
+    if missing:
+        raise ValueError(f"The probe interface needs training clips of every label; none of {missing}. Add clips of "
+                         "these labels to the training speakers, or leave them out with --labels.")
+    if eval_clips:
+        x_eval = clip_statistics(model, eval_clips)
+        y_eval = processor.label_ids([c["label"] for c in eval_clips]).numpy()
+    else:
+        cs = [sorted(cs)[len(cs) // 2]]
+    best = None
+    for c in cs:
+        scaler, probe = fit(x_train, y_train, c)
+        ua = compute_ser_metrics(probe.predict(scaler.transform(x_eval)), y_eval, labels)["ua"] if eval_clips else None
+        logger.info("Probe with C=%g: validation UA %s", c, "n/a" if ua is None else f"{ua:.3f}")
+        if best is None or (ua is not None and ua > best[0]):
+            best = (ua, c, scaler, probe)
+    ua, c, scaler, probe = best
+    model.adapter.set_probe(*(torch.from_numpy(np.asarray(v)) for v in
+                              (scaler.mean_, scaler.scale_, probe.coef_, probe.intercept_)))
+
+    scored_clips = [*train_clips, *augmented_clips]
+    x_scored = np.concatenate([x_train, clip_statistics(model, augmented_clips)]) if augmented_clips else x_train
+    speakers = sorted({c["speaker"] for c in train_clips}, key=speaker_sort_key)
+    if len(speakers) < 2:
+        logger.warning("One training speaker: the LLM learns to read the probe on its own training clips.")
+        folds = [speakers]
+    else:
+        folds = [speakers[i::min(max_folds, len(speakers))] for i in range(min(max_folds, len(speakers)))]
+    for fold in folds:
+        held_out = np.array([c["speaker"] in fold for c in train_clips])
+        kept = ~held_out
+        if len(folds) == 1 or len(set(y_train[kept].tolist())) < len(labels):  # or a label only they have
+            kept = np.ones_like(held_out)
+        fold_scaler, fold_probe = fit(x_train[kept], y_train[kept], c)
+        rows = [i for i, clip in enumerate(scored_clips) if clip["speaker"] in fold]
+        scores = fold_probe.decision_function(fold_scaler.transform(x_scored[rows]))
+        for i, row_scores in zip(rows, scores):
+            scored_clips[i]["probe_scores"] = torch.tensor(row_scores, dtype=torch.float32)
+    return {"probe_c": c, "probe_validation_ua": ua}
 
 
 def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
@@ -441,6 +540,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         library_name="transformers", pipeline_tag="audio-classification", model_name=output_dir.name,
         tags=["speech-emotion-recognition", "emosllm", "lora"], eval_results=results,
     )
+    probe = f" (probe C={metrics['probe_c']:g}, chosen on validation)" if "probe_c" in metrics else ""
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -449,7 +549,8 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 
 EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
 
-- Audio encoder: `{model_args.audio_encoder}` (frozen); interface: `{processor.config.adapter_type}`;
+- Audio encoder: `{model_args.audio_encoder}` (frozen, layers: `{processor.config.encoder_layer_combination}`);
+  interface: `{processor.config.adapter_type}`{probe};
   LLM: `{model_args.llm}` with LoRA rank {processor.config.lora_rank}.
 - Data: `{dataset}`; labels: {", ".join(processor.config.labels)}.
 - Speaker-independent split: train {len(split['train'])} speakers, validation {split['validation']},
@@ -500,6 +601,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             for clip_versions in versions:
                 clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
             cache.fill([copy for clip_versions in versions for copy in clip_versions[1:]])
+    probe = {}
+    if model.config.adapter_type == "probe":
+        probe = fit_probe(model, processor, clips["train"], clips.get("validation"),
+                          parse_floats(model_args.probe_c, "probe_c"), [c for cv in versions for c in cv[1:]])
     train_clips = AugmentedClips(versions, training_args.seed)
     started = time.time()
     if data_args.asr_epochs > 0:
@@ -510,6 +615,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     train_seconds = time.time() - started
     metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
     metrics["train_seconds"] = round(train_seconds, 1)
+    metrics.update(probe)
     split_speakers = {name: sorted(set(split["speaker"])) for name, split in splits.items()}
     split_speakers.setdefault("validation", [])
     if training_args.process_index == 0:

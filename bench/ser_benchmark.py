@@ -23,7 +23,8 @@ Systems (``--systems``, default all):
   with 10% warm-up, batch 8; the epoch with the best validation UA is kept.
 * ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: ``train.train_one_split`` with train.py's own
   defaults and ``--adapter_type``; ``emosllm_statistics``: the statistics-pooling interface with its own recipe
-  (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``).
+  (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``); ``emosllm_probe``: the probe
+  interface on every encoder layer (``--adapter_type probe --encoder_layer_combination concatenate``).
 * ``emosllm_transcript_only``: ablation without audio (the prompt keeps transcript and task, no audio
   placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (interface and head only); ``emosllm_full_finetune``:
   ``--lora_rank 0 --freeze_language_model False --learning_rate 2e-5``.
@@ -98,6 +99,8 @@ SYSTEMS = {
     "emosllm_qformer": "EmoSLLM, window Q-Former, LoRA",
     "emosllm_mlp": "EmoSLLM, frame-stacking MLP, LoRA",
     "emosllm_statistics": "EmoSLLM, statistics pooling (mean+std to 4 embeddings, interface at lr 1e-2), LoRA",
+    "emosllm_probe": "EmoSLLM, probe interface (every encoder layer's mean+std, fitted linear probe, cross-fitted; "
+                     "one soft emotion word), LoRA",
     "emosllm_transcript_only": "EmoSLLM ablation: no audio (prompt with transcript and task only), LoRA",
     "emosllm_no_lora": "EmoSLLM ablation: Query Pooling Mapper, no LoRA (interface and head only)",
     "emosllm_full_finetune": "EmoSLLM, Query Pooling Mapper, every LLM weight fine-tuned instead of LoRA (lr 2e-5)",
@@ -109,6 +112,7 @@ EMOSLLM_FLAGS = {
     "emosllm_mlp": ["--adapter_type", "mlp"],
     "emosllm_statistics": ["--adapter_type", "statistics", "--num_queries", "4", "--adapter_learning_rate", "1e-2",
                            "--head_learning_rate", "1e-3"],
+    "emosllm_probe": ["--adapter_type", "probe", "--encoder_layer_combination", "concatenate"],
     "emosllm_transcript_only": ["--adapter_type", "qpmapper", "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": ["--adapter_type", "qpmapper", "--lora_rank", "0"],
     "emosllm_full_finetune": ["--adapter_type", "qpmapper", "--lora_rank", "0", "--freeze_language_model", "False",
@@ -418,7 +422,9 @@ def transcript_only_classes():
             for param in [*self.audio_encoder.parameters(), *self.adapter.parameters()]:
                 param.requires_grad_(False)
 
-        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None):
+        def get_audio_embeddings(
+            self, audio_lengths, input_features=None, encoder_layer_states=None, probe_scores=None
+        ):
             batch = audio_lengths.shape[0]
             embeddings = torch.zeros(batch, 0, self.config.text_config.hidden_size, device=audio_lengths.device)
             return embeddings, torch.zeros(batch, 0, dtype=torch.bool, device=audio_lengths.device)

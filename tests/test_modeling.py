@@ -17,7 +17,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
-ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics"]
+ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
 # The interface, the layer weights between encoder and interface, and the class head.
 TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "classifier.")
 
@@ -44,6 +44,8 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
     if adapter in ("qpmapper", "statistics"):
         assert set(placeholders.tolist()) == {processor.config.num_queries}
+    elif adapter == "probe":  # one soft emotion word per clip
+        assert set(placeholders.tolist()) == {1}
     else:  # grows with the audio
         assert placeholders[0] < placeholders[1] < placeholders[2]
     output = model(**batch)
@@ -66,7 +68,8 @@ def test_gradients_reach_only_interface_and_lora(adapter):
     # LoRA's B starts at zero, so the signal shows on B (and on every interface weight) at the first step.
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b)
-    assert model.adapter.output_proj.weight.grad.abs().sum() > 0 if adapter != "mlp" else True
+    interface = {"mlp": None, "probe": "label_embeddings"}.get(adapter, "output_proj")
+    assert getattr(model.adapter, interface).weight.grad.abs().sum() > 0 if interface else True
     trainable, total = model.trainable_parameters()
     expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAINABLE) or "lora_" in n)
     assert trainable == expected < total
@@ -193,6 +196,59 @@ def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
     torch.testing.assert_close(embeddings[1], expected)
 
 
+def fit_random_probe(model, seed: int = 0) -> None:
+    """Gives the probe interface random fitted values, as train.py's fit would (a zero probe scores every clip alike)."""
+    generator = torch.Generator().manual_seed(seed)
+    adapter = model.adapter
+    adapter.set_probe(*(torch.randn(b.shape, generator=generator) for b in (
+        adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight, adapter.probe_bias)))
+    adapter.statistics_std.abs_().add_(0.5)
+
+
+def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
+    processor, model = make("whisper", "probe")
+    fit_random_probe(model)
+    adapter = model.adapter
+    frames = torch.randn(2, 7, adapter.probe_weight.shape[1] // 2)
+    frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    embeddings, mask = adapter(frames, frame_mask)
+    assert embeddings.shape == (2, 1, processor.config.text_config.hidden_size) and mask.all()
+    short = frames[1, :3]
+    statistics = (torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)]) - adapter.statistics_mean)
+    probabilities = (adapter.probe_weight @ (statistics / adapter.statistics_std) + adapter.probe_bias).softmax(-1)
+    torch.testing.assert_close(embeddings[1, 0], adapter.label_embeddings.weight @ probabilities)
+    # The probe is fitted, not trained: its values are buffers, saved with the model but outside the optimizer.
+    assert {n for n, _ in adapter.named_parameters()} == {"label_embeddings.weight"}
+    assert {"statistics_mean", "statistics_std", "probe_weight", "probe_bias"} <= set(adapter.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        adapter.set_probe(adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight[:2], adapter.probe_bias)
+    # Scores computed elsewhere (train.py's cross-fitted ones) stand in for the probe's own.
+    scores = torch.randn(2, len(LABELS))
+    embeddings, _ = adapter(frames, frame_mask, scores)
+    torch.testing.assert_close(embeddings[:, 0], scores.softmax(-1) @ adapter.label_embeddings.weight.T)
+    other_processor, other = make("whisper", "statistics")
+    batch, _ = batch_of_lengths(other_processor)
+    with pytest.raises(ValueError, match="probe_scores are for the probe interface"):
+        other(**batch, probe_scores=torch.zeros(3, len(LABELS)))
+
+
+def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights():
+    processor, model = make("whisper", "statistics", encoder_layer_combination="concatenate")
+    encoder = model.audio_encoder
+    batch, _ = batch_of_lengths(processor)
+    with torch.no_grad():
+        states = encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+        encoder.set_feature_statistics(states)
+        frames, _ = encoder(batch["audio_lengths"], encoder_layer_states=states)
+    num_layers, width = states.shape[1], states.shape[-1]
+    assert frames.shape == (3, states.shape[2], num_layers * width) and encoder.output_size == num_layers * width
+    standardized = (states - encoder.feature_mean[:, None]) / encoder.feature_std[:, None]
+    for layer in range(num_layers):
+        torch.testing.assert_close(frames[..., layer * width:(layer + 1) * width], standardized[:, layer])
+    assert not hasattr(encoder, "layer_weights")
+    assert model.adapter.output_proj.in_features == 2 * num_layers * width
+
+
 def test_asr_stage_gives_language_model_loss_on_the_answer_only():
     processor, model = make()
     audios = [tone(1.0, 300), tone(1.5, 500, seed=1)]
@@ -235,7 +291,7 @@ def test_linear_classifier_option():
     assert model.classifier.weight.requires_grad
 
 
-@pytest.mark.parametrize("name", ["adapter_type", "classifier", "use_transcript"])
+@pytest.mark.parametrize("name", ["adapter_type", "encoder_layer_combination", "classifier", "use_transcript"])
 def test_a_misspelt_choice_is_an_error_not_another_choice(name):
     with pytest.raises(ValueError, match=f"{name}='Verbalizer' is not one of"):
         tiny_processor(**{name: "Verbalizer"})
@@ -311,6 +367,8 @@ def test_save_and_load_in_fresh_process(tmp_path, adapter):
     with torch.no_grad():
         states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
     model.audio_encoder.set_feature_statistics(states)  # the standardization is part of the saved model
+    if adapter == "probe":
+        fit_random_probe(model)  # and so is the fitted probe
     with torch.no_grad():
         expected = model(**batch).logits
     saved = tmp_path / "saved"

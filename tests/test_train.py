@@ -181,6 +181,76 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     assert groups[5e-4] and all("lora_" in n for n in groups[5e-4])
 
 
+def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup, tmp_path):
+    output = tmp_path / "out"
+    run(train_command(tiny_setup, output, "--adapter_type", "probe", "--encoder_layer_combination", "concatenate",
+                      "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
+    report = json.loads((output / "all_results.json").read_text())
+    assert report["probe_c"] in (0.01, 1.0) and 0 <= report["probe_validation_ua"] <= 1
+    model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
+    assert model.config.adapter_type == "probe" and model.config.encoder_layer_combination == "concatenate"
+    assert model.adapter.probe_weight.abs().sum() > 0 and (model.adapter.statistics_std != 1).any()
+    # Checkpoints keep what trains; the probe is refitted (deterministically) when a run resumes.
+    checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
+    assert "adapter.label_embeddings.weight" in checkpoint and not any("probe_" in k for k in checkpoint)
+
+
+def test_fit_probe_chooses_c_on_validation_and_needs_every_label():
+    sys.path.insert(0, str(REPO))
+    from conftest import TONE_FREQUENCIES, tiny_processor
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from train import fit_probe
+
+    processor = tiny_processor(adapter="probe")
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+
+    def clips(seeds, labels=LABELS):
+        made = []
+        for seed in seeds:
+            for label in labels:
+                audio = tone(0.8, TONE_FREQUENCIES[label], seed=seed)
+                features = processor.audio_features([audio])
+                states = model.audio_encoder.layer_states(features["input_features"], features["audio_lengths"])[0]
+                frames = processor.config.num_encoder_frames(len(audio))
+                made.append({"audio": audio, "label": label, "states": states[:, :frames].detach(),
+                             "speaker": f"spk{seed % 4}", "transcript": None, "text_features": {}})
+        return made
+
+    # More angry clips than others: a probe with C=1e-8 is left with its intercept and names every clip angry.
+    train, validation = clips(range(4)) + clips(range(20, 28), ["angry"]), clips(range(10, 12))
+    copies = [dict(c, audio=c["audio"].copy()) for c in train if c["speaker"] == "spk1"]  # as augmented copies
+    chosen = fit_probe(model, processor, train, validation, [1e-8, 1.0], copies)
+    assert chosen == {"probe_c": 1.0, "probe_validation_ua": 1.0}
+    batch = processor([c["audio"] for c in validation])
+    with torch.no_grad():  # the fitted probe itself names the held-out tones (the tiny LLM is untrained)
+        scores = model.adapter.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
+    assert scores.argmax(-1).tolist() == processor.label_ids([c["label"] for c in validation]).tolist()
+    # Cross-fitting: each training clip's scores come from a probe fitted without its speaker (4 speakers, 4 folds).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from train import EmoSLLMCollator, clip_statistics
+
+    others = [c for c in train if c["speaker"] != "spk1"]
+    scaler = StandardScaler().fit(clip_statistics(model, others))
+    held_out_probe = LogisticRegression(C=1.0, max_iter=3000).fit(
+        scaler.transform(clip_statistics(model, others)), processor.label_ids([c["label"] for c in others]).numpy())
+    spk1 = [c for c in train if c["speaker"] == "spk1"]
+    expected = held_out_probe.decision_function(scaler.transform(clip_statistics(model, spk1)))
+    torch.testing.assert_close(torch.stack([c["probe_scores"] for c in spk1]), torch.tensor(expected).float())
+    torch.testing.assert_close(torch.stack([c["probe_scores"] for c in copies]), torch.tensor(expected).float())
+    # ... and reach the probe interface in training, in place of the fitted probe's own scores.
+    batch = EmoSLLMCollator(processor)(spk1[:2])
+    with torch.no_grad():
+        embeddings, _ = model.get_audio_embeddings(batch["audio_lengths"], None, batch["encoder_layer_states"],
+                                                   batch["probe_scores"])
+    torch.testing.assert_close(embeddings[:, 0], batch["probe_scores"].softmax(-1) @ model.adapter.label_embeddings.weight.T)
+    assert fit_probe(model, processor, train, None, [1e-4, 0.01, 1.0])["probe_c"] == 0.01  # no validation: median
+    with pytest.raises(ValueError, match="needs training clips of every label"):
+        fit_probe(model, processor, [c for c in train if c["label"] != "sad"], validation, [1.0])
+
+
 def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
     sys.path.insert(0, str(REPO))
     from train import augmented_copies, parse_floats
