@@ -407,8 +407,10 @@ def fit_probe(
     `clip["probe_scores"]` from a probe fitted without its speaker (the training speakers in up to
     `max_folds` folds), which the collator passes to the model in training. The LLM so learns to read the probe as
     it is on voices it has not seen; on its own training clips the probe is far more confident and right than on new
-    ones (RAVDESS: the LLM trained on those read validation clips 0.035 UA below the probe itself, BENCHMARKS.md).
+    ones (RAVDESS: the LLM trained on those read validation clips 0.035-0.047 UA below the probe, BENCHMARKS.md).
     """
+    if not cs:
+        raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -540,7 +542,10 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         library_name="transformers", pipeline_tag="audio-classification", model_name=output_dir.name,
         tags=["speech-emotion-recognition", "emosllm", "lora"], eval_results=results,
     )
-    probe = f" (probe C={metrics['probe_c']:g}, chosen on validation)" if "probe_c" in metrics else ""
+    probe = ""
+    if "probe_c" in metrics:
+        chosen = "chosen on validation" if metrics["probe_validation_ua"] is not None else "given, no validation split"
+        probe = f" (probe C={metrics['probe_c']:g}, {chosen})"
     text = f"""---
 {card_data.to_yaml()}
 ---

@@ -187,6 +187,7 @@ def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup,
                       "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
     report = json.loads((output / "all_results.json").read_text())
     assert report["probe_c"] in (0.01, 1.0) and 0 <= report["probe_validation_ua"] <= 1
+    assert f"probe C={report['probe_c']:g}, chosen on validation" in (output / "README.md").read_text()
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
     assert model.config.adapter_type == "probe" and model.config.encoder_layer_combination == "concatenate"
     assert model.adapter.probe_weight.abs().sum() > 0 and (model.adapter.statistics_std != 1).any()
@@ -247,6 +248,8 @@ def test_fit_probe_chooses_c_on_validation_and_needs_every_label():
                                                    batch["probe_scores"])
     torch.testing.assert_close(embeddings[:, 0], batch["probe_scores"].softmax(-1) @ model.adapter.label_embeddings.weight.T)
     assert fit_probe(model, processor, train, None, [1e-4, 0.01, 1.0])["probe_c"] == 0.01  # no validation: median
+    with pytest.raises(ValueError, match="--probe_c needs at least one value"):
+        fit_probe(model, processor, train, validation, [])
     with pytest.raises(ValueError, match="needs training clips of every label"):
         fit_probe(model, processor, [c for c in train if c["label"] != "sad"], validation, [1.0])
 
