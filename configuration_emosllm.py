@@ -34,7 +34,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     adapter_type (`str`):
         The interface between encoder and LLM: `"qpmapper"` (the paper's Query Pooling Mapper, fixed `num_queries`
         outputs per clip), `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of
-        `window_size` encoder frames), `"mlp"` (an MLP over `stack_factor` stacked frames) or `"statistics"`
+        `window_size` encoder frames), `"mlp"` (an MLP over `stack_factor` stacked frames), `"statistics"`
         (statistics pooling: the clip's mean and standard deviation over its frames, mapped by one linear layer to
         `num_queries` embeddings; not in the paper) or `"probe"` (statistics pooling read by a linear emotion probe
         that is fitted, not trained, on the training clips: its class probabilities mix the label words' embeddings
