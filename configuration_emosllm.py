@@ -32,14 +32,14 @@ class EmoSLLMConfig(PreTrainedConfig):
     text_config (`dict` or `PreTrainedConfig`):
         Config of the causal LLM. Defaults to SmolLM2-135M-Instruct (a Llama).
     adapter_type (`str`):
-        The interface between encoder and LLM: `"qpmapper"` (the paper's Query Pooling Mapper, fixed `num_queries`
-        outputs per clip), `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of
-        `window_size` encoder frames), `"mlp"` (an MLP over `stack_factor` stacked frames), `"statistics"`
-        (statistics pooling: the clip's mean and standard deviation over its frames, mapped by one linear layer to
-        `num_queries` embeddings; not in the paper) or `"probe"` (statistics pooling read by a linear emotion probe
-        that is fitted, not trained, on the training clips: its class probabilities mix the label words' embeddings
-        into one audio embedding, a "soft emotion word"; not in the paper, the best interface measured on RAVDESS,
-        BENCHMARKS.md).
+        The interface between encoder and LLM. `"probe"` (train.py's default, the best measured on RAVDESS,
+        BENCHMARKS.md; not in the paper): statistics pooling read by a linear emotion probe that is fitted
+        (`EmoSLLMForSpeechEmotionRecognition.fit_probe`), not trained, whose class probabilities mix the label
+        words' embeddings into one audio embedding, a "soft emotion word". `"qpmapper"` (the config's default: the
+        paper's Query Pooling Mapper, `num_queries` outputs per clip). For comparison only, measured below those two:
+        `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of `window_size` encoder
+        frames), `"mlp"` (an MLP over `stack_factor` stacked frames) and `"statistics"` (the clip's mean and standard
+        deviation over its frames, mapped by one linear layer to `num_queries` embeddings).
     encoder_layer_combination (`str`): how the audio encoder's standardized layers become one frame sequence:
         `"weighted_average"` (a learned softmax-weighted average, SUPERB-style) or `"concatenate"` (every layer side
         by side: frames `(num_layers + 1) * encoder_hidden` wide; what the probe interface is recommended with).
@@ -54,16 +54,15 @@ class EmoSLLMConfig(PreTrainedConfig):
         frozen and only the interface trains).
     freeze_language_model (`bool`): keep the LLM's own weights frozen (the paper: LoRA adapts it). `False`, with
         `lora_rank=0`, fine-tunes every LLM weight instead (full fine-tuning, for comparison).
-    classifier (`str`): the head on the LLM's last hidden state at the answer position, one score per class.
-        `"verbalizer"` starts it as the LLM's own output embeddings of the label words (so the untrained model
-        answers as the LLM would); `"linear"` starts it at random. Either way it trains with the interface.
     audio_loss_weight (`float`): weight of an auxiliary loss during training: a linear layer (`audio_classifier`)
         names the emotion from the mean of the audio embeddings, so the interface gets a direct training signal
         besides the one that comes back through the LLM. `0` turns it off. Inference reads only the LLM's answer.
     prompt (`str`): the task text; `{labels}` is replaced by the comma-separated label names.
     audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
         embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
-    label_token_ids (`list[list[int]]`): token ids of each label's words (set from the tokenizer).
+    label_token_ids (`list[list[int]]`): token ids of each label's words, the LLM's answer for that class (set from
+        the tokenizer). A class's score is the LLM's logit of its first token at the answer position, so the labels'
+        first tokens must differ.
     max_audio_seconds (`float`): longest clip the processor accepts; longer audio must be segmented (the pipeline
         does it).
     pad_audio_to_max_length (`bool`): pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of
@@ -121,10 +120,9 @@ class EmoSLLMConfig(PreTrainedConfig):
     freeze_audio_encoder: bool = True
     lora_rank: int = 8
     lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     lora_target_modules: list[str] | str = "all-linear"
     freeze_language_model: bool = True
-    classifier: Literal["verbalizer", "linear"] = "verbalizer"
     audio_loss_weight: float = 0.0
     prompt: str = DEFAULT_PROMPT
     audio_token: str = "<|audio|>"
@@ -148,7 +146,7 @@ class EmoSLLMConfig(PreTrainedConfig):
         # A misspelt choice would otherwise run another one. Checked by hand: huggingface_hub's `@strict` (which
         # transformers' own configs use) would check these, but raises a non-ValueError and rejects ints for float
         # fields (`audio_loss_weight=0`).
-        for name in ("adapter_type", "encoder_layer_combination", "classifier", "use_transcript"):
+        for name in ("adapter_type", "encoder_layer_combination", "use_transcript"):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
@@ -157,11 +155,7 @@ class EmoSLLMConfig(PreTrainedConfig):
                 "LoRA and full fine-tuning of the LLM exclude each other: use lora_rank>0 with a frozen LLM, or "
                 "freeze_language_model=False with lora_rank=0."
             )
-        if self.label_token_ids is not None and len(self.label_token_ids) != self.num_labels:
-            raise ValueError(
-                f"label_token_ids has {len(self.label_token_ids)} entries but there are {self.num_labels} labels; "
-                "rebuild the processor and config together (EmoSLLMProcessor.from_backbones)."
-            )
+        self.check_label_token_ids()
         if self.is_whisper_encoder:
             max_positions = self.audio_config.max_source_positions
             if self.max_audio_seconds * 16000 // MEL_HOP_LENGTH > 2 * max_positions:
@@ -169,6 +163,26 @@ class EmoSLLMConfig(PreTrainedConfig):
                     f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window "
                     f"({2 * max_positions * MEL_HOP_LENGTH / 16000:g} s)."
                 )
+
+    def check_label_token_ids(self) -> None:
+        """Every label has tokens and a first token of its own: a class's score is the LLM's logit of that token."""
+        if self.label_token_ids is None:
+            return
+        if len(self.label_token_ids) != self.num_labels:
+            raise ValueError(
+                f"label_token_ids has {len(self.label_token_ids)} entries but there are {self.num_labels} labels; "
+                "rebuild the processor and config together (EmoSLLMProcessor.from_backbones)."
+            )
+        first = {}
+        for label, ids in zip(self.labels, self.label_token_ids):
+            if not ids:
+                raise ValueError(f"Label {label!r} has no tokens; give every class a non-empty name.")
+            if ids[0] in first:
+                raise ValueError(
+                    f"Labels {first[ids[0]]!r} and {label!r} start with the same token ({ids[0]}), so the LLM's first "
+                    "answer token cannot tell them apart; rename one of them (e.g. 'fear' -> 'scared')."
+                )
+            first[ids[0]] = label
 
     @property
     def labels(self) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import difflib
 import json
 import math
 import numbers
@@ -39,6 +40,9 @@ MANIFEST_NAME = "manifest.csv"
 REQUIRED_MANIFEST_COLUMNS = ("path", "label")
 AUDIO_EXTENSIONS = (".wav", ".flac")
 MAX_REPORTED_PROBLEMS = 20
+# Two labels of one corpus this alike (difflib's ratio: 'hapy'/'happy' 0.89, 'bored'/'board' 0.8; real pairs such as
+# 'sad'/'mad' 0.67 or 'fear'/'fearful' 0.73 stay below) are taken for a typo.
+LABEL_TYPO_SIMILARITY = 0.8
 
 PathLike = Union[str, os.PathLike]
 SpeakerSpec = Union[str, int, Sequence[Union[str, int]], None]
@@ -92,8 +96,57 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
         raise ValueError(f"corpus folder {str(root)!r} does not exist; pass the folder that holds the audio")
     manifest = root / MANIFEST_NAME
     clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root)
+    labels = normalize_labels(labels)
     validate_clips(clips, labels)
+    check_label_typos([clip.label for clip in clips], labels)
     return clips_to_dataset(clips)
+
+
+def normalize_label(label: Optional[str]) -> Optional[str]:
+    """A label as every loader keeps it: stripped and lower-cased (`' Happy'` and `'happy'` are one class)."""
+    return None if label is None else str(label).strip().lower() or None
+
+
+def normalize_labels(labels: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """A label set (e.g. `--labels`) normalized like the data's labels, order kept; duplicates or empty names raise."""
+    if labels is None:
+        return None
+    normalized = [normalize_label(label) for label in labels]
+    if None in normalized:
+        raise ValueError(f"the label set {list(labels)} has an empty name; write labels as 'happy,sad,...'")
+    repeated = sorted({label for label in normalized if normalized.count(label) > 1})
+    if repeated:
+        raise ValueError(f"the label set {list(labels)} names {repeated} more than once; name each label once")
+    return normalized
+
+
+def closest_label(label: str, known: Sequence[str]) -> Optional[str]:
+    """The known label most like `label` (difflib), or None when none is alike."""
+    matches = difflib.get_close_matches(label, list(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def check_label_typos(labels: Sequence[Optional[str]], allowed: Optional[Sequence[str]] = None) -> None:
+    """
+    Without a label set (`allowed`), two labels of the data that look alike (`LABEL_TYPO_SIMILARITY`) are taken for
+    a typo and raise `ValueError` naming both and how often each occurs: a misspelt label would otherwise become a
+    class of its own. A label set that lists both accepts them (and `load_corpus` checks every row against it).
+    """
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    if allowed is not None:
+        return
+    names = sorted(counts, key=lambda label: (-counts[label], label))
+    for i, common in enumerate(names):
+        for rare in names[i + 1:]:
+            if difflib.SequenceMatcher(None, rare, common).ratio() >= LABEL_TYPO_SIMILARITY:
+                raise ValueError(
+                    f"labels {rare!r} ({counts[rare]} clip(s)) and {common!r} ({counts[common]} clip(s)) look like one "
+                    f"label misspelt: did you mean {common!r}? Fix the rows, or if both are real classes list them "
+                    f"with --labels (labels=[...])"
+                )
 
 
 def read_manifest(manifest: Path) -> list[ClipInfo]:
@@ -121,7 +174,7 @@ def read_manifest(manifest: Path) -> list[ClipInfo]:
             where=f"{manifest.name} line {index + 2} (path {path!r})",
             path=path or "",
             file=(root / path) if path else root,
-            label=_cell(row.get("label")),
+            label=normalize_label(_cell(row.get("label"))),
             speaker=_cell(row.get("speaker")),
             transcript=_cell(row.get("transcript")),
             extras={column: _plain(row[column]) for column in extra_columns},
@@ -275,11 +328,36 @@ def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
     if not clips:
         raise ValueError("the corpus has no rows; add clips to the manifest")
     problems = [problem for clip in clips if (problem := clip_problem(clip, labels)) is not None]
+    problems += duplicate_rows(clips)
     if problems:
         shown = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])
         more = len(problems) - MAX_REPORTED_PROBLEMS
         tail = f"\n  ... and {more} more" if more > 0 else ""
         raise ValueError(f"{len(problems)} bad row(s) in the corpus:\n  {shown}{tail}")
+
+
+def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
+    """
+    Rows that name a file an earlier row names too: a duplicate row counts its clip twice, and one file under two
+    speakers puts the same recording into two splits (training audio leaking into the test set).
+    """
+    first: dict[str, ClipInfo] = {}
+    problems = []
+    for clip in clips:
+        if not clip.path:
+            continue
+        key = os.path.normcase(os.path.abspath(clip.file))
+        if key not in first:
+            first[key] = clip
+            continue
+        earlier = first[key]
+        if earlier.speaker != clip.speaker:
+            problems.append(f"{clip.where}: the same file as {earlier.where}, which gives speaker {earlier.speaker!r} "
+                            f"where this row gives {clip.speaker!r}; a recording has one speaker (and one split): "
+                            f"fix the speaker or remove the duplicate row")
+        else:
+            problems.append(f"{clip.where}: the same file as {earlier.where} (a duplicate row); remove one of them")
+    return problems
 
 
 def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
@@ -289,8 +367,10 @@ def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
     if clip.label is None:
         return f"{clip.where}: empty label; fill it in or remove the row"
     if labels is not None and clip.label not in labels:
+        closest = closest_label(clip.label, labels)
+        hint = f"did you mean {closest!r}? " if closest else ""
         return (f"{clip.where}: unknown label {clip.label!r} (expected one of {list(labels)}); "
-                f"fix or remove the row, or extend labels")
+                f"{hint}fix or remove the row, or extend labels")
     if not clip.file.is_file():
         return (f"{clip.where}: file not found at {str(clip.file)!r}; fix the path (relative to the corpus "
                 f"folder, or absolute) or remove the row")
@@ -339,6 +419,31 @@ def clips_to_dataset(clips: list[ClipInfo]) -> datasets.Dataset:
     dataset = datasets.Dataset.from_dict(columns)
     return dataset.cast(datasets.Features({**dataset.features, "audio": audio_feature(), "label": text,
                                           "speaker": text, "transcript": text, "path": text}))
+
+
+def check_dataset_labels(dataset: datasets.Dataset, labels: Optional[Sequence[str]] = None) -> datasets.Dataset:
+    """
+    The `label` column normalized (`normalize_label`) and checked as `load_corpus` checks a folder's rows: every
+    label in `labels` when given (an unknown one raises `ValueError` naming the closest known label), and no two
+    labels alike (`check_label_typos`) without it. Reads one column; no audio is decoded.
+    """
+    labels = normalize_labels(labels)
+    values = [normalize_label(value) for value in dataset["label"]]
+    empty = [i for i, value in enumerate(values) if value is None]
+    if empty:
+        raise ValueError(f"{len(empty)} row(s) have no label (first: row {empty[0]}); fill them in or remove them")
+    if labels is not None:
+        unknown = sorted(set(values) - set(labels))
+        if unknown:
+            hints = [f"{u!r} (did you mean {c!r}?)" if (c := closest_label(u, labels)) else repr(u) for u in unknown]
+            raise ValueError(f"label(s) {', '.join(hints)} are not in the label set {labels}; fix those rows, or "
+                             "extend labels")
+    check_label_typos(values, labels)
+    if values != list(dataset["label"]):
+        dataset = dataset.remove_columns("label").add_column("label", values, feature=datasets.Value("string"))
+        front = ["audio", "label"]
+        dataset = dataset.select_columns(front + [c for c in dataset.column_names if c not in front])
+    return dataset
 
 
 def load_hub_dataset(

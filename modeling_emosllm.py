@@ -11,11 +11,12 @@ Where things happen, each in one place:
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -124,6 +125,10 @@ class EmoSLLMAudioEncoder(nn.Module):
         """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
+        # Rounded to float16, the precision of train.py's encoder-state cache: a clip scores the same from the cache
+        # (training, the reported test score) and from audio (the pipeline). Without this, clips of one fixed length
+        # scored 0.76 from the cache and 0.26 live (a pooled statistic with a tiny spread amplified the rounding).
+        encoder_layer_states = encoder_layer_states.to(torch.float16).to(self.feature_mean.dtype)
         standardized = (encoder_layer_states - self.feature_mean[:, None]) / self.feature_std[:, None]
         if self.concatenate_layers:
             frames = standardized.permute(0, 2, 1, 3).flatten(2)  # (batch, frames, layers * encoder_hidden)
@@ -285,15 +290,20 @@ class EmoSLLMStatisticsProbe(nn.Module):
     """
     Statistics pooling read by a linear emotion probe, whose class probabilities mix the label words' embeddings into
     one audio embedding: a "soft emotion word" that the LLM reads like the word itself. Not in the paper. The probe
-    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: `set_probe` takes an
-    L2-regularized logistic regression fitted on the training clips' pooled statistics (train.py fits it with
-    scikit-learn, the regularization chosen on the validation speakers), which on RAVDESS generalizes to new voices
-    better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`, which
-    starts as the LLM's input embeddings of the label words (`from_backbones`), then LoRA and the head learn to read
-    the mixture together with the rest of the prompt (the transcript, other text features).
+    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: `fit` fits an
+    L2-regularized logistic regression (scikit-learn) on labelled clips' pooled statistics
+    (`EmoSLLMForSpeechEmotionRecognition.fit_probe` does it from model inputs), which on RAVDESS generalizes to new
+    voices better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`,
+    which starts as the LLM's input embeddings of the label words (`from_backbones`); LoRA then learns to read the
+    mixture together with the rest of the prompt (the transcript, other text features).
 
     `(batch, frames, encoder_hidden)` -> `(batch, 1, llm_hidden)`, whatever the clip length.
     """
+
+    # Floor on the spread that standardizes a pooled statistic, relative to the median spread: a statistic that
+    # barely varies across the training clips (clips of one fixed length, zero-padded) must not turn rounding noise
+    # into the answer.
+    MIN_RELATIVE_STD = 1e-2
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
         super().__init__()
@@ -309,15 +319,30 @@ class EmoSLLMStatisticsProbe(nn.Module):
         statistics = (pooled_statistics(frames, frame_mask) - self.statistics_mean) / self.statistics_std
         return F.linear(statistics, self.probe_weight, self.probe_bias)
 
-    def forward(
-        self, frames: torch.Tensor, frame_mask: torch.Tensor, probe_scores: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`probe_scores` `(batch, num_labels)`, if given, stand in for the probe's own (cross-fitted scores)."""
-        if probe_scores is None:
-            probe_scores = self.class_scores(frames.float(), frame_mask)
-        probabilities = probe_scores.float().softmax(dim=-1)
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = self.class_scores(frames.float(), frame_mask).softmax(dim=-1)
         embeddings = self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
         return embeddings, frame_mask.new_ones(embeddings.shape[:2])
+
+    @torch.no_grad()
+    def fit(self, statistics: torch.Tensor, labels: torch.Tensor, c: float) -> None:
+        """
+        Fits the probe: scikit-learn's StandardScaler and L2 LogisticRegression (inverse strength `c`) on pooled
+        statistics `(clips, 2 * encoder_hidden)` (from `pooled_statistics` of the standardized frames) and class ids
+        `labels` `(clips,)`. In float64: scikit-learn's lbfgs stops early on float32.
+        """
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        x, y = statistics.double().cpu().numpy(), labels.cpu().numpy()
+        missing = sorted(set(range(self.probe_bias.shape[0])) - set(y.tolist()))
+        if missing:
+            raise ValueError(f"The probe needs labelled clips of every class; none of class ids {missing}.")
+        scaler = StandardScaler().fit(x)
+        scaler.scale_ = np.maximum(scaler.scale_, self.MIN_RELATIVE_STD * np.median(scaler.scale_))
+        probe = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
+        self.set_probe(*(torch.from_numpy(np.asarray(v)) for v in
+                         (scaler.mean_, scaler.scale_, probe.coef_, probe.intercept_)))
 
     @torch.no_grad()
     def set_probe(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -367,16 +392,17 @@ class EmoSLLMPreTrainedModel(PreTrainedModel):
 
 class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
     """
-    Audio encoder -> interface -> LLM (with LoRA) -> one score per emotion class.
+    Audio encoder -> interface -> LLM (with LoRA) -> the LLM's answer, one emotion word.
 
     The prompt (built by `EmoSLLMProcessor`) holds the task text, any transcript or other text features, and one
-    audio placeholder per audio embedding; the class scores are read at the last prompt position, where the LLM
-    would start its answer.
+    audio placeholder per audio embedding. The class scores are the LLM's own next-token logits of each label's first
+    token at the answer position (its language-model head, adapted through LoRA), so `generate()` writes the class
+    that the scores rank first; training takes the language-model loss on the answer text, as the paper does.
     """
 
     def __init__(self, config: EmoSLLMConfig):
         super().__init__(config)
-        if config.audio_token_id is None or (config.classifier == "verbalizer" and config.label_token_ids is None):
+        if config.audio_token_id is None or config.label_token_ids is None:
             raise ValueError(
                 "The config has no audio_token_id/label_token_ids: build config and processor together with "
                 "EmoSLLMProcessor.from_backbones(...) (or load a saved EmoSLLM folder)."
@@ -390,12 +416,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 target_modules=config.lora_target_modules,
             )
             inject_adapter_in_model(lora, self.language_model)
-        # The head: one score per class from the LLM's last hidden state. With the verbalizer it starts as the LLM's
-        # own output embeddings of the label words (`from_backbones`), so its first answers are the LLM's; it then
-        # trains with the interface: a frozen verbalizer learned too slowly to leave chance on RAVDESS (BENCHMARKS.md).
-        self.classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
         # Training aid (`audio_loss_weight`): names the emotion from the mean audio embedding, a short path for the
-        # interface's gradient that does not pass through the 30 LLM layers.
+        # interface's gradient that does not pass through the 30 LLM layers. Inference never reads it.
         if config.audio_loss_weight > 0:
             self.audio_classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
         self.post_init()
@@ -438,12 +460,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         missing = [name for name in missing if "lora_" not in name]
         if missing or unexpected:
             raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-        with torch.no_grad():
-            if config.classifier == "verbalizer":
-                model.classifier.weight.copy_(model.label_vectors())
-                model.classifier.bias.zero_()
-            if config.adapter_type == "probe":  # the soft emotion word starts as a mixture of the label words
-                model.adapter.label_embeddings.weight.copy_(model.label_vectors(model.get_input_embeddings()).T)
+        if config.adapter_type == "probe":  # the soft emotion word starts as a mixture of the label words
+            with torch.no_grad():
+                model.adapter.label_embeddings.weight.copy_(model.label_vectors().T)
         model.freeze_backbones()
         return model
 
@@ -479,12 +498,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters())
 
-    def label_vectors(self, embeddings: nn.Module | None = None) -> torch.Tensor:
-        """
-        `(num_labels, llm_hidden)`: each class the mean embedding of its label's tokens in `embeddings` (default: the
-        LLM's output embeddings, the verbalizer).
-        """
-        table = (self.language_model.get_output_embeddings() if embeddings is None else embeddings).weight
+    def print_trainable_parameters(self) -> None:
+        """Prints the trainable parameter count, as peft's `PeftModel.print_trainable_parameters` does."""
+        trainable, total = self.trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def label_vectors(self) -> torch.Tensor:
+        """`(num_labels, llm_hidden)`: each class the mean input embedding of its label's tokens."""
+        table = self.get_input_embeddings().weight
         return torch.stack([table[ids].mean(dim=0) for ids in self.config.label_token_ids])
 
     def get_input_embeddings(self) -> nn.Module:
@@ -495,19 +516,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.Tensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-        probe_scores: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
-        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings. `probe_scores`: see
-        `forward`.
+        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
-        if probe_scores is None:
-            return self.adapter(frames, frame_mask)
-        if self.config.adapter_type != "probe":
-            raise ValueError(f"probe_scores are for the probe interface; this model's is {self.config.adapter_type!r}.")
-        return self.adapter(frames, frame_mask, probe_scores)
+        return self.adapter(frames, frame_mask)
 
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
@@ -532,6 +547,84 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids}
 
+    # A shared prompt head shorter than this is not worth a separate pass.
+    MIN_SHARED_PREFIX = 8
+
+    def shared_prefix_length(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor | None = None
+    ) -> int:
+        """
+        How many leading real tokens every left-padded prompt of the batch shares (the system turn with the task
+        text), stopping before any audio placeholder and any answer token (`lm_labels`), and leaving each prompt at
+        least one token of its own; 0 if the batch is not left-padded or the shared head is too short to be worth
+        sharing.
+        """
+        batch = input_ids.shape[0]
+        pad = (attention_mask == 0).sum(dim=1)
+        left_padded = torch.equal(attention_mask.bool(), lengths_to_mask(input_ids.shape[1] - pad, input_ids.shape[1]).flip(1))
+        if batch < 2 or not left_padded:
+            return 0
+        shortest = int((input_ids.shape[1] - pad).min()) - 1
+        if shortest < self.MIN_SHARED_PREFIX:
+            return 0
+        columns = pad[:, None] + torch.arange(shortest, device=input_ids.device)[None]
+        heads = input_ids.gather(1, columns)  # (batch, shortest): each prompt's first real tokens
+        same = (heads == heads[:1]).all(dim=0) & (heads[0] != self.config.audio_token_id)
+        if lm_labels is not None:
+            same &= (lm_labels.gather(1, columns) == -100).all(dim=0)
+        length = int(same.int().cumprod(dim=0).sum())
+        return length if length >= self.MIN_SHARED_PREFIX else 0
+
+    def language_model_hidden(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+        position_ids: torch.Tensor, lm_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """
+        The LLM's last hidden states of the prompt columns `start:` `(batch, seq - start, llm_hidden)`, and `start`.
+
+        The head that every prompt of the batch shares (`shared_prefix_length`: the system turn) runs once and
+        reaches the rest of each prompt as a key/value cache (`DynamicCache.batch_repeat_interleave`), with gradients
+        through it. Every later token attends to the same keys at the same positions as in one full pass, so the
+        result is the same (tested); with 64-token prompts of which 40 are shared it is about half the work, in
+        training and inference.
+        """
+        prefix = self.shared_prefix_length(input_ids, attention_mask, lm_labels)
+        if prefix == 0:
+            hidden = self.language_model.model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
+            return hidden, 0
+        batch, length = input_ids.shape
+        pad = (attention_mask == 0).sum(dim=1)
+        first = int(pad[0])
+        cache = DynamicCache(config=self.language_model.config)
+        self.language_model.model(
+            inputs_embeds=inputs_embeds[:1, first:first + prefix], position_ids=position_ids[:1, first:first + prefix],
+            past_key_values=cache, use_cache=True,
+        )
+        cache.batch_repeat_interleave(batch)
+        start = int(pad.min()) + prefix  # the first column that holds a token past the shared head in some prompt
+        columns = torch.arange(start, length, device=input_ids.device)
+        own = columns[None] >= (pad + prefix)[:, None]  # this prompt's own tokens (its head is in the cache)
+        mask = torch.cat([attention_mask.new_ones(batch, prefix), own.to(attention_mask.dtype)], dim=1)
+        hidden = self.language_model.model(
+            inputs_embeds=inputs_embeds[:, start:], attention_mask=mask, position_ids=position_ids[:, start:],
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state
+        return hidden, start
+
+    def class_scores(self, answer_hidden: torch.Tensor) -> torch.Tensor:
+        """
+        The LLM's logits of each label's first token, read through its language-model head from the hidden state at
+        the answer position `(batch, llm_hidden)`: `(batch, num_labels)`. In float32 even under bf16 autocast: LLM
+        logits sit near 20-30, where bf16's spacing (0.125) is coarser than the differences training has to grow.
+        """
+        head = self.language_model.get_output_embeddings()
+        first_tokens = [ids[0] for ids in self.config.label_token_ids]
+        with torch.autocast(device_type=answer_hidden.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias[first_tokens].float()
+            return F.linear(answer_hidden.float(), head.weight[first_tokens].float(), bias)
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -541,45 +634,67 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         encoder_layer_states: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         lm_labels: torch.LongTensor | None = None,
-        probe_scores: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechEmotionOutput:
         r"""
-        input_ids, attention_mask (`(batch, seq)`): the left-padded prompt with audio placeholders.
+        input_ids, attention_mask (`(batch, seq)`): the left-padded prompt with audio placeholders, followed by the
+            answer's tokens when `lm_labels` mark them (`EmoSLLMProcessor(..., labels=...)` appends the label word).
         input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
         audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
         encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
             outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
-        labels (`(batch,)`, optional): class ids; gives the cross-entropy `loss` over the classes.
-        lm_labels (`(batch, seq)`, optional): answer token ids (-100 elsewhere) for the ASR stage; gives the
-            language-model `loss` instead, and no class scores.
-        probe_scores (`(batch, num_labels)`, optional): the probe interface's class scores computed elsewhere, in
-            place of its own; train.py passes cross-fitted scores (from a probe fitted without the clip's speaker)
-            for the training clips.
+        labels (`(batch,)`, optional): class ids. Without `lm_labels`, the loss is the cross-entropy of the class
+            scores; with them, they feed only the auxiliary audio loss.
+        lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
+            next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's too).
+
+        The class scores (`logits`) are read at the position right before the answer (the prompt's last position).
         """
-        audio_embeddings, audio_mask = self.get_audio_embeddings(
-            audio_lengths, input_features, encoder_layer_states, probe_scores
-        )
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
+        hidden, start = self.language_model_hidden(input_ids, **llm_inputs, lm_labels=lm_labels)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if lm_labels is None:
+            answer_position = torch.full_like(rows, hidden.shape[1] - 1)
+        else:  # the position that predicts the answer's first token
+            lm_labels = lm_labels[:, start:]
+            answer_position = (lm_labels != -100).int().argmax(dim=1) - 1
+        logits = self.class_scores(hidden[rows, answer_position])
+        loss = None
         if lm_labels is not None:
-            loss = self.language_model(**llm_inputs, labels=lm_labels).loss
-            return SpeechEmotionOutput(loss=loss)
-        hidden = self.language_model.model(**llm_inputs).last_hidden_state[:, -1]
-        # Class scores in float32 even under bf16 autocast: LLM logits sit near 20-30, where bf16's spacing (0.125)
-        # is coarser than the differences between clips that training has to grow.
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            logits = self.classifier(hidden.float())
-            audio_logits = None
-            if self.config.audio_loss_weight > 0:
+            # Next-token loss on the answer tokens only: the head runs on those few positions, not the whole prompt.
+            targets = lm_labels[:, 1:]
+            predicting = targets != -100
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                token_logits = self.language_model.get_output_embeddings()(hidden[:, :-1][predicting].float())
+            loss = F.cross_entropy(token_logits, targets[predicting])
+        elif labels is not None:
+            loss = F.cross_entropy(logits, labels)
+        audio_logits = None
+        if self.config.audio_loss_weight > 0:
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
                 weights = audio_mask[..., None].float()
                 mean_audio = (audio_embeddings.float() * weights).sum(dim=1) / weights.sum(dim=1)
                 audio_logits = self.audio_classifier(mean_audio)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits, labels)
-            if audio_logits is not None:
+            if labels is not None:
                 loss = loss + self.config.audio_loss_weight * F.cross_entropy(audio_logits, labels)
         return SpeechEmotionOutput(loss=loss, logits=logits, audio_logits=audio_logits)
+
+    def label_prefix_allowed_tokens(self, eos_token_id: int):
+        """
+        For `generate(prefix_allowed_tokens_fn=...)`: after the generated tokens so far, the tokens that continue one
+        of the label words (then `eos_token_id`). Greedy decoding so constrained writes the label whose first token
+        the class scores rank first.
+        """
+        answers = [list(ids) + [eos_token_id] for ids in self.config.label_token_ids]
+
+        def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
+            done = generated.tolist()
+            done = done[: next((i + 1 for i, t in enumerate(done) if t == eos_token_id), len(done))]
+            options = {answer[len(done)] for answer in answers if answer[: len(done)] == done and len(answer) > len(done)}
+            return sorted(options) or [eos_token_id]
+
+        return allowed
 
     @torch.no_grad()
     def generate(
@@ -589,13 +704,100 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
+        constrain_to_labels: bool = True,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """Free-text answer from the LLM (new tokens only), e.g. `max_new_tokens=5`."""
+        """
+        The LLM's answer (new tokens only; `processor.batch_decode(..., skip_special_tokens=True)` gives the text).
+        `constrain_to_labels=True` (default) lets it write only a label word, so the answer is the class the scores
+        rank first; `False` lets it write freely (`max_new_tokens=...`), which a trained model also answers with
+        the label (BENCHMARKS.md measures how often it matches the scores).
+        """
         audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
+        if constrain_to_labels:
+            eos = self.language_model.generation_config.eos_token_id
+            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+            if eos is None:
+                eos = self.config.text_config.eos_token_id
+            generate_kwargs.setdefault("prefix_allowed_tokens_fn", self.label_prefix_allowed_tokens(eos))
+            generate_kwargs.setdefault("max_new_tokens", max(len(ids) for ids in self.config.label_token_ids) + 1)
+            generate_kwargs.setdefault("do_sample", False)
         return self.language_model.generate(**llm_inputs, **generate_kwargs)
+
+    @torch.no_grad()
+    def pooled_audio_statistics(self, batch: dict) -> torch.Tensor:
+        """Mean and std over each clip's standardized encoder frames: `(batch, 2 * frame width)` of model inputs."""
+        frames, mask = self.audio_encoder(
+            batch["audio_lengths"], batch.get("input_features"), batch.get("encoder_layer_states")
+        )
+        return pooled_statistics(frames.float(), mask)
+
+    @torch.no_grad()
+    def fit_probe(
+        self,
+        batches: Iterable[dict],
+        cs: float | Iterable[float] = (0.001, 0.003, 0.01, 0.03),
+        validation_batches: Iterable[dict] | None = None,
+        groups: Iterable | None = None,
+    ) -> dict:
+        """
+        Fits the probe interface (`adapter_type="probe"`) on labelled clips. `batches`: model inputs with `labels`
+        (e.g. `processor(clips, labels=...)`, or train.py's batches of cached encoder states). Each C in `cs` is
+        scored by validation UA on `validation_batches`, or else, with `groups` (one speaker id per training clip),
+        by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds); the best C is then fitted on
+        every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how}`.
+
+        Call `audio_encoder.set_feature_statistics` first (the probe reads the standardized frames).
+        """
+        if self.config.adapter_type != "probe":
+            raise ValueError(f"fit_probe is for adapter_type='probe'; this model's interface is {self.config.adapter_type!r}.")
+        from sklearn.metrics import balanced_accuracy_score
+        from sklearn.model_selection import GroupKFold
+
+        cs = sorted([float(cs)] if isinstance(cs, (int, float)) else [float(c) for c in cs])
+        if not cs or any(c <= 0 for c in cs):
+            raise ValueError(f"The probe's C values must be positive numbers; got {cs}.")
+
+        def gather(parts):  # one batch at a time: a list of all batches' encoder states would not fit in memory
+            statistics, labels = [], []
+            for batch in parts:
+                if "labels" not in batch:
+                    raise ValueError("fit_probe needs batches of model inputs with `labels` (processor(..., "
+                                     "labels=...)).")
+                statistics.append(self.pooled_audio_statistics(batch))
+                labels.append(torch.as_tensor(batch["labels"]))
+            if not statistics:
+                raise ValueError("fit_probe got no batches of labelled clips.")
+            return torch.cat(statistics), torch.cat(labels)
+
+        def ua_of(x_fit, y_fit, x_score, y_score, c) -> float:
+            self.adapter.fit(x_fit, y_fit, c)
+            scores = F.linear((x_score - self.adapter.statistics_mean) / self.adapter.statistics_std,
+                              self.adapter.probe_weight, self.adapter.probe_bias)
+            return float(balanced_accuracy_score(y_score.numpy(), scores.argmax(-1).numpy()))
+
+        x, y = gather(batches)
+        selection, how = {}, "given"
+        if len(cs) > 1 and validation_batches is not None:
+            x_val, y_val = gather(validation_batches)
+            selection = {c: ua_of(x, y, x_val, y_val, c) for c in cs}
+            how = "validation UA"
+        elif len(cs) > 1 and groups is not None:
+            groups = np.asarray(list(groups))
+            folds = min(4, len(set(groups.tolist())))
+            if folds < 2:
+                raise ValueError("Choosing the probe's C by cross-validation needs at least 2 speakers (groups).")
+            splits = list(GroupKFold(n_splits=folds).split(x.numpy(), y.numpy(), groups))
+            selection = {c: float(np.mean([ua_of(x[fit], y[fit], x[held], y[held], c) for fit, held in splits]))
+                         for c in cs}
+            how = f"{folds}-fold cross-validation over the training speakers"
+        elif len(cs) > 1:
+            raise ValueError("Several C values need validation_batches or groups to choose between them.")
+        best = max(cs, key=lambda c: (selection.get(c, 0.0), -c))  # ties: the stronger regularization
+        self.adapter.fit(x, y, best)
+        return {"probe_c": best, "probe_selection_ua": selection.get(best), "probe_selection": how}
 
 
 EmoSLLMForSpeechEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")

@@ -20,12 +20,10 @@ so every second of the recording counts once). Windows that are silent are not c
 """
 
 import argparse
-import io
 import itertools
 import json
 import math
 import os
-import re
 import sys
 import types
 from pathlib import Path
@@ -39,9 +37,25 @@ from transformers.pipelines.base import ChunkPipeline
 from transformers.utils import logging
 
 try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
-    from .processing_emosllm import SAMPLING_RATE, SILENCE_PEAK, EmoSLLMProcessor
+    from .processing_emosllm import (
+        MIN_AUDIO_SECONDS,
+        SAMPLING_RATE,
+        SILENCE_PEAK,
+        EmoSLLMProcessor,
+        check_sampling_rate,
+        decode_audio,
+        read_audio_file,
+    )
 except ImportError:
-    from processing_emosllm import SAMPLING_RATE, SILENCE_PEAK, EmoSLLMProcessor
+    from processing_emosllm import (
+        MIN_AUDIO_SECONDS,
+        SAMPLING_RATE,
+        SILENCE_PEAK,
+        EmoSLLMProcessor,
+        check_sampling_rate,
+        decode_audio,
+        read_audio_file,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -54,86 +68,54 @@ DICT_KEYS = {"array", "raw", "sampling_rate", "path", "transcript", "text_featur
 _UNSET = object()
 
 
+def _check_seconds(value, name: str) -> None:
+    """A duration argument is None or a finite real number of seconds; `ValueError` naming `name` otherwise."""
+    if value is None:
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number of seconds or None, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}.")
+
+
+def check_device(device, name: str = "device") -> None:
+    """
+    `device` (None, an int, a str such as "cpu" or "cuda:1", or a `torch.device`) names a device this machine has;
+    `ValueError` naming `name` otherwise, before any weights move.
+    """
+    if device is None:
+        return
+    if isinstance(device, bool):
+        raise ValueError(f"{name}={device!r} is not a device; pass e.g. 'cpu', 'cuda:0' or a GPU index.")
+    if isinstance(device, (int, np.integer)):
+        return  # an index: transformers picks the machine's accelerator, or the CPU when it has none
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"{name}={device!r} is not a device ({error}); pass e.g. 'cpu' or 'cuda:0'.") from None
+    if device.type == "cpu" or device.type == "meta":
+        return
+    backend = getattr(torch, device.type, None)
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    elif backend is not None and hasattr(backend, "is_available"):
+        available = backend.is_available()
+        count = backend.device_count() if available and hasattr(backend, "device_count") else 0
+    else:
+        available, count = False, 0
+    if not available:
+        raise ValueError(f"{name}={str(device)!r}: this machine has no {device.type} device; pass 'cpu' (or leave "
+                         "the device out).")
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{name}={str(device)!r}: this machine has {count} {device.type} device(s) (0-{count - 1}); "
+                         "pass one of them.")
+
+
 class _Single:
     """Marks the one input of a non-batched call, so that errors name it as `inputs` rather than `inputs[0]`."""
 
     def __init__(self, value):
         self.value = value
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Decoding
-# ----------------------------------------------------------------------------------------------------------------------
-def _wav_data_missing(extra_info: str) -> bool:
-    """libsndfile notes a WAV whose data chunk is shorter than its header says as `data : N (should be M)`."""
-    match = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info or "")
-    if not match:
-        return False
-    declared, present = int(match.group(1)), int(match.group(2))
-    streamed = declared == 0 or declared >= 0x7FFFFFFF  # written to a pipe: the size was never filled in
-    return not streamed and declared > present + 64
-
-
-def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """
-    An encoded file's bytes -> (float32 mono samples, sampling rate). soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...)
-    first; torchcodec (FFmpeg) for formats libsndfile does not know. A damaged or truncated file raises `ValueError`.
-    """
-    if len(data) == 0:
-        raise ValueError(f"{name}: the file is empty (0 bytes); pass a recording.")
-    errors = []
-    try:
-        import soundfile
-    except ImportError:
-        soundfile = None
-    if soundfile is not None:
-        try:
-            with soundfile.SoundFile(io.BytesIO(data)) as audio_file:
-                declared, rate, extra = audio_file.frames, audio_file.samplerate, audio_file.extra_info
-                audio_format = audio_file.format
-                samples = audio_file.read(dtype="float32", always_2d=True)
-        except Exception as error:  # soundfile.LibsndfileError, or a RuntimeError from a broken stream
-            message = str(error)
-            if "not recognised" not in message.lower() and "unknown format" not in message.lower():
-                raise ValueError(
-                    f"{name}: the audio file is damaged or truncated ({message.strip()}); re-export or re-download it."
-                ) from error
-            errors.append(f"soundfile: {message.strip()}")
-        else:
-            slack = 2304 if audio_format == "MP3" else 0  # an MP3's length in its header is an estimate
-            if samples.shape[0] + slack < declared or _wav_data_missing(extra):
-                raise ValueError(
-                    f"{name}: the audio file is truncated (it holds {samples.shape[0]} of the {declared} frames its "
-                    "header announces, or less data than its header says); re-export or re-download it."
-                )
-            return samples.mean(axis=1), int(rate)
-    try:
-        from torchcodec.decoders import AudioDecoder
-
-        decoded = AudioDecoder(data).get_all_samples()
-        return decoded.data.mean(dim=0).numpy().astype(np.float32), int(decoded.sample_rate)
-    except Exception as error:  # ImportError, or FFmpeg failing on the data
-        errors.append(f"torchcodec: {str(error).strip()[:300]}")
-    raise ValueError(
-        f"{name}: could not decode the audio ({'; '.join(errors)}). Pass a WAV, FLAC, OGG or MP3 file (other formats "
-        "need torchcodec with FFmpeg), or decoded samples as {'array': samples, 'sampling_rate': rate}."
-    )
-
-
-def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
-    """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate)."""
-    path = os.fspath(path)
-    if path.startswith(("http://", "https://")):
-        import urllib.request
-
-        with urllib.request.urlopen(path) as response:  # noqa: S310 (the user asked for this URL)
-            return decode_audio(response.read(), name)
-    if os.path.isdir(path):
-        raise ValueError(f"{name}: {path!r} is a directory; pass the audio files in it.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{name}: no such audio file: {path!r}; check the path.")
-    with open(path, "rb") as audio_file:
-        return decode_audio(audio_file.read(), name)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -230,8 +212,10 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             processor = EmoSLLMProcessor.from_pretrained(model.name_or_path)
         if getattr(processor, "config", None) is None:
             processor.config = model.config
+        check_device(kwargs.get("device"))
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()  # an inference pipeline: no dropout, whatever mode the model was given in
+        self._warned_no_transcript = False
 
     # ------------------------------------------------------------------------------------------------------------------
     # Parameters
@@ -249,7 +233,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         preprocess, postprocess = {}, {}
         num_labels = self.model.config.num_labels
         if top_k is not _UNSET:
-            if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+            if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1):
                 raise ValueError(f"top_k must be a positive integer or None (all classes), got {top_k!r}.")
             postprocess["top_k"] = num_labels if top_k is None else min(int(top_k), num_labels)
         if function_to_apply is not None:
@@ -262,18 +246,29 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if return_timeline is not None:
             postprocess["return_timeline"] = bool(return_timeline)
         if transcript is not _UNSET:
+            for value in transcript if isinstance(transcript, (list, tuple)) else [transcript]:
+                self.processor.check_text_inputs(transcript=value, name="")
             preprocess["transcript"] = transcript
         if text_features is not _UNSET:
+            for value in text_features if isinstance(text_features, (list, tuple)) else [text_features]:
+                self.processor.check_text_inputs(text_features=value, name="")
             preprocess["text_features"] = text_features
         max_seconds = self.model.config.max_audio_seconds
         if segment_seconds is not _UNSET:
+            _check_seconds(segment_seconds, "segment_seconds")
             if segment_seconds is not None and not 0 < segment_seconds <= max_seconds:
                 raise ValueError(
                     f"segment_seconds={segment_seconds} must lie in (0, {max_seconds:g}] (the model's "
                     "max_audio_seconds), or be None to classify clips whole."
                 )
+            if segment_seconds is not None and segment_seconds < MIN_AUDIO_SECONDS:
+                raise ValueError(
+                    f"segment_seconds={segment_seconds} is shorter than the {MIN_AUDIO_SECONDS:g} s a window needs to "
+                    "hold speech; pass a longer segment."
+                )
             preprocess["segment_seconds"] = segment_seconds
         if hop_seconds is not _UNSET:
+            _check_seconds(hop_seconds, "hop_seconds")
             if hop_seconds is not None and hop_seconds <= 0:
                 raise ValueError(f"hop_seconds must be positive, got {hop_seconds}.")
             preprocess["hop_seconds"] = hop_seconds
@@ -284,6 +279,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         Classify one input or a list of inputs; see the class documentation for the input forms, parameters and
         output.
         """
+        batch_size = kwargs.get("batch_size")
+        if batch_size is not None and (
+            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list):
@@ -329,9 +329,10 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 name = f"{name} ({inputs['path']})"
             text = {key: inputs[key] for key in ("transcript", "text_features") if inputs.get(key) is not None}
             audio = inputs["raw"] if "raw" in inputs else inputs["array"]
-            return audio if isinstance(audio, (np.ndarray, torch.Tensor)) else np.asarray(audio), int(
-                inputs["sampling_rate"]
-            ), text, name
+            if inputs["sampling_rate"] is None:
+                raise ValueError(f"{name}: a dict input needs the samples' \"sampling_rate\" (e.g. 16000), not None.")
+            rate = check_sampling_rate(inputs["sampling_rate"], name)
+            return audio, rate, text, name
         if isinstance(inputs, (np.ndarray, torch.Tensor)):
             return inputs, None, text, name
         raise TypeError(
@@ -361,6 +362,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             text_features = text_features[index]
         transcript = text.get("transcript", transcript)
         text_features = text.get("text_features", text_features)
+        longest = len(audio) if segment_seconds is None else min(len(audio), round(segment_seconds * SAMPLING_RATE))
+        self.processor.check_text_inputs(transcript, text_features, name, num_samples=longest)
 
         segment = hop = None
         if segment_seconds is not None:
@@ -372,12 +375,23 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 )
             segment, hop = round(segment_seconds * SAMPLING_RATE), max(1, round(hop_seconds * SAMPLING_RATE))
         bounds = segment_bounds(len(audio), segment, hop)
+        use_transcript = self.processor.config.use_transcript  # what the processor will do with a missing one
         if len(bounds) > 1 and transcript is not None:
+            instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
+                       else "the windows are classified without one")
             logger.warning(
-                f"{name}: the clip is cut into {len(bounds)} segments; its transcript cannot be split in time and is "
-                "not used. Pass segment_seconds=None (clips up to max_audio_seconds) to use it."
+                f"{name}: the clip is cut into {len(bounds)} segments; its transcript cannot be split in time, so "
+                f"{instead}. Pass segment_seconds=None (clips up to max_audio_seconds) to use it."
             )
             transcript = None
+        if transcript is None and use_transcript == "given" and not self._warned_no_transcript:
+            # A model that reads transcripts, asked without one and told not to transcribe: say so once.
+            logger.warning(
+                f"{name}: this model reads a transcript (use_transcript='given') but none was given, so it "
+                "classifies from the audio alone. Pass transcript=..., or set model.config.use_transcript='auto' "
+                "to transcribe the audio."
+            )
+            self._warned_no_transcript = True
         weights = segment_weights(bounds)
         for i, ((start, end), weight) in enumerate(zip(bounds, weights)):
             window = audio[start:end]
@@ -530,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline_emosllm", description="Emotion labels of audio files with an EmoSLLM model."
     )
-    parser.add_argument("--model", required=True, help="a saved EmoSLLM folder (or Hub id)")
+    parser.add_argument("--model", default=None,
+                        help="a saved EmoSLLM folder (or Hub id); default: the folder this file is in, if it is one")
     parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec)")
     parser.add_argument("--format", choices=["table", "jsonl"], default="table")
     parser.add_argument("--top_k", type=int, default=None, help="classes to show per file (default: all)")
@@ -541,10 +556,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
     args = parser.parse_args(argv)
+    if args.model is None:
+        here = Path(__file__).resolve().parent
+        try:
+            own_folder = json.loads((here / "config.json").read_text()).get("model_type") == "emosllm"
+        except (OSError, ValueError):
+            own_folder = False
+        if not own_folder:
+            parser.error("--model is required: pass a saved EmoSLLM folder or Hub id, e.g. --model outputs/emosllm "
+                         "(or run the pipeline_emosllm.py inside a saved model folder).")
+        args.model = str(here)
+    for flag, value, low in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1)):
+        if value is not None and value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}.")
+    if not 0 <= args.segment_seconds < math.inf:
+        parser.error(f"--segment_seconds must be 0 (whole files) or a positive number of seconds, got "
+                     f"{args.segment_seconds}.")
+    if args.hop_seconds is not None and not 0 < args.hop_seconds < math.inf:
+        parser.error(f"--hop_seconds must be a positive number of seconds, got {args.hop_seconds}.")
+    try:
+        check_device(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
+    if not os.path.isdir(args.model) and (os.path.exists(args.model) or args.model.startswith((".", "/", "~"))):
+        parser.error(f"--model {args.model!r}: no such model folder; pass a folder written by save_pretrained "
+                     "(train.py's --output_dir) or a Hub id.")
 
     from transformers import pipeline
 
-    classifier = pipeline(model=args.model, trust_remote_code=True, device=args.device)
+    try:
+        classifier = pipeline(model=args.model, trust_remote_code=True, device=args.device)
+    except (OSError, ValueError) as error:
+        print(f"error: could not load --model {args.model!r}: {error}", file=sys.stderr)
+        return 2
     call = {"top_k": args.top_k, "segment_seconds": args.segment_seconds or None, "hop_seconds": args.hop_seconds,
             "return_timeline": True, "batch_size": args.batch_size}
     failed = 0
@@ -578,4 +622,11 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["EmoSLLMAudioClassificationPipeline", "custom_pipelines", "decode_audio", "segment_bounds"]
+__all__ = [
+    "EmoSLLMAudioClassificationPipeline",
+    "check_device",
+    "custom_pipelines",
+    "decode_audio",
+    "read_audio_file",
+    "segment_bounds",
+]

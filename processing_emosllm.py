@@ -1,7 +1,10 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """EmoSLLM processor: every step from raw audio, transcripts and labels to the model's input tensors."""
 
+import io
+import numbers
 import os
+import re
 from collections.abc import Sequence
 from math import gcd
 
@@ -22,6 +25,216 @@ SILENCE_PEAK = 1e-4
 ASR_PROMPT = "Transcribe the speech."
 
 AudioInput = np.ndarray | torch.Tensor
+
+# A clip shorter than this holds a syllable or two at most (a syllable lasts 0.1-0.3 s): too little prosody to carry
+# an emotion, so any label for it would be a guess. The shortest utterances of the corpora the model learns from
+# last about 1 s (TESS's "Say the word ...": ~1.3 s; RAVDESS: 2.9 s and more), so 0.25 s only refuses clips that
+# cannot be speech.
+MIN_AUDIO_SECONDS = 0.25
+# Sampling rates outside these bounds are a mistake (0, 1, a sample count or a kHz figure passed as the rate), and
+# resampling from them could take minutes: below 4 kHz the formants of speech (telephone band: up to 3.4 kHz) are
+# gone; 384 kHz is the highest rate common audio interfaces record.
+MIN_SAMPLING_RATE = 4000
+MAX_SAMPLING_RATE = 384000
+# Float samples lie in [-1, 1]; a float file may overshoot a little, but a peak past 8 (18 dB over full scale) is
+# integer PCM turned into floats without its scale (int16 as float: peaks in the thousands), which the encoder would
+# read as noise of absurd loudness.
+MAX_SAMPLE_PEAK = 8.0
+
+
+def check_sampling_rate(sampling_rate, name: str = "audio") -> int:
+    """
+    The rate of a clip as a whole number of Hz: None means 16 kHz (the model's rate); anything else must be a real,
+    whole number of Hz in [`MIN_SAMPLING_RATE`, `MAX_SAMPLING_RATE`]. Raises `ValueError` naming `name` otherwise.
+    """
+    if sampling_rate is None:
+        return SAMPLING_RATE
+    if isinstance(sampling_rate, torch.Tensor) and sampling_rate.numel() == 1:
+        sampling_rate = sampling_rate.item()
+    if isinstance(sampling_rate, (bool, np.bool_)) or not isinstance(sampling_rate, numbers.Real):
+        raise ValueError(
+            f"{name}: sampling_rate must be a number of Hz such as 16000, got {sampling_rate!r} "
+            f"({type(sampling_rate).__name__})."
+        )
+    if not np.isfinite(sampling_rate) or sampling_rate != int(sampling_rate):
+        raise ValueError(f"{name}: sampling_rate must be a whole number of Hz such as 16000, got {sampling_rate!r}.")
+    if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+        raise ValueError(
+            f"{name}: sampling_rate={sampling_rate!r} Hz is not a rate audio is recorded at; pass the clip's real rate "
+            f"({MIN_SAMPLING_RATE}-{MAX_SAMPLING_RATE} Hz, e.g. 16000 or 44100)."
+        )
+    return int(sampling_rate)
+
+
+def check_audio(audio, sampling_rate=None, name: str = "audio") -> tuple[np.ndarray, int]:
+    """
+    The one check of a clip that every path runs (training data, the encoder cache, the processor, the pipeline):
+    float samples, 1-D or 2-D (channels first or last, mixed down here), not empty, finite, not silent, at least
+    `MIN_AUDIO_SECONDS` long, at a sane sampling rate (`check_sampling_rate`). Returns (mono float samples, rate);
+    raises `ValueError` naming `name` with what to do.
+    """
+    rate = check_sampling_rate(sampling_rate, name)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.dtype == torch.bfloat16 else audio).numpy()
+    try:
+        audio = np.asarray(audio)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{name}: the samples are not an array of numbers ({error}); pass a float array.") from None
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(
+            f"{name}: samples have dtype {audio.dtype}; pass floating-point samples in [-1, 1] "
+            "(e.g. int16 PCM divided by 32768)."
+        )
+    if audio.ndim == 2:
+        channels_first = audio.shape[0] <= audio.shape[1]
+        audio = audio.mean(axis=0 if channels_first else 1)
+    if audio.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D clip or a 2-D (channels, samples) array, got shape {audio.shape}.")
+    if audio.size == 0:
+        raise ValueError(f"{name}: the clip is empty; pass at least some speech.")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{name}: the clip has NaN or infinite samples; fix or drop the recording.")
+    if np.abs(audio - audio.mean()).max() < SILENCE_PEAK:  # also a constant (DC-only) clip: no sound in it
+        raise ValueError(f"{name}: the clip is silent (peak below -80 dBFS); there is no speech to classify.")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_SAMPLE_PEAK:
+        raise ValueError(
+            f"{name}: the samples reach {peak:g}, far outside [-1, 1]; integer PCM must be scaled (int16 divided by "
+            "32768, int32 by 2**31)."
+        )
+    if audio.shape[0] < MIN_AUDIO_SECONDS * rate:
+        raise ValueError(
+            f"{name}: the clip lasts {audio.shape[0] / rate:.3f} s, too short to hold speech (at least "
+            f"{MIN_AUDIO_SECONDS:g} s); pass a longer recording, or check its sampling_rate ({rate} Hz)."
+        )
+    return audio, rate
+
+
+def prepare_clip(audio, sampling_rate=None, name: str = "audio", max_seconds: float | None = None) -> np.ndarray:
+    """
+    One clip -> checked (`check_audio`) float32 mono samples at 16 kHz (other rates resampled with scipy's polyphase
+    resampler). With `max_seconds`, a longer clip raises `ValueError` (checked before resampling it). What
+    `EmoSLLMProcessor.prepare_audio` and train.py's data loading both run.
+    """
+    audio, sampling_rate = check_audio(audio, sampling_rate, name)
+
+    def check_length(num_samples: int, rate: int) -> None:
+        if max_seconds is not None and num_samples > max_seconds * rate:
+            raise ValueError(
+                f"{name}: the clip lasts {num_samples / rate:.1f} s, longer than the model's {max_seconds:g} s; cut "
+                "it into segments (the pipeline does this with `segment_seconds`)."
+            )
+
+    check_length(audio.shape[0], sampling_rate)
+    if sampling_rate != SAMPLING_RATE:
+        # scipy's polyphase resampler: no torchaudio CPU build exists for torch 2.13.
+        divisor = gcd(sampling_rate, SAMPLING_RATE)
+        audio = resample_poly(audio, SAMPLING_RATE // divisor, sampling_rate // divisor)
+        check_length(audio.shape[0], SAMPLING_RATE)
+    return audio.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Decoding files: the pipeline's file inputs and train.py's corpora go through the same two functions.
+# ----------------------------------------------------------------------------------------------------------------------
+def _wav_data_missing(extra_info: str) -> bool:
+    """libsndfile notes a WAV whose data chunk is shorter than its header says as `data : N (should be M)`."""
+    match = re.search(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info or "")
+    if not match:
+        return False
+    declared, present = int(match.group(1)), int(match.group(2))
+    streamed = declared == 0 or declared >= 0x7FFFFFFF  # written to a pipe: the size was never filled in
+    return not streamed and declared > present + 64
+
+
+def _ogg_truncated(data: bytes) -> bool:
+    """
+    Ogg has no length in its header: libsndfile reads the length from the last page it finds, so an Ogg file cut
+    short decodes, without an error, to the pages it still holds. A complete file ends each logical stream with a
+    page flagged end-of-stream, and its last page ends with the file; a cut one does not (RFC 3533, section 6).
+    """
+    offset, open_streams = 0, set()
+    while offset + 27 <= len(data) and data[offset:offset + 4] == b"OggS":
+        flags, serial, segments = data[offset + 5], data[offset + 14:offset + 18], data[offset + 26]
+        table = data[offset + 27:offset + 27 + segments]
+        size = 27 + segments + sum(table)
+        if len(table) < segments or offset + size > len(data):
+            return True  # the file ends inside a page
+        if flags & 0x02:
+            open_streams.add(serial)
+        if flags & 0x04:
+            open_streams.discard(serial)
+        offset += size
+    return bool(open_streams)
+
+
+def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """
+    An encoded file's bytes -> (float32 mono samples, sampling rate). soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...)
+    first; torchcodec (FFmpeg) for formats libsndfile does not know. A damaged or truncated file (one that does not
+    decode to the length its header, or for Ogg its page structure, states) raises `ValueError` naming `name`.
+    """
+    if len(data) == 0:
+        raise ValueError(f"{name}: the file is empty (0 bytes); pass a recording.")
+    errors = []
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    if soundfile is not None:
+        try:
+            with soundfile.SoundFile(io.BytesIO(data)) as audio_file:
+                declared, rate, extra = audio_file.frames, audio_file.samplerate, audio_file.extra_info
+                audio_format = audio_file.format
+                samples = audio_file.read(dtype="float32", always_2d=True)
+        except Exception as error:  # soundfile.LibsndfileError, or a RuntimeError from a broken stream
+            message = str(error)
+            if "not recognised" not in message.lower() and "unknown format" not in message.lower():
+                raise ValueError(
+                    f"{name}: the audio file is damaged or truncated ({message.strip()}); re-export or re-download it."
+                ) from error
+            errors.append(f"soundfile: {message.strip()}")
+        else:
+            slack = 2304 if audio_format == "MP3" else 0  # an MP3's length in its header is an estimate
+            if samples.shape[0] + slack < declared or _wav_data_missing(extra):
+                raise ValueError(
+                    f"{name}: the audio file is truncated (it holds {samples.shape[0]} of the {declared} frames its "
+                    "header announces, or less data than its header says); re-export or re-download it."
+                )
+            if audio_format == "OGG" and _ogg_truncated(data):
+                raise ValueError(
+                    f"{name}: the audio file is truncated (the Ogg stream stops without its end-of-stream page, "
+                    f"after {samples.shape[0] / rate:.2f} s); re-export or re-download it."
+                )
+            return samples.mean(axis=1), int(rate)
+    try:
+        from torchcodec.decoders import AudioDecoder
+
+        decoded = AudioDecoder(data).get_all_samples()
+        return decoded.data.mean(dim=0).numpy().astype(np.float32), int(decoded.sample_rate)
+    except Exception as error:  # ImportError, or FFmpeg failing on the data
+        errors.append(f"torchcodec: {str(error).strip()[:300]}")
+    raise ValueError(
+        f"{name}: could not decode the audio ({'; '.join(errors)}). Pass a WAV, FLAC, OGG or MP3 file (other formats "
+        "need torchcodec with FFmpeg), or decoded samples as {'array': samples, 'sampling_rate': rate}."
+    )
+
+
+def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
+    """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate)."""
+    path = os.fspath(path)
+    if path.startswith(("http://", "https://")):
+        import urllib.request
+
+        with urllib.request.urlopen(path) as response:  # noqa: S310 (the user asked for this URL)
+            return decode_audio(response.read(), name)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; pass the audio files in it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name}: no such audio file: {path!r}; check the path.")
+    with open(path, "rb") as audio_file:
+        return decode_audio(audio_file.read(), name)
 
 
 class EmoSLLMProcessor(ProcessorMixin):
@@ -70,8 +283,10 @@ class EmoSLLMProcessor(ProcessorMixin):
             config_kwargs["id2label"] = dict(enumerate(labels))
         config = EmoSLLMConfig(audio_config=audio_config, text_config=text_config, **config_kwargs)
         config.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
-        # The verbalizer: the tokens the LLM would write for each label right after the answer prompt.
+        # Each label's answer: the tokens the LLM writes for it right after the answer prompt (its class score reads the
+        # first of them).
         config.label_token_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in config.labels]
+        config.check_label_token_ids()
         return cls(feature_extractor, tokenizer, config=config)
 
     def to_dict(self) -> dict:
@@ -88,6 +303,7 @@ class EmoSLLMProcessor(ProcessorMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmoSLLMProcessor":
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        processor.tokenizer.padding_side = "left"  # as `build` sets it; tokenizer_config.json does not keep it
         config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
         processor.config = EmoSLLMConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
         return processor
@@ -102,39 +318,9 @@ class EmoSLLMProcessor(ProcessorMixin):
         One clip -> float32 mono at 16 kHz. Stereo is mixed down (channels first or last), other rates resampled.
         Raises `ValueError` naming `name` for audio that cannot give an honest answer. `check_length=False` accepts
         clips longer than `max_audio_seconds` (the pipeline checks a whole recording, then cuts it into segments).
+        The checks are `check_audio`'s, the same for training data and inference input (`prepare_clip`).
         """
-        if isinstance(audio, torch.Tensor):
-            audio = audio.detach().cpu().numpy()
-        audio = np.asarray(audio)
-        if not np.issubdtype(audio.dtype, np.floating):
-            raise ValueError(
-                f"{name}: samples have dtype {audio.dtype}; pass floating-point samples in [-1, 1] "
-                "(e.g. int16 PCM divided by 32768)."
-            )
-        if audio.ndim == 2:
-            channels_first = audio.shape[0] <= audio.shape[1]
-            audio = audio.mean(axis=0 if channels_first else 1)
-        if audio.ndim != 1:
-            raise ValueError(f"{name}: expected a 1-D clip or a 2-D (channels, samples) array, got shape {audio.shape}.")
-        if audio.size == 0:
-            raise ValueError(f"{name}: the clip is empty; pass at least some speech.")
-        if not np.isfinite(audio).all():
-            raise ValueError(f"{name}: the clip has NaN or infinite samples; fix or drop the recording.")
-        if np.abs(audio).max() < SILENCE_PEAK:
-            raise ValueError(f"{name}: the clip is silent (peak below -80 dBFS); there is no speech to classify.")
-        sampling_rate = sampling_rate or SAMPLING_RATE
-        if sampling_rate != SAMPLING_RATE:
-            # scipy's polyphase resampler: no torchaudio CPU build exists for torch 2.13.
-            divisor = gcd(int(sampling_rate), SAMPLING_RATE)
-            audio = resample_poly(audio, SAMPLING_RATE // divisor, int(sampling_rate) // divisor)
-        max_samples = int(self.config.max_audio_seconds * SAMPLING_RATE)
-        if check_length and audio.shape[0] > max_samples:
-            raise ValueError(
-                f"{name}: the clip lasts {audio.shape[0] / SAMPLING_RATE:.1f} s, longer than the model's "
-                f"{self.config.max_audio_seconds:g} s; cut it into segments (the pipeline does this with "
-                "`segment_seconds`)."
-            )
-        return audio.astype(np.float32)
+        return prepare_clip(audio, sampling_rate, name, self.config.max_audio_seconds if check_length else None)
 
     def audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """
@@ -159,26 +345,102 @@ class EmoSLLMProcessor(ProcessorMixin):
         self, num_samples: int, transcript: str | None = None, text_features: dict | None = None, task: str = "ser"
     ) -> str:
         """
-        The prompt of one clip: transcript and text features as sentences, the task text, then the audio
-        placeholders. `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
+        The prompt of one clip, in the LLM's chat template: the task text as the system turn (the same for every
+        clip, so it comes first and replaces the template's default system text), then a user turn with the
+        transcript and text features as sentences and the audio placeholders. `task="asr"` asks for the transcript
+        instead (the first training stage) and so never shows one.
 
         The audio comes last, right before the answer (the paper puts it first): with it there, EmoSLLM's loss left
         chance sooner on RAVDESS (BENCHMARKS.md), as the answer position sits next to the audio it has to read.
         """
         lines = []
         if task == "asr":
-            lines.append(ASR_PROMPT)
+            instruction = ASR_PROMPT
         else:
+            instruction = self.config.prompt.format(labels=", ".join(self.config.labels))
             if transcript:
-                lines.append(f'Transcript: "{transcript.strip()}"')
+                lines.append(f'Transcript: "{self.prompt_text(transcript, "transcript").strip()}"')
             for key, value in (text_features or {}).items():
-                lines.append(f"{key.replace('_', ' ').capitalize()}: {value}.")
-            lines.append(self.config.prompt.format(labels=", ".join(self.config.labels)))
+                lines.append(f"{self.prompt_text(key, f'text_features name {key!r}').replace('_', ' ').capitalize()}: "
+                             f"{self.prompt_text(value, f'text_features[{key!r}]')}.")
         lines.append("Speech: " + self.config.audio_token * self.config.num_audio_embeddings(num_samples))
-        messages = [{"role": "user", "content": "\n".join(lines)}]
-        if self.tokenizer.chat_template:
+        user = "\n".join(lines)
+        if not self.tokenizer.chat_template:
+            return f"System: {instruction}\nUser: {user}\nAssistant:"
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
+        try:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return f"User: {messages[0]['content']}\nAssistant:"
+        except Exception:  # a template without a system role (jinja's raise_exception): the task opens the user turn
+            messages = [{"role": "user", "content": f"{instruction}\n{user}"}]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def prompt_text(self, value, name: str) -> str:
+        """
+        A transcript, or a text feature's name or value, as it goes into the prompt: a str (a number is written
+        out). It must hold none of the tokenizer's special tokens (`tokenizer.all_special_tokens`: the chat
+        template's control tokens such as `<|im_end|>`, the audio placeholder `<|audio|>`), which the tokenizer would
+        read as the tokens themselves: a transcript is data, and must never end the user turn or add audio slots.
+        Rejected, not escaped: an escaped token would still change what the model reads, silently, and a transcript
+        that holds one is an upstream bug (or an attack) to fix. Raises `ValueError` naming `name`.
+        """
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Number)):
+            raise ValueError(f"{name}: expected a str, got {type(value).__name__} ({value!r:.80}); pass text.")
+        text = str(value)
+        special = {*self.tokenizer.all_special_tokens, self.config.audio_token,
+                   *(token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)}
+        found = sorted(token for token in special if token and token in text)
+        if found:
+            raise ValueError(
+                f"{name}: the text holds the tokenizer's special token(s) {found}, which would be read as control "
+                "tokens of the prompt (the chat template, the audio placeholder); remove or replace them."
+            )
+        return text
+
+    def max_prompt_tokens(self) -> int | None:
+        """The LLM's positions (`max_position_embeddings`): the longest prompt the model can read, or None."""
+        text_config = self.config.text_config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(getattr(text_config, key, None), int):
+                return getattr(text_config, key)
+        return None
+
+    def check_text_inputs(
+        self, transcript=None, text_features=None, name: str = "audio", num_samples: int | None = None
+    ) -> None:
+        """
+        The boundary check of one clip's text: `transcript` a str or None, `text_features` a dict of str names to
+        str (or number) values, no special tokens in any (`prompt_text`), and with `num_samples` the whole prompt
+        within the LLM's positions (a 100,000-character transcript is an error here, not a minutes-long forward).
+        Raises `ValueError` naming `name` (the clip; empty for a call's argument) and the argument.
+        """
+        prefix = f"{name}: " if name else ""
+        if transcript is not None:
+            if not isinstance(transcript, str):
+                raise ValueError(
+                    f"{prefix}transcript must be a str or None, got {type(transcript).__name__} ({transcript!r:.80})."
+                )
+            self.prompt_text(transcript, f"{prefix}transcript")
+        if text_features is not None:
+            if not isinstance(text_features, dict):
+                raise ValueError(
+                    f"{prefix}text_features must be a dict such as {{'gender': 'female'}} or None, got "
+                    f"{type(text_features).__name__} ({text_features!r:.80})."
+                )
+            for key, value in text_features.items():
+                if not isinstance(key, str) or not key.strip():
+                    raise ValueError(f"{prefix}text_features names must be non-empty str, got {key!r}.")
+                self.prompt_text(key, f"{prefix}text_features name {key!r}")
+                self.prompt_text(value, f"{prefix}text_features[{key!r}]")
+        limit = self.max_prompt_tokens()
+        if limit is not None and num_samples is not None:
+            length = len(self.tokenizer(self.build_prompt(num_samples, transcript, text_features),
+                                        add_special_tokens=False).input_ids)
+            if length > limit:
+                raise ValueError(
+                    f"{prefix}the prompt is {length} tokens long (transcript: {len(transcript or '')} characters), "
+                    f"more than the LLM's {limit} positions; shorten the transcript or text_features, or cut the "
+                    "audio into shorter clips."
+                )
 
     def text_inputs(
         self,
@@ -186,31 +448,39 @@ class EmoSLLMProcessor(ProcessorMixin):
         transcripts: Sequence[str | None],
         text_features: Sequence[dict | None],
         task: str = "ser",
+        answers: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """
-        Left-padded `input_ids`/`attention_mask` `(batch, seq)` for clips of `num_samples` samples. With
-        `task="asr"` the transcripts are appended as the answer and `lm_labels` `(batch, seq)` mark them (-100
-        elsewhere) for the language-model loss.
+        Left-padded `input_ids`/`attention_mask` `(batch, seq)` for clips of `num_samples` samples. With `answers`
+        (each clip's label word; with `task="asr"` the transcripts are the answers), each answer's tokens and the
+        end-of-turn token follow the prompt, and `lm_labels` `(batch, seq)` mark them (-100 elsewhere) for the
+        LLM's next-token loss: the paper's training target.
         """
         prompts = [self.build_prompt(n, t, f, task) for n, t, f in zip(num_samples, transcripts, text_features)]
-        if task != "asr":
-            return dict(self.tokenizer(prompts, padding=True, add_special_tokens=False, return_tensors="pt"))
-        if any(not t for t in transcripts):
-            raise ValueError("The ASR stage needs a transcript for every clip (given, or use_transcript='auto').")
+        if task == "asr":
+            if any(not t for t in transcripts):
+                raise ValueError("The ASR stage needs a transcript for every clip (given, or use_transcript='auto').")
+            answers = [t.strip() for t in transcripts]
         sequences, targets = [], []
-        for prompt, transcript in zip(prompts, transcripts):
+        for i, prompt in enumerate(prompts):
             prompt_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-            answer_ids = self.tokenizer(transcript.strip(), add_special_tokens=False).input_ids
-            answer_ids = answer_ids + [self.tokenizer.eos_token_id]
+            answer_ids = []
+            if answers is not None:
+                answer_ids = self.tokenizer(answers[i], add_special_tokens=False).input_ids
+                answer_ids = answer_ids + [self.tokenizer.eos_token_id]
             sequences.append(prompt_ids + answer_ids)
             targets.append([-100] * len(prompt_ids) + answer_ids)
+        # Padded on the left by hand, whatever the tokenizer's own padding side (a reloaded tokenizer may say
+        # "right"): the answer position is the last one of every prompt.
         longest = max(len(ids) for ids in sequences)
         pad = [longest - len(ids) for ids in sequences]
-        return {
+        inputs = {
             "input_ids": torch.tensor([[self.tokenizer.pad_token_id] * p + ids for p, ids in zip(pad, sequences)]),
             "attention_mask": torch.tensor([[0] * p + [1] * len(ids) for p, ids in zip(pad, sequences)]),
-            "lm_labels": torch.tensor([[-100] * p + ids for p, ids in zip(pad, targets)]),
         }
+        if answers is not None:
+            inputs["lm_labels"] = torch.tensor([[-100] * p + ids for p, ids in zip(pad, targets)])
+        return inputs
 
     def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
         """Label names (or ids) -> `(batch,)` class ids; unknown labels raise `ValueError`."""
@@ -263,22 +533,42 @@ class EmoSLLMProcessor(ProcessorMixin):
             sampling_rate: rate of `audio` (default 16 kHz); other rates are resampled.
             transcript: per-clip transcript (or None); see `config.use_transcript`.
             text_features: per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
-            labels: per-clip label names or ids.
+            labels: per-clip label names or ids, for training: the label word then follows each prompt as the answer.
 
         Returns a `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq)`, `input_features`
-        (`(batch, mel_bins, frames)` or `(batch, samples)`), `audio_lengths` `(batch,)` and `labels` `(batch,)`.
+        (`(batch, mel_bins, frames)` or `(batch, samples)`), `audio_lengths` `(batch,)`, and with `labels` also
+        `labels` `(batch,)` and `lm_labels` `(batch, seq)` (the answer's tokens, -100 elsewhere).
         """
-        audios = [audio] if isinstance(audio, (np.ndarray, torch.Tensor)) else list(audio)  # one array: one clip
+        if isinstance(audio, (str, bytes, os.PathLike)):
+            raise ValueError(
+                f"audio: got a {type(audio).__name__}; the processor takes samples (decode a file with "
+                "read_audio_file, or give the file to the pipeline)."
+            )
+        if isinstance(audio, (np.ndarray, torch.Tensor)):  # one array: one clip
+            audios = [audio]
+        elif isinstance(audio, (list, tuple)):
+            audios = list(audio)
+        else:
+            raise ValueError(f"audio: expected a float array or a list of them, got {type(audio).__name__}.")
         if len(audios) == 0:
             raise ValueError("No audio given.")
         names = ["audio"] if len(audios) == 1 else [f"audio[{i}]" for i in range(len(audios))]
         audios = [self.prepare_audio(a, sampling_rate, name) for a, name in zip(audios, names)]
         transcripts = self._per_clip(transcript, len(audios), "transcript")
         features = self._per_clip(text_features, len(audios), "text_features")
+        for text, feature, name in zip(transcripts, features, names):
+            self.check_text_inputs(text, feature, name)
         transcripts = self.resolve_transcripts(audios, transcripts)
-        data = {**self.text_inputs([len(a) for a in audios], transcripts, features), **self.audio_features(audios)}
-        if labels is not None:
-            data["labels"] = self.label_ids(self._per_clip(labels, len(audios), "labels"))
+        for clip, text, feature, name in zip(audios, transcripts, features, names):  # the prompt fits the LLM
+            self.check_text_inputs(text, feature, name, num_samples=len(clip))
+        label_ids, answers = None, None
+        if labels is not None:  # training inputs: the label word is the answer the LLM learns to write
+            label_ids = self.label_ids(self._per_clip(labels, len(audios), "labels"))
+            answers = [self.config.labels[i] for i in label_ids.tolist()]
+        data = {**self.text_inputs([len(a) for a in audios], transcripts, features, answers=answers),
+                **self.audio_features(audios)}
+        if label_ids is not None:
+            data["labels"] = label_ids
         return BatchFeature(data)
 
     @staticmethod
@@ -286,7 +576,9 @@ class EmoSLLMProcessor(ProcessorMixin):
         """One value per clip: None for every clip, a single value for a single clip, or a list of `batch`."""
         if value is None:
             return [None] * batch
-        values = [value] if isinstance(value, (str, dict, int, np.integer)) else list(value)
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            value = value.item()
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) else [value]
         if len(values) != batch:
             raise ValueError(f"{name}: got {len(values)} values for {batch} clips; give one per clip.")
         return values
@@ -297,4 +589,13 @@ class EmoSLLMProcessor(ProcessorMixin):
 
 EmoSLLMProcessor.register_for_auto_class()
 
-__all__ = ["EmoSLLMProcessor"]
+__all__ = [
+    "MAX_SAMPLE_PEAK",
+    "MIN_AUDIO_SECONDS",
+    "EmoSLLMProcessor",
+    "check_audio",
+    "check_sampling_rate",
+    "decode_audio",
+    "prepare_clip",
+    "read_audio_file",
+]

@@ -15,14 +15,18 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -32,10 +36,12 @@ from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
     SAMPLING_RATE,
+    check_dataset_labels,
     compute_ser_metrics,
     load_corpus,
     load_hub_dataset,
     make_smoke_corpus,
+    normalize_labels,
     save_confusion_matrix,
     speaker_folds,
     speaker_ids,
@@ -44,7 +50,7 @@ from data_emosllm import (
     write_report,
 )
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, pooled_statistics
-from processing_emosllm import EmoSLLMProcessor
+from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prepare_clip, read_audio_file
 
 logger = logging.getLogger("emosllm.train")
 
@@ -56,18 +62,19 @@ class ModelArguments:
     audio_encoder: str = field(default="openai/whisper-tiny.en", metadata={"help": "Hub id or folder of the encoder."})
     llm: str = field(default="HuggingFaceTB/SmolLM2-135M-Instruct", metadata={"help": "Hub id or folder of the LLM."})
     adapter_type: str = field(
-        default="qpmapper",
-        metadata={"help": "qpmapper | qformer | mlp | statistics | probe. On RAVDESS-sized data: probe, with "
-                  "--encoder_layer_combination concatenate --num_train_epochs 4 (BENCHMARKS.md)."},
+        default="probe",
+        metadata={"help": "probe (default: the best measured on RAVDESS-sized data, BENCHMARKS.md) | qpmapper (the "
+                  "paper's) | qformer | mlp | statistics."},
     )
     encoder_layer_combination: str = field(
-        default="weighted_average",
-        metadata={"help": "weighted_average (learned) | concatenate (every encoder layer side by side)."},
+        default="concatenate",
+        metadata={"help": "concatenate (every encoder layer side by side; default) | weighted_average (learned)."},
     )
     probe_c: str = field(
         default="0.001,0.003,0.01,0.03",
         metadata={"help": "The probe interface: inverse L2 strengths (scikit-learn's C) to try; the one with the best "
-                  "validation UA is kept (without validation speakers: the median)."},
+                  "validation UA is kept (without validation speakers: by cross-validation over the training "
+                  "speakers)."},
     )
     num_queries: int = field(
         default=32,
@@ -80,6 +87,11 @@ class ModelArguments:
     )
     lora_rank: int = field(default=8, metadata={"help": "0 trains the interface only."})
     lora_alpha: int = field(default=16)
+    lora_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on LoRA's input (default 0: the LLM only learns to read one soft word here, and "
+                  "drawing the masks added 12%% to a CPU training step, BENCHMARKS.md)."},
+    )
     freeze_language_model: bool = field(
         default=True, metadata={"help": "False (with --lora_rank 0): fine-tune all LLM weights instead of LoRA."}
     )
@@ -91,12 +103,20 @@ class ModelArguments:
         metadata={"help": "Learning rate of the encoder's layer weights and the class heads (default: "
                   "--adapter_learning_rate). The statistics interface: --adapter_learning_rate 1e-2 with 1e-3 here."},
     )
-    classifier: str = field(default="verbalizer", metadata={"help": "verbalizer | linear"})
     audio_loss_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of the auxiliary emotion loss on the mean audio embedding (0: off; BENCHMARKS.md)."},
     )
-    use_transcript: str = field(default="given", metadata={"help": "given | auto (ASR for missing) | none"})
+    use_transcript: str = field(
+        default="auto",
+        metadata={"help": "auto (default: given transcripts, and the saved model transcribes clips that come without "
+                  "one) | given (only given ones) | none (never)."},
+    )
+    transcript_dropout: float = field(
+        default=0.5,
+        metadata={"help": "Share of training prompts shown without their transcript (drawn per clip and epoch), so a "
+                  "missing transcript costs little at inference."},
+    )
     prompt: str = field(default=DEFAULT_PROMPT)
     backbone_cache_dir: str | None = field(default=None, metadata={"help": "Where converted backbones live."})
 
@@ -119,9 +139,10 @@ class DataArguments:
     eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before."})
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
     speed_perturbation: str = field(
-        default="",
-        metadata={"help": "Comma-separated speed factors, e.g. '0.9,0.95,1.05,1.1': each training clip also gets a "
-                  "copy resampled by each (tempo and pitch change together). Empty (default): none."},
+        default="0.9",
+        metadata={"help": "Comma-separated speed factors: each training clip also gets a copy resampled by each "
+                  "(tempo and pitch change together); the probe is fitted on them too. Default 0.9 (the probe's "
+                  "cross-validated UA on RAVDESS rose by 0.014, BENCHMARKS.md); empty: none."},
     )
     noise_snr_db: str = field(
         default="",
@@ -131,6 +152,30 @@ class DataArguments:
     asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
     encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    skip_bad_clips: bool = field(
+        default=False,
+        metadata={"help": "Leave out clips that fail the audio checks (damaged, truncated, NaN, silent, too short, "
+                  "too long) and list them; default: stop at the first one, before training."},
+    )
+    min_clips_per_label: int = field(
+        default=5, metadata={"help": "Warn when a label has fewer training clips than this (none at all: an error)."}
+    )
+
+
+def bf16_is_fast() -> bool:
+    """
+    bf16 autocast by default only where the hardware runs it natively: a GPU with bf16, or a CPU with the
+    `avx512_bf16` or `amx_bf16` instructions (read from /proc/cpuinfo: torch's public `get_cpu_capability` does not
+    report them). Elsewhere (an AVX2 CPU) bf16 is emulated: a training step took 14x the time of float32
+    (BENCHMARKS.md), so training runs in float32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
@@ -139,10 +184,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
     parser.set_defaults(
         output_dir="outputs/emosllm", per_device_train_batch_size=8, per_device_eval_batch_size=16,
-        learning_rate=5e-4, num_train_epochs=5, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
+        learning_rate=5e-4, num_train_epochs=2, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
-        bf16=True, use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
+        bf16=bf16_is_fast(), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
     )
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -150,13 +195,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 # --------------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------------
+def parse_labels(text: str | None) -> list[str] | None:
+    """`--labels 'happy, Sad'` -> ['happy', 'sad'] (normalized like the data's labels), or None when not given."""
+    return normalize_labels(text.split(",")) if text else None
+
+
 def load_data(args: DataArguments):
-    labels = args.labels.split(",") if args.labels else None
+    """The corpus, its labels normalized (strip, lower case) and checked against `--labels` (or for typos)."""
+    labels = parse_labels(args.labels)
     if args.dataset_name:
-        return load_hub_dataset(
+        dataset = load_hub_dataset(
             args.dataset_name, args.dataset_split, args.audio_column, args.label_column, args.transcript_column,
             args.speaker_column,
         )
+        return check_dataset_labels(dataset, labels)
     data_dir = args.data_dir or make_smoke_corpus(SMOKE_DIR)
     return load_corpus(data_dir, labels)
 
@@ -171,18 +223,122 @@ def default_speaker_split(dataset) -> tuple[list[str], list[str]]:
     return speakers[-num_test:], speakers[-num_test - num_eval:-num_test]
 
 
-def decoded_clips(dataset) -> list[dict]:
-    """Rows as dicts with a float32 16 kHz mono `audio` array (decoded once through `datasets.Audio`)."""
+BAD_CLIP_ADVICE = ("fix or re-export the file, or remove its row from the data; or pass --skip_bad_clips true to "
+                   "leave out every such clip (they are listed)")
+
+
+def decoded_clips(
+    dataset, processor: EmoSLLMProcessor | None = None, split: str = "data", skip_bad_clips: bool = False,
+    skipped: list[str] | None = None,
+) -> list[dict]:
+    """
+    Rows as dicts with a float32 16 kHz mono `audio` array, decoded and checked exactly as the pipeline decodes and
+    checks an input file (`read_audio_file`/`decode_audio`, then `prepare_audio`): training never learns from audio
+    that inference would refuse (damaged, truncated, NaN, silent, too short; too long for `processor`'s model), and
+    both compute the same samples from a file. The first bad clip raises `ValueError` naming the split, the row and
+    the file, before anything trains; with `skip_bad_clips` it is left out and its message added to `skipped`.
+    """
+    max_seconds = processor.config.max_audio_seconds if processor is not None else None
     clips = []
-    for row in dataset:
-        samples = row["audio"].get_all_samples()
+    for index, row in enumerate(dataset.cast_column("audio", datasets.Audio(decode=False))):
+        source = row["audio"] or {}
+        file = source.get("path")
+        name = f"{split} row {index} (file {file!r}, speaker {row.get('speaker')!r})"
+        try:
+            if source.get("bytes"):
+                samples, rate = decode_audio(source["bytes"], name)
+            elif file:
+                samples, rate = read_audio_file(file, name)
+            else:
+                raise ValueError(f"{name}: the row has no audio (neither a file nor its bytes)")
+            audio = prepare_clip(samples, rate, name, max_seconds)
+        except (ValueError, FileNotFoundError) as error:
+            if not skip_bad_clips:
+                raise ValueError(f"{error}\nNothing was trained. To go on: {BAD_CLIP_ADVICE}.") from None
+            if skipped is not None:
+                skipped.append(str(error))
+            continue
         clips.append({
-            "audio": samples.data.mean(dim=0).numpy().astype(np.float32),
+            "audio": audio,
             "label": row["label"],
             "speaker": row["speaker"],
             "transcript": row.get("transcript"),
             "text_features": {},  # other columns (gender, intensity, ...) are not given to the model by default
+            "file": name,
         })
+    return clips
+
+
+def check_split_labels(labels_by_split: dict[str, Sequence[str]], labels: Sequence[str], min_clips: int = 5) -> None:
+    """
+    Every label of the label set, and of every split, has training clips: a label without any cannot be learned
+    (the model would still be scored on it), so that is a `ValueError` naming the label and where its clips are.
+    Fewer than `min_clips` training clips, or a label with no clips to score it on (in neither validation nor
+    test), is only a warning: a small pilot corpus or a rare class can be meant, and the run still says so.
+    """
+    counts = {split: Counter(split_labels) for split, split_labels in labels_by_split.items()}
+    train = counts.get("train", Counter())
+    for label in sorted(set(labels).union(*counts.values())):
+        elsewhere = ", ".join(f"{n} in {split}" for split, c in counts.items() if (n := c[label]) and split != "train")
+        if train[label] == 0:
+            raise ValueError(
+                f"label {label!r} has no training clips ({elsewhere or 'no clips at all'}): the model cannot learn "
+                "it. Move speakers who have it into training (--test_speakers/--eval_speakers), or remove its rows "
+                "(and leave it out of --labels)."
+            )
+        if train[label] < min_clips:
+            logger.warning("Label %r has only %d training clip(s) (fewer than --min_clips_per_label %d); its scores "
+                           "will be noisy.", label, train[label], min_clips)
+        if not elsewhere and len(counts) > 1:
+            logger.warning("Label %r is only in the training split: no validation or test clip scores it.", label)
+
+
+def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
+    """
+    One recording (the same decoded samples, whatever the file names) on two rows: under two speakers, or with two
+    labels, it is an error (its audio would be in two splits, training audio leaking into the test set, or it
+    teaches two answers); under one speaker with one label, a warning (it only counts twice; RAVDESS as distributed
+    holds one such pair).
+    """
+    seen: dict[str, tuple[str, dict]] = {}
+    for split, clips in clips_by_split.items():
+        for clip in clips:
+            key = hashlib.sha1(clip["audio"].tobytes()).hexdigest()
+            if key not in seen:
+                seen[key] = (split, clip)
+                continue
+            first_split, first = seen[key]
+            if first["speaker"] != clip["speaker"] or first["label"] != clip["label"]:
+                raise ValueError(
+                    f"{clip['file']} holds the same audio as {first['file']} (labels {clip['label']!r} and "
+                    f"{first['label']!r}, splits {split} and {first_split}): one recording under two speakers puts "
+                    "training audio into the test set, under two labels it teaches both. Remove one of the rows."
+                )
+            logger.warning("%s holds the same audio as %s; it counts twice.", clip["file"], first["file"])
+
+
+def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArguments, labels: list[str]) -> dict:
+    """
+    Every split decoded and checked before anything trains (`decoded_clips`, then labels per split, duplicate
+    audio and the transcripts' fit in the prompt). With `--skip_bad_clips`, the clips left out are listed.
+    """
+    skipped: list[str] = []
+    clips = {name: decoded_clips(split, processor, name, data_args.skip_bad_clips, skipped)
+             for name, split in splits.items()}
+    empty = [name for name, split_clips in clips.items() if not split_clips]
+    if empty:
+        raise ValueError(f"No clip of the {', '.join(empty)} split(s) passed the audio checks; fix the data.")
+    if skipped:
+        logger.warning("--skip_bad_clips: left out %d clip(s) that fail the audio checks:\n  %s", len(skipped),
+                       "\n  ".join(skipped))
+        check_split_labels({name: [c["label"] for c in split] for name, split in clips.items()}, labels,
+                           data_args.min_clips_per_label)
+    check_duplicate_audio(clips)
+    if processor.config.use_transcript != "none":
+        for split_clips in clips.values():
+            for clip in split_clips:
+                processor.check_text_inputs(clip["transcript"], clip["text_features"], clip["file"],
+                                            num_samples=len(clip["audio"]))
     return clips
 
 
@@ -220,22 +376,27 @@ def augmented_copies(clip: dict, speeds: list[float], snrs_db: list[float], max_
 
 class AugmentedClips(torch.utils.data.Dataset):
     """
-    The training clips, each read as one of its versions (the original or an augmented copy), drawn anew every epoch.
-    The draw depends only on the seed, the epoch and the clip, so a resumed run reads the same versions as an
-    uninterrupted one; `EpochCallback` tells the dataset the epoch.
+    The training clips, each read as one of its versions (the original or an augmented copy), drawn anew every epoch,
+    and shown without its transcript with probability `transcript_dropout`. The draws depend only on the seed, the
+    epoch and the clip, so a resumed run reads the same versions as an uninterrupted one; `EpochCallback` tells the
+    dataset the epoch.
     """
 
-    def __init__(self, versions: list[list[dict]], seed: int):
-        self.versions, self.seed, self.epoch = versions, seed, 0
+    def __init__(self, versions: list[list[dict]], seed: int, transcript_dropout: float = 0.0):
+        if not 0 <= transcript_dropout <= 1:
+            raise ValueError(f"--transcript_dropout is a share between 0 and 1; got {transcript_dropout}.")
+        self.versions, self.seed, self.epoch, self.transcript_dropout = versions, seed, 0, transcript_dropout
 
     def __len__(self) -> int:
         return len(self.versions)
 
     def __getitem__(self, index: int) -> dict:
         versions = self.versions[index]
-        if len(versions) == 1:  # no augmentation: nothing to draw
-            return versions[0]
-        return versions[np.random.default_rng([self.seed, self.epoch, index]).integers(len(versions))]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        clip = versions[rng.integers(len(versions))] if len(versions) > 1 else versions[0]
+        if clip.get("transcript") and rng.random() < self.transcript_dropout:
+            clip = dict(clip, transcript=None)  # this epoch's prompt for this clip comes without its transcript
+        return clip
 
 
 class EpochCallback(TrainerCallback):
@@ -252,11 +413,26 @@ class EpochCallback(TrainerCallback):
         self.dataset.epoch = int(state.epoch or 0)
 
 
+def state_dict_hash(module: torch.nn.Module) -> str:
+    """
+    A content hash of a module's weights and buffers (names, dtypes, shapes and bytes): two encoders hash alike only
+    if they compute alike. One pass over the tensors: about 0.1 s for Whisper-small's 90 M parameters.
+    """
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tensor.numel()};".encode())
+        digest.update(tensor.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 class EncoderStateCache:
     """
     The frozen audio encoder's per-layer outputs, computed once per clip and kept on disk as safetensors, keyed on
-    the audio's bytes and the encoder (its name and config). Written by hand: `datasets.map` would store these
-    `(layers, frames, hidden)` tensors in Arrow, several times larger and slower to read back than one file per clip.
+    the audio's bytes, the encoder (its config and a content hash of its weights, so an encoder re-converted or
+    fine-tuned into the same folder never reads the old states) and the preprocessing (the feature extractor's
+    settings, `pad_audio_to_max_length`). Written by hand: `datasets.map` would store these `(layers, frames,
+    hidden)` tensors in Arrow, several times larger and slower to read back than one file per clip.
     """
 
     def __init__(
@@ -266,7 +442,9 @@ class EncoderStateCache:
         self.model, self.processor = model, processor
         root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
         encoder_key = json.dumps(
-            [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length], sort_keys=True, default=str
+            [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length,
+             processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder)],
+            sort_keys=True, default=str,
         )
         self.root = root / hashlib.sha1(encoder_key.encode()).hexdigest()[:16]
         self.root.mkdir(parents=True, exist_ok=True)
@@ -278,6 +456,8 @@ class EncoderStateCache:
     def fill(self, clips: list[dict], batch_size: int = 16) -> None:
         """Compute and store the states of every clip not cached yet; attach them as `clip["states"]` (fp16)."""
         todo = [c for c in clips if not self.path(c["audio"]).exists()]
+        for clip in todo:  # the checks every clip passes (decoded_clips ran them on the originals; these are copies)
+            check_audio(clip["audio"], SAMPLING_RATE, clip.get("file", "clip"))
         todo.sort(key=lambda c: len(c["audio"]))
         encoder = self.model.audio_encoder
         started = time.time()
@@ -302,23 +482,26 @@ def padded_states(clips: list[dict]) -> torch.Tensor:
 
 @dataclass
 class EmoSLLMCollator:
-    """Clips -> model inputs: the processor's prompt, cached encoder states padded to the longest clip, labels."""
+    """
+    Clips -> model inputs: the processor's prompt followed by the answer (the label word; the transcript in the ASR
+    stage) with its `lm_labels`, cached encoder states padded to the longest clip, and class ids.
+    """
 
     processor: EmoSLLMProcessor
     task: str = "ser"
 
     def __call__(self, clips: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = [len(c["audio"]) for c in clips]
+        lengths = [c["num_samples"] if "num_samples" in c else len(c["audio"]) for c in clips]
+        answers = [c["label"] for c in clips] if self.task == "ser" else None
         batch = self.processor.text_inputs(
-            lengths, [c["transcript"] for c in clips], [c["text_features"] for c in clips], task=self.task
+            lengths, [c["transcript"] for c in clips], [c["text_features"] for c in clips], task=self.task,
+            answers=answers,
         )
         batch["audio_lengths"] = torch.tensor(lengths)
         if "states" in clips[0]:
             batch["encoder_layer_states"] = padded_states(clips)
         else:
             batch.update(self.processor.audio_features([c["audio"] for c in clips]))
-        if "probe_scores" in clips[0]:  # training clips of the probe interface: cross-fitted scores
-            batch["probe_scores"] = torch.stack([c["probe_scores"] for c in clips])
         if self.task == "ser":
             batch["labels"] = self.processor.label_ids([c["label"] for c in clips])
         return batch
@@ -371,7 +554,7 @@ def build_model(model_args: ModelArguments, labels: list[str]):
         audio_encoder, llm, labels=labels, adapter_type=model_args.adapter_type, num_queries=model_args.num_queries,
         encoder_layer_combination=model_args.encoder_layer_combination,
         adapter_hidden_size=model_args.adapter_hidden_size,
-        lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, classifier=model_args.classifier,
+        lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
         freeze_language_model=model_args.freeze_language_model,
         audio_loss_weight=model_args.audio_loss_weight,
         use_transcript=model_args.use_transcript, prompt=model_args.prompt,
@@ -382,84 +565,25 @@ def build_model(model_args: ModelArguments, labels: list[str]):
     return model, processor
 
 
-@torch.no_grad()
-def clip_statistics(model: EmoSLLMForSpeechEmotionRecognition, clips: list[dict], batch_size: int = 32) -> np.ndarray:
-    """Each clip's pooled statistics of its standardized encoder frames: `(clips, 2 * frame width)`."""
-    statistics = []
-    for start in range(0, len(clips), batch_size):
-        chunk = clips[start:start + batch_size]
-        lengths = torch.tensor([len(c["audio"]) for c in chunk])
-        frames, mask = model.audio_encoder(lengths, encoder_layer_states=padded_states(chunk))
-        statistics.append(pooled_statistics(frames, mask))
-    return torch.cat(statistics).double().numpy()  # scikit-learn's lbfgs stops early on float32
-
-
-def fit_probe(
-    model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float],
-    augmented_clips: Sequence[dict] = (), max_folds: int = 4,
-) -> dict:
+def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
     """
-    Fits the probe interface: scikit-learn's StandardScaler and L2-regularized LogisticRegression on the training
-    clips' pooled statistics, one per C in `cs`; keeps the one with the best validation UA (without validation
-    clips, the median C). Deterministic, so a resumed run refits the same probe.
-
-    Then cross-fitting, as in stacking: each training clip, and each of their `augmented_clips` copies, gets
-    `clip["probe_scores"]` from a probe fitted without its speaker (the training speakers in up to
-    `max_folds` folds), which the collator passes to the model in training. The LLM so learns to read the probe as
-    it is on voices it has not seen; on its own training clips the probe is far more confident and right than on new
-    ones (RAVDESS: the LLM trained on those read validation clips 0.035-0.047 UA below the probe, BENCHMARKS.md).
+    The probe interface's fit (`model.fit_probe`, scikit-learn) on the training clips' cached encoder states (and
+    those of their augmented copies); C by validation UA, or, without validation speakers, by cross-validation over
+    the training speakers (a clip and its copies are always in the same fold).
     """
+    collate = EmoSLLMCollator(processor)
+
+    def batches(clips):
+        return (collate(clips[i:i + 32]) for i in range(0, len(clips), 32))
+
     if not cs:
         raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    def fit(x, y, c):
-        scaler = StandardScaler().fit(x)
-        return scaler, LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
-
-    labels = processor.config.labels
-    x_train = clip_statistics(model, train_clips)
-    y_train = processor.label_ids([c["label"] for c in train_clips]).numpy()
-    missing = sorted(set(labels) - {labels[i] for i in y_train.tolist()})
-    if missing:
-        raise ValueError(f"The probe interface needs training clips of every label; none of {missing}. Add clips of "
-                         "these labels to the training speakers, or leave them out with --labels.")
-    if eval_clips:
-        x_eval = clip_statistics(model, eval_clips)
-        y_eval = processor.label_ids([c["label"] for c in eval_clips]).numpy()
-    else:
-        cs = [sorted(cs)[len(cs) // 2]]
-    best = None
-    for c in cs:
-        scaler, probe = fit(x_train, y_train, c)
-        ua = compute_ser_metrics(probe.predict(scaler.transform(x_eval)), y_eval, labels)["ua"] if eval_clips else None
-        logger.info("Probe with C=%g: validation UA %s", c, "n/a" if ua is None else f"{ua:.3f}")
-        if best is None or (ua is not None and ua > best[0]):
-            best = (ua, c, scaler, probe)
-    ua, c, scaler, probe = best
-    model.adapter.set_probe(*(torch.from_numpy(np.asarray(v)) for v in
-                              (scaler.mean_, scaler.scale_, probe.coef_, probe.intercept_)))
-
-    scored_clips = [*train_clips, *augmented_clips]
-    x_scored = np.concatenate([x_train, clip_statistics(model, augmented_clips)]) if augmented_clips else x_train
-    speakers = sorted({c["speaker"] for c in train_clips}, key=speaker_sort_key)
-    if len(speakers) < 2:
-        logger.warning("One training speaker: the LLM learns to read the probe on its own training clips.")
-        folds = [speakers]
-    else:
-        folds = [speakers[i::min(max_folds, len(speakers))] for i in range(min(max_folds, len(speakers)))]
-    for fold in folds:
-        held_out = np.array([c["speaker"] in fold for c in train_clips])
-        kept = ~held_out
-        if len(folds) == 1 or len(set(y_train[kept].tolist())) < len(labels):  # or a label only they have
-            kept = np.ones_like(held_out)
-        fold_scaler, fold_probe = fit(x_train[kept], y_train[kept], c)
-        rows = [i for i, clip in enumerate(scored_clips) if clip["speaker"] in fold]
-        scores = fold_probe.decision_function(fold_scaler.transform(x_scored[rows]))
-        for i, row_scores in zip(rows, scores):
-            scored_clips[i]["probe_scores"] = torch.tensor(row_scores, dtype=torch.float32)
-    return {"probe_c": c, "probe_validation_ua": ua}
+    chosen = model.fit_probe(
+        batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
+        groups=None if eval_clips else [c["speaker"] for c in train_clips],
+    )
+    logger.info("Probe: C=%g (%s, UA %s)", chosen["probe_c"], chosen["probe_selection"], chosen["probe_selection_ua"])
+    return chosen
 
 
 def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
@@ -472,19 +596,118 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
         clip["transcript"] = text
 
 
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt")  # torch.save zip archives; a cut one has no central directory
+
+
+def checkpoint_weight_files(checkpoint: Path) -> list[Path]:
+    """The checkpoint's safetensors files: `model.safetensors`, or the shards its index lists."""
+    index = checkpoint / f"{CHECKPOINT_WEIGHTS}.index.json"
+    if index.is_file():
+        return [checkpoint / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [checkpoint / CHECKPOINT_WEIGHTS]
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from (cut, damaged or missing files), or None when it can."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        weight_files = checkpoint_weight_files(checkpoint)
+    except (OSError, ValueError, KeyError) as error:
+        return f"trainer_state.json or the weights index is missing or cut ({type(error).__name__})"
+    for weights in weight_files:
+        try:
+            load_file(str(weights))
+        except Exception as error:  # safetensors raises its own SafetensorError, OSError for a missing file
+            return f"{weights.name} does not load ({str(error)[:200]})"
+    for name in CHECKPOINT_STATE_FILES:
+        if not zipfile.is_zipfile(checkpoint / name):
+            return f"{name} is missing or cut"
+    return None
+
+
 def last_complete_checkpoint(folder: Path) -> str | None:
     """
-    The newest `checkpoint-N` that was written to the end. Trainer writes `trainer_state.json` last, so a run killed
-    while saving leaves a folder without it (or with a cut one), which is skipped.
+    The newest `checkpoint-N` that was written to the end and loads: its `trainer_state.json` (written last, so a run
+    killed while saving leaves a folder without it, or with a cut one) parses, its weights load with safetensors,
+    and its optimizer and scheduler files are whole. Newer ones that fail are skipped, saying why; the one used is
+    logged.
     """
-    complete = []
+    numbered = []
     for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            complete.append((int(checkpoint.name.rsplit("-", 1)[1]), checkpoint))
-        except (OSError, ValueError):
-            logger.warning("Skipping incomplete checkpoint %s", checkpoint)
-    return str(max(complete)[1]) if complete else None
+        step = checkpoint.name.rsplit("-", 1)[1]
+        if checkpoint.is_dir() and step.isdigit():
+            numbered.append((int(step), checkpoint))
+    for _, checkpoint in sorted(numbered, reverse=True):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            logger.info("Resuming from %s", checkpoint)
+            return str(checkpoint)
+        logger.warning("Skipping checkpoint %s: %s; trying the one before.", checkpoint, problem)
+    return None
+
+
+# Config entries that say nothing about the model's shape or behaviour.
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "custom_pipelines",
+                         "torch_dtype", "dtype", "_commit_hash", "_attn_implementation_autoset"}
+
+
+def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`field (saved -> current)` for every entry that differs, nested configs as `text_config.hidden_size`."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        if key in _VOLATILE_CONFIG_KEYS:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _config_differences(old, new, f"{prefix}{key}.")
+        elif json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
+            differences.append(f"{prefix}{key} ({json.dumps(old, default=str)[:60]} -> "
+                               f"{json.dumps(new, default=str)[:60]})")
+    return differences
+
+
+def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module) -> None:
+    """
+    `--resume` with flags that change the model's shape would fail deep in `load_state_dict` (or, for a checkpoint
+    of a different label set, load into the wrong classes): compare the checkpoint's weight shapes and config with
+    the model built now, and raise `ValueError` naming the differing config fields and weights. Config differences
+    that leave every shape alike (e.g. the prompt) are a warning.
+    """
+    checkpoint = Path(checkpoint)
+    current = model.state_dict()
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    shapes = {}
+    for weights in checkpoint_weight_files(checkpoint):
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+    mismatched = [f"{name} {shapes[name]} -> {tuple(current[name].shape)}" for name in sorted(shapes)
+                  if name in current and tuple(current[name].shape) != shapes[name]]
+    mismatched += [f"{name} (only in the checkpoint)" for name in sorted(set(shapes) - set(current))]
+    mismatched += [f"{name} (not in the checkpoint)" for name in sorted(trainable - set(shapes))]
+    try:  # both through the config class and JSON, as save_pretrained writes them (defaults filled in, str keys)
+        saved_config = type(model.config).from_pretrained(checkpoint).to_json_string(use_diff=False)
+        fields = _config_differences(json.loads(saved_config), json.loads(model.config.to_json_string(use_diff=False)))
+    except (OSError, ValueError):
+        fields = []
+    if mismatched:
+        raise ValueError(
+            f"--resume: {checkpoint} was saved by a model of another shape than these flags build. Config fields that "
+            f"differ (checkpoint -> now): {', '.join(fields) or 'none recorded'}; weights: {', '.join(mismatched[:8])}"
+            f"{' ...' if len(mismatched) > 8 else ''}. Resume with the flags of that run, or train into a new "
+            "--output_dir."
+        )
+    if fields:
+        logger.warning("--resume: %s was saved with other settings (checkpoint -> now): %s", checkpoint,
+                       ", ".join(fields))
+
+
+def check_resume_matches(model: torch.nn.Module, output_dir: Path) -> None:
+    """Before anything runs, the checkpoints `--resume` would pick (ASR and SER stages) fit the model built now."""
+    for folder in (output_dir / "stage1_asr", output_dir / "checkpoints"):
+        checkpoint = last_complete_checkpoint(folder)
+        if checkpoint is not None:
+            check_checkpoint_matches(checkpoint, model)
 
 
 def run_stage(
@@ -544,8 +767,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     )
     probe = ""
     if "probe_c" in metrics:
-        chosen = "chosen on validation" if metrics["probe_validation_ua"] is not None else "given, no validation split"
-        probe = f" (probe C={metrics['probe_c']:g}, {chosen})"
+        probe = f" (probe C={metrics['probe_c']:g}, {metrics['probe_selection']})"
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -588,15 +810,20 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     speeds = parse_floats(data_args.speed_perturbation, "speed_perturbation")
     snrs_db = parse_floats(data_args.noise_snr_db, "noise_snr_db")
     labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \
-        else data_args.labels.split(",")
+        else parse_labels(data_args.labels)
+    check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
     set_seed(training_args.seed)
     model, processor = build_model(model_args, labels)
-    clips = {name: decoded_clips(split) for name, split in splits.items()}
+    if data_args.resume:
+        check_resume_matches(model, output_dir)
+    clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
         for split_clips in clips.values():
             attach_transcripts(split_clips, processor)
-            cache.fill(split_clips)
+        # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
+        # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
+        cache.fill(clips["train"])
     # The interface reads each encoder dimension standardized over the training clips (never validation or test).
     model.audio_encoder.set_feature_statistics(clip["states"] for clip in clips["train"])
     versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
@@ -606,11 +833,14 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             for clip_versions in versions:
                 clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
             cache.fill([copy for clip_versions in versions for copy in clip_versions[1:]])
+    # Training reads the cached states: the decoded samples of the training clips and their copies can go.
+    for clip in (copy for clip_versions in versions for copy in clip_versions):
+        clip["num_samples"] = len(clip.pop("audio"))
     probe = {}
-    if model.config.adapter_type == "probe":
-        probe = fit_probe(model, processor, clips["train"], clips.get("validation"),
-                          parse_floats(model_args.probe_c, "probe_c"), [c for cv in versions for c in cv[1:]])
-    train_clips = AugmentedClips(versions, training_args.seed)
+    if model.config.adapter_type == "probe":  # fitted on the training clips and their augmented copies
+        probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
+                          clips.get("validation"), parse_floats(model_args.probe_c, "probe_c"))
+    train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
@@ -626,8 +856,39 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     if training_args.process_index == 0:
         model.save_pretrained(output_dir)  # full weights, safetensors, auto_map and code files
         processor.save_pretrained(output_dir)
+        del trainer, model
+        for split_clips in clips.values():  # the cached states are not needed any more; free them before reloading
+            for clip in split_clips:
+                clip.pop("states", None)
+        metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor)
     return metrics
+
+
+# The most the saved folder's test UA through the pipeline may differ from the score the run reports.
+DELIVERED_UA_TOLERANCE = 0.01
+
+
+def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua: float, labels: list[str]) -> float:
+    """
+    Re-scores the saved folder as a user gets it, `pipeline("audio-classification", model=output_dir)` on the test
+    clips (decoded audio, their transcripts, whole clips), and raises `RuntimeError` if its UA differs from the
+    reported one by more than `DELIVERED_UA_TOLERANCE`: the reported score must be the delivered score.
+    """
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
+    inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE, "transcript": c["transcript"]} for c in test_clips]
+    outputs = classifier(inputs, top_k=1, segment_seconds=None, batch_size=8)
+    delivered = compute_ser_metrics([o[0]["label"] for o in outputs], [c["label"] for c in test_clips], labels)["ua"]
+    logger.info("The saved folder through the pipeline: test UA %.4f (reported %.4f)", delivered, reported_ua)
+    if abs(delivered - reported_ua) > DELIVERED_UA_TOLERANCE:
+        raise RuntimeError(
+            f"The saved model in {output_dir} scores test UA {delivered:.4f} through the pipeline, but training "
+            f"reported {reported_ua:.4f} (tolerance {DELIVERED_UA_TOLERANCE}): its inputs are not computed the same "
+            "way in training and inference. Do not publish this folder; please report this as a bug."
+        )
+    return round(float(delivered), 4)
 
 
 def main() -> None:

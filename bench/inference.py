@@ -15,7 +15,7 @@ model load time, the peak resident memory of the process (`resource.getrusage(RU
 warm-up included), the loaded model's resident memory (after the warm-up call: `from_pretrained` memory-maps the
 weights, so they become resident only when first used) and the peak added by the timed calls over it (the peak is
 reset through `/proc/self/clear_refs` after the warm-up). Forward hooks split the time into the Whisper encoder,
-the interface (Query Pooling Mapper), the LLM (embedding merge, SmolLM2, verbalizer) and everything outside the
+the interface (Query Pooling Mapper), the LLM (embedding merge, SmolLM2, label-word scores) and everything outside the
 model (decoding, features, tokenizer, post-processing).
 
 Without `--model` it builds the default EmoSLLM from the offline default backbones (Whisper tiny.en, SmolLM2-135M
@@ -284,7 +284,7 @@ def markdown(results: list[dict]) -> str:
     lines += [
         "",
         "| torch threads | clips | outside the model (decode, features, prompt, post-processing) | Whisper encoder | "
-        "interface (QPMapper) | LLM (SmolLM2 + verbalizer) |",
+        "interface (QPMapper) | LLM (SmolLM2 + label-word scores) |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:

@@ -7,7 +7,10 @@
 
 Data: ``--data_dir`` (default ``../shared/data/ravdess``) through ``data_emosllm.load_corpus``; validation speakers
 ``--eval_speakers`` (13-16), test speakers ``--test_speakers`` (17-20), every other speaker (RAVDESS: 01-12) trains.
-Every system selects on validation only (its C, its epoch) and is scored once on test.
+Every system selects on validation only (its C, its epoch) and is scored once on test. ``--eval_speakers none`` is
+the frozen-feature bar's protocol: every speaker but the test ones trains (RAVDESS: 01-16), C is chosen by 4-fold
+cross-validation over the training speakers (scikit-learn's GroupKFold) and the trained systems keep their last
+epoch.
 
 Systems (``--systems``, default all):
 
@@ -15,16 +18,22 @@ Systems (``--systems``, default all):
   coefficients, computed with ``transformers.audio_utils`` as librosa is not a dependency), mean+std, ``StandardScaler`` + ``LogisticRegression``. C by validation UA after
   fitting on train; then, as ``bench/encoder_padding.py`` does, refit on train + validation and scored on test.
   Deterministic, so it runs once (first seed).
+* ``whisper_layers_lr``: the frozen Whisper encoder's every layer, each clip's mean+std over its frames side by side
+  (the features EmoSLLM's default probe reads), ``StandardScaler`` + ``LogisticRegression``, C chosen as for
+  ``mfcc_lr``: the linear read-out that EmoSLLM's answer has to beat.
 * ``whisper_linear_frozen`` / ``whisper_linear_finetuned``: transformers' ``WhisperForAudioClassification`` (the
   model ``run_audio_classification.py`` trains: ``projector`` Linear, mean pooling, ``classifier``) on the same
   Whisper encoder, frozen or fine-tuned. The encoder runs on each clip's own length with
   ``EmoSLLMAudioEncoder.layer_states`` (HF's ``WhisperEncoder.forward`` insists on 30 s inputs, ~12x slower here)
   and the mean is taken over valid frames only. AdamW, lr 1e-3 for the head and 3e-5 for the encoder, linear decay
   with 10% warm-up, batch 8; the epoch with the best validation UA is kept.
-* ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: ``train.train_one_split`` with train.py's own
-  defaults and ``--adapter_type``; ``emosllm_statistics``: the statistics-pooling interface with its own recipe
-  (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``); ``emosllm_probe``: the probe
-  interface on every encoder layer (``--adapter_type probe --encoder_layer_combination concatenate``).
+* ``emosllm_default``: ``train.train_one_split`` with train.py's own defaults and no other flag (the probe
+  interface on every encoder layer). Besides the scores, its row measures the LLM's free answer
+  (``generate(constrain_to_labels=False)``) against the class its scores rank first, the test UA with no transcript
+  in the prompt, and the saved folder's test UA through the pipeline (train.py's own check).
+* ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: train.py's defaults with ``--adapter_type`` and the
+  learned layer average (the paper's design); ``emosllm_statistics``: the statistics-pooling interface with its own
+  recipe (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``).
 * ``emosllm_transcript_only``: ablation without audio (the prompt keeps transcript and task, no audio
   placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (interface and head only); ``emosllm_full_finetune``:
   ``--lora_rank 0 --freeze_language_model False --learning_rate 2e-5``.
@@ -91,34 +100,36 @@ from data_emosllm import (  # noqa: E402
 SYSTEMS = {
     "mfcc_lr": "MFCC (librosa recipe, transformers.audio_utils), mean+std, StandardScaler + LogisticRegression "
                "(C by validation UA, refit on train+validation)",
+    "whisper_layers_lr": "Whisper encoder frozen, every layer's mean+std side by side, StandardScaler + "
+                         "LogisticRegression (C as for mfcc_lr)",
     "whisper_linear_frozen": "Whisper encoder frozen + WhisperForAudioClassification head (projector, masked mean, "
                              "classifier)",
     "whisper_linear_finetuned": "Whisper encoder fine-tuned + WhisperForAudioClassification head (projector, "
                                 "masked mean, classifier)",
-    "emosllm_qpmapper": "EmoSLLM, Query Pooling Mapper, LoRA (train.py defaults)",
+    "emosllm_default": "EmoSLLM, train.py's default recipe (probe interface on every encoder layer, LoRA)",
+    "emosllm_qpmapper": "EmoSLLM, Query Pooling Mapper (the paper's interface), LoRA",
     "emosllm_qformer": "EmoSLLM, window Q-Former, LoRA",
     "emosllm_mlp": "EmoSLLM, frame-stacking MLP, LoRA",
     "emosllm_statistics": "EmoSLLM, statistics pooling (mean+std to 4 embeddings, interface at lr 1e-2), LoRA",
-    "emosllm_probe": "EmoSLLM, probe interface (every encoder layer's mean+std, fitted linear probe, cross-fitted; "
-                     "one soft emotion word), LoRA",
     "emosllm_transcript_only": "EmoSLLM ablation: no audio (prompt with transcript and task only), LoRA",
     "emosllm_no_lora": "EmoSLLM ablation: Query Pooling Mapper, no LoRA (interface and head only)",
     "emosllm_full_finetune": "EmoSLLM, Query Pooling Mapper, every LLM weight fine-tuned instead of LoRA (lr 2e-5)",
 }
 # train.py flags of each EmoSLLM row, on top of train.py's defaults.
+PAPER = ["--adapter_type", "qpmapper", "--encoder_layer_combination", "weighted_average"]
 EMOSLLM_FLAGS = {
-    "emosllm_qpmapper": ["--adapter_type", "qpmapper"],
-    "emosllm_qformer": ["--adapter_type", "qformer"],
-    "emosllm_mlp": ["--adapter_type", "mlp"],
-    "emosllm_statistics": ["--adapter_type", "statistics", "--num_queries", "4", "--adapter_learning_rate", "1e-2",
-                           "--head_learning_rate", "1e-3"],
-    "emosllm_probe": ["--adapter_type", "probe", "--encoder_layer_combination", "concatenate"],
-    "emosllm_transcript_only": ["--adapter_type", "qpmapper", "--audio_loss_weight", "0"],  # no audio, no audio loss
-    "emosllm_no_lora": ["--adapter_type", "qpmapper", "--lora_rank", "0"],
-    "emosllm_full_finetune": ["--adapter_type", "qpmapper", "--lora_rank", "0", "--freeze_language_model", "False",
-                              "--learning_rate", "2e-5"],
+    "emosllm_default": [],
+    "emosllm_qpmapper": PAPER,
+    "emosllm_qformer": ["--adapter_type", "qformer", "--encoder_layer_combination", "weighted_average"],
+    "emosllm_mlp": ["--adapter_type", "mlp", "--encoder_layer_combination", "weighted_average"],
+    "emosllm_statistics": ["--adapter_type", "statistics", "--encoder_layer_combination", "weighted_average",
+                           "--num_queries", "4", "--adapter_learning_rate", "1e-2", "--head_learning_rate", "1e-3"],
+    "emosllm_transcript_only": [*PAPER, "--audio_loss_weight", "0"],  # no audio, no audio loss
+    "emosllm_no_lora": [*PAPER, "--lora_rank", "0"],
+    "emosllm_full_finetune": [*PAPER, "--lora_rank", "0", "--freeze_language_model", "False", "--learning_rate", "2e-5"],
 }
-DETERMINISTIC_SYSTEMS = ("mfcc_lr",)  # the same result for every seed: run once
+DETERMINISTIC_SYSTEMS = ("mfcc_lr", "whisper_layers_lr")
+CROSS_VALIDATION_FOLDS = 4  # over the training speakers, where no validation speakers are given  # the same result for every seed: run once
 MODES = {
     "quick": {"subset_fraction": 0.1, "epochs": 1, "seeds": "0"},
     "full": {"subset_fraction": 1.0, "epochs": None, "seeds": "0,1,2"},  # epochs None: train.py's default
@@ -130,6 +141,8 @@ ENCODER_LEARNING_RATE = 3e-5
 WARMUP_FRACTION = 0.1
 SUMMARY_KEYS = ("ua", "wa", "macro_f1", "weighted_f1", "train_seconds", "real_time_factor", "peak_rss_mib",
                 "wall_seconds")
+# Measured on the emosllm_default row only (`answer_checks`, and train.py's re-scoring of the saved folder).
+ANSWER_KEYS = ("generate_agreement", "ua_with_transcript", "ua_no_transcript", "delivered_ua")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -161,9 +174,10 @@ def load_splits(data_dir: str, eval_speakers: str, test_speakers: str, fraction:
     `train` / `validation` / `test` of the corpus in `data_dir`: validation and test hold the named speakers, train
     every other one, each cut to `stratified_subset(fraction)`; no speaker is in two splits (checked).
     """
+    eval_speakers = None if eval_speakers in (None, "", "none") else eval_speakers
     splits = split_by_speakers(load_corpus(data_dir), test_speakers=test_speakers, eval_speakers=eval_speakers)
-    if set(splits) != {"train", "validation", "test"}:
-        raise ValueError("the benchmark needs validation and test speakers (--eval_speakers, --test_speakers)")
+    if "test" not in splits or (eval_speakers is not None and "validation" not in splits):
+        raise ValueError("the benchmark needs test speakers (--test_speakers) and the named validation speakers")
     splits = datasets.DatasetDict({name: stratified_subset(split, fraction) for name, split in splits.items()})
     check_speaker_disjoint(splits)
     return splits
@@ -216,28 +230,48 @@ def score_test(predicted: Sequence, references: Sequence, labels: list[str], run
 def run_mfcc_lr(clips: dict[str, list[dict]], labels: list[str], run_dir: Path) -> dict:
     """MFCC statistics + logistic regression: C by validation UA (fit on train), refit on train + validation."""
     from encoder_padding import DEFAULT_CS, mfcc_statistics
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     def features(batch: list[dict]) -> np.ndarray:
         return np.stack([mfcc_statistics(c["audio"], MFCC_RECIPE) for c in batch])
 
-    def fit(x: np.ndarray, y: np.ndarray, c: float):
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)).fit(x, y)
-
     started = time.perf_counter()
     x = {name: features(split) for name, split in clips.items()}
-    y = {name: np.array([c["label"] for c in split]) for name, split in clips.items()}
     feature_seconds = time.perf_counter() - started
+    return fit_and_score_lr(x, clips, labels, DEFAULT_CS, run_dir, features, feature_seconds)
 
+
+def fit_and_score_lr(x: dict, clips: dict, labels: list[str], cs, run_dir: Path, features, feature_seconds) -> dict:
+    """
+    StandardScaler + LogisticRegression on the features `x[split]`: C by validation UA (fit on train; then refit on
+    train + validation), or without validation speakers by GroupKFold cross-validation over the training speakers
+    (then fit on train). Scored once on test; `features(batch)` times the inference.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(x_fit: np.ndarray, y_fit: np.ndarray, c: float):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(x_fit, y_fit)
+
+    def ua(model, x_score, y_score) -> float:
+        return compute_ser_metrics(model.predict(x_score), y_score, labels)["ua"]
+
+    y = {name: np.array([c["label"] for c in split]) for name, split in clips.items()}
     started = time.perf_counter()
-    validation_ua = {
-        c: compute_ser_metrics(fit(x["train"], y["train"], c).predict(x["validation"]), y["validation"], labels)["ua"]
-        for c in DEFAULT_CS
-    }
-    best_c = max(DEFAULT_CS, key=lambda c: (validation_ua[c], -c))  # ties: the stronger regularization
-    final = fit(np.concatenate([x["train"], x["validation"]]), np.concatenate([y["train"], y["validation"]]), best_c)
+    if "validation" in clips:
+        selection_ua = {c: ua(fit(x["train"], y["train"], c), x["validation"], y["validation"]) for c in cs}
+        x_final, y_final = np.concatenate([x["train"], x["validation"]]), np.concatenate([y["train"], y["validation"]])
+        how = "validation UA; final fit on train + validation"
+    else:
+        groups = np.array([c["speaker"] for c in clips["train"]])
+        folds = list(GroupKFold(n_splits=CROSS_VALIDATION_FOLDS).split(x["train"], y["train"], groups))
+        selection_ua = {c: float(np.mean([ua(fit(x["train"][a], y["train"][a], c), x["train"][b], y["train"][b])
+                                          for a, b in folds])) for c in cs}
+        x_final, y_final = x["train"], y["train"]
+        how = f"{CROSS_VALIDATION_FOLDS}-fold cross-validation over the training speakers; final fit on train"
+    best_c = max(cs, key=lambda c: (selection_ua[c], -c))  # ties: the stronger regularization
+    final = fit(x_final, y_final, best_c)
     train_seconds = time.perf_counter() - started
 
     metrics = score_test(final.predict(x["test"]), y["test"], labels, run_dir)
@@ -247,9 +281,41 @@ def run_mfcc_lr(clips: dict[str, list[dict]], labels: list[str], run_dir: Path) 
         **metrics, "trainable_parameters": parameters, "total_parameters": parameters,
         "train_seconds": train_seconds, "feature_seconds": feature_seconds,
         "speed": real_time_factor(lambda batch: final.predict(features(batch)), clips["test"]),
-        "selection": {"C": best_c, "validation_ua_by_C": {str(c): u for c, u in validation_ua.items()},
-                      "final_fit": "train + validation"},
+        "selection": {"C": best_c, "selection_ua_by_C": {str(c): u for c, u in selection_ua.items()}, "how": how},
     }
+
+
+# The C values the every-layer regression tries: train.py's default --probe_c and a decade on each side.
+LAYERS_LR_CS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
+
+
+def run_whisper_layers_lr(clips: dict[str, list[dict]], labels: list[str], audio_encoder: str, run_dir: Path) -> dict:
+    """The frozen encoder's every layer, mean+std over each clip's valid frames side by side; logistic regression."""
+    import torch
+
+    _, runner, feature_extractor = build_whisper_classifier(audio_encoder, labels, freeze_encoder=True)
+    runner.eval()
+
+    @torch.no_grad()
+    def features(batch: list[dict]) -> np.ndarray:
+        from processing_emosllm import EmoSLLMProcessor
+
+        owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
+        rows = []
+        for start in range(0, len(batch), 16):
+            audios = [c["audio"] for c in batch[start:start + 16]]
+            inputs = EmoSLLMProcessor.audio_features(owner, audios)
+            states = runner.layer_states(inputs["input_features"], inputs["audio_lengths"])  # (b, layers, t, d)
+            mask = runner.frame_mask(inputs["audio_lengths"], states.shape[2])[:, None, :, None].float()
+            mean = (states * mask).sum(2) / mask.sum(2)
+            std = (((states - mean[:, :, None]) ** 2 * mask).sum(2) / mask.sum(2)).sqrt()
+            rows.append(torch.cat([mean, std], dim=-1).flatten(1).numpy())
+        return np.concatenate(rows)
+
+    started = time.perf_counter()
+    x = {name: features(split) for name, split in clips.items()}
+    feature_seconds = time.perf_counter() - started
+    return fit_and_score_lr(x, clips, labels, LAYERS_LR_CS, run_dir, features, feature_seconds)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -360,9 +426,11 @@ def run_whisper_linear(
             scheduler.step()
             optimizer.zero_grad()
             losses.append(loss.item())
-        ua = compute_ser_metrics(predict("validation"), targets["validation"].numpy(), labels)["ua"]
+        ua = None  # without validation speakers, the last epoch is kept
+        if "validation" in clips:
+            ua = compute_ser_metrics(predict("validation"), targets["validation"].numpy(), labels)["ua"]
         history.append({"epoch": epoch, "validation_ua": ua, "train_loss": statistics.fmean(losses)})
-        if ua > best_ua:
+        if ua is None or ua > best_ua:
             best_ua, best_epoch = ua, epoch
             best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
     train_seconds = time.perf_counter() - started
@@ -422,9 +490,7 @@ def transcript_only_classes():
             for param in [*self.audio_encoder.parameters(), *self.adapter.parameters()]:
                 param.requires_grad_(False)
 
-        def get_audio_embeddings(
-            self, audio_lengths, input_features=None, encoder_layer_states=None, probe_scores=None
-        ):
+        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None):
             batch = audio_lengths.shape[0]
             embeddings = torch.zeros(batch, 0, self.config.text_config.hidden_size, device=audio_lengths.device)
             return embeddings, torch.zeros(batch, 0, dtype=torch.bool, device=audio_lengths.device)
@@ -471,6 +537,8 @@ def run_emosllm(
             # train.py builds its model from these module-level names; this child process runs only this row.
             patches.enter_context(mock.patch.object(train, "EmoSLLMProcessor", processor_class))
             patches.enter_context(mock.patch.object(train, "EmoSLLMForSpeechEmotionRecognition", model_class))
+            # Its saved folder has no code of its own (the classes live here), so no pipeline can load it to re-score.
+            patches.enter_context(mock.patch.object(train, "check_delivered_score", lambda *args: None))
         metrics = train.train_one_split(model_args, data_args, training_args, splits, run_dir)
     gc.collect()  # the trained model and its Trainer are gone; free them before loading the saved copy
     selection = validation_history(run_dir / "checkpoints")
@@ -485,13 +553,47 @@ def run_emosllm(
         return model(**inputs).logits.argmax(-1)
 
     speed = real_time_factor(classify, clips_test)
+    answers = answer_checks(model, processor, clips_test, labels) if system == "emosllm_default" else {}
     # The weights (and the checkpoints, with optimizer state) are large and not needed for the report.
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     for weights in run_dir.glob("*.safetensors"):
         weights.unlink()
     return {
-        **metrics, "trainable_parameters": trainable, "total_parameters": total, "speed": speed,
+        **metrics, **answers, "trainable_parameters": trainable, "total_parameters": total, "speed": speed,
         "selection": selection, "train_py_arguments": argv,
+    }
+
+
+def answer_checks(model, processor, clips: list[dict], labels: list[str]) -> dict:
+    """
+    On the test clips: how often the LLM's free answer (`generate(constrain_to_labels=False)`, greedy) is the class
+    its scores rank first (`generate_agreement`), and the test UA with the true transcripts against none in the
+    prompt (`ua_no_transcript`; `use_transcript="none"` for this pass).
+    """
+    import torch
+
+    ranked, free, ranked_without = [], [], []
+    use_transcript = processor.config.use_transcript
+    with torch.inference_mode():
+        for start in range(0, len(clips), BATCH_SIZE):
+            batch = clips[start:start + BATCH_SIZE]
+            inputs = processor([c["audio"] for c in batch], transcript=[c["transcript"] for c in batch])
+            ranked += model(**inputs).logits.argmax(-1).tolist()
+            tokens = model.generate(**inputs, constrain_to_labels=False, max_new_tokens=8, do_sample=False)
+            free += [text.strip().lower() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
+            processor.config.use_transcript = "none"
+            try:
+                ranked_without += model(**processor([c["audio"] for c in batch])).logits.argmax(-1).tolist()
+            finally:
+                processor.config.use_transcript = use_transcript
+    names = model.config.labels
+    agreement = float(np.mean([answer == names[i] for answer, i in zip(free, ranked)]))
+    references = [c["label"] for c in clips]
+    return {
+        "generate_agreement": agreement,
+        "free_answers": {str(k): int(v) for k, v in zip(*np.unique(free, return_counts=True))} if free else {},
+        "ua_with_transcript": compute_ser_metrics([names[i] for i in ranked], references, labels)["ua"],
+        "ua_no_transcript": compute_ser_metrics([names[i] for i in ranked_without], references, labels)["ua"],
     }
 
 
@@ -521,6 +623,8 @@ def run_one(system: str, seed: int, settings: dict, run_dir: Path) -> dict:
             clips = {name: train.decoded_clips(split) for name, split in splits.items()}
             if system == "mfcc_lr":
                 result = run_mfcc_lr(clips, labels, run_dir)
+            elif system == "whisper_layers_lr":
+                result = run_whisper_layers_lr(clips, labels, settings["audio_encoder"], run_dir)
             else:
                 result = run_whisper_linear(clips, labels, settings["audio_encoder"], settings["epochs"], seed,
                                             finetune=system == "whisper_linear_finetuned", run_dir=run_dir)
@@ -551,6 +655,11 @@ def summarize(runs: list[dict]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "values": values,
         }
+    for key in ANSWER_KEYS:
+        values = [float(run[key]) for run in done if run.get(key) is not None]
+        if values:
+            row[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+                        "values": values}
     for key in ("trainable_parameters", "total_parameters"):
         row[key] = done[0][key] if done else None
     return row
@@ -597,6 +706,13 @@ def markdown_table(rows: dict[str, dict], reductions: list[str]) -> str:
             f"{format_count(row['total_parameters'])} | {format_mean_std(row['train_seconds'], 0)} | "
             f"{format_mean_std(row['real_time_factor'], 3)} | {format_mean_std(row['peak_rss_mib'], 0)} |"
         )
+    answered = {system: row for system, row in rows.items() if "generate_agreement" in row}
+    if answered:
+        lines += ["", "| system | free answer = top class | test UA, true transcripts | test UA, no transcript "
+                  "| saved folder via pipeline, UA |", "|---|---|---|---|---|"]
+        for system, row in answered.items():
+            lines.append(f"| {system} | " + " | ".join(
+                format_mean_std(row[key], 3) if key in row else "-" for key in ANSWER_KEYS) + " |")
     return "\n".join(lines)
 
 
@@ -789,9 +905,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings, "seeds": seeds, "reductions": reductions, "splits": describe_splits(splits),
         "systems": {system: SYSTEMS[system] for system in systems},
         "protocol": {
-            "selection": "validation speakers only (C for mfcc_lr, the best epoch for the trained systems); test "
-                         "speakers scored once per run",
-            "mfcc_lr": "fit on train to choose C, final fit on train + validation (as bench/encoder_padding.py)",
+            "selection": ("validation speakers only (C for the regressions, the best epoch for the trained systems)"
+                          if settings["eval_speakers"] not in (None, "", "none") else
+                          f"no validation speakers: C by {CROSS_VALIDATION_FOLDS}-fold cross-validation over the "
+                          "training speakers, the last epoch of the trained systems")
+                         + "; test speakers scored once per run",
+            "regressions": "mfcc_lr and whisper_layers_lr: fit on train to choose C, final fit on train + validation "
+                           "(as bench/encoder_padding.py), or on train when C came from cross-validation",
             "train_seconds": "wall time of the fit with its validation passes; precomputed features excluded "
                              "(their time is feature_seconds in each run)",
             "real_time_factor": f"processing s / audio s on the test clips, batches of {BATCH_SIZE}, from decoded "

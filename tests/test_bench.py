@@ -113,13 +113,13 @@ def test_aggregation_and_table_match_hand_computed_values():
 
 def test_modes_state_their_reductions(tmp_path):
     full = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
-    assert (full["epochs"], full["subset_fraction"]) == (5, 1.0)  # train.py's default epochs, every clip
+    assert (full["epochs"], full["subset_fraction"]) == (2, 1.0)  # train.py's default epochs, every clip
     assert ser_benchmark.reductions_of(full, [0, 1, 2]) == []
     quick = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--out", str(tmp_path)]))
     assert (quick["epochs"], quick["subset_fraction"], quick["threads"]) == (1, 0.1, 1)
     assert ser_benchmark.reductions_of(quick, [0]) == [
         "10% of the clips of every speaker-emotion group (at least one) in train, validation and test",
-        "1 epoch(s) instead of 5", "seed(s) 0 only"]
+        "1 epoch(s) instead of 2", "seed(s) 0 only"]
 
 
 def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp_path, monkeypatch):
@@ -180,10 +180,9 @@ def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_se
 def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     import train
 
-    # Every row but emosllm_qformer / emosllm_mlp / emosllm_statistics / emosllm_probe, which differ from
-    # emosllm_qpmapper only by train.py flags (the interfaces have their own tests); that keeps this test near a minute.
-    systems = [s for s in ser_benchmark.SYSTEMS
-               if s not in ("emosllm_qformer", "emosllm_mlp", "emosllm_statistics", "emosllm_probe")]
+    # Every row but emosllm_qformer / emosllm_mlp / emosllm_statistics, which differ from emosllm_qpmapper only by
+    # train.py flags (the interfaces have their own tests); that keeps this test near a minute.
+    systems = [s for s in ser_benchmark.SYSTEMS if s not in ("emosllm_qformer", "emosllm_mlp", "emosllm_statistics")]
     if "freeze_language_model" not in {f.name for f in dataclasses.fields(train.ModelArguments)}:
         systems.remove("emosllm_full_finetune")  # needs train.py's --freeze_language_model, not there yet
     out = tmp_path / "serbench"
@@ -216,6 +215,11 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     assert runs["emosllm_no_lora"]["trainable_parameters"] < runs["emosllm_qpmapper"]["trainable_parameters"]
     if "emosllm_full_finetune" in runs:
         assert runs["emosllm_full_finetune"]["trainable_parameters"] > runs["emosllm_qpmapper"]["trainable_parameters"]
+    # The default row also measures the LLM's free answer against its scores, and the saved folder's delivered UA.
+    default = runs["emosllm_default"]
+    assert 0 <= default["generate_agreement"] <= 1 and abs(default["delivered_ua"] - default["ua"]) <= 0.01
+    assert 0 <= default["ua_no_transcript"] <= 1 and "free answer = top class" in report["table"]
+    assert runs["whisper_layers_lr"]["selection"]["C"] in ser_benchmark.LAYERS_LR_CS
     markdown = (out / "results.md").read_text()
     assert all(f"| {system} |" in markdown for system in systems) and "Command:" in markdown
     assert not list((out / "runs").rglob("*.safetensors"))  # EmoSLLM weights are removed after measuring

@@ -18,8 +18,8 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 ENCODERS = ["whisper", "wav2vec2"]
 ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
-# The interface, the layer weights between encoder and interface, and the class head.
-TRAINABLE = ("adapter.", "audio_encoder.layer_weights", "classifier.")
+# The interface and the layer weights between encoder and interface (the class scores are the LLM's own head).
+TRAINABLE = ("adapter.", "audio_encoder.layer_weights")
 
 
 def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
@@ -156,8 +156,8 @@ def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adap
     embeddings, mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
     mean_audio = (embeddings * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # padding embeddings excluded
     torch.testing.assert_close(output.audio_logits, model.audio_classifier(mean_audio))
-    expected = F.cross_entropy(output.logits, batch["labels"]) + 0.5 * F.cross_entropy(output.audio_logits,
-                                                                                       batch["labels"])
+    answer_loss = model(**{k: v for k, v in batch.items() if k != "labels"}).loss  # the LLM's loss on the answer
+    expected = answer_loss + 0.5 * F.cross_entropy(output.audio_logits, batch["labels"])
     torch.testing.assert_close(output.loss, expected)
     model.train()
     model(**batch).loss.backward()
@@ -222,14 +222,75 @@ def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
     assert {"statistics_mean", "statistics_std", "probe_weight", "probe_bias"} <= set(adapter.state_dict())
     with pytest.raises(ValueError, match="shape"):
         adapter.set_probe(adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight[:2], adapter.probe_bias)
-    # Scores computed elsewhere (train.py's cross-fitted ones) stand in for the probe's own.
-    scores = torch.randn(2, len(LABELS))
-    embeddings, _ = adapter(frames, frame_mask, scores)
-    torch.testing.assert_close(embeddings[:, 0], scores.softmax(-1) @ adapter.label_embeddings.weight.T)
-    other_processor, other = make("whisper", "statistics")
-    batch, _ = batch_of_lengths(other_processor)
-    with pytest.raises(ValueError, match="probe_scores are for the probe interface"):
-        other(**batch, probe_scores=torch.zeros(3, len(LABELS)))
+
+
+def tone_batches(processor, speakers=range(4), takes=2):
+    """Processor batches of noisy tones, one pitch per label, one batch per speaker; and each clip's speaker."""
+    from conftest import TONE_FREQUENCIES
+
+    batches, groups = [], []
+    for speaker in speakers:
+        audios = [tone(0.8, TONE_FREQUENCIES[label] * (1 + 0.03 * speaker), seed=10 * speaker + take)
+                  for label in LABELS for take in range(takes)]
+        batches.append(processor(audios, labels=[label for label in LABELS for _ in range(takes)]))
+        groups += [f"spk{speaker}"] * len(audios)
+    return batches, groups
+
+
+def test_fit_probe_is_the_models_own_and_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    processor, model = make("whisper", "probe")
+    batches, groups = tone_batches(processor)
+    statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches]).double().numpy()
+    labels = torch.cat([b["labels"] for b in batches]).numpy()
+    chosen = model.fit_probe(batches, 0.1)
+    assert chosen == {"probe_c": 0.1, "probe_selection_ua": None, "probe_selection": "given"}
+    scaler = StandardScaler().fit(statistics)
+    reference = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(statistics), labels)
+    torch.testing.assert_close(model.adapter.probe_weight, torch.tensor(reference.coef_).float(), atol=1e-4, rtol=1e-3)
+    with torch.no_grad():
+        scores = model.adapter.class_scores(*model.audio_encoder(batches[0]["audio_lengths"], batches[0]["input_features"]))
+    expected = reference.decision_function(scaler.transform(statistics[: len(scores)]))
+    torch.testing.assert_close(scores, torch.tensor(expected).float(), atol=1e-3, rtol=1e-3)
+    # Several C: validation speakers choose, or else cross-validation over the training speakers (groups).
+    # Imbalanced training clips (extra neutral ones), on which C=1e-8 answers the majority class.
+    extra = processor([tone(0.8, 150, seed=100 + i) for i in range(12)], labels=["neutral"] * 12)
+    by_validation = model.fit_probe([*batches[:3], extra], [1e-8, 1.0], validation_batches=batches[3:])
+    assert by_validation["probe_c"] == 1.0 and by_validation["probe_selection"] == "validation UA"
+    by_groups = model.fit_probe([*batches, extra], [1e-8, 1.0], groups=groups + ["spk0"] * 12)
+    assert by_groups["probe_c"] == 1.0 and "cross-validation" in by_groups["probe_selection"]
+    with pytest.raises(ValueError, match="validation_batches or groups"):
+        model.fit_probe(batches, [0.1, 1.0])
+    with pytest.raises(ValueError, match="every class"):
+        model.fit_probe([processor([tone(0.8, 150)] * 2, labels=["neutral", "happy"])], 0.1)
+    with pytest.raises(ValueError, match="adapter_type='probe'"):
+        make("whisper", "statistics")[1].fit_probe(batches, 0.1)
+
+
+def test_probe_standardization_has_a_floor_on_the_spread():
+    """A statistic that hardly varies across the training clips must not turn rounding noise into the answer."""
+    processor, model = make("whisper", "probe")
+    statistics = torch.randn(16, model.adapter.statistics_mean.shape[0], dtype=torch.float64)
+    statistics[:, 0] = 3.0 + 1e-9 * torch.randn(16, dtype=torch.float64)  # e.g. clips all of one length
+    model.adapter.fit(statistics, torch.arange(16) % len(LABELS), 0.1)
+    spread = model.adapter.statistics_std
+    assert spread[0] >= model.adapter.MIN_RELATIVE_STD * spread[1:].median() * 0.99
+
+
+def test_cached_float16_states_and_live_audio_give_the_same_scores():
+    """train.py caches encoder states in float16; the pipeline computes them live: both must score a clip alike."""
+    processor, model = make("whisper", "probe")
+    fit_random_probe(model)
+    model.eval()
+    batch, _ = batch_of_lengths(processor)
+    with torch.no_grad():
+        states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+        live = model(**batch).logits
+        cached = model(**{k: v for k, v in batch.items() if k != "input_features"},
+                       encoder_layer_states=states.half().float()).logits
+    torch.testing.assert_close(live, cached, atol=1e-5, rtol=1e-5)
 
 
 def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights():
@@ -242,7 +303,8 @@ def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights(
         frames, _ = encoder(batch["audio_lengths"], encoder_layer_states=states)
     num_layers, width = states.shape[1], states.shape[-1]
     assert frames.shape == (3, states.shape[2], num_layers * width) and encoder.output_size == num_layers * width
-    standardized = (states - encoder.feature_mean[:, None]) / encoder.feature_std[:, None]
+    # The states are rounded to float16 (the cache's precision) before they are standardized.
+    standardized = (states.half().float() - encoder.feature_mean[:, None]) / encoder.feature_std[:, None]
     for layer in range(num_layers):
         torch.testing.assert_close(frames[..., layer * width:(layer + 1) * width], standardized[:, layer])
     assert not hasattr(encoder, "layer_weights")
@@ -258,7 +320,7 @@ def test_asr_stage_gives_language_model_loss_on_the_answer_only():
     assert answer.sum(1).tolist() == [4, 3]  # the words and the end-of-text token
     assert (text["input_ids"][answer] == text["lm_labels"][answer]).all()
     output = model(**text, **features)
-    assert output.logits is None and output.loss > 0
+    assert output.loss > 0
     output.loss.backward()
     assert model.adapter.output_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="transcript"):
@@ -284,14 +346,59 @@ def test_padding_to_max_length_gives_same_placeholders():
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
 
 
-def test_linear_classifier_option():
-    processor, model = make(classifier="linear")
-    batch, _ = batch_of_lengths(processor)
-    assert model(**batch).logits.shape == (3, len(LABELS))
-    assert model.classifier.weight.requires_grad
+def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_position():
+    processor, model = make()
+    model.eval()
+    batch, audios = batch_of_lengths(processor)
+    first_tokens = [ids[0] for ids in processor.config.label_token_ids]
+    with torch.no_grad():
+        output = model(**batch)
+        # The same clips without the answer appended: the prompt's last position is the answer position.
+        prompt_only = processor(audios)
+        llm_inputs = model._llm_inputs(prompt_only["input_ids"], prompt_only["attention_mask"],
+                                       *model.get_audio_embeddings(prompt_only["audio_lengths"],
+                                                                   prompt_only["input_features"]))
+        next_token = model.language_model(**llm_inputs).logits[:, -1]
+    torch.testing.assert_close(output.logits, next_token[:, first_tokens], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model(**prompt_only).logits, output.logits, atol=1e-4, rtol=1e-4)
+    # The training target is the answer text: the LLM's next-token loss on the label word and the end of the turn.
+    answer = batch["lm_labels"] != -100
+    assert (batch["input_ids"][answer] == batch["lm_labels"][answer]).all()
+    assert answer.sum(1).tolist() == [len(processor.config.label_token_ids[i]) + 1 for i in batch["labels"].tolist()]
+    with torch.no_grad():
+        reference = model.language_model(**model._llm_inputs(
+            batch["input_ids"], batch["attention_mask"],
+            *model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])),
+            labels=batch["lm_labels"]).loss
+    torch.testing.assert_close(output.loss, reference, atol=1e-4, rtol=1e-4)
+    # Without an answer in the prompt, `labels` give the cross-entropy of the class scores.
+    with torch.no_grad():
+        loss = model(**prompt_only, labels=batch["labels"]).loss
+    torch.testing.assert_close(loss, F.cross_entropy(output.logits, batch["labels"]), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["adapter_type", "encoder_layer_combination", "classifier", "use_transcript"])
+def test_labels_that_share_a_first_token_are_an_error():
+    with pytest.raises(ValueError, match="start with the same token"):
+        tiny_processor(**{}).config.__class__(
+            **{**tiny_processor().config.to_dict(), "label_token_ids": [[5], [5], [6], [7]]})
+
+
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_generate_names_the_class_the_scores_rank_first(adapter):
+    """By construction: the answer is constrained to the label words and decoded greedily from the same logits."""
+    processor, model = make("whisper", adapter, seed=3)
+    if adapter == "probe":
+        fit_random_probe(model)
+    model.eval()
+    audios = [tone(0.5 + 0.3 * i, 150 * (i + 1), seed=i) for i in range(6)]
+    inputs = processor(audios)
+    with torch.no_grad():
+        ranked_first = model(**inputs).logits.argmax(-1).tolist()
+    answers = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
+    assert [a.strip() for a in answers] == [LABELS[i] for i in ranked_first]
+
+
+@pytest.mark.parametrize("name", ["adapter_type", "encoder_layer_combination", "use_transcript"])
 def test_a_misspelt_choice_is_an_error_not_another_choice(name):
     with pytest.raises(ValueError, match=f"{name}='Verbalizer' is not one of"):
         tiny_processor(**{name: "Verbalizer"})
@@ -301,7 +408,9 @@ def test_generate_writes_free_text():
     processor, model = make()
     batch, _ = batch_of_lengths(processor, (1.0,))
     batch.pop("labels")
-    tokens = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    for key in ("labels", "lm_labels"):
+        batch.pop(key, None)
+    tokens = model.generate(**batch, constrain_to_labels=False, max_new_tokens=3, do_sample=False)
     assert tokens.shape[0] == 1 and 1 <= tokens.shape[1] <= 3
 
 
@@ -403,3 +512,37 @@ def test_wrapping_a_config_keeps_its_attention_implementation():
     audio_config, _ = tiny_audio("whisper")
     audio_config._attn_implementation = "sdpa"
     assert EmoSLLMConfig(audio_config=audio_config).audio_config._attn_implementation == "sdpa"
+
+
+def test_the_shared_prompt_head_runs_once_and_changes_nothing():
+    """The system turn every prompt shares is computed once as a key/value cache; scores and loss stay the same."""
+    processor, model = make("whisper", "qpmapper", seed=1)
+    model.eval()
+    batch, _ = batch_of_lengths(processor)
+    prefix = model.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
+    assert prefix >= model.MIN_SHARED_PREFIX
+    heads = [row[mask.bool()][:prefix] for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert all(torch.equal(head, heads[0]) for head in heads)  # the same tokens in every prompt ...
+    assert processor.config.audio_token_id not in heads[0]  # ... before any audio
+    with torch.no_grad():
+        shared = model(**batch)
+        model.MIN_SHARED_PREFIX = 10**6  # one full pass per prompt instead
+        full = model(**batch)
+    torch.testing.assert_close(shared.logits, full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.loss, full.loss, atol=1e-5, rtol=1e-5)
+    # Gradients flow through the shared head's cache into LoRA.
+    model.MIN_SHARED_PREFIX = 8
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n)
+
+
+def test_the_shared_head_stops_before_the_answer():
+    """Prompts without audio that are the same up to the end (an ablation) must keep their answers out of the head."""
+    processor, model = make(seed=1)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 3]] * 2)
+    lm_labels = torch.full_like(ids, -100)
+    lm_labels[:, -3:] = ids[:, -3:]
+    mask = torch.ones_like(ids)
+    assert model.shared_prefix_length(ids, mask) == ids.shape[1] - 1
+    assert model.shared_prefix_length(ids, mask, lm_labels) == ids.shape[1] - 3

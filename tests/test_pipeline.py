@@ -427,3 +427,37 @@ def test_command_line_table(saved, capsys, monkeypatch, tmp_path):
     assert out[1].startswith(saved["files"]["wav"]) and "2.00" in out[1]
     assert out[2].startswith(str(tmp_path / "long.wav")) and "25.00" in out[2]
     assert [line.split()[0] for line in out[3:]] == ["0.0-10.0", "7.5-17.5", "15.0-25.0"]  # the timeline rows
+
+
+def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader_gets_none(monkeypatch, caplog):
+    """use_transcript='auto': every window of a long recording is transcribed on its own; 'given' without one warns."""
+    import backbones_emosllm
+    from conftest import tiny_processor, tone
+
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+
+    heard = []
+
+    def fake_transcribe(audios, model_name):
+        heard.extend(len(a) for a in audios)
+        return ["kids are talking"] * len(audios)
+
+    monkeypatch.setattr(backbones_emosllm, "transcribe", fake_transcribe)
+    processor = tiny_processor(use_transcript="auto")
+    torch.manual_seed(0)
+    classifier = EmoSLLMAudioClassificationPipeline(
+        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor)
+    result = classifier(tone(25.0, 300), return_timeline=True)
+    assert len(result["timeline"]) == 3 and heard == [10 * 16000] * 3  # each 10 s window, transcribed alone
+    heard.clear()
+    classifier(tone(2.0, 300), transcript="the door")
+    assert heard == []  # a given transcript is used as it is
+
+    processor = tiny_processor(use_transcript="given")
+    classifier = EmoSLLMAudioClassificationPipeline(
+        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor)
+    with caplog.at_level("WARNING"):
+        classifier(tone(2.0, 300))
+        classifier(tone(2.0, 400))
+    warnings = [r.message for r in caplog.records if "none was given" in r.message]
+    assert len(warnings) == 1 and "use_transcript='auto'" in warnings[0]  # said once, with the way out

@@ -109,3 +109,16 @@ def test_auto_transcript_from_bundled_whisper_on_real_speech():
     processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
     (transcript,) = processor.resolve_transcripts([processor.prepare_audio(audio, rate)], [None])
     assert "fail" in transcript.lower()  # Beckett: "Ever tried. Ever failed. No matter. Try again. Fail again..."
+
+
+def test_prompts_are_left_padded_whatever_the_tokenizers_padding_side(tmp_path):
+    """A reloaded tokenizer may pad on the right; the answer position must stay every prompt's last column."""
+    from conftest import tiny_processor
+
+    processor = tiny_processor()
+    processor.tokenizer.padding_side = "right"  # as a tokenizer_config.json without padding_side reloads
+    inputs = processor.text_inputs([16000, 16000], ['kids are talking by the door', None], [None, None])
+    mask = inputs["attention_mask"]
+    assert mask[:, -1].all() and not mask[1, 0]  # the shorter prompt is padded at its start
+    processor.save_pretrained(tmp_path)
+    assert type(processor).from_pretrained(tmp_path).tokenizer.padding_side == "left"
