@@ -316,8 +316,12 @@ class EmoSLLMStatisticsProbe(nn.Module):
 
     def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """The probe's scores `(batch, num_labels)` (before softmax)."""
-        statistics = (pooled_statistics(frames, frame_mask) - self.statistics_mean) / self.statistics_std
-        return F.linear(statistics, self.probe_weight, self.probe_bias)
+        return self.scores_of_statistics(pooled_statistics(frames, frame_mask))
+
+    def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
+        """The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`."""
+        standardized = (statistics - self.statistics_mean) / self.statistics_std
+        return F.linear(standardized, self.probe_weight, self.probe_bias)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probabilities = self.class_scores(frames.float(), frame_mask).softmax(dim=-1)
@@ -561,7 +565,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         """
         batch = input_ids.shape[0]
         pad = (attention_mask == 0).sum(dim=1)
-        left_padded = torch.equal(attention_mask.bool(), lengths_to_mask(input_ids.shape[1] - pad, input_ids.shape[1]).flip(1))
+        real = lengths_to_mask(input_ids.shape[1] - pad, input_ids.shape[1]).flip(1)  # left-padded layout
+        left_padded = torch.equal(attention_mask.bool(), real)
         if batch < 2 or not left_padded:
             return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
@@ -691,7 +696,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
             done = generated.tolist()
             done = done[: next((i + 1 for i, t in enumerate(done) if t == eos_token_id), len(done))]
-            options = {answer[len(done)] for answer in answers if answer[: len(done)] == done and len(answer) > len(done)}
+            options = {answer[len(done)] for answer in answers
+                       if answer[: len(done)] == done and len(answer) > len(done)}
             return sorted(options) or [eos_token_id]
 
         return allowed
@@ -752,7 +758,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         Call `audio_encoder.set_feature_statistics` first (the probe reads the standardized frames).
         """
         if self.config.adapter_type != "probe":
-            raise ValueError(f"fit_probe is for adapter_type='probe'; this model's interface is {self.config.adapter_type!r}.")
+            raise ValueError(
+                f"fit_probe is for adapter_type='probe'; this model's interface is {self.config.adapter_type!r}."
+            )
         from sklearn.metrics import balanced_accuracy_score
         from sklearn.model_selection import GroupKFold
 
@@ -774,8 +782,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
 
         def ua_of(x_fit, y_fit, x_score, y_score, c) -> float:
             self.adapter.fit(x_fit, y_fit, c)
-            scores = F.linear((x_score - self.adapter.statistics_mean) / self.adapter.statistics_std,
-                              self.adapter.probe_weight, self.adapter.probe_bias)
+            scores = self.adapter.scores_of_statistics(x_score)
             return float(balanced_accuracy_score(y_score.numpy(), scores.argmax(-1).numpy()))
 
         x, y = gather(batches)

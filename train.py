@@ -49,7 +49,7 @@ from data_emosllm import (
     split_by_speakers,
     write_report,
 )
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, pooled_statistics
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prepare_clip, read_audio_file
 
 logger = logging.getLogger("emosllm.train")

@@ -126,10 +126,11 @@ EMOSLLM_FLAGS = {
                            "--num_queries", "4", "--adapter_learning_rate", "1e-2", "--head_learning_rate", "1e-3"],
     "emosllm_transcript_only": [*PAPER, "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": [*PAPER, "--lora_rank", "0"],
-    "emosllm_full_finetune": [*PAPER, "--lora_rank", "0", "--freeze_language_model", "False", "--learning_rate", "2e-5"],
+    "emosllm_full_finetune": [*PAPER, "--lora_rank", "0", "--freeze_language_model", "False",
+                              "--learning_rate", "2e-5"],
 }
-DETERMINISTIC_SYSTEMS = ("mfcc_lr", "whisper_layers_lr")
-CROSS_VALIDATION_FOLDS = 4  # over the training speakers, where no validation speakers are given  # the same result for every seed: run once
+DETERMINISTIC_SYSTEMS = ("mfcc_lr", "whisper_layers_lr")  # the same result for every seed: run once
+CROSS_VALIDATION_FOLDS = 4  # over the training speakers, where no validation speakers are given
 MODES = {
     "quick": {"subset_fraction": 0.1, "epochs": 1, "seeds": "0"},
     "full": {"subset_fraction": 1.0, "epochs": None, "seeds": "0,1,2"},  # epochs None: train.py's default

@@ -43,7 +43,8 @@ def main(argv=None) -> list[dict]:
     from processing_emosllm import EmoSLLMProcessor
 
     torch.set_num_threads(args.threads)
-    encoder, llm = resolve_pretrained("openai/whisper-tiny.en"), resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+    encoder = resolve_pretrained("openai/whisper-tiny.en")
+    llm = resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
     rng = np.random.default_rng(0)
     audios = [(0.3 * np.sin(2 * np.pi * (150 + 50 * i) * np.arange(56000) / 16000)
                + 0.02 * rng.standard_normal(56000)).astype(np.float32) for i in range(args.batch_size)]
