@@ -277,6 +277,21 @@ def _hf_cache_snapshot(repo_id: str) -> Optional[str]:
     return str(folder) if (folder / "config.json").is_file() and has_weights else None
 
 
+def hub_id_of(name_or_path: str) -> Optional[str]:
+    """The Hub id a backbone name stands for: a Hub id itself, the id of a bundled copy (its marker file) or of an
+    HF cache snapshot (`.../models--org--name/snapshots/<commit>`), or None for any other local folder."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return str(name_or_path)
+    try:
+        return json.loads((path / MARKER_FILE).read_text())["hub_id"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name[len("models--"):].replace("--", "/")
+    return None
+
+
 def resolve_pretrained(name_or_path: str, cache_dir: Optional[str] = None) -> str:
     """Turn a model name into something ``from_pretrained`` can load here.
 

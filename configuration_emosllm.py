@@ -7,8 +7,21 @@ The paper is "EmoSLLM: Parameter-Efficient Adaptation of LLMs for Speech Emotion
 import math
 from typing import Literal, get_args
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
+    from .dependencies_emosllm import check_installed, check_transformers_version, missing_dependency
+except ImportError:
+    if __package__:  # loaded as a package: the sibling failed on its own; its error is the one to see
+        raise
+    from dependencies_emosllm import check_installed, check_transformers_version, missing_dependency
+
+try:  # a missing package is named with its pip command (dependencies_emosllm.py)
+    import transformers
+except ModuleNotFoundError as error:
+    raise missing_dependency(error, __name__) from error
+check_transformers_version(transformers.__version__)  # before the names older releases lack (SubConfigSpec: 5.20)
+check_installed()  # every package a saved folder needs, named at once; loading a folder imports this file first
+from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
+from transformers.configuration_utils import SubConfigSpec  # noqa: E402
 
 DEFAULT_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
@@ -70,6 +83,9 @@ class EmoSLLMConfig(PreTrainedConfig):
     use_transcript (`str`): `"given"` puts a given transcript into the prompt, `"auto"` also transcribes clips
         that come without one with `asr_model`, `"none"` never uses transcripts.
     asr_model (`str`): Whisper used for automatic transcripts.
+    audio_model_id, text_model_id (`str`, optional): the Hub ids of the pretrained audio encoder and LLM. A lean
+        save (`save_pretrained`'s default) holds only what EmoSLLM trained and fitted, and loading fetches the
+        backbones by these names (`backbones_emosllm.resolve_pretrained`).
     """
 
     model_type = "emosllm"
@@ -132,6 +148,8 @@ class EmoSLLMConfig(PreTrainedConfig):
     pad_audio_to_max_length: bool = False
     use_transcript: Literal["given", "auto", "none"] = "given"
     asr_model: str = "openai/whisper-tiny.en"
+    audio_model_id: str | None = None
+    text_model_id: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.id2label is None and "num_labels" not in kwargs:
@@ -143,6 +161,10 @@ class EmoSLLMConfig(PreTrainedConfig):
             if implementation is not None and kwargs.get("attn_implementation") is None:
                 getattr(self, key)._attn_implementation = implementation
         self.label2id = {label: i for i, label in self.id2label.items()}
+        # The sub-configs remember the folder they were read from (a path of the training machine); a saved config
+        # names the backbones by Hub id instead.
+        for key, name in (("audio_config", self.audio_model_id), ("text_config", self.text_model_id)):
+            getattr(self, key)._name_or_path = name or ""
         # A misspelt choice would otherwise run another one. Checked by hand: huggingface_hub's `@strict` (which
         # transformers' own configs use) would check these, but raises a non-ValueError and rejects ints for float
         # fields (`audio_loss_weight=0`).

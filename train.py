@@ -4,7 +4,9 @@ Fine-tune and evaluate EmoSLLM on emotional speech with transformers' Trainer (a
 
     python train.py                                    # offline smoke run: generated corpus, default backbones
     python train.py --data_dir ../shared/data/ravdess --test_speakers 17-20 --eval_speakers 13-16
-    accelerate launch --num_processes 2 train.py ...  # several processes (CPU: gloo; GPUs: NCCL)
+    python train.py --data_dir my_audiofolder          # also a CSV/JSON table, a save_to_disk folder; a Hub id:
+    python train.py --dataset_name user/dataset        #   --dataset_name (data_emosllm.load_source)
+    torchrun --nproc_per_node 2 train.py ...           # several processes (CPU: gloo; GPUs: NCCL)
 
 Stages (as in the paper): an optional ASR stage (`--asr_epochs`) where the LLM writes the transcript, then the SER
 stage where it names the emotion. The frozen audio encoder's outputs are computed once and cached on disk.
@@ -14,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import shlex
 import time
 import zipfile
 from collections import Counter
@@ -36,16 +40,18 @@ from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
     SAMPLING_RATE,
-    check_dataset_labels,
+    clip_folds,
     compute_ser_metrics,
+    has_speaker_ids,
     load_corpus,
-    load_hub_dataset,
+    load_source,
     make_smoke_corpus,
     normalize_labels,
     save_confusion_matrix,
     speaker_folds,
     speaker_ids,
     speaker_sort_key,
+    split_by_clips,
     split_by_speakers,
     write_report,
 )
@@ -55,6 +61,10 @@ from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prep
 logger = logging.getLogger("emosllm.train")
 
 SMOKE_DIR = Path(__file__).resolve().parent / "data" / "smoke"
+# Debug output, off by default: with EMOSLLM_RECORD_TRAINING_CLIPS=1 every process appends one JSON line per training
+# clip its dataloader reads to <stage folder>/training_clips/rank<N>.jsonl ({"world_size", "rank", "epoch", "index",
+# "clip"}), to check that several processes (torchrun) read disjoint shares of the data.
+RECORD_CLIPS_ENV = "EMOSLLM_RECORD_TRAINING_CLIPS"
 
 
 @dataclass
@@ -119,21 +129,42 @@ class ModelArguments:
     )
     prompt: str = field(default=DEFAULT_PROMPT)
     backbone_cache_dir: str | None = field(default=None, metadata={"help": "Where converted backbones live."})
+    save_full_weights: bool = field(
+        default=False,
+        metadata={"help": "Also write the frozen backbones' weights (bf16) into the output folder. Default: a lean "
+                  "folder with only what EmoSLLM trained and fitted, which loads its backbones by Hub id."},
+    )
 
 
 @dataclass
 class DataArguments:
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "A corpus folder (manifest.csv, or RAVDESS/CREMA-D/TESS/EmoDB names). Default: the "
+        metadata={"help": "A local corpus: a folder with a manifest.csv or RAVDESS/CREMA-D/TESS/EmoDB names, an "
+                  "audiofolder (label subfolders, or a metadata.csv with file_name), a CSV/JSON table of audio paths "
+                  "(or a folder holding one), or a save_to_disk folder (Dataset or DatasetDict). Default: the "
                   "generated smoke corpus."},
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` dataset (Hub id or folder)."})
-    dataset_split: str = field(default="train")
-    audio_column: str = field(default="audio")
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A `datasets` dataset: a Hub id, or any local source --data_dir takes."}
+    )
+    dataset_split: str = field(
+        default="train", metadata={"help": "The split to read (several: 'train+test'); a single split is read "
+                                   "whatever its name."}
+    )
+    audio_column: str = field(
+        default="audio", metadata={"help": "Audio, or audio file paths (default: 'audio', else a 'path' or "
+                                   "'file_name' column)."}
+    )
     label_column: str = field(default="label")
     transcript_column: str | None = field(default=None)
-    speaker_column: str | None = field(default=None)
+    speaker_column: str | None = field(default=None, metadata={"help": "Default: a 'speaker' column, if any."})
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "Split by this column (e.g. a session or recording id) instead of by speaker; "
+                  "--test_speakers/--eval_speakers then name its values. Without it and without speaker ids the "
+                  "clips are split at random (seeded, stratified by label): not speaker-independent."},
+    )
     labels: str | None = field(default=None, metadata={"help": "Comma-separated label set (default: the data's)."})
     test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%%."})
     eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before."})
@@ -188,8 +219,24 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
         bf16=bf16_is_fast(), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
+        # None: not given. The SER stage then keeps its best checkpoint by validation UA wherever the save and eval
+        # strategies allow it, and the last model elsewhere (`stage_arguments`); True/False: as asked.
+        load_best_model_at_end=None,
     )
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # TrainingArguments' own check, e.g. --load_best_model_at_end true --save_strategy no
+        if "load_best_model_at_end" not in str(error):
+            raise
+        raise ValueError(f"{error}\n{BEST_MODEL_ADVICE}") from None
+
+
+BEST_MODEL_ADVICE = (
+    "With --load_best_model_at_end true, evaluate during training (--eval_strategy epoch or steps) and save at the "
+    "same moments (--save_strategy the same, or 'best'; --save_steps a multiple of --eval_steps). Or leave "
+    "--load_best_model_at_end out: train.py then keeps the best checkpoint where the strategies allow it, and the "
+    "last model where they do not."
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -201,23 +248,82 @@ def parse_labels(text: str | None) -> list[str] | None:
 
 
 def load_data(args: DataArguments):
-    """The corpus, its labels normalized (strip, lower case) and checked against `--labels` (or for typos)."""
+    """
+    The corpus (`data_emosllm.load_source`: a corpus folder, audiofolder, CSV/JSON table, save_to_disk folder or,
+    for --dataset_name, a Hub id), its labels normalized (strip, lower case) and checked against `--labels` (or for
+    typos).
+    """
     labels = parse_labels(args.labels)
-    if args.dataset_name:
-        dataset = load_hub_dataset(
-            args.dataset_name, args.dataset_split, args.audio_column, args.label_column, args.transcript_column,
-            args.speaker_column,
-        )
-        return check_dataset_labels(dataset, labels)
-    data_dir = args.data_dir or make_smoke_corpus(SMOKE_DIR)
-    return load_corpus(data_dir, labels)
+    if args.dataset_name and args.data_dir:
+        raise ValueError("Give the data once: --data_dir (a local folder or file) or --dataset_name (a Hub id or "
+                         "local source), not both.")
+    if not args.dataset_name and not args.data_dir:
+        return load_corpus(make_smoke_corpus(SMOKE_DIR), labels)
+    return load_source(
+        args.dataset_name or args.data_dir, args.dataset_split, args.audio_column, args.label_column,
+        args.transcript_column, args.speaker_column, labels, hub=bool(args.dataset_name),
+    )
 
 
-def default_speaker_split(dataset) -> tuple[list[str], list[str]]:
+NO_SPEAKERS_WARNING = (
+    "The data has no speaker ids, so the split CANNOT be speaker-independent: a voice can be in training and in "
+    "test, which scores higher than new speakers will. Splitting by clip (stratified by label, seed %d). To split "
+    "properly, name the speaker column (--speaker_column), or a session/recording column (--group_column)."
+)
+
+
+def split_unit(dataset, args: DataArguments, seed: int) -> str | None:
+    """
+    The column no two splits share: `--group_column`, else `speaker`; None (split by clip, with a warning) when no
+    row has a speaker id. Some rows with and some without one is an error.
+    """
+    if args.group_column:
+        if args.group_column not in dataset.column_names:
+            raise ValueError(f"--group_column {args.group_column!r} is not a column of the data (columns: "
+                             f"{dataset.column_names}).")
+        speaker_ids(dataset, args.group_column)  # a value on every row
+        logger.info("Splitting by %r: no value of it is in two splits.", args.group_column)
+        return args.group_column
+    present = has_speaker_ids(dataset)
+    if present:
+        return "speaker"
+    if present is None:
+        missing = [i for i, s in enumerate(dataset["speaker"]) if s is None or str(s) == ""]
+        raise ValueError(f"{len(missing)} of {len(dataset)} rows have no speaker id (first: row {missing[0]}): give "
+                         "every row one, or split by another column that every row has with --group_column.")
+    if args.test_speakers or args.eval_speakers:
+        raise ValueError("--test_speakers/--eval_speakers: the data has no speaker ids. Name its speaker column with "
+                         "--speaker_column, or a column to split by with --group_column (its values are then named), "
+                         "or leave both out to split by clip.")
+    logger.warning(NO_SPEAKERS_WARNING, seed)
+    return None
+
+
+def make_splits(dataset, args: DataArguments, seed: int) -> list:
+    """
+    The splits to train on: one `DatasetDict` (train, validation, test), or `--folds` of them (train, test). By
+    speaker (or `--group_column`): `--test_speakers`/`--eval_speakers`, else `default_speaker_split`; without
+    speaker ids, by clip (`split_by_clips`, `clip_folds`).
+    """
+    unit = split_unit(dataset, args, seed)
+    if args.folds > 1:
+        return speaker_folds(dataset, args.folds, unit) if unit else clip_folds(dataset, args.folds, seed)
+    if unit is None:
+        return [split_by_clips(dataset, seed=seed)]
+    test, validation = args.test_speakers, args.eval_speakers
+    if test is None:
+        test, default_validation = default_speaker_split(dataset, unit)
+        validation = validation or default_validation
+    return [split_by_speakers(dataset, test, validation, unit)]
+
+
+def default_speaker_split(dataset, column: str = "speaker") -> tuple[list[str], list[str]]:
     """Last 20% of speakers (at least one) for test, the 10% before (at least one) for validation."""
-    speakers = sorted(set(speaker_ids(dataset)), key=speaker_sort_key)
+    speakers = sorted(set(speaker_ids(dataset, column)), key=speaker_sort_key)
     if len(speakers) < 3:
-        raise ValueError(f"Speaker-independent splits need at least 3 speakers; the data has {speakers}.")
+        what = "Speaker-independent splits need at least 3 speakers" if column == "speaker" else \
+            f"Splits by {column!r} need at least 3 values of it"
+        raise ValueError(f"{what}; the data has {speakers}.")
     num_test = max(1, round(0.2 * len(speakers)))
     num_eval = max(1, round(0.1 * len(speakers)))
     return speakers[-num_test:], speakers[-num_test - num_eval:-num_test]
@@ -229,7 +335,7 @@ BAD_CLIP_ADVICE = ("fix or re-export the file, or remove its row from the data; 
 
 def decoded_clips(
     dataset, processor: EmoSLLMProcessor | None = None, split: str = "data", skip_bad_clips: bool = False,
-    skipped: list[str] | None = None,
+    skipped: list[str] | None = None, group_column: str | None = "speaker",
 ) -> list[dict]:
     """
     Rows as dicts with a float32 16 kHz mono `audio` array, decoded and checked exactly as the pipeline decodes and
@@ -237,6 +343,8 @@ def decoded_clips(
     that inference would refuse (damaged, truncated, NaN, silent, too short; too long for `processor`'s model), and
     both compute the same samples from a file. The first bad clip raises `ValueError` naming the split, the row and
     the file, before anything trains; with `skip_bad_clips` it is left out and its message added to `skipped`.
+    `group`: the clip's value of `group_column` (what the probe's cross-validation keeps together), or, where it
+    has none, the clip's own id.
     """
     max_seconds = processor.config.max_audio_seconds if processor is not None else None
     clips = []
@@ -258,10 +366,12 @@ def decoded_clips(
             if skipped is not None:
                 skipped.append(str(error))
             continue
+        group = row.get(group_column) if group_column else None
         clips.append({
             "audio": audio,
             "label": row["label"],
             "speaker": row["speaker"],
+            "group": f"{split} row {index}" if group is None or group == "" else str(group),
             "transcript": row.get("transcript"),
             "text_features": {},  # other columns (gender, intensity, ...) are not given to the model by default
             "file": name,
@@ -308,6 +418,11 @@ def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
                 seen[key] = (split, clip)
                 continue
             first_split, first = seen[key]
+            if first_split != split:
+                raise ValueError(
+                    f"{clip['file']} holds the same audio as {first['file']} (splits {split} and {first_split}): "
+                    "the same recording in two splits puts training audio into the test set. Remove one of the rows."
+                )
             if first["speaker"] != clip["speaker"] or first["label"] != clip["label"]:
                 raise ValueError(
                     f"{clip['file']} holds the same audio as {first['file']} (labels {clip['label']!r} and "
@@ -323,7 +438,8 @@ def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArgum
     audio and the transcripts' fit in the prompt). With `--skip_bad_clips`, the clips left out are listed.
     """
     skipped: list[str] = []
-    clips = {name: decoded_clips(split, processor, name, data_args.skip_bad_clips, skipped)
+    clips = {name: decoded_clips(split, processor, name, data_args.skip_bad_clips, skipped,
+                                 data_args.group_column or "speaker")
              for name, split in splits.items()}
     empty = [name for name, split_clips in clips.items() if not split_clips]
     if empty:
@@ -379,13 +495,15 @@ class AugmentedClips(torch.utils.data.Dataset):
     The training clips, each read as one of its versions (the original or an augmented copy), drawn anew every epoch,
     and shown without its transcript with probability `transcript_dropout`. The draws depend only on the seed, the
     epoch and the clip, so a resumed run reads the same versions as an uninterrupted one; `EpochCallback` tells the
-    dataset the epoch.
+    dataset the epoch. With `record_to` set (`RECORD_CLIPS_ENV`), every read is appended to that file as a JSON line.
     """
 
     def __init__(self, versions: list[list[dict]], seed: int, transcript_dropout: float = 0.0):
         if not 0 <= transcript_dropout <= 1:
             raise ValueError(f"--transcript_dropout is a share between 0 and 1; got {transcript_dropout}.")
         self.versions, self.seed, self.epoch, self.transcript_dropout = versions, seed, 0, transcript_dropout
+        self.record_to: Path | None = None
+        self.world_size, self.rank = 1, 0
 
     def __len__(self) -> int:
         return len(self.versions)
@@ -396,6 +514,11 @@ class AugmentedClips(torch.utils.data.Dataset):
         clip = versions[rng.integers(len(versions))] if len(versions) > 1 else versions[0]
         if clip.get("transcript") and rng.random() < self.transcript_dropout:
             clip = dict(clip, transcript=None)  # this epoch's prompt for this clip comes without its transcript
+        if self.record_to is not None:
+            self.record_to.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.record_to, "a", encoding="utf-8") as record:
+                record.write(json.dumps({"world_size": self.world_size, "rank": self.rank, "epoch": self.epoch,
+                                         "index": index, "clip": clip.get("file")}) + "\n")
         return clip
 
 
@@ -540,9 +663,12 @@ class EmoSLLMTrainer(Trainer):
         return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # A checkpoint is a lean folder with LoRA inline: everything but the frozen backbones (trained weights and
+        # fitted statistics), so it also loads with from_pretrained; the model's `_keys_to_ignore_on_save` (the
+        # backbones) tells the Trainer not to warn about them when it loads a checkpoint back.
         model = self.accelerator.unwrap_model(self.model)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        state_dict = {n: t for n, t in (state_dict or model.state_dict()).items() if n in trainable}
+        backbone = set(model.backbone_keys())
+        state_dict = {n: t for n, t in (state_dict or model.state_dict()).items() if n not in backbone}
         super()._save(output_dir, state_dict=state_dict)
 
 
@@ -580,10 +706,51 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
         raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
     chosen = model.fit_probe(
         batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
-        groups=None if eval_clips else [c["speaker"] for c in train_clips],
+        groups=None if eval_clips else [c.get("group", c["speaker"]) for c in train_clips],
     )
     logger.info("Probe: C=%g (%s, UA %s)", chosen["probe_c"], chosen["probe_selection"], chosen["probe_selection_ua"])
     return chosen
+
+
+# Transcripts inform the labels when, left out one clip at a time, knowing a clip's words raises the probability of
+# its label by at least this much on average (in nats: log-likelihood per clip over the label's overall share).
+TRANSCRIPT_INFORMATION_NATS = 0.05
+
+
+def transcripts_inform_labels(clips: list[dict], labels: list[str]) -> tuple[bool, str]:
+    """
+    Whether the training transcripts can tell the emotions apart, and why. Unscripted speech (most transcripts
+    distinct) counts as informative. A scripted corpus (a few sentences, each read in every emotion: RAVDESS,
+    CREMA-D, EmoDB) is informative only if a clip's sentence predicts its label: leaving each clip out, the label
+    shares among the other clips with the same (normalized) words, smoothed towards the overall shares, must give
+    its label `TRANSCRIPT_INFORMATION_NATS` more log-probability per clip than the overall shares do. Where the words
+    carry no emotion, a transcript in the prompt only costs an ASR pass per clip at inference (RAVDESS: the same UA
+    with and without, BENCHMARKS.md).
+    """
+    def words(text) -> str:
+        return " ".join("".join(ch for ch in (text or "").lower() if ch.isalnum() or ch.isspace()).split())
+
+    texts = [words(c.get("transcript")) for c in clips]
+    if not any(texts):
+        return False, "no clip has a transcript"
+    distinct = len(set(texts))
+    if distinct > len(texts) / 2:
+        return True, f"{distinct} different transcripts in {len(texts)} clips: unscripted speech"
+    groups: dict[str, Counter] = {}
+    for text, clip in zip(texts, clips):
+        groups.setdefault(text, Counter())[clip["label"]] += 1
+    totals, others = Counter(c["label"] for c in clips), len(clips) - 1
+    gains = []
+    for text, clip in zip(texts, clips):  # leave-one-out: this clip's own label is not counted
+        label = clip["label"]
+        overall = (totals[label] - 1 + 1) / (others + len(labels))  # add-one smoothed share
+        group = sum(groups[text].values()) - 1
+        given_words = (groups[text][label] - 1 + overall) / (group + 1)  # smoothed towards the overall share
+        gains.append(np.log(given_words / overall))
+    gain = float(np.mean(gains))
+    detail = (f"{distinct} different sentences; knowing a clip's sentence adds {gain:+.3f} nats per clip about its "
+              f"emotion, leave-one-out (informative from {TRANSCRIPT_INFORMATION_NATS})")
+    return gain >= TRANSCRIPT_INFORMATION_NATS, detail
 
 
 def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
@@ -710,14 +877,54 @@ def check_resume_matches(model: torch.nn.Module, output_dir: Path) -> None:
             check_checkpoint_matches(checkpoint, model)
 
 
+def stage_arguments(training_args: TrainingArguments, output_dir, epochs: float, task: str,
+                    evaluate: bool) -> TrainingArguments:
+    """
+    One stage's `TrainingArguments`: the user's, with the stage's output folder and epochs, evaluation only where
+    there are validation clips to score (the SER stage), and never a push to the Hub (`push_to_hub` off: the Trainer
+    would create a repo at start, offline a crash, and push every checkpoint; train.py pushes the final folder once,
+    see `push_to_hub`). `--load_best_model_at_end`: as asked; not given (None), the SER stage keeps its best
+    checkpoint by validation UA wherever the eval and save strategies allow it, and says that it keeps the last model
+    where they do not (`--save_strategy no`, `--eval_strategy no`, strategies that differ).
+    """
+    eval_strategy = training_args.eval_strategy if evaluate else "no"
+    stage = dict(output_dir=str(output_dir), num_train_epochs=epochs, eval_strategy=eval_strategy, push_to_hub=False,
+                 hub_always_push=False)
+    asked = training_args.load_best_model_at_end
+    if asked is False:
+        return dataclasses.replace(training_args, load_best_model_at_end=False, **stage)
+    if not evaluate or eval_strategy == "no":
+        if task == "ser" and asked:
+            if evaluate:
+                raise ValueError(f"--load_best_model_at_end true, but --eval_strategy no. {BEST_MODEL_ADVICE}")
+            logger.warning("--load_best_model_at_end: there are no validation clips to choose a checkpoint by; "
+                           "the last model is kept.")
+        elif task == "ser":
+            logger.info("No evaluation during training%s: the last model is kept.",
+                        " (--eval_strategy no)" if evaluate else " (no validation clips)")
+        return dataclasses.replace(training_args, load_best_model_at_end=False, **stage)
+    try:
+        return dataclasses.replace(training_args, load_best_model_at_end=True, **stage)
+    except ValueError as error:  # TrainingArguments: the save and eval strategies do not allow it
+        if asked:
+            raise ValueError(f"{error}\n{BEST_MODEL_ADVICE}") from None
+        if training_args.save_strategy == "no":
+            logger.info("--save_strategy no: no checkpoints to choose from; the last model is kept.")
+        else:
+            logger.info("Checkpoints (--save_strategy %s) are not saved at every evaluation (--eval_strategy %s): the "
+                        "last model is kept, not the best one.", training_args.save_strategy.value,
+                        eval_strategy.value)
+        return dataclasses.replace(training_args, load_best_model_at_end=False, **stage)
+
+
 def run_stage(
     model, processor, training_args, model_args, train_clips, eval_clips, task, output_dir, epochs, resume
 ):
-    evaluate = task == "ser" and bool(eval_clips)
-    args = dataclasses.replace(
-        training_args, output_dir=str(output_dir), num_train_epochs=epochs, load_best_model_at_end=evaluate,
-        eval_strategy=training_args.eval_strategy if evaluate else "no",
-    )
+    args = stage_arguments(training_args, output_dir, epochs, task, evaluate=task == "ser" and bool(eval_clips))
+    train_clips.record_to = None
+    if os.environ.get(RECORD_CLIPS_ENV, "") not in ("", "0"):
+        train_clips.record_to = Path(output_dir) / "training_clips" / f"rank{args.process_index}.jsonl"
+        train_clips.world_size, train_clips.rank = args.world_size, args.process_index
     labels = processor.config.labels
 
     def compute_metrics(prediction):
@@ -735,39 +942,143 @@ def run_stage(
     )
     checkpoint = last_complete_checkpoint(Path(output_dir)) if resume else None
     if resume and checkpoint is None:
-        logger.info("No checkpoint in %s: starting this stage from scratch.", output_dir)
+        logger.info("No checkpoint in %s: starting this stage from scratch.%s", output_dir,
+                    " (--save_strategy no writes none, so there is nothing to resume from.)"
+                    if args.save_strategy == "no" else "")
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer
 
 
 def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: str = "test") -> dict:
+    # Scored in float32, as the saved folder answers through the pipeline: with `--bf16` (the default where bf16 is
+    # native) accelerate wraps the model's forward in bf16 autocast for training, and a test score taken through that
+    # wrapper differed from the saved model's by up to 0.012 UA on RAVDESS. Unwrapping restores the plain forward.
+    trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     prediction = trainer.predict(test_clips)
     labels = processor.config.labels
     predicted = prediction.predictions.argmax(-1)
     metrics = compute_ser_metrics(predicted, prediction.label_ids, labels)
-    write_report(metrics, output_dir / f"{name}_report.json")
-    save_confusion_matrix(predicted, prediction.label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
+    if trainer.is_world_process_zero():  # every process has all predictions (gathered); one writes the files
+        write_report(metrics, output_dir / f"{name}_report.json")
+        save_confusion_matrix(predicted, prediction.label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
     return metrics
 
 
-def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor) -> None:
-    """README.md with `model-index` metadata, through huggingface_hub's ModelCard."""
+# Licences of the default backbones' families, named in the model card (other backbones: see their own cards).
+BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache-2.0"}
+# Speaker-id prefixes of the corpora data_emosllm recognises by their file names.
+KNOWN_CORPORA = {"ravdess_": "RAVDESS", "cremad_": "CREMA-D", "tess_": "TESS", "emodb_": "EmoDB"}
+SMOKE_CORPUS_NAME = "EmoSLLM smoke corpus (generated with espeak-ng)"
+
+
+def hub_repo_id(name: str | None) -> str | None:
+    """`name` when it is a Hub repo id, None when it is a local path (or nothing)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or Path(name).expanduser().exists() or Path(name).is_absolute() or name.startswith(("~", ".")):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def card_backbone(name: str) -> str:
+    """A backbone as the card names it: its Hub id with its licence, or a local folder by its folder name only."""
+    repo_id = hub_repo_id(name)
+    if repo_id is None:
+        return f"a local folder (`{Path(name).name}`)"
+    licence = next((lic for prefix, lic in BACKBONE_LICENSES.items() if repo_id.startswith(prefix)), None)
+    return f"[`{repo_id}`](https://huggingface.co/{repo_id}) (licence: {licence or 'see its model card'})"
+
+
+def card_dataset(data_args, split: dict) -> tuple[str | None, str, str]:
+    """(Hub dataset id or None, the model-index dataset type, its name): never a local path."""
+    source = data_args.dataset_name or data_args.data_dir
+    if not source:
+        return None, "emosllm-smoke-corpus", SMOKE_CORPUS_NAME
+    repo_id = hub_repo_id(data_args.dataset_name)
+    if repo_id is not None:
+        return repo_id, repo_id, repo_id
+    speakers = [s for name in ("train", "validation", "test") for s in split.get(name, [])]
+    corpora = {corpus for prefix, corpus in KNOWN_CORPORA.items() if any(s.startswith(prefix) for s in speakers)}
+    if len(corpora) == 1 and all(s.startswith(tuple(KNOWN_CORPORA)) for s in speakers):
+        corpus = corpora.pop()
+        return None, corpus.lower(), corpus
+    return None, "local", f"a local corpus (`{Path(source).name}`)"
+
+
+def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor,
+                     hub_model_id: str | None = None) -> None:
+    """
+    README.md: the model card of the saved folder, through huggingface_hub's ModelCard. Metadata: licence, base models
+    (the backbones' Hub ids), the Hub dataset (when the data came from the Hub), pipeline tag, library and the test
+    scores as `model-index` results (standard metric types: accuracy, f1). Text: the backbones and their licences,
+    the data and split, the scores, what a user installs, and a usage snippet for `hub_model_id` (`--hub_model_id`;
+    else a placeholder). Never a local path: local backbones and data are named by their folder's name only.
+    """
+    import importlib.metadata
+
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    dataset = data_args.dataset_name or data_args.data_dir or "EmoSLLM smoke corpus (generated with espeak-ng)"
-    results = [
-        EvalResult(task_type="audio-classification", dataset_type=str(dataset), dataset_name=str(dataset),
-                   metric_type=key, metric_name=name, metric_value=round(float(metrics[key]), 4),
-                   dataset_split=f"speakers {', '.join(split['test'])}")
-        for key, name in (("ua", "Unweighted accuracy"), ("wa", "Weighted accuracy"), ("macro_f1", "Macro F1"))
-    ]
-    card_data = ModelCardData(
-        library_name="transformers", pipeline_tag="audio-classification", model_name=output_dir.name,
-        tags=["speech-emotion-recognition", "emosllm", "lora"], eval_results=results,
+    from dependencies_emosllm import HUB_OPTIONAL_REQUIREMENTS, HUB_REQUIREMENTS, distribution_name, pip_command
+
+    hub_dataset, dataset_type, dataset_name = card_dataset(data_args, split)
+    unit = split.get("unit", "speaker")
+    held_out = (f"test {unit}s: {', '.join(split['test'])}" if unit != "clip" else "test clips drawn at random")
+    scores = (  # (key, metric type, name, metric arguments)
+        ("ua", "accuracy", "Unweighted accuracy (UA, mean per-class recall)", None),
+        ("wa", "accuracy", "Weighted accuracy (WA, overall accuracy)", None),
+        ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+        ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}),
     )
+    results = [
+        EvalResult(task_type="audio-classification", task_name="Speech emotion recognition",
+                   dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=held_out,
+                   metric_type=metric_type, metric_name=name, metric_args=args,
+                   metric_value=round(float(metrics[key]), 4))
+        for key, metric_type, name, args in scores
+    ]
+    base_models = [m for m in (hub_repo_id(model_args.audio_encoder), hub_repo_id(model_args.llm)) if m]
+    card_data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="audio-classification",
+        base_model=base_models or None, datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy", "f1"], model_name=output_dir.name,
+        tags=["speech-emotion-recognition", "emosllm", "lora", "peft", "custom_code"], eval_results=results,
+    )
+    repo_id = hub_model_id or f"<your-username>/{output_dir.name}"
     probe = ""
     if "probe_c" in metrics:
         probe = f" (probe C={metrics['probe_c']:g}, {metrics['probe_selection']})"
+    if unit == "speaker":
+        split_text = "Speaker-independent split"
+    elif unit == "clip":
+        split_text = "Random split by clip (the data has no speaker ids: NOT speaker-independent)"
+    else:
+        split_text = f"Split by `{unit}` (no value in two splits)"
+    split_line = split_text if unit == "clip" else (
+        f"{split_text}: train {len(split['train'])} {unit}s; validation {unit}s: "
+        f"{', '.join(split['validation']) or 'none'}; {held_out}"
+    )
+    versions = []
+    for requirement in HUB_REQUIREMENTS:
+        name = distribution_name(requirement)
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    weights_note = (
+        "This folder holds only what EmoSLLM trained and fitted (the interface, the layer statistics, the probe; LoRA "
+        "in peft's layout under `lora/`); loading fetches the frozen backbones named in `config.json` "
+        "(`audio_model_id`, `text_model_id`) from the Hub, or from a local copy: `from_pretrained(folder, "
+        "text_model_id='path/to/a/copy')`. For a self-contained folder with every weight, load it and call "
+        "`model.save_pretrained(new_folder, full_weights=True)` (bf16 backbones), or train with "
+        "`--save_full_weights true`."
+        if not getattr(model_args, "save_full_weights", False) else
+        "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
+    )
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -776,34 +1087,90 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 
 EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
 
-- Audio encoder: `{model_args.audio_encoder}` (frozen, layers: `{processor.config.encoder_layer_combination}`);
-  interface: `{processor.config.adapter_type}`{probe};
-  LLM: `{model_args.llm}` with LoRA rank {processor.config.lora_rank}.
-- Data: `{dataset}`; labels: {", ".join(processor.config.labels)}.
-- Speaker-independent split: train {len(split['train'])} speakers, validation {split['validation']},
-  test {split['test']}.
+- Audio encoder: {card_backbone(model_args.audio_encoder)}, frozen (layers:
+  `{processor.config.encoder_layer_combination}`); interface: `{processor.config.adapter_type}`{probe};
+  LLM: {card_backbone(model_args.llm)} with LoRA rank {processor.config.lora_rank}.
+- Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
+- {split_line}.
 - Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},
   weighted F1 {metrics['weighted_f1']:.4f}.
 
+## Requirements
+
+```bash
+{pip_command(*HUB_REQUIREMENTS)}
+```
+
+Optional: `{", ".join(HUB_OPTIONAL_REQUIREMENTS)}` (with FFmpeg's shared libraries) decodes audio formats libsndfile
+does not read. Trained with {", ".join(versions)}.
+
+## Usage
+
 ```python
 from transformers import pipeline
-classifier = pipeline("audio-classification", model="{output_dir}", trust_remote_code=True)
-classifier("speech.wav")
+
+classifier = pipeline("audio-classification", model="{repo_id}", trust_remote_code=True)
+classifier("speech.wav")  # [{{"score": ..., "label": ...}}, ...], best first
 ```
+
+{weights_note}
+
+## Licence
+
+Apache-2.0 (this model's code and trained weights). The backbones keep their own licences: the audio encoder
+{card_backbone(model_args.audio_encoder)} and the LLM {card_backbone(model_args.llm)}.
 """
     ModelCard(text).save(output_dir / "README.md")
 
 
-def push_to_hub(output_dir: Path, repo_id: str) -> None:
-    from huggingface_hub import HfApi
+# What a push leaves out of the output folder: the stages' checkpoints (and the debug records kept with them).
+PUSH_IGNORE_PATTERNS = ["*checkpoints/*", "*stage1_asr/*"]
 
-    try:
-        HfApi().create_repo(repo_id, exist_ok=True)
-        HfApi().upload_folder(folder_path=str(output_dir), repo_id=repo_id)
-        logger.info("Pushed %s to https://huggingface.co/%s", output_dir, repo_id)
-    except Exception as error:  # no token, no network: say so, keep the local folder
-        logger.error("Could not push to the Hub (%s: %s); the model is saved in %s.",
-                     type(error).__name__, error, output_dir)
+
+def push_command(output_dir: Path, repo_id: str, private: bool | None = None, revision: str | None = None) -> str:
+    """The `hf upload` command line that pushes the output folder as `push_to_hub` does."""
+    command = ["hf", "upload", repo_id, str(Path(output_dir).resolve()), "."]
+    for pattern in PUSH_IGNORE_PATTERNS:
+        command += ["--exclude", pattern]
+    command += ["--private"] if private else []
+    command += ["--revision", revision] if revision else []
+    return shlex.join(command)
+
+
+def push_to_hub(output_dir: Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                revision: str | None = None) -> bool:
+    """
+    `--push_to_hub`: uploads the final output folder (without the checkpoints) to the model repo `repo_id`, once, at
+    the end of the run (the stages' Trainers never push). Where it cannot (HF_HUB_OFFLINE=1, no network, no token),
+    it prints plainly that nothing was pushed and the command that pushes the folder later; the run still succeeds,
+    the model is saved. Returns whether the folder was pushed.
+    """
+    from huggingface_hub import HfApi, is_offline_mode
+
+    if is_offline_mode():
+        reason = "HF_HUB_OFFLINE=1 is set"
+    else:
+        try:
+            api = HfApi(token=token)
+            repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
+            api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, revision=revision,
+                              ignore_patterns=PUSH_IGNORE_PATTERNS, commit_message="EmoSLLM model from train.py")
+            logger.info("Pushed %s to https://huggingface.co/%s", output_dir, repo_id)
+            return True
+        except Exception as error:  # no network, no token, no rights: say so, keep the local folder
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    folder = str(Path(output_dir).resolve())
+    logger.warning("--push_to_hub: the model was not pushed (%s).", reason)
+    print(
+        f"\nThe model was NOT pushed to the Hub ({reason}). It is saved in {folder}.\n"
+        "To push it later, from a machine with the network and a token (`hf auth login`), run:\n"
+        f"  {push_command(output_dir, repo_id, private, revision)}\n"
+        "or, in Python:\n"
+        f"  from huggingface_hub import upload_folder; upload_folder(repo_id={repo_id!r}, folder_path={folder!r}, "
+        f"ignore_patterns={PUSH_IGNORE_PATTERNS!r})",
+        flush=True,
+    )
+    return False
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
@@ -819,8 +1186,16 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
-        for split_clips in clips.values():
-            attach_transcripts(split_clips, processor)
+        attach_transcripts(clips["train"], processor)
+        if processor.config.use_transcript == "auto":
+            informative, reason = transcripts_inform_labels(clips["train"], labels)
+            if not informative:  # the model reads no transcript, and the saved one never runs ASR
+                logger.info("--use_transcript auto: the training transcripts do not tell the emotions apart (%s); "
+                            "the model is trained and saved without transcripts (use_transcript='none'). Pass "
+                            "--use_transcript given to use them anyway.", reason)
+                processor.config.use_transcript = model.config.use_transcript = "none"
+        for name, split_clips in clips.items():
+            attach_transcripts(split_clips, processor)  # (the training clips again, for 'none')
         # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
         # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
         cache.fill(clips["train"])
@@ -851,17 +1226,39 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
     metrics["train_seconds"] = round(train_seconds, 1)
     metrics.update(probe)
-    split_speakers = {name: sorted(set(split["speaker"])) for name, split in splits.items()}
+    unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
+    if unit:  # what no two splits share: speakers, or the --group_column's values
+        split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)
+                          for name, split in splits.items()}
+    else:
+        split_speakers = {name: [f"{len(split)} clips drawn at random (no speaker ids; not speaker-independent)"]
+                          for name, split in splits.items()}
     split_speakers.setdefault("validation", [])
+    split_speakers["unit"] = unit or "clip"
     if training_args.process_index == 0:
-        model.save_pretrained(output_dir)  # full weights, safetensors, auto_map and code files
+        # Lean unless asked (or unless a backbone has no Hub id: then every weight, with a warning); code included.
+        model.save_pretrained(output_dir, full_weights=True if model_args.save_full_weights else None)
         processor.save_pretrained(output_dir)
+        size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and "checkpoints" not in f.parts
+                   and "stage1_asr" not in f.parts) / 1e6
+        with safe_open(output_dir / "model.safetensors", framework="pt") as handle:
+            whole = any(key.startswith("language_model.") and "lora_" not in key for key in handle.keys())
+        if whole:
+            logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
+        else:
+            logger.info(
+                "Saved %s as a lean folder (%.1f MB: the interface, statistics, probe and LoRA, in peft's layout "
+                "under lora/); it loads its backbones %s and %s by Hub id. For a folder with every weight pass "
+                "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
+                output_dir, size, model.config.audio_model_id, model.config.text_model_id,
+            )
         del trainer, model
         for split_clips in clips.values():  # the cached states are not needed any more; free them before reloading
             for clip in split_clips:
                 clip.pop("states", None)
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
-        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor)
+        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,
+                         hub_model_id=training_args.hub_model_id)
     return metrics
 
 
@@ -895,26 +1292,26 @@ def main() -> None:
     model_args, data_args, training_args = parse_args()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(training_args.output_dir)
-    dataset = load_data(data_args)
+    if training_args.world_size > 1:
+        logger.info("Process %d of %d.", training_args.process_index, training_args.world_size)
+    with training_args.main_process_first(desc="data"):  # the first process makes the smoke corpus, fills caches
+        dataset = load_data(data_args)
+    split_list = make_splits(dataset, data_args, training_args.seed)
     if data_args.folds > 1:
         results = []
-        for fold, splits in enumerate(speaker_folds(dataset, data_args.folds)):
+        for fold, splits in enumerate(split_list):
             results.append(train_one_split(model_args, data_args, training_args, splits, output_dir / f"fold{fold}"))
         metrics = {key: float(np.mean([r[key] for r in results])) for key in ("ua", "wa", "macro_f1", "weighted_f1")}
         metrics["folds"] = results
     else:
-        test, validation = (data_args.test_speakers, data_args.eval_speakers)
-        if test is None:
-            test, default_validation = default_speaker_split(dataset)
-            validation = validation or default_validation
-        splits = split_by_speakers(dataset, test, validation)
-        metrics = train_one_split(model_args, data_args, training_args, splits, output_dir)
+        metrics = train_one_split(model_args, data_args, training_args, split_list[0], output_dir)
     if training_args.process_index == 0:
         write_report(metrics, output_dir / "all_results.json")
         print(json.dumps({k: v for k, v in metrics.items() if k in ("ua", "wa", "macro_f1", "weighted_f1",
                                                                      "train_seconds")}, indent=2))
         if training_args.push_to_hub:
-            push_to_hub(output_dir, training_args.hub_model_id or output_dir.name)
+            push_to_hub(output_dir, training_args.hub_model_id or output_dir.name, token=training_args.hub_token,
+                        private=training_args.hub_private_repo, revision=training_args.hub_revision)
 
 
 if __name__ == "__main__":

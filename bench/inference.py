@@ -1,29 +1,28 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
-"""Inference speed and memory of EmoSLLM's `audio-classification` pipeline on CPU, on RAVDESS clips.
+"""Inference speed and memory of EmoSLLM's `audio-classification` pipeline on CPU, on RAVDESS clips, per lever.
 
-For N = 1, 8 and 32 clips (a fixed choice from the test actors 17-20) the script runs, each N in a FRESH Python
-process (so that its memory figures hold only that run):
+For N clips (a fixed choice from the test actors 17-20) and each inference variant (`--variants`, see VARIANTS:
+the plain path, the prompt cache alone, LoRA merged alone, both = the pipeline's default, and opt-in int8 / bf16),
+the script runs, each in a FRESH Python process (so that its memory figures hold only that run):
 
     classifier = pipeline("audio-classification", model=FOLDER, trust_remote_code=True)
-    classifier(paths, batch_size=min(N, 8))          # one warm-up call, then --repeats timed calls
+    classifier(path)  for each clip, one per call      # "one clip per call": median per-clip real-time factor
+    classifier(paths, batch_size=min(N, 8))            # "batch": the call's seconds / the clips' audio seconds
 
-once with torch's default number of intra-op threads (one per core: what a pipeline user gets) and once with one
-thread (`--threads`). It reports the clips' total audio duration, the processing time (median of the timed calls;
-file decoding, feature extraction, prompt building, the model and post-processing: everything the user waits for),
-the real-time factor (processing seconds / audio seconds; below 1 is faster than real time), clips per second, the
-model load time, the peak resident memory of the process (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, load and
-warm-up included), the loaded model's resident memory (after the warm-up call: `from_pretrained` memory-maps the
-weights, so they become resident only when first used) and the peak added by the timed calls over it (the peak is
-reset through `/proc/self/clear_refs` after the warm-up). Forward hooks split the time into the Whisper encoder,
-the interface (Query Pooling Mapper), the LLM (embedding merge, SmolLM2, label-word scores) and everything outside the
-model (decoding, features, tokenizer, post-processing).
+after one warm-up call, `--repeats` timed passes each, with `--threads` torch intra-op threads (default 1). It reports
+the real-time factor (processing seconds / audio seconds; file decoding, feature extraction, prompt building, any
+automatic transcription, the model and post-processing: everything the user waits for), the speed-up over the
+plain variant in the same run, the largest difference of any class probability from the plain variant and the
+top-1 agreement with it, the model load time (`pipeline(...)`), the peak resident memory of the process
+(`ru_maxrss`, load and warm-up included), and a split of the time into the Whisper encoder, the interface, the LLM
+and everything outside the model (forward hooks).
 
-Without `--model` it builds the default EmoSLLM from the offline default backbones (Whisper tiny.en, SmolLM2-135M
--Instruct, via `backbones_emosllm.resolve_pretrained`), with the 8 RAVDESS labels and an untrained (seeded random)
-interface and LoRA, and saves it once under `--work_dir`. An untrained model costs exactly the same compute as a
-trained one (same shapes, same operations); only its answers are meaningless.
+Without `--model` it builds an EmoSLLM with train.py's default recipe (probe interface on every Whisper tiny.en
+layer, SmolLM2-135M-Instruct with LoRA, the 8 RAVDESS labels, no transcripts) from the offline default backbones,
+untrained (seeded random), and saves it once under `--work_dir`: an untrained model costs exactly the same compute as
+a trained one; only its answers are meaningless. Pass `--model` a train.py output folder for a trained model.
 
-    python bench/inference.py --out /tmp/infbench
+    python bench/inference.py --model outputs/emosllm-ravdess --out /tmp/infbench
 
 Writes `--out/results.json` (or `--out` itself if it ends in `.json`) and prints Markdown tables. The parent process
 never imports torch, so the per-N processes start small.
@@ -42,6 +41,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AUDIO_ENCODER = "openai/whisper-tiny.en"
@@ -127,7 +128,10 @@ def build_default_model(folder: Path, labels: list[str], seed: int) -> dict:
     torch.manual_seed(seed)
     start = time.perf_counter()
     audio_encoder, llm = resolve_pretrained(DEFAULT_AUDIO_ENCODER), resolve_pretrained(DEFAULT_LLM)
-    processor = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels)
+    processor = EmoSLLMProcessor.from_backbones(
+        audio_encoder, llm, labels=labels, adapter_type="probe", encoder_layer_combination="concatenate",
+        use_transcript="none",
+    )
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -158,7 +162,46 @@ class StageTimer:
         self.seconds += time.perf_counter() - self._start
 
 
-def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, threads: int) -> dict:
+# The inference levers, each on its own and together ("fast" is what the pipeline does by default).
+VARIANTS = {
+    "plain_with_asr": "plain, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en): "
+                      "what a model of the earlier recipe did on RAVDESS",
+    "plain": "no prompt cache, LoRA not merged (the path before these levers)",
+    "prompt_cache": "the prompt's constant head as a key/value cache kept between calls",
+    "merged_lora": "LoRA merged into the LLM's weights",
+    "fast": "both (the pipeline's default)",
+    "int8_llm": "fast + dynamic int8 quantization of the LLM body's linear layers (torch.ao quantize_dynamic)",
+    "bf16": "fast in bfloat16 (emulated on CPUs without native bf16)",
+    "fast_with_asr": "fast, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en)",
+}
+
+
+def apply_variant(classifier, variant: str):
+    """Sets the pipeline's loaded model to `variant` (see VARIANTS); returns the model to run."""
+    import torch
+
+    model = classifier.model
+    if variant.endswith("_with_asr"):
+        classifier.processor.config.use_transcript = "auto"
+
+    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora")
+    if variant in ("plain", "plain_with_asr", "prompt_cache"):
+        model.unmerge_lora()
+    else:
+        model.merge_lora()
+    if variant == "int8_llm":
+        # The LLM's body only: its language-model head (tied to the embeddings) gives the class scores.
+        model.language_model.model = torch.ao.quantization.quantize_dynamic(
+            model.language_model.model, {torch.nn.Linear}, dtype=torch.qint8
+        )
+    if variant == "bf16":
+        model.to(torch.bfloat16)
+    model.clear_prompt_cache()
+    return model
+
+
+def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, threads: int,
+            variant: str = "fast", one_at_a_time: bool = False) -> dict:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     import soundfile
@@ -175,7 +218,7 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     start = time.perf_counter()
     classifier = pipeline("audio-classification", model=model_folder, trust_remote_code=True, device="cpu")
     load_seconds = time.perf_counter() - start
-    model = classifier.model
+    model = apply_variant(classifier, variant)
     # from_pretrained memory-maps the safetensors file: most weights become resident only when first used, so the
     # "loaded model" baseline is taken after the warm-up call.
     rss_after_load = proc_status_kib("VmRSS") / 1024
@@ -186,30 +229,43 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
         "interface": StageTimer(model.adapter),
         "llm_body": StageTimer(model.language_model.model),
     }
-    audio_seconds = sum(soundfile.info(p).frames / soundfile.info(p).samplerate for p in paths)
+    durations = [soundfile.info(p).frames / soundfile.info(p).samplerate for p in paths]
+    audio_seconds = sum(durations)
     first = soundfile.info(paths[0])
     prompt = classifier.processor.build_prompt(round(first.frames * 16000 / first.samplerate))
     prompt_tokens = len(classifier.processor.tokenizer(prompt, add_special_tokens=False).input_ids)
 
-    def run() -> tuple[float, dict]:
+    def run(inputs) -> tuple[float, dict, list]:
         for timer in timers.values():
             timer.seconds = 0.0
         start = time.perf_counter()
         with torch.inference_mode():
-            outputs = classifier(paths, batch_size=batch_size)
+            outputs = classifier(inputs, batch_size=batch_size, top_k=None)
         total = time.perf_counter() - start
-        assert len(outputs) == len(paths)
-        return total, {name: timer.seconds for name, timer in timers.items()}
+        return total, {name: timer.seconds for name, timer in timers.items()}, outputs
 
-    warmup_seconds, _ = run()
+    warmup_seconds, _, _ = run(paths[0] if one_at_a_time else paths)
     rss_loaded = proc_status_kib("VmRSS") / 1024
     peak_through_warmup = maxrss_mib()
     peak_reset = reset_peak_rss()
-    times, splits = [], []
+    times, splits, per_clip_rtf = [], [], []
+    probabilities = None
     for _ in range(repeats):
-        seconds, split = run()
+        if one_at_a_time:  # each clip its own call, as a user classifying files one by one
+            seconds, split, outputs = 0.0, dict.fromkeys(timers, 0.0), []
+            for path, duration in zip(paths, durations):
+                clip_seconds, clip_split, clip_output = run(path)
+                seconds += clip_seconds
+                split = {k: split[k] + clip_split[k] for k in split}
+                outputs.append(clip_output)
+                per_clip_rtf.append(clip_seconds / duration)
+        else:
+            seconds, split, outputs = run(paths)
+        assert len(outputs) == len(paths)
         times.append(seconds)
         splits.append(split)
+        labels = classifier.model.config.labels
+        probabilities = [[next(o["score"] for o in clip if o["label"] == label) for label in labels] for clip in outputs]
     median = statistics.median(times)
     # The split of the median timed call (upper median for an even count): its parts add up to its total.
     middle = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
@@ -222,24 +278,27 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     }
     peak_inference = maxrss_mib() if peak_reset else None
     peak_total = max(maxrss_mib(), peak_through_warmup)
-    attention = {
-        "whisper_encoder": model.audio_encoder.encoder.layers[0].self_attn.config._attn_implementation,
-        "llm": model.language_model.model.layers[0].self_attn.config._attn_implementation,
-    }
     return {
+        "variant": variant,
+        "mode": "one clip per call" if one_at_a_time else f"one call, batch_size {batch_size}",
         "clips": len(paths),
-        "batch_size": batch_size,
+        "batch_size": 1 if one_at_a_time else batch_size,
         "paths": [os.path.relpath(p, Path(paths[0]).parents[1]) for p in paths],
         "audio_seconds": audio_seconds,
         "repeats": repeats,
         "warmup_seconds": warmup_seconds,
         "processing_seconds_all": times,
         "processing_seconds": median,
-        "real_time_factor": median / audio_seconds,
+        "real_time_factor": (statistics.median(per_clip_rtf) if one_at_a_time else median / audio_seconds),
+        "real_time_factor_note": ("median over clips of (seconds / audio seconds)" if one_at_a_time
+                                  else "median call's seconds / audio seconds"),
         "clips_per_second": len(paths) / median,
         "seconds_per_clip": median / len(paths),
         "split_seconds": parts,
         "split_fraction": {k: v / split_total for k, v in parts.items()},
+        "probabilities": probabilities,
+        "labels": classifier.model.config.labels,
+        "use_transcript": classifier.model.config.use_transcript,
         "import_seconds": import_seconds,
         "load_seconds": load_seconds,
         "rss_after_import_mib": rss_after_import,
@@ -256,7 +315,6 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
         "dtype": str(model.dtype),
         "prompt_tokens": prompt_tokens,
         "audio_embeddings_per_clip": model.config.num_audio_embeddings(first.frames),
-        "attention": attention,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
     }
@@ -266,31 +324,37 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
 # Report
 # ----------------------------------------------------------------------------------------------------------------------
 def markdown(results: list[dict]) -> str:
+    plain = {(r["mode"], r["torch_threads"]): r for r in results if r["variant"] == "plain"}
     lines = [
-        "| torch threads | clips | batch size | audio (s) | processing (s), median [min-max] | real-time factor | "
-        "clips/s | peak RSS (MiB) | loaded model RSS (MiB) | inference peak over loaded model (MiB) | model load (s) |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | mode | torch threads | clips | audio (s) | processing (s), median [min-max] | real-time factor | "
+        "speed-up over plain | max prob. difference vs plain | top-1 agreement vs plain | peak RSS (MiB) | "
+        "model load (s) |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        delta = "n/a" if r["inference_delta_over_loaded_mib"] is None else f"{r['inference_delta_over_loaded_mib']:.0f}"
-        threads = f"{r['torch_threads']}" + (" (default)" if r["torch_threads"] == r["torch_default_threads"] else "")
+        base = plain.get((r["mode"], r["torch_threads"]))
+        speed_up = diff = agree = "n/a"
+        if base is not None:
+            speed_up = f"{base['processing_seconds'] / r['processing_seconds']:.2f}x"
+            a, b = np.array(base["probabilities"]), np.array(r["probabilities"])
+            diff = f"{np.abs(a - b).max():.1e}"
+            agree = f"{(a.argmax(1) == b.argmax(1)).mean():.3f}"
         lines.append(
-            f"| {threads} | {r['clips']} | {r['batch_size']} | {r['audio_seconds']:.1f} | {r['processing_seconds']:.2f} "
-            f"[{min(r['processing_seconds_all']):.2f}-{max(r['processing_seconds_all']):.2f}] | "
-            f"{r['real_time_factor']:.3f} | {r['clips_per_second']:.2f} | {r['peak_rss_mib']:.0f} | "
-            f"{r['rss_loaded_model_mib']:.0f} | {delta} | "
-            f"{r['load_seconds']:.1f} |"
+            f"| {r['variant']} | {r['mode']} | {r['torch_threads']} | {r['clips']} | {r['audio_seconds']:.1f} | "
+            f"{r['processing_seconds']:.2f} [{min(r['processing_seconds_all']):.2f}-"
+            f"{max(r['processing_seconds_all']):.2f}] | {r['real_time_factor']:.4f} | {speed_up} | {diff} | {agree} | "
+            f"{r['peak_rss_mib']:.0f} | {r['load_seconds']:.2f} |"
         )
     lines += [
         "",
-        "| torch threads | clips | outside the model (decode, features, prompt, post-processing) | Whisper encoder | "
-        "interface (QPMapper) | LLM (SmolLM2 + label-word scores) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| variant | mode | outside the model (decode, features, prompt, post-processing) | Whisper encoder | "
+        "interface | LLM (SmolLM2 + label-word scores) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         s, f = r["split_seconds"], r["split_fraction"]
         cells = [f"{s[k]:.2f} s ({100 * f[k]:.0f}%)" for k in ("outside_model", "whisper_encoder", "interface", "llm")]
-        lines.append(f"| {r['torch_threads']} | {r['clips']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['variant']} | {r['mode']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -302,10 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work_dir", default="/tmp/emosllm-bench-inference",
                         help="cache folder for the default model (built once)")
     parser.add_argument("--out", default="/tmp/infbench", help="output folder (results.json), or a .json file")
-    parser.add_argument("--clips", default="1,8,32", help="comma-separated clip counts")
+    parser.add_argument("--clips", default="8", help="comma-separated clip counts")
+    parser.add_argument("--one_clip_per_call", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="also classify the clips one per call (the median per-clip real-time factor)")
+    parser.add_argument("--variants", default="plain,prompt_cache,merged_lora,fast",
+                        help="comma-separated inference variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--max_batch_size", type=int, default=8, help="batch_size = min(clips, this)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up call")
-    parser.add_argument("--threads", default="0,1",
+    parser.add_argument("--threads", default="1",
                         help="comma-separated torch intra-op thread counts to measure; 0 = torch's default (the "
                              "pipeline's: one per core)")
     parser.add_argument("--seed", type=int, default=0)
@@ -318,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args._measure:  # child: one N
         job = json.loads(Path(args._measure).read_text())
-        result = measure(job["model"], job["paths"], job["batch_size"], job["repeats"], job["threads"])
+        result = measure(job["model"], job["paths"], job["batch_size"], job["repeats"], job["threads"],
+                         job["variant"], job["single"])
         Path(job["result"]).write_text(json.dumps(result, indent=2))
         return 0
 
@@ -352,22 +421,31 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     thread_counts = [int(t) for t in args.threads.split(",")]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}.")
     for threads in thread_counts:
         for count in counts:
             paths = [c["path"] for c in choose_clips(data_dir, count)]
-            name = f"threads_{threads or 'default'}_clips_{count}"
-            job = {"model": model, "paths": paths, "batch_size": min(count, args.max_batch_size),
-                   "repeats": args.repeats, "threads": threads, "result": str(out_dir / f"{name}.json")}
-            job_file = out_dir / f"job_{name}.json"
-            job_file.write_text(json.dumps(job))
-            print(f"{count} clips, torch threads {threads or 'default'}: fresh process, batch_size "
-                  f"{job['batch_size']}, 1 warm-up + {args.repeats} timed calls", flush=True)
-            subprocess.run(script + ["--_measure", str(job_file)], check=True)
-            results.append(json.loads(Path(job["result"]).read_text()))
-            r = results[-1]
-            print(f"  {r['processing_seconds']:.2f} s for {r['audio_seconds']:.1f} s of audio (RTF "
-                  f"{r['real_time_factor']:.3f}), peak RSS {r['peak_rss_mib']:.0f} MiB, load average "
-                  f"{r['loadavg_after'][0]:.1f}", flush=True)
+            for variant in variants:
+                one_at_a_time = args.one_clip_per_call and count > 1
+                for single in ([True, False] if one_at_a_time else [False]):
+                    name = f"threads_{threads or 'default'}_clips_{count}_{variant}_{'single' if single else 'batch'}"
+                    job = {"model": model, "paths": paths, "batch_size": min(count, args.max_batch_size),
+                           "repeats": args.repeats, "threads": threads, "variant": variant, "single": single,
+                           "result": str(out_dir / f"{name}.json")}
+                    job_file = out_dir / f"job_{name}.json"
+                    job_file.write_text(json.dumps(job))
+                    mode = "one clip per call" if single else f"batch_size {job['batch_size']}"
+                    print(f"{count} clips, {variant}, {mode}, torch threads {threads or 'default'}: fresh process, "
+                          f"1 warm-up + {args.repeats} timed passes", flush=True)
+                    subprocess.run(script + ["--_measure", str(job_file)], check=True)
+                    results.append(json.loads(Path(job["result"]).read_text()))
+                    r = results[-1]
+                    print(f"  {r['processing_seconds']:.2f} s for {r['audio_seconds']:.1f} s of audio (RTF "
+                          f"{r['real_time_factor']:.4f}), peak RSS {r['peak_rss_mib']:.0f} MiB, load "
+                          f"{r['load_seconds']:.2f} s, load average {r['loadavg_after'][0]:.1f}", flush=True)
 
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + (argv or sys.argv[1:])),
@@ -395,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(results))
     print()
     print(f"load average (1, 5, 15 min) before {tuple(round(x, 2) for x in load_before)}, after "
-          f"{tuple(round(x, 2) for x in report['loadavg_after'])} on {os.cpu_count()} CPUs; attention "
-          f"{results[0]['attention']}; {results[0]['dtype']}; torch {results[0]['torch']}, transformers "
-          f"{results[0]['transformers']}")
+          f"{tuple(round(x, 2) for x in report['loadavg_after'])} on {os.cpu_count()} CPUs; torch "
+          f"{results[0]['torch']}, transformers {results[0]['transformers']}; use_transcript "
+          f"{results[0]['use_transcript']!r}")
     print("other processes using the CPU:", *busy_before, sep="\n  ")
     if model_info:
         print(f"model: default backbones, {model_info['note']}")

@@ -479,9 +479,9 @@ def transcript_only_classes():
 
         def build_prompt(self, num_samples, transcript=None, text_features=None, task="ser") -> str:
             prompt = super().build_prompt(num_samples, transcript, text_features, task)
-            # Drop the run of placeholders with whatever introduces it on its line ("Speech: "), and that newline.
-            token = re.escape(self.config.audio_token)
-            return re.sub(rf"(?:\n[^\n]*?)?(?:{token})+", "", prompt, count=1)
+            # Drop the run of placeholders (they open the answer) and the user turn's "Speech:" line.
+            prompt = re.sub(rf"(?:{re.escape(self.config.audio_token)})+", "", prompt, count=1)
+            return prompt.replace("\nSpeech:", "", 1)
 
     class TranscriptOnlyEmoSLLM(EmoSLLMForSpeechEmotionRecognition):
         _auto_class = None

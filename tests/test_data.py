@@ -146,6 +146,119 @@ def test_load_hub_dataset_on_local_folder(tmp_path, monkeypatch):
         data.load_hub_dataset(str(folder), "train", "audio", "mood")
 
 
+# ---- any datasets source ---------------------------------------------------------------------------------------
+
+
+def labelled_wavs(folder: Path, count: int = 4) -> list[Path]:
+    return [write_wav(folder / f"c{i}.wav", seconds=0.2 + 0.01 * i) for i in range(count)]
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # read at call time
+
+
+def test_plain_audiofolder_loads_labels_from_subfolders_without_speakers(tmp_path, datasets_cache):
+    for label in ("happy", "sad"):
+        for i in range(2):
+            write_wav(tmp_path / "af" / label / f"{label}{i}.wav")
+    assert data.source_kind(tmp_path / "af") == "folder"
+    corpus = data.load_corpus(tmp_path / "af")  # once refused: "no manifest.csv ... follow none of the corpora"
+    assert sorted(corpus["label"]) == ["happy", "happy", "sad", "sad"]
+    assert corpus["speaker"] == [None] * 4 and data.has_speaker_ids(corpus) is False
+    assert corpus[0]["audio"].get_all_samples().sample_rate == 16000
+    with pytest.raises(ValueError, match=r"label\(s\) 'happy' \(did you mean 'hapy'\?\) are not in the label set"):
+        data.load_corpus(tmp_path / "af", labels=["hapy", "sad"])  # checked against --labels as every source is
+
+
+def test_csv_table_resolves_relative_audio_paths_and_keeps_text_ids(tmp_path, datasets_cache):
+    wavs = labelled_wavs(tmp_path / "audio")
+    (tmp_path / "meta").mkdir()
+    rows = [f"../audio/{w.name},{['Happy', 'sad'][i % 2]},0{i % 2}" for i, w in enumerate(wavs)]
+    (tmp_path / "meta" / "clips.csv").write_text("\n".join(["path,emotion,speaker_id", *rows]) + "\n")
+    corpus = data.load_source(tmp_path / "meta", label_column="emotion")
+    assert corpus.column_names[:4] == ["audio", "label", "speaker", "transcript"]
+    assert corpus["label"] == ["happy", "sad", "happy", "sad"]  # normalized as every loader does
+    assert corpus["speaker"] == ["00", "01", "00", "01"]  # speaker_id taken, kept as text
+    assert corpus[3]["audio"].get_all_samples().data.shape[-1] == int(0.23 * 16000)
+    assert data.load_source(tmp_path / "meta" / "clips.csv", label_column="emotion")["label"] == corpus["label"]
+    (tmp_path / "meta" / "clips.csv").write_text("path,emotion\n../audio/c0.wav,happy\nnowhere.wav,sad\n")
+    with pytest.raises(ValueError, match=r"1 audio file\(s\) of column 'path' not found:\n  row 1: 'nowhere.wav'"):
+        data.load_source(tmp_path / "meta", label_column="emotion")
+
+
+def test_json_lines_table_in_a_folder_of_audio(tmp_path, datasets_cache):
+    wavs = labelled_wavs(tmp_path)
+    lines = [json.dumps({"file_path": w.name, "label": ["happy", "sad"][i % 2], "session": i // 2})
+             for i, w in enumerate(wavs)]
+    (tmp_path / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    corpus = data.load_source(tmp_path, audio_column="file_path")
+    assert len(corpus) == 4 and corpus["session"] == [0, 0, 1, 1]
+    assert data.split_by_speakers(corpus, "1", column="session")["test"]["session"] == [1, 1]
+
+
+def saved_rows(folder: Path) -> datasets.Dataset:
+    wavs = labelled_wavs(folder)
+    return datasets.Dataset.from_dict({
+        "audio": [str(w) for w in wavs], "emotion": ["happy", "sad", "happy", "sad"], "spk": ["a", "a", "b", "b"],
+    }).cast_column("audio", datasets.Audio()).cast_column("emotion", datasets.ClassLabel(names=["happy", "sad"]))
+
+
+def test_save_to_disk_dataset_and_dataset_dict_load_with_their_splits(tmp_path):
+    rows = saved_rows(tmp_path / "wav")
+    rows.save_to_disk(str(tmp_path / "one"))  # a Dataset: load_dataset refuses it, load_from_disk reads it
+    assert data.source_kind(tmp_path / "one") == "saved"
+    corpus = data.load_source(tmp_path / "one", label_column="emotion", speaker_column="spk")
+    assert corpus["label"] == ["happy", "sad", "happy", "sad"] and corpus["speaker"] == ["a", "a", "b", "b"]
+    datasets.DatasetDict({"train": rows.select([0, 1]), "test": rows.select([2, 3])}).save_to_disk(
+        str(tmp_path / "dict"))
+    assert data.load_source(tmp_path / "dict", label_column="emotion", speaker_column="spk")["speaker"] == ["a", "a"]
+    joined = data.load_source(tmp_path / "dict", "train+test", label_column="emotion", speaker_column="spk")
+    assert joined["speaker"] == ["a", "a", "b", "b"]
+    with pytest.raises(ValueError, match=r"no split\(s\) \['dev'\]; it has \['train', 'test'\]: pass --dataset_split"):
+        data.load_source(tmp_path / "dict", "dev", label_column="emotion")
+    datasets.DatasetDict({"all": rows}).save_to_disk(str(tmp_path / "single"))  # one split: used whatever its name
+    assert len(data.load_source(tmp_path / "single", label_column="emotion")) == 4
+
+
+def test_a_hub_id_goes_to_load_dataset_and_an_absent_folder_is_named(tmp_path, monkeypatch):
+    rows = saved_rows(tmp_path)
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: calls.append((name, split)) or rows)
+    corpus = data.load_source("someone/emotions", "train", label_column="emotion", speaker_column="spk")
+    assert calls == [("someone/emotions", "train")] and corpus["label"] == ["happy", "sad", "happy", "sad"]
+    with pytest.raises(ValueError, match=r"'\./nowhere' does not exist: pass a folder or file"):
+        data.load_source("./nowhere")
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load_corpus(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['mood'\]; available: .*An audio folder takes its labels"):
+        data.load_source("someone/emotions", label_column="mood")
+
+
+def test_split_by_clips_is_stratified_seeded_and_disjoint():
+    corpus = datasets.Dataset.from_dict({"label": ["a"] * 20 + ["b"] * 10, "id": list(range(30))})
+    splits = data.split_by_clips(corpus, seed=1)
+    assert [len(splits[name]) for name in ("train", "validation", "test")] == [21, 3, 6]
+    assert sorted(splits["test"]["label"]) == ["a"] * 4 + ["b"] * 2  # 20% of each label
+    ids = [set(splits[name]["id"]) for name in splits]
+    assert set().union(*ids) == set(range(30)) and sum(map(len, ids)) == 30
+    assert data.split_by_clips(corpus, seed=1)["test"]["id"] == splits["test"]["id"]  # the same seed, the same split
+    assert data.split_by_clips(corpus, seed=2)["test"]["id"] != splits["test"]["id"]
+    with pytest.raises(ValueError, match="too few to hold out"):
+        data.split_by_clips(corpus.select([0, 20]))
+
+
+def test_clip_folds_test_every_clip_once_stratified():
+    corpus = datasets.Dataset.from_dict({"label": ["a"] * 8 + ["b"] * 4, "id": list(range(12))})
+    folds = data.clip_folds(corpus, 4, seed=0)
+    tested = [i for fold in folds for i in fold["test"]["id"]]
+    assert sorted(tested) == list(range(12))
+    assert all(sorted(fold["test"]["label"]) == ["a", "a", "b"] for fold in folds)
+    assert all(not set(fold["train"]["id"]) & set(fold["test"]["id"]) for fold in folds)
+    with pytest.raises(ValueError, match="number of clips"):
+        data.clip_folds(corpus, 13)
+
+
 # ---- speaker splits --------------------------------------------------------------------------------------------
 
 
