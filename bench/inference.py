@@ -2,7 +2,7 @@
 """Inference speed and memory of EmoSLLM's `audio-classification` pipeline on CPU, on RAVDESS clips, per lever.
 
 For N clips (a fixed choice from the test actors 17-20) and each inference variant (`--variants`, see VARIANTS:
-the plain path, the prompt cache alone, LoRA merged alone, both = the pipeline's default, and opt-in int8 / bf16),
+the plain path, the prompt cache alone, LoRA merged alone, both = the pipeline's default, automatic transcripts, opt-in int8),
 the script runs, each in a FRESH Python process (so that its memory figures hold only that run):
 
     classifier = pipeline("audio-classification", model=FOLDER, trust_remote_code=True)
@@ -171,7 +171,6 @@ VARIANTS = {
     "merged_lora": "LoRA merged into the LLM's weights",
     "fast": "both (the pipeline's default)",
     "int8_llm": "fast + dynamic int8 quantization of the LLM body's linear layers (torch.ao quantize_dynamic)",
-    "bf16": "fast in bfloat16 (emulated on CPUs without native bf16)",
     "fast_with_asr": "fast, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en)",
 }
 
@@ -194,8 +193,6 @@ def apply_variant(classifier, variant: str):
         model.language_model.model = torch.ao.quantization.quantize_dynamic(
             model.language_model.model, {torch.nn.Linear}, dtype=torch.qint8
         )
-    if variant == "bf16":
-        model.to(torch.bfloat16)
     model.clear_prompt_cache()
     return model
 
