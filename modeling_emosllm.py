@@ -414,7 +414,7 @@ def _weights_file(name_or_path, kwargs: dict) -> str | None:
     return _folder_file(name_or_path, "model.safetensors", {k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
 
 
-def _lean_parts(weights_file: str) -> list[str]:
+def backbones_left_out(weights_file: str) -> list[str]:
     """The backbones a saved `model.safetensors` leaves out (a lean save leaves out both), read from its header."""
     from safetensors import safe_open
 
@@ -539,7 +539,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones.
         """
         weights = _weights_file(pretrained_model_name_or_path, kwargs)
-        lean = weights is not None and _lean_parts(weights)
+        lean = weights is not None and backbones_left_out(weights)
         if lean:
             return cls._from_lean(pretrained_model_name_or_path, weights, lean, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
@@ -911,9 +911,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         self.language_model.model(
             inputs_embeds=head_embeds, position_ids=head_positions, past_key_values=cache, use_cache=True
         )
-        if self._caches_prompts():
-            self._prompt_cache = (head_ids.cpu(), [(k, v) for k, v, *_ in cache])
+        if self._caches_prompts():  # kept; this call extends a cache of its own, never the kept one
             layers = [(k, v) for k, v, *_ in cache]
+            self._prompt_cache = (head_ids.cpu(), layers)
             cache = DynamicCache(ddp_cache_data=layers, config=self.language_model.config)
         return cache, len(head_ids)
 

@@ -226,8 +226,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         super().__init__(model=model, processor=processor, **kwargs)
         self.model.eval()  # an inference pipeline: no dropout, whatever mode the model was given in
         # The fast path, same scores: LoRA merged into the LLM's weights (`model.train()` takes it back out).
-        if getattr(self.model, "lora_merged", True) is False:
-            self.model.merge_lora()
+        self.model.merge_lora()
         self._warned_no_transcript = False
 
     # ------------------------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from data_emosllm import (
     split_by_speakers,
     write_report,
 )
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, backbones_left_out
 from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prepare_clip, read_audio_file
 
 logger = logging.getLogger("emosllm.train")
@@ -1011,13 +1011,14 @@ def card_dataset(data_args, split: dict) -> tuple[str | None, str, str]:
 
 
 def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor,
-                     hub_model_id: str | None = None) -> None:
+                     hub_model_id: str | None = None, full_weights: bool = False) -> None:
     """
     README.md: the model card of the saved folder, through huggingface_hub's ModelCard. Metadata: licence, base models
     (the backbones' Hub ids), the Hub dataset (when the data came from the Hub), pipeline tag, library and the test
     scores as `model-index` results (standard metric types: accuracy, f1). Text: the backbones and their licences,
     the data and split, the scores, what a user installs, and a usage snippet for `hub_model_id` (`--hub_model_id`;
-    else a placeholder). Never a local path: local backbones and data are named by their folder's name only.
+    else a placeholder), and whether the folder holds every weight (`full_weights`) or loads its backbones by Hub id.
+    Never a local path: local backbones and data are named by their folder's name only.
     """
     import importlib.metadata
 
@@ -1076,7 +1077,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         "text_model_id='path/to/a/copy')`. For a self-contained folder with every weight, load it and call "
         "`model.save_pretrained(new_folder, full_weights=True)` (bf16 backbones), or train with "
         "`--save_full_weights true`."
-        if not getattr(model_args, "save_full_weights", False) else
+        if not full_weights else
         "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
     )
     text = f"""---
@@ -1241,8 +1242,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         processor.save_pretrained(output_dir)
         size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and "checkpoints" not in f.parts
                    and "stage1_asr" not in f.parts) / 1e6
-        with safe_open(output_dir / "model.safetensors", framework="pt") as handle:
-            whole = any(key.startswith("language_model.") and "lora_" not in key for key in handle.keys())
+        whole = not backbones_left_out(output_dir / "model.safetensors")  # also when a backbone has no Hub id
         if whole:
             logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
         else:
@@ -1258,7 +1258,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 clip.pop("states", None)
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,
-                         hub_model_id=training_args.hub_model_id)
+                         hub_model_id=training_args.hub_model_id, full_weights=whole)
     return metrics
 
 

@@ -4,7 +4,6 @@ itself as a Space runs it (`python app.py`), driven in Debian's headless chromiu
 """
 
 import importlib.util
-import inspect
 import io
 import os
 import shutil
@@ -44,9 +43,7 @@ def demo_files(tmp_path_factory):
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
     folder = tmp / "emosllm-app-test"  # the folder's name names its code module: one no other test uses
     # Every weight: the tiny random backbones have no Hub id to be named by (a lean save needs one).
-    parameters = inspect.signature(model.save_pretrained).parameters
-    full = {key: value for key, value in (("full_weights", True), ("dtype", torch.float32)) if key in parameters}
-    model.save_pretrained(folder, **full)
+    model.save_pretrained(folder, full_weights=True, dtype=torch.float32)
     processor.save_pretrained(folder)
     clip = np.round(tone(2.0, 300, seed=1) * 32767) / 32767  # on the 16-bit grid: the WAV holds exactly the array
     sf.write(tmp / "clip.wav", clip.astype(np.float32), 16000, subtype="PCM_16")
