@@ -55,7 +55,7 @@ from data_emosllm import (
     split_by_speakers,
     write_report,
 )
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, backbones_left_out
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native
 from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prepare_clip, read_audio_file
 
 logger = logging.getLogger("emosllm.train")
@@ -193,22 +193,6 @@ class DataArguments:
     )
 
 
-def bf16_is_fast() -> bool:
-    """
-    bf16 autocast by default only where the hardware runs it natively: a GPU with bf16, or a CPU with the
-    `avx512_bf16` or `amx_bf16` instructions (read from /proc/cpuinfo: torch's public `get_cpu_capability` does not
-    report them). Elsewhere (an AVX2 CPU) bf16 is emulated: a training step took 14x the time of float32
-    (BENCHMARKS.md), so training runs in float32.
-    """
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """The command line (or `argv`) with this script's defaults."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
@@ -218,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         learning_rate=5e-4, num_train_epochs=2, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
-        bf16=bf16_is_fast(), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
+        bf16=bf16_is_native("cuda" if torch.cuda.is_available() else "cpu"), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
         # None: not given. The SER stage then keeps its best checkpoint by validation UA wherever the save and eval
         # strategies allow it, and the last model elsewhere (`stage_arguments`); True/False: as asked.
         load_best_model_at_end=None,
@@ -554,7 +538,8 @@ class EncoderStateCache:
     The frozen audio encoder's per-layer outputs, computed once per clip and kept on disk as safetensors, keyed on
     the audio's bytes, the encoder (its config and a content hash of its weights, so an encoder re-converted or
     fine-tuned into the same folder never reads the old states) and the preprocessing (the feature extractor's
-    settings, `pad_audio_to_max_length`). Written by hand: `datasets.map` would store these `(layers, frames,
+    settings, `pad_audio_to_max_length`) and the precision it runs in (bf16 where native, as at inference: the
+    encoder's `bf16_inference`). Written by hand: `datasets.map` would store these `(layers, frames,
     hidden)` tensors in Arrow, several times larger and slower to read back than one file per clip.
     """
 
@@ -566,7 +551,8 @@ class EncoderStateCache:
         root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
         encoder_key = json.dumps(
             [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length,
-             processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder)],
+             processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder),
+             "bf16" if model.audio_encoder.bf16_inference and bf16_is_native(model.device.type) else "float32"],
             sort_keys=True, default=str,
         )
         self.root = root / hashlib.sha1(encoder_key.encode()).hexdigest()[:16]

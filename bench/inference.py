@@ -2,7 +2,8 @@
 """Inference speed and memory of EmoSLLM's `audio-classification` pipeline on CPU, on RAVDESS clips, per lever.
 
 For N clips (a fixed choice from the test actors 17-20) and each inference variant (`--variants`, see VARIANTS:
-the plain path, the prompt cache alone, LoRA merged alone, both = the pipeline's default, automatic transcripts, opt-in int8),
+the plain path, the prompt cache alone, LoRA merged alone, the bf16 encoder alone, all = the pipeline's default,
+automatic transcripts, opt-in int8),
 the script runs, each in a FRESH Python process (so that its memory figures hold only that run):
 
     classifier = pipeline("audio-classification", model=FOLDER, trust_remote_code=True)
@@ -166,10 +167,12 @@ class StageTimer:
 VARIANTS = {
     "plain_with_asr": "plain, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en): "
                       "what a model of the earlier recipe did on RAVDESS",
-    "plain": "no prompt cache, LoRA not merged (the path before these levers)",
+    "plain": "no prompt cache, LoRA not merged, the encoder in float32 (the path before these levers)",
     "prompt_cache": "the prompt's constant head as a key/value cache kept between calls",
     "merged_lora": "LoRA merged into the LLM's weights",
-    "fast": "both (the pipeline's default)",
+    "bf16_encoder": "the Whisper encoder in bf16 autocast (where the CPU runs bf16 natively: avx512_bf16 / amx_bf16)",
+    "fast": "all three (the pipeline's default; the bf16 encoder only where bf16 is native)",
+    "fast_float32_encoder": "prompt cache + merged LoRA, the encoder in float32 (the default on a CPU without bf16)",
     "int8_llm": "fast + dynamic int8 quantization of the LLM body's linear layers (torch.ao quantize_dynamic)",
     "fast_with_asr": "fast, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en)",
 }
@@ -183,8 +186,9 @@ def apply_variant(classifier, variant: str):
     if variant.endswith("_with_asr"):
         classifier.processor.config.use_transcript = "auto"
 
-    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora")
-    if variant in ("plain", "plain_with_asr", "prompt_cache"):
+    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder")
+    model.audio_encoder.bf16_inference = variant in ("bf16_encoder", "fast", "fast_with_asr", "int8_llm")
+    if variant in ("plain", "plain_with_asr", "prompt_cache", "bf16_encoder"):
         model.unmerge_lora()
     else:
         model.merge_lora()
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", default="8", help="comma-separated clip counts")
     parser.add_argument("--one_clip_per_call", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="also classify the clips one per call (the median per-clip real-time factor)")
-    parser.add_argument("--variants", default="plain,prompt_cache,merged_lora,fast",
+    parser.add_argument("--variants", default="plain,prompt_cache,merged_lora,bf16_encoder,fast,fast_float32_encoder",
                         help="comma-separated inference variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--max_batch_size", type=int, default=8, help="batch_size = min(clips, this)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up call")

@@ -14,7 +14,7 @@ import torch
 from conftest import LABELS, save_tiny_backbones, tone
 from safetensors import safe_open
 
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, bf16_is_native
 from processing_emosllm import EmoSLLMProcessor
 
 TINY_IDS = {"audio_model_id": "tiny-org/whisper-encoder", "text_model_id": "tiny-org/llama"}
@@ -315,3 +315,26 @@ def test_real_backbones_lean_folder_scores_as_the_full_folder(real):
     # 1e-5: an earlier test merged and unmerged this model's LoRA, which moves its weights by float rounding.
     torch.testing.assert_close(torch.tensor(json.loads(run.stdout.strip().splitlines()[-1])), from_full,
                                atol=1e-5, rtol=0)
+
+
+def test_encoder_runs_in_bf16_only_without_gradients_and_where_bf16_is_native(tiny):
+    processor, model, _ = tiny
+    batch = processor(clips(2))
+    encoder = model.audio_encoder
+    encoder.bf16_inference = False
+    with torch.no_grad():
+        float32 = encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+    encoder.bf16_inference = True
+    with torch.enable_grad():  # training: float32, whatever the hardware
+        torch.testing.assert_close(encoder.layer_states(batch["input_features"], batch["audio_lengths"]).detach(),
+                                   float32, atol=0, rtol=0)
+    with torch.no_grad():
+        inference = encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+    assert inference.dtype == torch.float32
+    if bf16_is_native("cpu"):
+        assert not torch.equal(inference, float32)  # bf16 ran
+        # bf16 keeps 8 bits of mantissa: each state within a few percent of the layer's scale
+        scale = float32.abs().amax(dim=(0, 2, 3), keepdim=True)
+        assert ((inference - float32).abs() / scale).max() < 0.05
+    else:
+        torch.testing.assert_close(inference, float32, atol=0, rtol=0)

@@ -176,10 +176,13 @@ def test_scores_do_not_depend_on_batch_company(adapter):
     processor, model = make("whisper", adapter)
     model.eval()
     short, long = tone(1.0, 300), tone(3.0, 700, seed=2)
-    with torch.no_grad():
-        alone = model(**processor(short)).logits
-        together = model(**processor([short, long])).logits[:1]
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    # Exact in float32; the bf16 encoder (where bf16 is native) rounds a padded batch's matrix products differently.
+    for bf16, tolerance in ((False, 1e-5), (True, 1e-3)):
+        model.audio_encoder.bf16_inference = bf16
+        with torch.no_grad():
+            alone = model(**processor(short)).logits
+            together = model(**processor([short, long])).logits[:1]
+        torch.testing.assert_close(together, alone, atol=tolerance, rtol=0)
 
 
 def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
@@ -359,8 +362,9 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
                                        *model.get_audio_embeddings(prompt_only["audio_lengths"],
                                                                    prompt_only["input_features"]))
         next_token = model.language_model(**llm_inputs).logits[:, -1]
+        without_answer = model(**prompt_only).logits
     torch.testing.assert_close(output.logits, next_token[:, first_tokens], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(model(**prompt_only).logits, output.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(without_answer, output.logits, atol=1e-4, rtol=1e-4)
     # The training target is the answer text: the LLM's next-token loss on the label word and the end of the turn.
     answer = batch["lm_labels"] != -100
     assert (batch["input_ids"][answer] == batch["lm_labels"][answer]).all()
