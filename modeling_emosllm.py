@@ -58,12 +58,15 @@ class SpeechEmotionOutput(ModelOutput):
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_is_native(device_type: str = "cpu") -> bool:
+def bf16_is_native(device_type: str | None = None) -> bool:
     """
-    Whether `device_type` ("cpu", "cuda") runs bf16 natively: a GPU with bf16, or a CPU with the `avx512_bf16` or
-    `amx_bf16` instructions (read from /proc/cpuinfo: torch's public `get_cpu_capability` does not report them).
-    Elsewhere (an AVX2 CPU) bf16 is emulated and slower than float32 (a training step took 14x; BENCHMARKS.md).
+    Whether `device_type` ("cpu", "cuda"; None: the GPU if there is one, else the CPU) runs bf16 natively: a GPU
+    with bf16, or a CPU with the `avx512_bf16` or `amx_bf16` instructions (read from /proc/cpuinfo: torch's public
+    `get_cpu_capability` does not report them). Elsewhere (an AVX2 CPU) bf16 is emulated and slower than float32 (a
+    training step took 14x; BENCHMARKS.md).
     """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device_type != "cpu":
@@ -146,13 +149,17 @@ class EmoSLLMAudioEncoder(nn.Module):
         states[-1] = encoder.layer_norm(hidden)
         return states
 
+    def inference_dtype(self, device_type: str) -> torch.dtype:
+        """The dtype the encoder computes in without gradients on `device_type` (see `bf16_inference`)."""
+        return torch.bfloat16 if self.bf16_inference and bf16_is_native(device_type) else torch.float32
+
     def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
         """
         Every layer's output of the pretrained encoder: `(batch, num_layers + 1, frames, encoder_hidden)`, in
         `input_features`' dtype (computed in bf16 without gradients where bf16 is native: `bf16_inference`).
         """
         device_type = input_features.device.type
-        bf16 = self.bf16_inference and not torch.is_grad_enabled() and bf16_is_native(device_type)
+        bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             if self.config.is_whisper_encoder:
                 states = self._whisper_hidden_states(input_features, audio_lengths)

@@ -202,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         learning_rate=5e-4, num_train_epochs=2, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, logging_steps=10, report_to="none",
         remove_unused_columns=False, label_names=["labels"], seed=42, dataloader_num_workers=0,
-        bf16=bf16_is_native("cuda" if torch.cuda.is_available() else "cpu"), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
+        bf16=bf16_is_native(), use_cpu=not torch.cuda.is_available(), metric_for_best_model="ua", greater_is_better=True,
         # None: not given. The SER stage then keeps its best checkpoint by validation UA wherever the save and eval
         # strategies allow it, and the last model elsewhere (`stage_arguments`); True/False: as asked.
         load_best_model_at_end=None,
@@ -552,7 +552,7 @@ class EncoderStateCache:
         encoder_key = json.dumps(
             [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length,
              processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder),
-             "bf16" if model.audio_encoder.bf16_inference and bf16_is_native(model.device.type) else "float32"],
+             str(model.audio_encoder.inference_dtype(model.device.type))],
             sort_keys=True, default=str,
         )
         self.root = root / hashlib.sha1(encoder_key.encode()).hexdigest()[:16]

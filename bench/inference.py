@@ -370,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", default="8", help="comma-separated clip counts")
     parser.add_argument("--one_clip_per_call", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="also classify the clips one per call (the median per-clip real-time factor)")
-    parser.add_argument("--variants", default="plain,prompt_cache,merged_lora,bf16_encoder,fast,fast_float32_encoder",
+    parser.add_argument("--variants",
+                        default="plain,prompt_cache,merged_lora,bf16_encoder,fast,fast_float32_encoder",
                         help="comma-separated inference variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--max_batch_size", type=int, default=8, help="batch_size = min(clips, this)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up call")
