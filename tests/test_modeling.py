@@ -550,3 +550,40 @@ def test_the_shared_head_stops_before_the_answer():
     mask = torch.ones_like(ids)
     assert model.shared_prefix_length(ids, mask) == ids.shape[1] - 1
     assert model.shared_prefix_length(ids, mask, lm_labels) == ids.shape[1] - 3
+
+
+def test_speech_threshold_pools_only_the_speech_frames_and_needs_the_mask():
+    processor, model = make("whisper", "probe", speech_threshold_db=30.0, encoder_layer_combination="concatenate")
+    fit_random_probe(model)
+    model.eval()
+    rng = np.random.default_rng(0)
+    quiet = 1e-3 * rng.standard_normal(8000).astype(np.float32)
+    clips = [np.concatenate([quiet, tone(1.0, 300), quiet]), tone(0.8, 600, seed=1)]
+    batch = processor(clips)
+    short = processor.config.num_encoder_frames(len(clips[1]))
+    assert not batch["speech_mask"][0].all() and batch["speech_mask"][1, :short].all()
+    with torch.no_grad():
+        frames, valid = model.audio_encoder(batch["audio_lengths"], batch["input_features"])  # every valid frame
+        read_frames, read = model.audio_encoder(batch["audio_lengths"], batch["input_features"],
+                                                speech_mask=batch["speech_mask"])
+        logits = model(**batch).logits
+    torch.testing.assert_close(read_frames, frames)  # the encoder hears every frame; the interface reads speech
+    width = valid.shape[1]
+    torch.testing.assert_close(read, valid & F.pad(batch["speech_mask"], (0, width - batch["speech_mask"].shape[1])))
+    speech = frames[0][read[0]]
+    statistics = torch.cat([speech.mean(dim=0), speech.std(dim=0, unbiased=False)])
+    expected = model.adapter.scores_of_statistics(statistics[None].float())
+    torch.testing.assert_close(model.adapter.class_scores(read_frames.float(), read)[:1], expected)
+    assert not torch.allclose(model.adapter.class_scores(frames.float(), valid)[:1], expected)
+    # without the mask the model would read every frame: a silent wrong answer, so it is an error instead
+    batch.pop("speech_mask")
+    with pytest.raises(ValueError, match="speech_mask"):
+        model(**batch)
+    assert logits.shape == (2, len(LABELS))
+
+
+def test_speech_threshold_is_refused_for_interfaces_that_read_every_stretch_of_frames():
+    with pytest.raises(ValueError, match="speech_threshold_db"):
+        tiny_processor("whisper", "mlp", speech_threshold_db=30.0)
+    with pytest.raises(ValueError, match="positive"):
+        tiny_processor("whisper", "probe", speech_threshold_db=-3.0)
