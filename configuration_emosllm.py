@@ -76,12 +76,6 @@ class EmoSLLMConfig(PreTrainedConfig):
     label_token_ids (`list[list[int]]`): token ids of each label's words, the LLM's answer for that class (set from
         the tokenizer). A class's score is the LLM's logit of its first token at the answer position, so the labels'
         first tokens must differ.
-    speech_threshold_db (`float`, optional): the interface reads only the clip's speech: the encoder frames whose
-        energy is within this many dB of the clip's loudest frame (the processor's `speech_mask`), so silence before,
-        between and after the words does not dilute the pooled statistics (train.py's default, 30: cross-validated
-        UA 0.76 against 0.73 with every frame on RAVDESS, BENCHMARKS.md). The encoder itself still hears every frame.
-        `None` (the config's default, the paper's): every frame. For the interfaces with a fixed number of
-        embeddings (`probe`, `statistics`, `qpmapper`).
     max_audio_seconds (`float`): longest clip the processor accepts; longer audio must be segmented (the pipeline
         does it).
     pad_audio_to_max_length (`bool`): pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of
@@ -150,7 +144,6 @@ class EmoSLLMConfig(PreTrainedConfig):
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
     label_token_ids: list[list[int]] | None = None
-    speech_threshold_db: float | None = None
     max_audio_seconds: float = 30.0
     pad_audio_to_max_length: bool = False
     use_transcript: Literal["given", "auto", "none"] = "given"
@@ -179,16 +172,6 @@ class EmoSLLMConfig(PreTrainedConfig):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
-        if self.speech_threshold_db is not None:
-            if not self.speech_threshold_db > 0:
-                raise ValueError(f"speech_threshold_db must be a positive number of dB or None; got "
-                                 f"{self.speech_threshold_db!r}.")
-            if self.adapter_type not in ("probe", "statistics", "qpmapper"):
-                raise ValueError(
-                    f"speech_threshold_db reads only speech frames, which the {self.adapter_type!r} interface (one "
-                    "embedding per stretch of frames) cannot do; use speech_threshold_db=None with it (train.py: "
-                    "--speech_threshold_db 0)."
-                )
         if self.lora_rank > 0 and not self.freeze_language_model:
             raise ValueError(
                 "LoRA and full fine-tuning of the LLM exclude each other: use lora_rank>0 with a frozen LLM, or "
@@ -245,13 +228,6 @@ class EmoSLLMConfig(PreTrainedConfig):
         for kernel, stride in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride):
             length = (length - kernel) // stride + 1
         return max(length, 0)
-
-    @property
-    def samples_per_encoder_frame(self) -> int:
-        """Samples at 16 kHz per audio-encoder output frame (320, 20 ms, for Whisper and the wav2vec2 family)."""
-        if self.is_whisper_encoder:
-            return 2 * MEL_HOP_LENGTH  # the stride-2 convolution over 160-sample mel frames
-        return math.prod(self.audio_config.conv_stride)
 
     def num_audio_embeddings(self, num_samples: int) -> int:
         """

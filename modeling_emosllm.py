@@ -174,13 +174,8 @@ class EmoSLLMAudioEncoder(nn.Module):
         audio_lengths: torch.Tensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-        speech_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        `encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder. The
-        returned mask holds the frames the interface reads: the valid ones, and of those only the speech when a
-        `speech_mask` `(batch, frames)` (the processor's) is given.
-        """
+        """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
         # Rounded to float16, the precision of train.py's encoder-state cache: a clip scores the same from the cache
@@ -193,11 +188,7 @@ class EmoSLLMAudioEncoder(nn.Module):
         else:
             weights = torch.softmax(self.layer_weights, dim=0).to(standardized.dtype)
             frames = torch.einsum("l,bltd->btd", weights, standardized)
-        frame_mask = self.frame_mask(audio_lengths, frames.shape[1])
-        if speech_mask is not None:
-            width = frames.shape[1]
-            frame_mask = frame_mask & F.pad(speech_mask.bool(), (0, max(0, width - speech_mask.shape[1])))[:, :width]
-        return frames, frame_mask
+        return frames, self.frame_mask(audio_lengths, frames.shape[1])
 
     @torch.no_grad()
     def set_feature_statistics(self, clip_layer_states: Iterable[torch.Tensor]) -> None:
@@ -868,25 +859,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.Tensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-        speech_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
         `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
         """
-        self._check_speech_mask(speech_mask)
-        frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states, speech_mask)
+        frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
         return self.adapter(frames, frame_mask)
-
-    def _check_speech_mask(self, speech_mask: torch.Tensor | None) -> None:
-        """A model that reads only speech frames (`config.speech_threshold_db`) needs the processor's `speech_mask`:
-        without it, it would read every frame and answer differently from training, silently."""
-        if (self.config.speech_threshold_db is None) != (speech_mask is None):
-            raise ValueError(
-                "This model reads only the speech frames (config.speech_threshold_db): pass the processor's "
-                "speech_mask with the audio (processor(...) returns it)." if speech_mask is None else
-                "Got a speech_mask, but this model reads every frame (config.speech_threshold_db is None); leave it out."
-            )
 
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
@@ -1031,7 +1010,6 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-        speech_mask: torch.BoolTensor | None = None,
         labels: torch.LongTensor | None = None,
         lm_labels: torch.LongTensor | None = None,
         **kwargs,
@@ -1043,8 +1021,6 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
         encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
             outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
-        speech_mask (`(batch, encoder_frames)`, optional): the processor's speech frames, which the interface reads
-            (required when `config.speech_threshold_db` is set, refused otherwise).
         labels (`(batch,)`, optional): class ids. Without `lm_labels`, the loss is the cross-entropy of the class
             scores; with them, they feed only the auxiliary audio loss.
         lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
@@ -1052,9 +1028,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
 
         The class scores (`logits`) are read at the position right before the answer (the prompt's last position).
         """
-        audio_embeddings, audio_mask = self.get_audio_embeddings(
-            audio_lengths, input_features, encoder_layer_states, speech_mask
-        )
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         hidden, start = self.language_model_hidden(input_ids, **llm_inputs, lm_labels=lm_labels)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -1109,7 +1083,6 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.LongTensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-        speech_mask: torch.BoolTensor | None = None,
         constrain_to_labels: bool = True,
         **generate_kwargs,
     ) -> torch.LongTensor:
@@ -1119,9 +1092,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         rank first; `False` lets it write freely (`max_new_tokens=...`), which a trained model also answers with
         the label (BENCHMARKS.md measures how often it matches the scores).
         """
-        audio_embeddings, audio_mask = self.get_audio_embeddings(
-            audio_lengths, input_features, encoder_layer_states, speech_mask
-        )
+        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
         if constrain_to_labels:
@@ -1137,10 +1108,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
     @torch.no_grad()
     def pooled_audio_statistics(self, batch: dict) -> torch.Tensor:
         """Mean and std over each clip's standardized encoder frames: `(batch, 2 * frame width)` of model inputs."""
-        self._check_speech_mask(batch.get("speech_mask"))
         frames, mask = self.audio_encoder(
-            batch["audio_lengths"], batch.get("input_features"), batch.get("encoder_layer_states"),
-            batch.get("speech_mask"),
+            batch["audio_lengths"], batch.get("input_features"), batch.get("encoder_layer_states")
         )
         return pooled_statistics(frames.float(), mask)
 

@@ -345,8 +345,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         """
         Feature extraction of prepared clips (`prepare_audio`), padded to the batch's longest clip (or to
         `max_audio_seconds`): `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)`
-        for the wav2vec2 family, `audio_lengths` `(batch,)`, and, when the model reads only speech
-        (`config.speech_threshold_db`), `speech_mask` `(batch, encoder_frames)`.
+        for the wav2vec2 family, and `audio_lengths` `(batch,)`.
         """
         if self.config.pad_audio_to_max_length:
             padding = {"padding": "max_length", "max_length": int(self.config.max_audio_seconds * SAMPLING_RATE)}
@@ -356,36 +355,7 @@ class EmoSLLMProcessor(ProcessorMixin):
             audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=False, **padding
         )
         values = features["input_features"] if "input_features" in features else features["input_values"]
-        data = {"input_features": values, "audio_lengths": torch.tensor([len(a) for a in audios])}
-        if self.config.speech_threshold_db is not None:
-            data["speech_mask"] = self.speech_mask(audios)
-        return data
-
-    def speech_mask(self, audios: list[np.ndarray], num_frames: int | None = None) -> torch.BoolTensor:
-        """
-        `(batch, num_frames)`: True on each clip's encoder frames that carry speech, the valid frames whose energy is
-        within `config.speech_threshold_db` of the clip's loudest frame (a clip's loudest frame always counts, so
-        silence and steady noise keep every frame). Each frame is the encoder's stretch of samples
-        (`config.samples_per_encoder_frame`, 20 ms); `num_frames` defaults to the longest clip's frame count.
-
-        Written by hand: an energy threshold relative to the clip's own peak is three lines of numpy, and it is
-        independent of the recording level; a trained voice-activity detector would be one more model to ship.
-        """
-        if self.config.speech_threshold_db is None:
-            raise ValueError("speech_mask needs config.speech_threshold_db (None: the model reads every frame).")
-        hop = self.config.samples_per_encoder_frame
-        frames = [self.config.num_encoder_frames(len(a)) for a in audios]
-        mask = torch.zeros(len(audios), max(frames) if num_frames is None else num_frames, dtype=torch.bool)
-        for row, (audio, count) in enumerate(zip(audios, frames)):
-            count = min(count, mask.shape[1])
-            if count == 0:
-                continue
-            samples = np.zeros(count * hop)
-            clip = np.asarray(audio, dtype=np.float64)[: count * hop]
-            samples[: len(clip)] = clip
-            energy_db = 10 * np.log10(np.mean(samples.reshape(count, hop) ** 2, axis=1) + 1e-10)
-            mask[row, :count] = torch.from_numpy(energy_db >= energy_db.max() - self.config.speech_threshold_db)
-        return mask
+        return {"input_features": values, "audio_lengths": torch.tensor([len(a) for a in audios])}
 
     # ----------------------------------------------------------------------------------------------------------------
     # Text
@@ -593,8 +563,7 @@ class EmoSLLMProcessor(ProcessorMixin):
             labels: per-clip label names or ids, for training: the label word then follows each prompt as the answer.
 
         Returns a `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq)`, `input_features`
-        (`(batch, mel_bins, frames)` or `(batch, samples)`), `audio_lengths` `(batch,)`, `speech_mask`
-        `(batch, encoder_frames)` if the model reads only speech (`config.speech_threshold_db`), and with `labels` also
+        (`(batch, mel_bins, frames)` or `(batch, samples)`), `audio_lengths` `(batch,)`, and with `labels` also
         `labels` `(batch,)` and `lm_labels` `(batch, seq)` (the answer's tokens, -100 elsewhere).
         """
         if isinstance(audio, (str, bytes, os.PathLike)):

@@ -117,11 +117,6 @@ class ModelArguments:
         default=1.0,
         metadata={"help": "Weight of the auxiliary emotion loss on the mean audio embedding (0: off; BENCHMARKS.md)."},
     )
-    speech_threshold_db: float = field(
-        default=30.0,
-        metadata={"help": "The interface reads only speech: the encoder frames within this many dB of the clip's "
-                  "loudest (0: every frame, the paper's; BENCHMARKS.md)."},
-    )
     use_transcript: str = field(
         default="auto",
         metadata={"help": "auto (default: given transcripts, and the saved model transcribes clips that come without "
@@ -476,7 +471,6 @@ def augmented_copies(clip: dict, speeds: list[float], snrs_db: list[float], max_
         copies.append(dict(clip, audio=(audio + noise).astype(np.float32)))
     for copy in copies:
         copy.pop("states", None)
-        copy.pop("speech_mask", None)
     return copies
 
 
@@ -615,10 +609,6 @@ class EmoSLLMCollator:
         batch["audio_lengths"] = torch.tensor(lengths)
         if "states" in clips[0]:
             batch["encoder_layer_states"] = padded_states(clips)
-            if "speech_mask" in clips[0]:
-                longest = batch["encoder_layer_states"].shape[2]
-                batch["speech_mask"] = torch.stack([F.pad(c["speech_mask"], (0, longest - len(c["speech_mask"])))
-                                                    for c in clips])
         else:
             batch.update(self.processor.audio_features([c["audio"] for c in clips]))
         if self.task == "ser":
@@ -680,7 +670,6 @@ def build_model(model_args: ModelArguments, labels: list[str]):
         freeze_language_model=model_args.freeze_language_model,
         audio_loss_weight=model_args.audio_loss_weight,
         use_transcript=model_args.use_transcript, prompt=model_args.prompt,
-        speech_threshold_db=model_args.speech_threshold_db or None,
     )
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
     trainable, total = model.trainable_parameters()
@@ -1206,11 +1195,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             for clip_versions in versions:
                 clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
             cache.fill([copy for clip_versions in versions for copy in clip_versions[1:]])
-    # Training reads the cached states: the decoded samples of the training clips and their copies can go (their
-    # speech frames, which the interface reads, are kept).
+    # Training reads the cached states: the decoded samples of the training clips and their copies can go.
     for clip in (copy for clip_versions in versions for copy in clip_versions):
-        if processor.config.speech_threshold_db is not None:
-            clip["speech_mask"] = processor.speech_mask([clip["audio"]])[0]
         clip["num_samples"] = len(clip.pop("audio"))
     probe = {}
     if model.config.adapter_type == "probe":  # fitted on the training clips and their augmented copies

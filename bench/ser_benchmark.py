@@ -102,8 +102,6 @@ SYSTEMS = {
                "(C by validation UA, refit on train+validation)",
     "whisper_layers_lr": "Whisper encoder frozen, every layer's mean+std side by side, StandardScaler + "
                          "LogisticRegression (C as for mfcc_lr)",
-    "whisper_layers_lr_speech": "whisper_layers_lr over the speech frames only (train.py's default "
-                                "--speech_threshold_db 30): the statistics EmoSLLM's default recipe reads",
     "whisper_linear_frozen": "Whisper encoder frozen + WhisperForAudioClassification head (projector, masked mean, "
                              "classifier)",
     "whisper_linear_finetuned": "Whisper encoder fine-tuned + WhisperForAudioClassification head (projector, "
@@ -118,23 +116,20 @@ SYSTEMS = {
     "emosllm_full_finetune": "EmoSLLM, Query Pooling Mapper, every LLM weight fine-tuned instead of LoRA (lr 2e-5)",
 }
 # train.py flags of each EmoSLLM row, on top of train.py's defaults.
-# The paper's interfaces read every frame (--speech_threshold_db 0; the frame-sequence ones can do nothing else).
-EVERY_FRAME = ["--speech_threshold_db", "0"]
-PAPER = ["--adapter_type", "qpmapper", "--encoder_layer_combination", "weighted_average", *EVERY_FRAME]
+PAPER = ["--adapter_type", "qpmapper", "--encoder_layer_combination", "weighted_average"]
 EMOSLLM_FLAGS = {
     "emosllm_default": [],
     "emosllm_qpmapper": PAPER,
-    "emosllm_qformer": ["--adapter_type", "qformer", "--encoder_layer_combination", "weighted_average", *EVERY_FRAME],
-    "emosllm_mlp": ["--adapter_type", "mlp", "--encoder_layer_combination", "weighted_average", *EVERY_FRAME],
+    "emosllm_qformer": ["--adapter_type", "qformer", "--encoder_layer_combination", "weighted_average"],
+    "emosllm_mlp": ["--adapter_type", "mlp", "--encoder_layer_combination", "weighted_average"],
     "emosllm_statistics": ["--adapter_type", "statistics", "--encoder_layer_combination", "weighted_average",
-                           "--num_queries", "4", "--adapter_learning_rate", "1e-2", "--head_learning_rate", "1e-3",
-                           *EVERY_FRAME],
+                           "--num_queries", "4", "--adapter_learning_rate", "1e-2", "--head_learning_rate", "1e-3"],
     "emosllm_transcript_only": [*PAPER, "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": [*PAPER, "--lora_rank", "0"],
     "emosllm_full_finetune": [*PAPER, "--lora_rank", "0", "--freeze_language_model", "False",
                               "--learning_rate", "2e-5"],
 }
-DETERMINISTIC_SYSTEMS = ("mfcc_lr", "whisper_layers_lr", "whisper_layers_lr_speech")  # the same result for every seed: run once
+DETERMINISTIC_SYSTEMS = ("mfcc_lr", "whisper_layers_lr")  # the same result for every seed: run once
 CROSS_VALIDATION_FOLDS = 4  # over the training speakers, where no validation speakers are given
 MODES = {
     "quick": {"subset_fraction": 0.1, "epochs": 1, "seeds": "0"},
@@ -295,20 +290,12 @@ def fit_and_score_lr(x: dict, clips: dict, labels: list[str], cs, run_dir: Path,
 LAYERS_LR_CS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1)
 
 
-def run_whisper_layers_lr(clips: dict[str, list[dict]], labels: list[str], audio_encoder: str, run_dir: Path,
-                          speech_threshold_db: float | None = None) -> dict:
-    """
-    The frozen encoder's every layer, mean+std over each clip's valid frames side by side (with
-    `speech_threshold_db`, only its speech frames: the processor's `speech_mask`); logistic regression.
-    """
-    import copy
-
+def run_whisper_layers_lr(clips: dict[str, list[dict]], labels: list[str], audio_encoder: str, run_dir: Path) -> dict:
+    """The frozen encoder's every layer, mean+std over each clip's valid frames side by side; logistic regression."""
     import torch
 
     _, runner, feature_extractor = build_whisper_classifier(audio_encoder, labels, freeze_encoder=True)
     runner.eval()
-    speech_config = copy.copy(runner.config)
-    speech_config.speech_threshold_db = speech_threshold_db
 
     @torch.no_grad()
     def features(batch: list[dict]) -> np.ndarray:
@@ -320,11 +307,7 @@ def run_whisper_layers_lr(clips: dict[str, list[dict]], labels: list[str], audio
             audios = [c["audio"] for c in batch[start:start + 16]]
             inputs = EmoSLLMProcessor.audio_features(owner, audios)
             states = runner.layer_states(inputs["input_features"], inputs["audio_lengths"])  # (b, layers, t, d)
-            mask = runner.frame_mask(inputs["audio_lengths"], states.shape[2])
-            if speech_threshold_db is not None:
-                speech = types.SimpleNamespace(config=speech_config)
-                mask = mask & EmoSLLMProcessor.speech_mask(speech, audios, states.shape[2])
-            mask = mask[:, None, :, None].float()
+            mask = runner.frame_mask(inputs["audio_lengths"], states.shape[2])[:, None, :, None].float()
             mean = (states * mask).sum(2) / mask.sum(2)
             std = (((states - mean[:, :, None]) ** 2 * mask).sum(2) / mask.sum(2)).sqrt()
             rows.append(torch.cat([mean, std], dim=-1).flatten(1).numpy())
@@ -508,7 +491,7 @@ def transcript_only_classes():
             for param in [*self.audio_encoder.parameters(), *self.adapter.parameters()]:
                 param.requires_grad_(False)
 
-        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None, speech_mask=None):
+        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None):
             batch = audio_lengths.shape[0]
             embeddings = torch.zeros(batch, 0, self.config.text_config.hidden_size, device=audio_lengths.device)
             return embeddings, torch.zeros(batch, 0, dtype=torch.bool, device=audio_lengths.device)
@@ -641,11 +624,8 @@ def run_one(system: str, seed: int, settings: dict, run_dir: Path) -> dict:
             clips = {name: train.decoded_clips(split) for name, split in splits.items()}
             if system == "mfcc_lr":
                 result = run_mfcc_lr(clips, labels, run_dir)
-            elif system in ("whisper_layers_lr", "whisper_layers_lr_speech"):
-                result = run_whisper_layers_lr(clips, labels, settings["audio_encoder"], run_dir,
-                                               # train.py's default, the one EmoSLLM's default recipe reads
-                                               train.ModelArguments().speech_threshold_db
-                                               if system.endswith("_speech") else None)
+            elif system == "whisper_layers_lr":
+                result = run_whisper_layers_lr(clips, labels, settings["audio_encoder"], run_dir)
             else:
                 result = run_whisper_linear(clips, labels, settings["audio_encoder"], settings["epochs"], seed,
                                             finetune=system == "whisper_linear_finetuned", run_dir=run_dir)

@@ -122,37 +122,3 @@ def test_prompts_are_left_padded_whatever_the_tokenizers_padding_side(tmp_path):
     assert mask[:, -1].all() and not mask[1, 0]  # the shorter prompt is padded at its start
     processor.save_pretrained(tmp_path)
     assert type(processor).from_pretrained(tmp_path).tokenizer.padding_side == "left"
-
-
-def test_speech_mask_keeps_the_frames_within_the_threshold_of_the_loudest_whatever_the_level():
-    from conftest import tiny_processor
-
-    processor = tiny_processor(adapter="probe", speech_threshold_db=30.0)
-    hop = processor.config.samples_per_encoder_frame
-    assert hop == 320  # 20 ms: Whisper's stride-2 convolution over 10 ms mel frames
-    # 0.5 s of near-silence (-60 dB under the tone), 1 s of tone, 0.5 s of a tone 20 dB down, 0.5 s of near-silence
-    rng = np.random.default_rng(0)
-    quiet = 1e-3 * rng.standard_normal(8000).astype(np.float32)
-    clip = np.concatenate([quiet, tone(1.0, 300), 0.1 * tone(0.5, 300, seed=1), quiet])
-    mask = processor(clip)["speech_mask"][0]
-    frames = processor.config.num_encoder_frames(len(clip))
-    assert mask.shape == (frames,)
-    expected = torch.zeros(frames, dtype=torch.bool)
-    expected[25:100] = True  # the loud tone and the tone 20 dB down (within 30 dB); not the silence
-    torch.testing.assert_close(mask, expected)
-    # relative to the clip's own peak: the same frames at any recording level
-    torch.testing.assert_close(processor(0.01 * clip)["speech_mask"][0], expected)
-    # silence or steady noise alone: every frame counts (the loudest always does)
-    assert processor(quiet)["speech_mask"][0].all()
-
-
-def test_speech_mask_is_false_on_padding_and_absent_when_the_model_reads_every_frame(processor):
-    from conftest import tiny_processor
-
-    speech = tiny_processor(adapter="probe", speech_threshold_db=30.0)
-    short, long = tone(0.5, 300), tone(1.5, 300)
-    batch = speech([short, long])
-    assert batch["speech_mask"].shape == (2, speech.config.num_encoder_frames(len(long)))
-    assert batch["speech_mask"][0].sum() == speech.config.num_encoder_frames(len(short))
-    assert not batch["speech_mask"][0, speech.config.num_encoder_frames(len(short)):].any()
-    assert "speech_mask" not in processor([short, long])  # config.speech_threshold_db is None: every frame
