@@ -576,7 +576,12 @@ class EncoderStateCache:
             states = encoder.layer_states(features["input_features"], features["audio_lengths"])
             for clip, clip_states in zip(chunk, states):
                 frames = self.model.config.num_encoder_frames(len(clip["audio"]))
-                save_file({"states": clip_states[:, :frames].half().contiguous()}, str(self.path(clip["audio"])))
+                # Written beside and renamed into place: another run filling the same cache (two trainings side by
+                # side) sees either no file or a whole one, never a half-written one.
+                path = self.path(clip["audio"])
+                partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+                save_file({"states": clip_states[:, :frames].half().contiguous()}, str(partial))
+                os.replace(partial, path)
         if todo:
             logger.info("Encoded %d clips in %.1f s (cache: %s)", len(todo), time.time() - started, self.root)
         for clip in clips:

@@ -467,6 +467,24 @@ def test_the_encoder_cache_checks_what_it_is_given(tiny, tmp_path):
     assert not list(cache.root.iterdir())
 
 
+def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
+    model, processor = tiny
+    cache = train.EncoderStateCache(model, processor, tmp_path)
+
+    def killed(*args, **kwargs):  # the run is killed while writing a clip's states
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill([{"audio": CLIP, "file": "clip"}])
+    assert not cache.path(CLIP).exists()  # a run side by side, or the next one, encodes the clip again
+    monkeypatch.undo()
+    clips = [{"audio": CLIP, "file": "clip"}]
+    cache.fill(clips)
+    assert [p.name for p in cache.root.iterdir()] == [cache.path(CLIP).name]
+    assert clips[0]["states"].dtype == torch.float16
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # train.py: labels, duplicates, splits
 # ----------------------------------------------------------------------------------------------------------------------
