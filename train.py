@@ -13,6 +13,7 @@ stage where it names the emotion. The frozen audio encoder's outputs are compute
 """
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -1243,10 +1244,15 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
                 output_dir, size, model.config.audio_model_id, model.config.text_model_id,
             )
-        del trainer, model
-        for split_clips in clips.values():  # the cached states are not needed any more; free them before reloading
+        # The trained model, the encoder cache (which holds the model) and every cached state (the originals' and
+        # the augmented copies') are not needed any more: freed before the saved folder is loaded beside them.
+        del trainer, model, cache
+        for clip in (copy for clip_versions in versions for copy in clip_versions):
+            clip.pop("states", None)
+        for split_clips in clips.values():
             for clip in split_clips:
                 clip.pop("states", None)
+        gc.collect()
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,
                          hub_model_id=training_args.hub_model_id, full_weights=whole)
