@@ -1244,14 +1244,12 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
                 output_dir, size, model.config.audio_model_id, model.config.text_model_id,
             )
-        # The trained model, the encoder cache (which holds the model) and every cached state (the originals' and
-        # the augmented copies') are not needed any more: freed before the saved folder is loaded beside them.
+        # The trained model, the encoder cache (which holds the model) and every cached state (only training clips
+        # are cached: each original is the first of its versions, its augmented copies the rest) are not needed any
+        # more: freed before the saved folder is loaded beside them.
         del trainer, model, cache
         for clip in (copy for clip_versions in versions for copy in clip_versions):
             clip.pop("states", None)
-        for split_clips in clips.values():
-            for clip in split_clips:
-                clip.pop("states", None)
         gc.collect()
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,

@@ -471,7 +471,8 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     model, processor = tiny
     cache = train.EncoderStateCache(model, processor, tmp_path)
 
-    def killed(*args, **kwargs):  # the run is killed while writing a clip's states
+    def killed(tensors, filename):  # the run is killed halfway through writing a clip's states
+        Path(filename).write_bytes(b"half a safetensors file")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "save_file", killed)
@@ -481,8 +482,10 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     monkeypatch.undo()
     clips = [{"audio": CLIP, "file": "clip"}]
     cache.fill(clips)
-    assert [p.name for p in cache.root.iterdir()] == [cache.path(CLIP).name]
-    assert clips[0]["states"].dtype == torch.float16
+    whole = [p.name for p in cache.root.iterdir() if not p.name.endswith(".partial")]
+    assert whole == [cache.path(CLIP).name]
+    assert clips[0]["states"].dtype == torch.float16 and clips[0]["states"].shape[1] == \
+        model.config.num_encoder_frames(len(CLIP))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
