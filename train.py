@@ -564,11 +564,17 @@ class EncoderStateCache:
 
     @torch.no_grad()
     def fill(self, clips: list[dict], batch_size: int = 16) -> None:
-        """Compute and store the states of every clip not cached yet; attach them as `clip["states"]` (fp16)."""
+        """
+        Compute and store the states of every clip not cached yet; attach each clip's file as `clip["states"]`,
+        which `cached_states` reads (fp16). The states stay on disk, read batch by batch: held in memory, RAVDESS's
+        960 clips and their copies took 1.4 GB, and train.py peaked at 5.0 GB instead of 2.6 (BENCHMARKS.md).
+        """
         todo = [c for c in clips if not self.path(c["audio"]).exists()]
         for clip in todo:  # the checks every clip passes (decoded_clips ran them on the originals; these are copies)
             check_audio(clip["audio"], SAMPLING_RATE, clip.get("file", "clip"))
-        todo.sort(key=lambda c: len(c["audio"]))
+        # Longest first: later, smaller batches reuse the memory the first ones freed. Shortest first, every batch
+        # needed larger blocks than any freed before, and glibc's heap grew by 1 GB on RAVDESS (BENCHMARKS.md).
+        todo.sort(key=lambda c: len(c["audio"]), reverse=True)
         encoder = self.model.audio_encoder
         started = time.time()
         for start in range(0, len(todo), batch_size):
@@ -586,13 +592,20 @@ class EncoderStateCache:
         if todo:
             logger.info("Encoded %d clips in %.1f s (cache: %s)", len(todo), time.time() - started, self.root)
         for clip in clips:
-            clip["states"] = load_file(str(self.path(clip["audio"])))["states"]
+            clip["states"] = self.path(clip["audio"])
+
+
+def cached_states(clip: dict) -> torch.Tensor:
+    """A clip's cached encoder states `(num_layers + 1, frames, encoder_hidden)`: `clip["states"]`, or its file."""
+    states = clip["states"]
+    return states if isinstance(states, torch.Tensor) else load_file(str(states))["states"]
 
 
 def padded_states(clips: list[dict]) -> torch.Tensor:
     """Cached encoder states, zero-padded to the longest clip: `(batch, num_layers + 1, frames, encoder_hidden)`."""
-    longest = max(c["states"].shape[1] for c in clips)
-    return torch.stack([F.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1])) for c in clips])
+    states = [cached_states(c) for c in clips]
+    longest = max(s.shape[1] for s in states)
+    return torch.stack([F.pad(s.float(), (0, 0, 0, longest - s.shape[1])) for s in states])
 
 
 @dataclass
@@ -1193,7 +1206,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
         cache.fill(clips["train"])
     # The interface reads each encoder dimension standardized over the training clips (never validation or test).
-    model.audio_encoder.set_feature_statistics(clip["states"] for clip in clips["train"])
+    model.audio_encoder.set_feature_statistics(cached_states(clip) for clip in clips["train"])
     versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
     if speeds or snrs_db:
         max_samples = int(processor.config.max_audio_seconds * SAMPLING_RATE)
@@ -1244,12 +1257,9 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
                 output_dir, size, model.config.audio_model_id, model.config.text_model_id,
             )
-        # The trained model, the encoder cache (which holds the model) and every cached state (only training clips
-        # are cached: each original is the first of its versions, its augmented copies the rest) are not needed any
-        # more: freed before the saved folder is loaded beside them.
+        # The trained model and the encoder cache (which holds the model) are not needed any more: freed before the
+        # saved folder is loaded beside them.
         del trainer, model, cache
-        for clip in (copy for clip_versions in versions for copy in clip_versions):
-            clip.pop("states", None)
         gc.collect()
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,

@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
 from encoder_padding import masked_mean_std  # noqa: E402
-from train import EncoderStateCache, ModelArguments, build_model, decoded_clips  # noqa: E402
+from train import (  # noqa: E402
+    EncoderStateCache, ModelArguments, build_model, cached_states, decoded_clips, padded_states,
+)
 
 
 def pooled_probe(model, clips: dict, labels: list[str], variant: str, seed: int, epochs: int) -> list[float]:
@@ -50,9 +52,8 @@ def pooled_probe(model, clips: dict, labels: list[str], variant: str, seed: int,
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
 
     def scores(batch: list[dict]) -> torch.Tensor:
-        longest = max(c["states"].shape[1] for c in batch)
-        states = torch.stack([nn.functional.pad(c["states"].float(), (0, 0, 0, longest - c["states"].shape[1]))
-                              for c in batch])
+        states = padded_states(batch)
+        longest = states.shape[2]
         if variant == "standardized":
             states = (states - encoder.feature_mean[:, None]) / encoder.feature_std[:, None]
         frames = torch.einsum("l,bltd->btd", torch.softmax(layer_weights, 0), states)
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     cache = EncoderStateCache(model, processor)
     for split_clips in clips.values():
         cache.fill(split_clips)
-    model.audio_encoder.set_feature_statistics(c["states"] for c in clips["train"])
+    model.audio_encoder.set_feature_statistics(cached_states(c) for c in clips["train"])
     results = {}
     for variant in ("layernorm", "standardized"):
         runs = [pooled_probe(model, clips, labels, variant, int(seed), args.epochs) for seed in args.seeds.split(",")]

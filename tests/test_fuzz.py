@@ -484,8 +484,9 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     cache.fill(clips)
     whole = [p.name for p in cache.root.iterdir() if not p.name.endswith(".partial")]
     assert whole == [cache.path(CLIP).name]
-    assert clips[0]["states"].dtype == torch.float16 and clips[0]["states"].shape[1] == \
-        model.config.num_encoder_frames(len(CLIP))
+    assert not isinstance(clips[0]["states"], torch.Tensor)  # read from disk batch by batch, not held in memory
+    states = train.cached_states(clips[0])
+    assert states.dtype == torch.float16 and states.shape[1] == model.config.num_encoder_frames(len(CLIP))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

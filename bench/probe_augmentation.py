@@ -1,0 +1,120 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""Which speed-perturbed copies the probe should be fitted on, and whether scoring copies at test time helps.
+
+The default recipe fits its probe (a logistic regression on every encoder layer's mean and std) on the training
+clips and a 0.9x speed-perturbed copy of each (`--speed_perturbation 0.9`). This script screens other sets of
+copies, and test-time augmentation (the probe's log-probabilities averaged over a clip and its copies), by 4-fold
+cross-validation over the training speakers only (scikit-learn's GroupKFold; the protocol's way to choose): each
+fold fits on the other speakers' originals and copies and scores the held-out speakers' original clips.
+
+    python bench/probe_augmentation.py --data_dir ../shared/data/ravdess --train_speakers 1-16 --out /tmp/probe_aug.json
+
+Features are the ones train.py's probe reads: train.py's `augmented_copies`, the encoder's `layer_states` (bf16
+where native, as train.py's cache), rounded to float16, mean and std over each clip's valid frames of every layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data_emosllm import load_corpus, resolve_speakers, speaker_ids  # noqa: E402
+from train import ModelArguments, augmented_copies, build_model, decoded_clips  # noqa: E402
+
+FIT_SETS = ["", "0.9", "0.9,1.1", "0.8,0.9", "0.85,0.9,0.95", "0.9,0.95,1.05,1.1", "0.8,0.9,1.1,1.2",
+            "0.8,0.85,0.9,0.95,1.05,1.1,1.15,1.2"]
+TEST_TIME_SETS = ["", "0.9", "0.9,1.1", "0.95,1.05", "0.9,0.95,1.05,1.1"]
+CS = (0.003, 0.01, 0.03)
+
+
+@torch.no_grad()
+def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    """`(clips, 2 * (layers + 1) * hidden)`: every layer's mean and std over each clip's valid frames."""
+    order = np.argsort([-len(a) for a in audios])
+    out = [None] * len(audios)
+    for start in range(0, len(audios), batch_size):
+        chunk = order[start:start + batch_size]
+        features = processor.audio_features([audios[i] for i in chunk])
+        states = model.audio_encoder.layer_states(features["input_features"], features["audio_lengths"])
+        states = states.to(torch.float16).float()
+        for row, i in enumerate(chunk):
+            valid = states[row, :, : model.config.num_encoder_frames(len(audios[i]))]
+            out[i] = torch.cat([valid.mean(1), valid.std(1, unbiased=False)], -1).flatten().numpy()
+    return np.stack(out)
+
+
+def cross_validated_ua(features: dict[str, np.ndarray], y, groups, fit_set, test_set, c: float) -> list[float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.preprocessing import StandardScaler
+
+    uas = []
+    for fit, held in GroupKFold(n_splits=4).split(features["1.0"], y, groups):
+        x = np.concatenate([features[k][fit] for k in fit_set])
+        scaler = StandardScaler().fit(x)
+        scaler.scale_ = np.maximum(scaler.scale_, 1e-2 * np.median(scaler.scale_))  # as the probe's fit
+        probe = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), np.concatenate([y[fit]] * len(fit_set)))
+        log_p = np.mean([probe.predict_log_proba(scaler.transform(features[k][held])) for k in test_set], axis=0)
+        uas.append(float(balanced_accuracy_score(y[held], log_p.argmax(1))))
+    return uas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--train_speakers", default="1-16", help="only these speakers are read (the training ones)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="/tmp/probe_augmentation.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    corpus = load_corpus(args.data_dir)
+    chosen = resolve_speakers(args.train_speakers, speaker_ids(corpus))
+    corpus = corpus.filter(lambda row: row["speaker"] in chosen)
+    labels = sorted(set(corpus["label"]))
+    model, processor = build_model(ModelArguments(use_transcript="none"), labels)
+    model.eval()
+    clips = decoded_clips(corpus)
+    audios = [c["audio"] for c in clips]
+    y = np.array([labels.index(c["label"]) for c in clips])
+    groups = np.array([c["speaker"] for c in clips])
+    speeds = sorted({float(s) for group in FIT_SETS + TEST_TIME_SETS for s in group.split(",") if s})
+    features = {"1.0": clip_statistics(model, processor, audios)}
+    for speed in speeds:
+        copies = [augmented_copies({"audio": a}, [speed], [], len(a) * 2)[0]["audio"] for a in audios]
+        features[str(speed)] = clip_statistics(model, processor, copies)
+
+    def versions(group: str) -> list[str]:
+        return ["1.0"] + [str(float(s)) for s in group.split(",") if s]
+
+    rows = []
+    for fit_group in FIT_SETS:
+        for c in CS:
+            uas = cross_validated_ua(features, y, groups, versions(fit_group), ["1.0"], c)
+            rows.append({"fitted_on": versions(fit_group), "scored_on": ["1.0"], "C": c, "ua": float(np.mean(uas)),
+                         "fold_ua": uas})
+    for test_group in TEST_TIME_SETS[1:]:
+        for c in CS:
+            uas = cross_validated_ua(features, y, groups, versions("0.9"), versions(test_group), c)
+            rows.append({"fitted_on": versions("0.9"), "scored_on": versions(test_group), "C": c,
+                         "ua": float(np.mean(uas)), "fold_ua": uas})
+    Path(args.out).write_text(json.dumps({"clips": len(clips), "rows": rows}, indent=2))
+    print("| fitted on | scored on | " + " | ".join(f"C={c:g}" for c in CS) + " |")
+    print("|---|---|" + "---:|" * len(CS))
+    for i in range(0, len(rows), len(CS)):
+        group = rows[i:i + len(CS)]
+        print(f"| {' + '.join(group[0]['fitted_on'])} | {' + '.join(group[0]['scored_on'])} | "
+              + " | ".join(f"{r['ua']:.3f}" for r in group) + " |")
+
+
+if __name__ == "__main__":
+    main()
