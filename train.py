@@ -31,7 +31,7 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -598,7 +598,17 @@ class EncoderStateCache:
 def cached_states(clip: dict) -> torch.Tensor:
     """A clip's cached encoder states `(num_layers + 1, frames, encoder_hidden)`: `clip["states"]`, or its file."""
     states = clip["states"]
-    return states if isinstance(states, torch.Tensor) else load_file(str(states))["states"]
+    if isinstance(states, torch.Tensor):
+        return states
+    try:
+        return load_file(str(states))["states"]
+    except (OSError, SafetensorError, KeyError) as error:
+        raise RuntimeError(
+            f"The encoder cache file {states} of {clip.get('file', 'a training clip')} is gone or damaged "
+            f"({type(error).__name__}: {str(error)[:200]}): the cache folder was changed while this run read it. "
+            "Run train.py again (with --resume true to continue from the last checkpoint); it encodes missing "
+            "clips anew."
+        ) from error
 
 
 def padded_states(clips: list[dict]) -> torch.Tensor:

@@ -487,6 +487,12 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     assert not isinstance(clips[0]["states"], torch.Tensor)  # read from disk batch by batch, not held in memory
     states = train.cached_states(clips[0])
     assert states.dtype == torch.float16 and states.shape[1] == model.config.num_encoder_frames(len(CLIP))
+    cache.path(CLIP).write_bytes(b"cut")  # the cache folder changed under a running training
+    with pytest.raises(RuntimeError, match="encoder cache file .* gone or damaged.*--resume true"):
+        train.cached_states(clips[0])
+    cache.path(CLIP).unlink()
+    with pytest.raises(RuntimeError, match="gone or damaged"):
+        train.cached_states(clips[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
