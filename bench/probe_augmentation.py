@@ -9,8 +9,9 @@ fold fits on the other speakers' originals and copies and scores the held-out sp
 
     python bench/probe_augmentation.py --data_dir ../shared/data/ravdess --train_speakers 1-16 --out /tmp/probe_aug.json
 
-Features are the ones train.py's probe reads: train.py's `augmented_copies`, the encoder's `layer_states` (bf16
-where native, as train.py's cache), rounded to float16, mean and std over each clip's valid frames of every layer.
+The features and the fit are the probe's own: train.py's `augmented_copies`, `model.pooled_audio_statistics` (the
+encoder in bf16 where native, as train.py's cache; states rounded to float16; every layer's mean and std over the
+valid frames) and `EmoSLLMStatisticsProbe.fit` (StandardScaler with its floor, logistic regression).
 """
 
 from __future__ import annotations
@@ -36,35 +37,31 @@ CS = (0.003, 0.01, 0.03)
 
 
 @torch.no_grad()
-def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16) -> np.ndarray:
-    """`(clips, 2 * (layers + 1) * hidden)`: every layer's mean and std over each clip's valid frames."""
-    order = np.argsort([-len(a) for a in audios])
+def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16) -> torch.Tensor:
+    """`(clips, 2 * (layers + 1) * hidden)`: the probe's input, `model.pooled_audio_statistics` of each clip."""
+    order = np.argsort([-len(a) for a in audios])  # longest first, as train.py's cache
     out = [None] * len(audios)
     for start in range(0, len(audios), batch_size):
         chunk = order[start:start + batch_size]
-        features = processor.audio_features([audios[i] for i in chunk])
-        states = model.audio_encoder.layer_states(features["input_features"], features["audio_lengths"])
-        states = states.to(torch.float16).float()
+        statistics = model.pooled_audio_statistics(processor.audio_features([audios[i] for i in chunk]))
         for row, i in enumerate(chunk):
-            valid = states[row, :, : model.config.num_encoder_frames(len(audios[i]))]
-            out[i] = torch.cat([valid.mean(1), valid.std(1, unbiased=False)], -1).flatten().numpy()
-    return np.stack(out)
+            out[i] = statistics[row]
+    return torch.stack(out)
 
 
-def cross_validated_ua(features: dict[str, np.ndarray], y, groups, fit_set, test_set, c: float) -> list[float]:
-    from sklearn.linear_model import LogisticRegression
+def cross_validated_ua(model, features: dict[str, torch.Tensor], y: np.ndarray, groups, fit_set, test_set,
+                       c: float) -> list[float]:
+    """Per fold: the probe fitted (`EmoSLLMStatisticsProbe.fit`) on `fit_set`'s versions of the other speakers'
+    clips, its log-probabilities averaged over `test_set`'s versions of the held-out clips; their UA."""
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
 
+    probe, labels = model.adapter, torch.from_numpy(y)
     uas = []
-    for fit, held in GroupKFold(n_splits=4).split(features["1.0"], y, groups):
-        x = np.concatenate([features[k][fit] for k in fit_set])
-        scaler = StandardScaler().fit(x)
-        scaler.scale_ = np.maximum(scaler.scale_, 1e-2 * np.median(scaler.scale_))  # as the probe's fit
-        probe = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), np.concatenate([y[fit]] * len(fit_set)))
-        log_p = np.mean([probe.predict_log_proba(scaler.transform(features[k][held])) for k in test_set], axis=0)
-        uas.append(float(balanced_accuracy_score(y[held], log_p.argmax(1))))
+    for fit, held in GroupKFold(n_splits=4).split(y, y, groups):
+        probe.fit(torch.cat([features[k][fit] for k in fit_set]), labels[fit].repeat(len(fit_set)), c)
+        log_p = torch.stack([probe.scores_of_statistics(features[k][held]).log_softmax(-1) for k in test_set])
+        uas.append(float(balanced_accuracy_score(y[held], log_p.mean(0).argmax(-1).numpy())))
     return uas
 
 
@@ -99,12 +96,12 @@ def main() -> None:
     rows = []
     for fit_group in FIT_SETS:
         for c in CS:
-            uas = cross_validated_ua(features, y, groups, versions(fit_group), ["1.0"], c)
+            uas = cross_validated_ua(model, features, y, groups, versions(fit_group), ["1.0"], c)
             rows.append({"fitted_on": versions(fit_group), "scored_on": ["1.0"], "C": c, "ua": float(np.mean(uas)),
                          "fold_ua": uas})
     for test_group in TEST_TIME_SETS[1:]:
         for c in CS:
-            uas = cross_validated_ua(features, y, groups, versions("0.9"), versions(test_group), c)
+            uas = cross_validated_ua(model, features, y, groups, versions("0.9"), versions(test_group), c)
             rows.append({"fitted_on": versions("0.9"), "scored_on": versions(test_group), "C": c,
                          "ua": float(np.mean(uas)), "fold_ua": uas})
     Path(args.out).write_text(json.dumps({"clips": len(clips), "rows": rows}, indent=2))
