@@ -1129,6 +1129,9 @@ classifier = pipeline("audio-classification", model="{repo_id}", trust_remote_co
 classifier("speech.wav")  # [{{"score": ..., "label": ...}}, ...], best first
 ```
 
+The scores rank the classes but are overconfident on speakers the model did not train on (measured on RAVDESS: most
+answers above 0.99, a quarter of those wrong): read the label, not the size of its score.
+
 {weights_note}
 
 ## Licence

@@ -252,3 +252,21 @@ def test_audio_head_diagnostic_scores_the_answer_and_the_audio_head_separately()
     expected = np.mean([(predicted[batch["labels"] == k] == k).float().mean().item()
                         for k in batch["labels"].unique()])
     assert scores["answer"] == pytest.approx(expected)
+
+
+def test_calibration_figures_match_hand_computed_values():
+    import calibration
+
+    probabilities = np.array([[0.995, 0.005], [0.995, 0.005], [0.6, 0.4], [0.3, 0.7]])
+    targets = np.array([0, 1, 0, 1])  # right, wrong (at 0.995), right, right
+    figures = calibration.calibration(probabilities, targets)
+    assert figures["wa"] == pytest.approx(0.75) and figures["ua"] == pytest.approx(0.75)
+    assert figures["mean_top_probability"] == pytest.approx(0.8225)
+    assert figures["share_above_0.99"] == 0.5 and figures["accuracy_above_0.99"] == 0.5
+    # ECE: half the clips at 0.995 are half right (0.5 * 0.495), then 0.6 right (0.25 * 0.4) and 0.7 right (0.25 * 0.3)
+    assert figures["ece"] == pytest.approx(0.5 * 0.495 + 0.25 * 0.4 + 0.25 * 0.3)
+    assert figures["nll"] == pytest.approx(-np.log([0.995, 0.005, 0.6, 0.7]).mean())
+    assert figures["brier"] == pytest.approx((2 * 0.005**2 + 2 * 0.995**2 + 2 * 0.4**2 + 2 * 0.3**2) / 4)
+    assert figures["nll_at_temperature"]["1.0"] == pytest.approx(figures["nll"])
+    softened = np.sqrt(probabilities) / np.sqrt(probabilities).sum(axis=1, keepdims=True)  # T = 2
+    assert figures["nll_at_temperature"]["2.0"] == pytest.approx(-np.log(softened[np.arange(4), targets]).mean())
