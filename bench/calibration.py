@@ -2,8 +2,10 @@
 """How far a trained model's class probabilities can be trusted: their calibration on clips of speakers it did not
 train on, as the pipeline delivers them.
 
-    python train.py --data_dir ../shared/data/ravdess --test_speakers 13-16 --output_dir /tmp/dev  # trained on 01-12
-    python bench/calibration.py --model /tmp/dev --data_dir ../shared/data/ravdess --speakers 13-16
+    # /tmp/ravdess01-16: links to RAVDESS's Actor_01..16 and their rows of manifest.csv, so that neither training
+    # (every speaker but --test_speakers trains) nor this check reads the test actors 17-20
+    python train.py --data_dir /tmp/ravdess01-16 --test_speakers 13-16 --output_dir /tmp/dev  # trained on 01-12
+    python bench/calibration.py --model /tmp/dev --data_dir /tmp/ravdess01-16 --speakers 13-16
 
 For each clip of `--speakers`, `pipeline("audio-classification")` gives every class's probability (whole clips,
 `top_k=None`). The script prints accuracy (WA) and UA beside the mean top probability, the share of answers given
@@ -43,9 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def calibration(probabilities: np.ndarray, targets: np.ndarray) -> dict:
-    """Calibration figures of `probabilities` `(clips, classes)` (rows sum to 1) against class ids `targets`."""
-    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == targets
-    classes = np.unique(targets)
+    """Calibration figures of `probabilities` `(clips, classes)` (rows sum to 1) against class ids `targets`, with
+    UA and WA as the project computes them everywhere (`compute_ser_metrics`)."""
+    from data_emosllm import compute_ser_metrics
+
+    confidence, predictions = probabilities.max(axis=1), probabilities.argmax(axis=1)
+    correct = predictions == targets
+    metrics = compute_ser_metrics(predictions.tolist(), targets.tolist(), list(range(probabilities.shape[1])))
     edges = np.linspace(0.0, 1.0, 11)
     ece = sum(
         in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -62,8 +68,8 @@ def calibration(probabilities: np.ndarray, targets: np.ndarray) -> dict:
 
     one_hot = np.eye(probabilities.shape[1])[targets]
     return {
-        "wa": float(correct.mean()),
-        "ua": float(np.mean([correct[targets == k].mean() for k in classes])),
+        "wa": float(metrics["wa"]),
+        "ua": float(metrics["ua"]),
         "mean_top_probability": float(confidence.mean()),
         "share_above_0.99": float(sure.mean()),
         "accuracy_above_0.99": float(correct[sure].mean()) if sure.any() else None,
