@@ -376,9 +376,13 @@ class EmoSLLMStatisticsProbe(nn.Module):
         standardized = (statistics - self.statistics_mean) / self.statistics_std
         return F.linear(standardized, self.probe_weight, self.probe_bias)
 
+    def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`."""
+        probabilities = scores.float().softmax(dim=-1)
+        return self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
+
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probabilities = self.class_scores(frames.float(), frame_mask).softmax(dim=-1)
-        embeddings = self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
+        embeddings = self.embed_class_scores(self.class_scores(frames.float(), frame_mask))
         return embeddings, frame_mask.new_ones(embeddings.shape[:2])
 
     @torch.no_grad()
@@ -1126,7 +1130,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         (e.g. `processor(clips, labels=...)`, or train.py's batches of cached encoder states). Each C in `cs` is
         scored by validation UA on `validation_batches`, or else, with `groups` (one speaker id per training clip),
         by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds); the best C is then fitted on
-        every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how}`.
+        every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how}`,
+        and with `groups` of at least 2 speakers also `"out_of_fold_scores"` `(clips, num_labels)`: each clip's
+        scores from the probe fitted at that C on the other folds' speakers, i.e. what the probe says of voices it
+        did not fit (train.py trains the LLM on them, so that it learns how far the probe can be trusted).
 
         Call `audio_encoder.set_feature_statistics` first (the probe reads the standardized frames).
         """
@@ -1156,31 +1163,49 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 raise ValueError("fit_probe got no batches of labelled clips.")
             return torch.cat(statistics), torch.cat(labels)
 
-        def ua_of(x_fit, y_fit, x_score, y_score, c) -> float:
-            self.adapter.fit(x_fit, y_fit, c)
-            scores = self.adapter.scores_of_statistics(x_score)
-            return float(balanced_accuracy_score(y_score.numpy(), scores.argmax(-1).numpy()))
+        def ua(labels: torch.Tensor, scores: torch.Tensor) -> float:
+            return float(balanced_accuracy_score(labels.numpy(), scores.argmax(-1).numpy()))
 
         x, y = gather(batches)
-        selection, how = {}, "given"
+        splits = []
+        if groups is not None:
+            groups = np.asarray(list(groups))
+            if len(groups) != len(y):
+                raise ValueError(f"fit_probe got {len(groups)} groups for {len(y)} clips; give one per clip.")
+            folds = min(4, len(set(groups.tolist())))
+            if folds >= 2:
+                splits = list(GroupKFold(n_splits=folds).split(x.numpy(), y.numpy(), groups))
+
+        def cross_fitted(c) -> tuple[float, torch.Tensor]:  # mean UA over the folds, and every clip's held-out scores
+            scores, fold_uas = torch.zeros(len(y), self.config.num_labels), []
+            for fit, held in splits:
+                self.adapter.fit(x[fit], y[fit], c)
+                scores[held] = self.adapter.scores_of_statistics(x[held]).float()
+                fold_uas.append(ua(y[held], scores[held]))
+            return float(np.mean(fold_uas)), scores
+
+        selection, out_of_fold, how = {}, {}, "given"
         if len(cs) > 1 and validation_batches is not None:
             x_val, y_val = gather(validation_batches)
-            selection = {c: ua_of(x, y, x_val, y_val, c) for c in cs}
+            for c in cs:
+                self.adapter.fit(x, y, c)
+                selection[c] = ua(y_val, self.adapter.scores_of_statistics(x_val))
             how = "validation UA"
-        elif len(cs) > 1 and groups is not None:
-            groups = np.asarray(list(groups))
-            folds = min(4, len(set(groups.tolist())))
-            if folds < 2:
-                raise ValueError("Choosing the probe's C by cross-validation needs at least 2 speakers (groups).")
-            splits = list(GroupKFold(n_splits=folds).split(x.numpy(), y.numpy(), groups))
-            selection = {c: float(np.mean([ua_of(x[fit], y[fit], x[held], y[held], c) for fit, held in splits]))
-                         for c in cs}
-            how = f"{folds}-fold cross-validation over the training speakers"
+        elif len(cs) > 1 and splits:
+            for c in cs:
+                selection[c], out_of_fold[c] = cross_fitted(c)
+            how = f"{len(splits)}-fold cross-validation over the training speakers"
         elif len(cs) > 1:
-            raise ValueError("Several C values need validation_batches or groups to choose between them.")
+            raise ValueError("Several C values need validation_batches or groups of at least 2 speakers to choose "
+                             "between them.")
         best = max(cs, key=lambda c: (selection.get(c, 0.0), -c))  # ties: the stronger regularization
+        if splits and best not in out_of_fold:
+            out_of_fold[best] = cross_fitted(best)[1]
         self.adapter.fit(x, y, best)
-        return {"probe_c": best, "probe_selection_ua": selection.get(best), "probe_selection": how}
+        chosen = {"probe_c": best, "probe_selection_ua": selection.get(best), "probe_selection": how}
+        if splits:
+            chosen["out_of_fold_scores"] = out_of_fold[best]
+        return chosen
 
 
 EmoSLLMForSpeechEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")

@@ -642,6 +642,8 @@ class EmoSLLMCollator:
             batch.update(self.processor.audio_features([c["audio"] for c in clips]))
         if self.task == "ser":
             batch["labels"] = self.processor.label_ids([c["label"] for c in clips])
+        if "probe_scores" in clips[0]:  # (train.py's fit_probe: read by EmoSLLMTrainer, not by the model)
+            batch["probe_scores"] = torch.stack([c["probe_scores"] for c in clips])
         return batch
 
 
@@ -677,6 +679,30 @@ class EmoSLLMTrainer(Trainer):
             )
         return self.optimizer
 
+    def compute_loss(self, model, inputs: dict, *args, **kwargs):
+        """
+        With the probe interface, each training clip's soft emotion word comes from its out-of-fold probe scores
+        (`inputs["probe_scores"]`, train.py's `fit_probe`), not from the probe fitted on that very clip: so the LLM
+        learns to read the probe as it reads new voices, right about as often as in cross-validation, and its
+        answers are no surer than that evidence (in-sample, the probe is nearly always right, and the LLM learned
+        to repeat it with a probability near 1; BENCHMARKS.md, Calibration). They replace the interface's output
+        by a forward hook for this one call, so that the model's `forward` takes no training-only argument and the
+        saved model answers from its one fitted probe.
+        """
+        scores = inputs.pop("probe_scores", None)
+        if scores is None:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def out_of_fold(module, module_inputs, output):
+            embeddings, mask = output
+            return module.embed_class_scores(scores.to(embeddings.device)), mask
+
+        hook = self.accelerator.unwrap_model(model).adapter.register_forward_hook(out_of_fold)
+        try:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        finally:
+            hook.remove()
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # A checkpoint is a lean folder with LoRA inline: everything but the frozen backbones (trained weights and
         # fitted statistics), so it also loads with from_pretrained; the model's `_keys_to_ignore_on_save` (the
@@ -710,7 +736,10 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
     """
     The probe interface's fit (`model.fit_probe`, scikit-learn) on the training clips' cached encoder states (and
     those of their augmented copies); C by validation UA, or, without validation speakers, by cross-validation over
-    the training speakers (a clip and its copies are always in the same fold).
+    the training speakers (a clip and its copies are always in the same fold). Each training clip also gets
+    `clip["probe_scores"]`, its scores from the probe fitted without its fold's speakers, which the LLM trains on
+    (`EmoSLLMTrainer.compute_loss`); with fewer than 2 speakers there are no folds, and it trains on the probe's
+    in-sample scores, with a warning.
     """
     collate = EmoSLLMCollator(processor)
 
@@ -721,9 +750,17 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
         raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
     chosen = model.fit_probe(
         batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
-        groups=None if eval_clips else [c.get("group", c["speaker"]) for c in train_clips],
+        groups=[c.get("group", c["speaker"]) for c in train_clips],
     )
     logger.info("Probe: C=%g (%s, UA %s)", chosen["probe_c"], chosen["probe_selection"], chosen["probe_selection_ua"])
+    out_of_fold = chosen.pop("out_of_fold_scores", None)
+    if out_of_fold is None:
+        logger.warning("The training clips come from fewer than 2 speakers (groups): the LLM learns to read the "
+                       "probe's scores on the clips it was fitted on, surer than on new voices, so the model's class "
+                       "probabilities will be overconfident.")
+    else:
+        for clip, scores in zip(train_clips, out_of_fold):
+            clip["probe_scores"] = scores
     return chosen
 
 

@@ -144,6 +144,8 @@ SUMMARY_KEYS = ("ua", "wa", "macro_f1", "weighted_f1", "train_seconds", "real_ti
                 "wall_seconds")
 # Measured on the emosllm_default row only (`answer_checks`, and train.py's re-scoring of the saved folder).
 ANSWER_KEYS = ("generate_agreement", "ua_with_transcript", "ua_no_transcript", "delivered_ua")
+# How far the same row's class probabilities can be trusted, from the same test pass (bench/calibration.py's figures).
+CALIBRATION_KEYS = ("mean_top_probability", "share_above_0.99", "accuracy_above_0.99", "nll", "ece")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -568,18 +570,22 @@ def run_emosllm(
 def answer_checks(model, processor, clips: list[dict], labels: list[str]) -> dict:
     """
     On the test clips: how often the LLM's free answer (`generate(constrain_to_labels=False)`, greedy) is the class
-    its scores rank first (`generate_agreement`), and the test UA with the true transcripts against none in the
-    prompt (`ua_no_transcript`; `use_transcript="none"` for this pass).
+    its scores rank first (`generate_agreement`), the test UA with the true transcripts against none in the
+    prompt (`ua_no_transcript`; `use_transcript="none"` for this pass), and the calibration of its class
+    probabilities (`CALIBRATION_KEYS`, bench/calibration.py's `calibration`).
     """
     import torch
+    from calibration import calibration
 
-    ranked, free, ranked_without = [], [], []
+    ranked, free, ranked_without, probabilities = [], [], [], []
     use_transcript = processor.config.use_transcript
     with torch.inference_mode():
         for start in range(0, len(clips), BATCH_SIZE):
             batch = clips[start:start + BATCH_SIZE]
             inputs = processor([c["audio"] for c in batch], transcript=[c["transcript"] for c in batch])
-            ranked += model(**inputs).logits.argmax(-1).tolist()
+            logits = model(**inputs).logits.float()
+            ranked += logits.argmax(-1).tolist()
+            probabilities.append(logits.softmax(-1).double().numpy())
             tokens = model.generate(**inputs, constrain_to_labels=False, max_new_tokens=8, do_sample=False)
             free += [text.strip().lower() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
             processor.config.use_transcript = "none"
@@ -590,7 +596,9 @@ def answer_checks(model, processor, clips: list[dict], labels: list[str]) -> dic
     names = model.config.labels
     agreement = float(np.mean([answer == names[i] for answer, i in zip(free, ranked)]))
     references = [c["label"] for c in clips]
+    calibrated = calibration(np.concatenate(probabilities), np.array([names.index(r) for r in references]))
     return {
+        **{key: calibrated[key] for key in CALIBRATION_KEYS},
         "generate_agreement": agreement,
         "free_answers": {str(k): int(v) for k, v in zip(*np.unique(free, return_counts=True))} if free else {},
         "ua_with_transcript": compute_ser_metrics([names[i] for i in ranked], references, labels)["ua"],
@@ -656,7 +664,7 @@ def summarize(runs: list[dict]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else None,
             "values": values,
         }
-    for key in ANSWER_KEYS:
+    for key in ANSWER_KEYS + CALIBRATION_KEYS:
         values = [float(run[key]) for run in done if run.get(key) is not None]
         if values:
             row[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
@@ -714,6 +722,13 @@ def markdown_table(rows: dict[str, dict], reductions: list[str]) -> str:
         for system, row in answered.items():
             lines.append(f"| {system} | " + " | ".join(
                 format_mean_std(row[key], 3) if key in row else "-" for key in ANSWER_KEYS) + " |")
+    calibrated = {system: row for system, row in rows.items() if "nll" in row}
+    if calibrated:
+        lines += ["", "| system | mean top probability | answers above 0.99 | right among those | NLL | ECE |",
+                  "|---|---|---|---|---|---|"]
+        for system, row in calibrated.items():
+            lines.append(f"| {system} | " + " | ".join(
+                format_mean_std(row[key], 3) if key in row else "-" for key in CALIBRATION_KEYS) + " |")
     return "\n".join(lines)
 
 

@@ -220,6 +220,9 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     default = runs["emosllm_default"]
     assert 0 <= default["generate_agreement"] <= 1 and abs(default["delivered_ua"] - default["ua"]) <= 0.01
     assert 0 <= default["ua_no_transcript"] <= 1 and "free answer = top class" in report["table"]
+    # ... and how far its class probabilities can be trusted, from that same pass over the test clips.
+    assert 1 / len(LABELS) <= default["mean_top_probability"] <= 1 and default["nll"] > 0 and 0 <= default["ece"] <= 1
+    assert report["rows"]["emosllm_default"]["nll"]["values"] == [default["nll"]] and "| NLL | ECE |" in report["table"]
     assert runs["whisper_layers_lr"]["selection"]["C"] in ser_benchmark.LAYERS_LR_CS
     markdown = (out / "results.md").read_text()
     assert all(f"| {system} |" in markdown for system in systems) and "Command:" in markdown

@@ -266,6 +266,28 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn():
     assert by_groups["probe_c"] == 1.0 and "cross-validation" in by_groups["probe_selection"]
     with pytest.raises(ValueError, match="validation_batches or groups"):
         model.fit_probe(batches, [0.1, 1.0])
+    with pytest.raises(ValueError, match="one per clip"):
+        model.fit_probe(batches, 0.1, groups=groups[:-1])
+
+
+def test_fit_probe_gives_each_clip_the_scores_of_a_probe_that_never_saw_its_speaker():
+    """With groups, every clip's out-of-fold scores come from the probe fitted, at the chosen C, on the other
+    speakers only; the probe the model keeps is still the one fitted on every clip."""
+    processor, model = make("whisper", "probe")
+    batches, groups = tone_batches(processor)
+    statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches])
+    labels = torch.cat([b["labels"] for b in batches])
+    chosen = model.fit_probe(batches, 0.1, groups=groups)
+    kept = model.adapter.scores_of_statistics(statistics)
+    out_of_fold = chosen["out_of_fold_scores"]
+    assert out_of_fold.shape == (len(labels), len(LABELS))
+    speakers = np.asarray(groups)
+    for speaker in sorted(set(groups)):  # 4 speakers, 4 folds: each fold holds out one speaker
+        held = torch.from_numpy(speakers == speaker)
+        model.adapter.fit(statistics[~held], labels[~held], 0.1)
+        torch.testing.assert_close(out_of_fold[held], model.adapter.scores_of_statistics(statistics[held]))
+    assert not torch.allclose(out_of_fold, kept, atol=1e-3)
+    assert "out_of_fold_scores" not in model.fit_probe(batches, 0.1)  # no groups, no folds
     with pytest.raises(ValueError, match="every class"):
         model.fit_probe([processor([tone(0.8, 150)] * 2, labels=["neutral", "happy"])], 0.1)
     with pytest.raises(ValueError, match="adapter_type='probe'"):

@@ -210,7 +210,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import fit_probe
+    from train import EmoSLLMCollator, fit_probe
 
     processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
@@ -239,10 +239,44 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     # No validation speakers: cross-validation over the training speakers chooses.
     chosen = fit_probe(model, processor, train, None, [1e-8, 1.0])
     assert chosen["probe_c"] == 1.0 and "cross-validation" in chosen["probe_selection"]
+    # Either way each training clip carries its out-of-fold scores (what the LLM trains on), and the report has no
+    # tensors in it (it goes to all_results.json).
+    assert all(c["probe_scores"].shape == (len(LABELS),) for c in train)
+    assert all(isinstance(v, (int, float, str, type(None))) for v in chosen.values())
+    batch = EmoSLLMCollator(processor)(train)
+    kept = model.adapter.scores_of_statistics(model.pooled_audio_statistics(batch))
+    assert not torch.allclose(batch["probe_scores"], kept, atol=1e-3)  # not those of the probe the model keeps
     with pytest.raises(ValueError, match="--probe_c needs at least one value"):
         fit_probe(model, processor, train, validation, [])
     with pytest.raises(ValueError, match="every class"):
         fit_probe(model, processor, [c for c in train if c["label"] != "sad"], validation, [1.0])
+
+
+def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_call(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from conftest import tiny_processor
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from train import EmoSLLMCollator, EmoSLLMTrainer, parse_args
+
+    processor = tiny_processor(adapter="probe")
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.adapter.set_probe(model.adapter.statistics_mean, model.adapter.statistics_std,
+                            torch.randn_like(model.adapter.probe_weight), torch.randn(len(LABELS)))
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
+    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
+    batch = EmoSLLMCollator(processor)([{"audio": tone(0.8, 200 + 50 * i, seed=i), "label": label, "transcript": None,
+                                         "text_features": {}} for i, label in enumerate(LABELS[:3])])
+    with torch.no_grad():
+        plain = trainer.compute_loss(model, dict(batch))
+        in_sample = model.adapter.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
+        same = trainer.compute_loss(model, {**batch, "probe_scores": in_sample})
+        other = trainer.compute_loss(model, {**batch, "probe_scores": in_sample.flip(0)})
+        after = trainer.compute_loss(model, dict(batch))
+    torch.testing.assert_close(same, plain)  # the hook embeds scores exactly as the interface does
+    assert not torch.allclose(other, plain)  # ... and the given scores are what the LLM reads
+    torch.testing.assert_close(after, plain)  # the hook is gone after the call
+    assert not model.adapter._forward_hooks
 
 
 def test_transcript_dropout_hides_a_share_of_transcripts_reproducibly():
