@@ -1,0 +1,228 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+What train.py hands the Hub: the model card of a trained output folder (`write_model_card`, with huggingface_hub's
+`ModelCard` and its model-index metadata) and the upload of that folder (`push_to_hub`, or the command that does it
+later when there is no network). Imported by train.py only; a saved model folder does not need it.
+"""
+
+import logging
+import shlex
+from pathlib import Path
+
+logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
+
+
+# Licences of the default backbones' families, named in the model card (other backbones: see their own cards).
+BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache-2.0"}
+# Speaker-id prefixes of the corpora data_emosllm recognises by their file names.
+KNOWN_CORPORA = {"ravdess_": "RAVDESS", "cremad_": "CREMA-D", "tess_": "TESS", "emodb_": "EmoDB"}
+SMOKE_CORPUS_NAME = "EmoSLLM smoke corpus (generated with espeak-ng)"
+
+
+def hub_repo_id(name: str | None) -> str | None:
+    """`name` when it is a Hub repo id, None when it is a local path (or nothing)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or Path(name).expanduser().exists() or Path(name).is_absolute() or name.startswith(("~", ".")):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def card_backbone(name: str) -> str:
+    """A backbone as the card names it: its Hub id with its licence, or a local folder by its folder name only."""
+    repo_id = hub_repo_id(name)
+    if repo_id is None:
+        return f"a local folder (`{Path(name).name}`)"
+    licence = next((lic for prefix, lic in BACKBONE_LICENSES.items() if repo_id.startswith(prefix)), None)
+    return f"[`{repo_id}`](https://huggingface.co/{repo_id}) (licence: {licence or 'see its model card'})"
+
+
+def card_dataset(data_args, split: dict) -> tuple[str | None, str, str]:
+    """(Hub dataset id or None, the model-index dataset type, its name): never a local path."""
+    source = data_args.dataset_name or data_args.data_dir
+    if not source:
+        return None, "emosllm-smoke-corpus", SMOKE_CORPUS_NAME
+    repo_id = hub_repo_id(data_args.dataset_name)
+    if repo_id is not None:
+        return repo_id, repo_id, repo_id
+    speakers = [s for name in ("train", "validation", "test") for s in split.get(name, [])]
+    corpora = {corpus for prefix, corpus in KNOWN_CORPORA.items() if any(s.startswith(prefix) for s in speakers)}
+    if len(corpora) == 1 and all(s.startswith(tuple(KNOWN_CORPORA)) for s in speakers):
+        corpus = corpora.pop()
+        return None, corpus.lower(), corpus
+    return None, "local", f"a local corpus (`{Path(source).name}`)"
+
+
+def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor,
+                     hub_model_id: str | None = None, full_weights: bool = False) -> None:
+    """
+    README.md: the model card of the saved folder, through huggingface_hub's ModelCard. Metadata: licence, base models
+    (the backbones' Hub ids), the Hub dataset (when the data came from the Hub), pipeline tag, library and the test
+    scores as `model-index` results (standard metric types: accuracy, f1). Text: the backbones and their licences,
+    the data and split, the scores, what a user installs, and a usage snippet for `hub_model_id` (`--hub_model_id`;
+    else a placeholder), and whether the folder holds every weight (`full_weights`) or loads its backbones by Hub id.
+    Never a local path: local backbones and data are named by their folder's name only.
+    """
+    import importlib.metadata
+
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from dependencies_emosllm import HUB_OPTIONAL_REQUIREMENTS, HUB_REQUIREMENTS, distribution_name, pip_command
+
+    hub_dataset, dataset_type, dataset_name = card_dataset(data_args, split)
+    unit = split.get("unit", "speaker")
+    held_out = (f"test {unit}s: {', '.join(split['test'])}" if unit != "clip" else "test clips drawn at random")
+    scores = (  # (key, metric type, name, metric arguments)
+        ("ua", "accuracy", "Unweighted accuracy (UA, mean per-class recall)", None),
+        ("wa", "accuracy", "Weighted accuracy (WA, overall accuracy)", None),
+        ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+        ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}),
+    )
+    results = [
+        EvalResult(task_type="audio-classification", task_name="Speech emotion recognition",
+                   dataset_type=dataset_type, dataset_name=dataset_name, dataset_split=held_out,
+                   metric_type=metric_type, metric_name=name, metric_args=args,
+                   metric_value=round(float(metrics[key]), 4))
+        for key, metric_type, name, args in scores
+    ]
+    base_models = [m for m in (hub_repo_id(model_args.audio_encoder), hub_repo_id(model_args.llm)) if m]
+    card_data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="audio-classification",
+        base_model=base_models or None, datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy", "f1"], model_name=output_dir.name,
+        tags=["speech-emotion-recognition", "emosllm", "lora", "peft", "custom_code"], eval_results=results,
+    )
+    repo_id = hub_model_id or f"<your-username>/{output_dir.name}"
+    probe = ""
+    if "probe_c" in metrics:
+        probe = f" (probe C={metrics['probe_c']:g}, {metrics['probe_selection']})"
+    if unit == "speaker":
+        split_text = "Speaker-independent split"
+    elif unit == "clip":
+        split_text = "Random split by clip (the data has no speaker ids: NOT speaker-independent)"
+    else:
+        split_text = f"Split by `{unit}` (no value in two splits)"
+    split_line = split_text if unit == "clip" else (
+        f"{split_text}: train {len(split['train'])} {unit}s; validation {unit}s: "
+        f"{', '.join(split['validation']) or 'none'}; {held_out}"
+    )
+    versions = []
+    for requirement in HUB_REQUIREMENTS:
+        name = distribution_name(requirement)
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    weights_note = (
+        "This folder holds only what EmoSLLM trained and fitted (the interface, the layer statistics, the probe; LoRA "
+        "in peft's layout under `lora/`); loading fetches the frozen backbones named in `config.json` "
+        "(`audio_model_id`, `text_model_id`) from the Hub, or from a local copy: `from_pretrained(folder, "
+        "text_model_id='path/to/a/copy')`. For a self-contained folder with every weight, load it and call "
+        "`model.save_pretrained(new_folder, full_weights=True)` (bf16 backbones), or train with "
+        "`--save_full_weights true`."
+        if not full_weights else
+        "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
+    )
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# {output_dir.name}
+
+EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
+
+- Audio encoder: {card_backbone(model_args.audio_encoder)}, frozen (layers:
+  `{processor.config.encoder_layer_combination}`); interface: `{processor.config.adapter_type}`{probe};
+  LLM: {card_backbone(model_args.llm)} with LoRA rank {processor.config.lora_rank}.
+- Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
+- {split_line}.
+- Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},
+  weighted F1 {metrics['weighted_f1']:.4f}.
+
+## Requirements
+
+```bash
+{pip_command(*HUB_REQUIREMENTS)}
+```
+
+Optional: `{", ".join(HUB_OPTIONAL_REQUIREMENTS)}` (with FFmpeg's shared libraries) decodes audio formats libsndfile
+does not read. Trained with {", ".join(versions)}.
+
+## Usage
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("audio-classification", model="{repo_id}", trust_remote_code=True)
+classifier("speech.wav")  # [{{"score": ..., "label": ...}}, ...], best first
+```
+
+The scores rank the classes; on speakers the model did not train on their size is a little surer than it should be
+(measured on RAVDESS: a mean top probability of 0.79-0.83 for 71-73% right answers), so read the label first.
+
+{weights_note}
+
+## Licence
+
+Apache-2.0 (this model's code and trained weights). The backbones keep their own licences: the audio encoder
+{card_backbone(model_args.audio_encoder)} and the LLM {card_backbone(model_args.llm)}.
+"""
+    ModelCard(text).save(output_dir / "README.md")
+
+
+# What a push leaves out of the output folder: the stages' checkpoints (and the debug records kept with them).
+PUSH_IGNORE_PATTERNS = ["*checkpoints/*", "*stage1_asr/*"]
+
+
+def push_command(output_dir: Path, repo_id: str, private: bool | None = None, revision: str | None = None) -> str:
+    """The `hf upload` command line that pushes the output folder as `push_to_hub` does."""
+    command = ["hf", "upload", repo_id, str(Path(output_dir).resolve()), "."]
+    for pattern in PUSH_IGNORE_PATTERNS:
+        command += ["--exclude", pattern]
+    command += ["--private"] if private else []
+    command += ["--revision", revision] if revision else []
+    return shlex.join(command)
+
+
+def push_to_hub(output_dir: Path, repo_id: str, token: str | None = None, private: bool | None = None,
+                revision: str | None = None) -> bool:
+    """
+    `--push_to_hub`: uploads the final output folder (without the checkpoints) to the model repo `repo_id`, once, at
+    the end of the run (the stages' Trainers never push). Where it cannot (HF_HUB_OFFLINE=1, no network, no token),
+    it prints plainly that nothing was pushed and the command that pushes the folder later; the run still succeeds,
+    the model is saved. Returns whether the folder was pushed.
+    """
+    from huggingface_hub import HfApi, is_offline_mode
+
+    if is_offline_mode():
+        reason = "HF_HUB_OFFLINE=1 is set"
+    else:
+        try:
+            api = HfApi(token=token)
+            repo_id = api.create_repo(repo_id, exist_ok=True, private=private).repo_id
+            api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, revision=revision,
+                              ignore_patterns=PUSH_IGNORE_PATTERNS, commit_message="EmoSLLM model from train.py")
+            logger.info("Pushed %s to https://huggingface.co/%s", output_dir, repo_id)
+            return True
+        except Exception as error:  # no network, no token, no rights: say so, keep the local folder
+            reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
+    folder = str(Path(output_dir).resolve())
+    logger.warning("--push_to_hub: the model was not pushed (%s).", reason)
+    print(
+        f"\nThe model was NOT pushed to the Hub ({reason}). It is saved in {folder}.\n"
+        "To push it later, from a machine with the network and a token (`hf auth login`), run:\n"
+        f"  {push_command(output_dir, repo_id, private, revision)}\n"
+        "or, in Python:\n"
+        f"  from huggingface_hub import upload_folder; upload_folder(repo_id={repo_id!r}, folder_path={folder!r}, "
+        f"ignore_patterns={PUSH_IGNORE_PATTERNS!r})",
+        flush=True,
+    )
+    return False
+
+
+__all__ = ["hub_repo_id", "push_command", "push_to_hub", "write_model_card"]
