@@ -273,3 +273,21 @@ def test_calibration_figures_match_hand_computed_values():
     assert figures["nll_at_temperature"]["1.0"] == pytest.approx(figures["nll"])
     softened = np.sqrt(probabilities) / np.sqrt(probabilities).sum(axis=1, keepdims=True)  # T = 2
     assert figures["nll_at_temperature"]["2.0"] == pytest.approx(-np.log(softened[np.arange(4), targets]).mean())
+
+
+def test_probe_readout_scores_each_speaker_with_a_read_out_fitted_without_it():
+    from probe_readout import cross_validated_ua
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(np.arange(8), 10)  # 8 speakers x 10 clips, 5 of each of 2 classes
+    y = np.tile(np.repeat([0, 1], 5), 8)
+    emotion = np.stack([2.0 * y - 1 + 0.1 * rng.standard_normal(80), rng.standard_normal(80)], axis=1)
+    uas = cross_validated_ua(emotion, emotion + 0.01, y, speakers, LogisticRegression)
+    assert len(uas) == 4 and uas == [1.0] * 4  # the emotion dimension carries over to new speakers
+    # Features that only name the speaker, with a speaker's clips all of one class: a fit that had seen a held-out
+    # speaker would score it perfectly; one that has not gives all of them one answer (UA 0.5 or less).
+    y_by_speaker = speakers % 2
+    identity = np.eye(8)[speakers]
+    uas = cross_validated_ua(identity, identity, y_by_speaker, speakers, LogisticRegression)
+    assert len(uas) == 4 and max(uas) <= 0.5
