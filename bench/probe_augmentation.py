@@ -49,6 +49,17 @@ def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int 
     return torch.stack(out)
 
 
+def training_clips(data_dir: str, train_speakers: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndarray]:
+    """The clips of `train_speakers` only: (labels, decoded audio, class ids `(clips,)`, speaker of each `(clips,)`)."""
+    corpus = load_corpus(data_dir)
+    chosen = resolve_speakers(train_speakers, speaker_ids(corpus))
+    corpus = corpus.filter(lambda row: row["speaker"] in chosen)
+    labels = sorted(set(corpus["label"]))
+    clips = decoded_clips(corpus)
+    y = np.array([labels.index(c["label"]) for c in clips])
+    return labels, [c["audio"] for c in clips], y, np.array([c["speaker"] for c in clips])
+
+
 def cross_validated_ua(model, features: dict[str, torch.Tensor], y: np.ndarray, groups, fit_set, test_set,
                        c: float) -> list[float]:
     """Per fold: the probe fitted (`EmoSLLMStatisticsProbe.fit`) on `fit_set`'s versions of the other speakers'
@@ -74,16 +85,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    corpus = load_corpus(args.data_dir)
-    chosen = resolve_speakers(args.train_speakers, speaker_ids(corpus))
-    corpus = corpus.filter(lambda row: row["speaker"] in chosen)
-    labels = sorted(set(corpus["label"]))
+    labels, audios, y, groups = training_clips(args.data_dir, args.train_speakers)
     model, processor = build_model(ModelArguments(use_transcript="none"), labels)
     model.eval()
-    clips = decoded_clips(corpus)
-    audios = [c["audio"] for c in clips]
-    y = np.array([labels.index(c["label"]) for c in clips])
-    groups = np.array([c["speaker"] for c in clips])
     speeds = sorted({float(s) for group in FIT_SETS + TEST_TIME_SETS for s in group.split(",") if s})
     features = {"1.0": clip_statistics(model, processor, audios)}
     for speed in speeds:
@@ -104,7 +108,7 @@ def main() -> None:
             uas = cross_validated_ua(model, features, y, groups, versions("0.9"), versions(test_group), c)
             rows.append({"fitted_on": versions("0.9"), "scored_on": versions(test_group), "C": c,
                          "ua": float(np.mean(uas)), "fold_ua": uas})
-    Path(args.out).write_text(json.dumps({"clips": len(clips), "rows": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"clips": len(audios), "rows": rows}, indent=2))
     print("| fitted on | scored on | " + " | ".join(f"C={c:g}" for c in CS) + " |")
     print("|---|---|" + "---:|" * len(CS))
     for i in range(0, len(rows), len(CS)):

@@ -33,10 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from data_emosllm import load_corpus, resolve_speakers, speaker_ids  # noqa: E402
 from modeling_emosllm import EmoSLLMStatisticsProbe  # noqa: E402
-from probe_augmentation import clip_statistics  # noqa: E402
-from train import ModelArguments, augmented_copies, build_model, decoded_clips  # noqa: E402
+from probe_augmentation import clip_statistics, training_clips  # noqa: E402
+from train import ModelArguments, augmented_copies, build_model  # noqa: E402
 
 CS = (0.003, 0.01, 0.03)
 SHRINKAGES = ("auto", 0.5, 0.8, 0.95)
@@ -88,15 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    corpus = load_corpus(args.data_dir)
-    chosen = resolve_speakers(args.train_speakers, speaker_ids(corpus))
-    corpus = corpus.filter(lambda row: row["speaker"] in chosen)
-    labels = sorted(set(corpus["label"]))
-    clips = decoded_clips(corpus)
-    audios = [c["audio"] for c in clips]
+    labels, audios, y, groups = training_clips(args.data_dir, args.train_speakers)
     copies = [augmented_copies({"audio": a}, [0.9], [], len(a) * 2)[0]["audio"] for a in audios]
-    y = np.array([labels.index(c["label"]) for c in clips])
-    groups = np.array([c["speaker"] for c in clips])
 
     encoders = [name for name in args.encoders.split(",") if name]
     features = {}
@@ -117,7 +109,7 @@ def main() -> None:
             rows.append({"features": name, "width": int(originals.shape[1]), "read_out": read_out,
                          "ua": float(np.mean(uas)), "fold_ua": uas})
             print(f"{name} ({originals.shape[1]}) | {read_out} | CV UA {np.mean(uas):.3f}", flush=True)
-    Path(args.out).write_text(json.dumps({"clips": len(clips), "speakers": sorted(set(groups)), "rows": rows},
+    Path(args.out).write_text(json.dumps({"clips": len(audios), "speakers": sorted(set(groups)), "rows": rows},
                                          indent=2))
     print("\n| features | width | read-out | CV UA (4 folds) |\n|---|---:|---|---:|")
     for r in rows:
