@@ -385,6 +385,21 @@ class EmoSLLMStatisticsProbe(nn.Module):
         embeddings = self.embed_class_scores(self.class_scores(frames.float(), frame_mask))
         return embeddings, frame_mask.new_ones(embeddings.shape[:2])
 
+    @classmethod
+    def fit_standardization(cls, x: np.ndarray):
+        """
+        scikit-learn's StandardScaler fitted on pooled statistics `x` `(clips, features)`, each feature's scale floored
+        at `MIN_RELATIVE_STD` times the median scale: the probe's standardization (`fit`).
+        """
+        try:
+            from sklearn.preprocessing import StandardScaler
+        except ModuleNotFoundError as error:
+            raise missing_dependency(error, __name__) from error
+
+        scaler = StandardScaler().fit(x)
+        scaler.scale_ = np.maximum(scaler.scale_, cls.MIN_RELATIVE_STD * np.median(scaler.scale_))
+        return scaler
+
     @torch.no_grad()
     def fit(self, statistics: torch.Tensor, labels: torch.Tensor, c: float) -> None:
         """
@@ -396,7 +411,6 @@ class EmoSLLMStatisticsProbe(nn.Module):
         # for scikit-learn) leaves it out: only fitting needs scikit-learn, loading and inference do not.
         try:
             from sklearn.linear_model import LogisticRegression
-            from sklearn.preprocessing import StandardScaler
         except ModuleNotFoundError as error:
             raise missing_dependency(error, __name__) from error
 
@@ -404,8 +418,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
         missing = sorted(set(range(self.probe_bias.shape[0])) - set(y.tolist()))
         if missing:
             raise ValueError(f"The probe needs labelled clips of every class; none of class ids {missing}.")
-        scaler = StandardScaler().fit(x)
-        scaler.scale_ = np.maximum(scaler.scale_, self.MIN_RELATIVE_STD * np.median(scaler.scale_))
+        scaler = self.fit_standardization(x)
         probe = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
         self.set_probe(*(torch.from_numpy(np.asarray(v)) for v in
                          (scaler.mean_, scaler.scale_, probe.coef_, probe.intercept_)))

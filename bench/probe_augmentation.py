@@ -60,6 +60,11 @@ def training_clips(data_dir: str, train_speakers: str) -> tuple[list[str], list[
     return labels, [c["audio"] for c in clips], y, np.array([c["speaker"] for c in clips])
 
 
+def speed_copies(audios: list[np.ndarray], speed: float) -> list[np.ndarray]:
+    """Each clip speed-perturbed by `speed` (train.py's `augmented_copies`, as its probe is fitted)."""
+    return [augmented_copies({"audio": a}, [speed], [], len(a) * 2)[0]["audio"] for a in audios]
+
+
 def cross_validated_ua(model, features: dict[str, torch.Tensor], y: np.ndarray, groups, fit_set, test_set,
                        c: float) -> list[float]:
     """Per fold: the probe fitted (`EmoSLLMStatisticsProbe.fit`) on `fit_set`'s versions of the other speakers'
@@ -91,8 +96,7 @@ def main() -> None:
     speeds = sorted({float(s) for group in FIT_SETS + TEST_TIME_SETS for s in group.split(",") if s})
     features = {"1.0": clip_statistics(model, processor, audios)}
     for speed in speeds:
-        copies = [augmented_copies({"audio": a}, [speed], [], len(a) * 2)[0]["audio"] for a in audios]
-        features[str(speed)] = clip_statistics(model, processor, copies)
+        features[str(speed)] = clip_statistics(model, processor, speed_copies(audios, speed))
 
     def versions(group: str) -> list[str]:
         return ["1.0"] + [str(float(s)) for s in group.split(",") if s]

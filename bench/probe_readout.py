@@ -15,8 +15,8 @@ originals and copies and scores the held-out speakers' original clips):
         --encoders openai/whisper-tiny.en,openai/whisper-base --out /tmp/probe_readout.json
 
 The features are the probe's own (`model.pooled_audio_statistics` through bench/probe_augmentation.py's
-`clip_statistics`; train.py's `augmented_copies`), standardized as `EmoSLLMStatisticsProbe.fit` does (StandardScaler
-with its floor on the scale). Only the speakers of --train_speakers are read.
+`clip_statistics`; train.py's `augmented_copies`), standardized as the probe's fit does
+(`EmoSLLMStatisticsProbe.fit_standardization`). Only the speakers of --train_speakers are read.
 """
 
 from __future__ import annotations
@@ -34,25 +34,26 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from modeling_emosllm import EmoSLLMStatisticsProbe  # noqa: E402
-from probe_augmentation import clip_statistics, training_clips  # noqa: E402
-from train import ModelArguments, augmented_copies, build_model  # noqa: E402
+from probe_augmentation import clip_statistics, speed_copies, training_clips  # noqa: E402
+from train import ModelArguments, build_model  # noqa: E402
 
 CS = (0.003, 0.01, 0.03)
 SHRINKAGES = ("auto", 0.5, 0.8, 0.95)
 
 
-def read_outs(first_encoder: bool) -> dict:
-    """name -> a function returning a fresh scikit-learn classifier."""
+def read_outs(balanced: bool, lda: bool) -> dict:
+    """name -> a function returning a fresh scikit-learn classifier: the regression at each C, and with `balanced`
+    its class-balanced form, with `lda` shrinkage LDA."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.linear_model import LogisticRegression
 
     outs = {}
     for c in CS:
         outs[f"logistic regression, C={c:g}"] = lambda c=c: LogisticRegression(C=c, max_iter=3000)
-    for c in CS:
+    for c in CS if balanced else ():
         outs[f"logistic regression, class-balanced, C={c:g}"] = (
             lambda c=c: LogisticRegression(C=c, max_iter=3000, class_weight="balanced"))
-    if first_encoder:  # LDA's covariance grows with the square of the width: the first encoder only
+    if lda:
         for shrinkage in SHRINKAGES:
             outs[f"shrinkage LDA, shrinkage={shrinkage}"] = (
                 lambda s=shrinkage: LinearDiscriminantAnalysis(solver="lsqr", shrinkage=s))
@@ -64,13 +65,11 @@ def cross_validated_ua(originals: np.ndarray, copies: np.ndarray, y: np.ndarray,
     """Per fold, the UA on the held-out speakers' originals of a read-out fitted on the others' originals + copies."""
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GroupKFold
-    from sklearn.preprocessing import StandardScaler
 
     uas = []
     for fit, held in GroupKFold(n_splits=4).split(y, y, groups):
         x = np.concatenate([originals[fit], copies[fit]])
-        scaler = StandardScaler().fit(x)
-        scaler.scale_ = np.maximum(scaler.scale_, EmoSLLMStatisticsProbe.MIN_RELATIVE_STD * np.median(scaler.scale_))
+        scaler = EmoSLLMStatisticsProbe.fit_standardization(x)
         classifier = make().fit(scaler.transform(x), np.concatenate([y[fit], y[fit]]))
         uas.append(float(balanced_accuracy_score(y[held], classifier.predict(scaler.transform(originals[held])))))
     return uas
@@ -88,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     labels, audios, y, groups = training_clips(args.data_dir, args.train_speakers)
-    copies = [augmented_copies({"audio": a}, [0.9], [], len(a) * 2)[0]["audio"] for a in audios]
+    copies = speed_copies(audios, 0.9)
 
     encoders = [name for name in args.encoders.split(",") if name]
     features = {}
@@ -102,9 +101,9 @@ def main() -> None:
 
     rows = []
     for index, (name, (originals, copied)) in enumerate(features.items()):
-        for read_out, make in read_outs(first_encoder=index == 0).items():
-            if index > len(encoders) - 1 and "regression, C" not in read_out:
-                continue  # side by side: the plain regression only (the widest features)
+        side_by_side = index == len(encoders)  # the widest features: the plain regression only
+        # LDA's covariance grows with the square of the width: the first encoder only.
+        for read_out, make in read_outs(balanced=not side_by_side, lda=index == 0).items():
             uas = cross_validated_ua(originals, copied, y, groups, make)
             rows.append({"features": name, "width": int(originals.shape[1]), "read_out": read_out,
                          "ua": float(np.mean(uas)), "fold_ua": uas})

@@ -21,6 +21,7 @@ import dependencies_emosllm as deps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import hub_emosllm  # noqa: E402
 import train  # noqa: E402
 
 LABELS = ["angry", "happy", "neutral", "sad"]
@@ -102,7 +103,7 @@ def data_args(**given) -> SimpleNamespace:
 def write_card(tmp_path: Path, model_args, data, split, hub_model_id=None) -> tuple[ModelCard, str]:
     output = tmp_path / "outputs" / "emosllm-ravdess"
     output.mkdir(parents=True)
-    train.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
+    hub_emosllm.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
                            hub_model_id=hub_model_id)
     path = output / "README.md"
     return ModelCard.load(path), path.read_text()

@@ -114,7 +114,7 @@ def test_push_to_hub_offline_trains_saves_and_prints_the_command_to_push_later(t
 def test_push_to_hub_uploads_the_final_folder_once_and_reports_a_failed_push(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    import train
+    import hub_emosllm
 
     calls = []
 
@@ -133,10 +133,10 @@ def test_push_to_hub_uploads_the_final_folder_once_and_reports_a_failed_push(tmp
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
-    assert train.push_to_hub(tmp_path, "model", token="t", private=True)
+    assert hub_emosllm.push_to_hub(tmp_path, "model", token="t", private=True)
     assert calls == [("token", "t"), ("create", "model", True),
                      ("upload", str(tmp_path), "user/model", ("*checkpoints/*", "*stage1_asr/*"))]
-    assert not train.push_to_hub(tmp_path, "broken")
+    assert not hub_emosllm.push_to_hub(tmp_path, "broken")
     printed = capsys.readouterr().out
     assert "NOT pushed to the Hub (ConnectionError: no route to host)" in printed
     assert f"hf upload user/broken {tmp_path.resolve()} ." in printed
