@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,10 @@ import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
@@ -45,7 +43,6 @@ from data_emosllm import (
     has_speaker_ids,
     load_corpus,
     load_source,
-    make_smoke_corpus,
     normalize_labels,
     save_confusion_matrix,
     speaker_folds,
@@ -58,6 +55,8 @@ from data_emosllm import (
 from hub_emosllm import push_to_hub, write_model_card
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native
 from processing_emosllm import EmoSLLMProcessor, check_audio, decode_audio, prepare_clip, read_audio_file
+from resume_emosllm import check_resume_matches, last_complete_checkpoint
+from smoke_corpus_emosllm import make_smoke_corpus
 
 logger = logging.getLogger("emosllm.train")
 
@@ -813,120 +812,6 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
     given = [c["transcript"] or None for c in clips]
     for clip, text in zip(clips, processor.resolve_transcripts([c["audio"] for c in clips], given)):
         clip["transcript"] = text
-
-
-CHECKPOINT_WEIGHTS = "model.safetensors"
-CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt")  # torch.save zip archives; a cut one has no central directory
-
-
-def checkpoint_weight_files(checkpoint: Path) -> list[Path]:
-    """The checkpoint's safetensors files: `model.safetensors`, or the shards its index lists."""
-    index = checkpoint / f"{CHECKPOINT_WEIGHTS}.index.json"
-    if index.is_file():
-        return [checkpoint / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    return [checkpoint / CHECKPOINT_WEIGHTS]
-
-
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why `checkpoint` cannot be resumed from (cut, damaged or missing files), or None when it can."""
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text())
-        weight_files = checkpoint_weight_files(checkpoint)
-    except (OSError, ValueError, KeyError) as error:
-        return f"trainer_state.json or the weights index is missing or cut ({type(error).__name__})"
-    for weights in weight_files:
-        try:
-            load_file(str(weights))
-        except Exception as error:  # safetensors raises its own SafetensorError, OSError for a missing file
-            return f"{weights.name} does not load ({str(error)[:200]})"
-    for name in CHECKPOINT_STATE_FILES:
-        if not zipfile.is_zipfile(checkpoint / name):
-            return f"{name} is missing or cut"
-    return None
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """
-    The newest `checkpoint-N` that was written to the end and loads: its `trainer_state.json` (written last, so a run
-    killed while saving leaves a folder without it, or with a cut one) parses, its weights load with safetensors,
-    and its optimizer and scheduler files are whole. Newer ones that fail are skipped, saying why; the one used is
-    logged.
-    """
-    numbered = []
-    for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        step = checkpoint.name.rsplit("-", 1)[1]
-        if checkpoint.is_dir() and step.isdigit():
-            numbered.append((int(step), checkpoint))
-    for _, checkpoint in sorted(numbered, reverse=True):
-        problem = checkpoint_problem(checkpoint)
-        if problem is None:
-            logger.info("Resuming from %s", checkpoint)
-            return str(checkpoint)
-        logger.warning("Skipping checkpoint %s: %s; trying the one before.", checkpoint, problem)
-    return None
-
-
-# Config entries that say nothing about the model's shape or behaviour.
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "custom_pipelines",
-                         "torch_dtype", "dtype", "_commit_hash", "_attn_implementation_autoset"}
-
-
-def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """`field (saved -> current)` for every entry that differs, nested configs as `text_config.hidden_size`."""
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        if key in _VOLATILE_CONFIG_KEYS:
-            continue
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += _config_differences(old, new, f"{prefix}{key}.")
-        elif json.dumps(old, sort_keys=True, default=str) != json.dumps(new, sort_keys=True, default=str):
-            differences.append(f"{prefix}{key} ({json.dumps(old, default=str)[:60]} -> "
-                               f"{json.dumps(new, default=str)[:60]})")
-    return differences
-
-
-def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module) -> None:
-    """
-    `--resume` with flags that change the model's shape would fail deep in `load_state_dict` (or, for a checkpoint
-    of a different label set, load into the wrong classes): compare the checkpoint's weight shapes and config with
-    the model built now, and raise `ValueError` naming the differing config fields and weights. Config differences
-    that leave every shape alike (e.g. the prompt) are a warning.
-    """
-    checkpoint = Path(checkpoint)
-    current = model.state_dict()
-    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
-    shapes = {}
-    for weights in checkpoint_weight_files(checkpoint):
-        with safe_open(str(weights), framework="pt") as handle:
-            shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
-    mismatched = [f"{name} {shapes[name]} -> {tuple(current[name].shape)}" for name in sorted(shapes)
-                  if name in current and tuple(current[name].shape) != shapes[name]]
-    mismatched += [f"{name} (only in the checkpoint)" for name in sorted(set(shapes) - set(current))]
-    mismatched += [f"{name} (not in the checkpoint)" for name in sorted(trainable - set(shapes))]
-    try:  # both through the config class and JSON, as save_pretrained writes them (defaults filled in, str keys)
-        saved_config = type(model.config).from_pretrained(checkpoint).to_json_string(use_diff=False)
-        fields = _config_differences(json.loads(saved_config), json.loads(model.config.to_json_string(use_diff=False)))
-    except (OSError, ValueError):
-        fields = []
-    if mismatched:
-        raise ValueError(
-            f"--resume: {checkpoint} was saved by a model of another shape than these flags build. Config fields that "
-            f"differ (checkpoint -> now): {', '.join(fields) or 'none recorded'}; weights: {', '.join(mismatched[:8])}"
-            f"{' ...' if len(mismatched) > 8 else ''}. Resume with the flags of that run, or train into a new "
-            "--output_dir."
-        )
-    if fields:
-        logger.warning("--resume: %s was saved with other settings (checkpoint -> now): %s", checkpoint,
-                       ", ".join(fields))
-
-
-def check_resume_matches(model: torch.nn.Module, output_dir: Path) -> None:
-    """Before anything runs, the checkpoints `--resume` would pick (ASR and SER stages) fit the model built now."""
-    for folder in (output_dir / "stage1_asr", output_dir / "checkpoints"):
-        checkpoint = last_complete_checkpoint(folder)
-        if checkpoint is not None:
-            check_checkpoint_matches(checkpoint, model)
 
 
 def stage_arguments(training_args: TrainingArguments, output_dir, epochs: float, task: str,

@@ -1,4 +1,4 @@
-"""Tests for data_emosllm: corpus loading and validation, speaker splits, metrics, the smoke corpus."""
+"""Tests for data_emosllm (corpus loading and validation, speaker splits, metrics) and smoke_corpus_emosllm."""
 
 import json
 import os
@@ -13,6 +13,7 @@ import soundfile as sf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import data_emosllm as data  # noqa: E402
+import smoke_corpus_emosllm as smoke  # noqa: E402
 
 RAVDESS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 
@@ -363,11 +364,11 @@ def test_confusion_matrix_png_and_report(tmp_path):
 
 
 def test_smoke_corpus_is_loadable_balanced_deterministic_and_reused(tmp_path):
-    folder = data.make_smoke_corpus(tmp_path / "smoke", num_speakers=3, clips_per_class=2, seed=1)
-    corpus = data.load_corpus(folder, labels=list(data.SMOKE_LABELS))
+    folder = smoke.make_smoke_corpus(tmp_path / "smoke", num_speakers=3, clips_per_class=2, seed=1)
+    corpus = data.load_corpus(folder, labels=list(smoke.SMOKE_LABELS))
     assert len(corpus) == 3 * 4 * 2
     pairs = {(s, label) for s, label in zip(corpus["speaker"], corpus["label"])}
-    assert pairs == {(s, label) for s in ["smoke_01", "smoke_02", "smoke_03"] for label in data.SMOKE_LABELS}
+    assert pairs == {(s, label) for s in ["smoke_01", "smoke_02", "smoke_03"] for label in smoke.SMOKE_LABELS}
     samples = corpus[0]["audio"].get_all_samples()
     assert samples.sample_rate == 16000 and 0.8 < samples.data.shape[1] / 16000 < 3.5
     info = sf.info(str(folder / corpus[0]["path"]))
@@ -380,16 +381,16 @@ def test_smoke_corpus_is_loadable_balanced_deterministic_and_reused(tmp_path):
         assert by_class[(speaker, "neutral")] == by_class[(speaker, "happy")]
         assert by_class[(speaker, "sad")] == by_class[(speaker, "angry")]
     # Deterministic, and a complete folder is reused without rewriting.
-    other = data.make_smoke_corpus(tmp_path / "again", num_speakers=3, clips_per_class=2, seed=1)
+    other = smoke.make_smoke_corpus(tmp_path / "again", num_speakers=3, clips_per_class=2, seed=1)
     for path in corpus["path"]:
         assert (folder / path).read_bytes() == (other / path).read_bytes()
     stamp = (folder / "manifest.csv").stat().st_mtime_ns
-    data.make_smoke_corpus(folder, num_speakers=3, clips_per_class=2, seed=1)
+    smoke.make_smoke_corpus(folder, num_speakers=3, clips_per_class=2, seed=1)
     assert (folder / "manifest.csv").stat().st_mtime_ns == stamp
 
 
 def test_smoke_corpus_voice_carries_arousal(tmp_path):
-    folder = data.make_smoke_corpus(tmp_path / "smoke", num_speakers=2, clips_per_class=3, seed=0)
+    folder = smoke.make_smoke_corpus(tmp_path / "smoke", num_speakers=2, clips_per_class=3, seed=0)
     corpus = data.load_corpus(folder)
     seconds = {(speaker, label, Path(path).stem[-2:]): sf.info(str(folder / path)).duration
                for speaker, label, path in zip(corpus["speaker"], corpus["label"], corpus["path"])}

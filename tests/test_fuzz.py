@@ -22,6 +22,7 @@ from conftest import LABELS, save_tiny_backbones, tiny_processor, tone, write_to
 
 import data_emosllm
 import pipeline_emosllm
+import resume_emosllm
 import train
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
@@ -654,7 +655,7 @@ def test_resume_falls_back_to_the_last_checkpoint_that_loads(tiny, tmp_path, dam
         (newest / target).write_bytes(data[: len(data) // 2])
     (tmp_path / "checkpoint-x").mkdir()  # not a step: ignored
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
-        assert train.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+        assert resume_emosllm.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert f"Skipping checkpoint {newest}" in caplog.text and target.split(".")[0] in caplog.text
     assert f"Resuming from {tmp_path / 'checkpoint-2'}" in caplog.text
 
@@ -664,16 +665,16 @@ def test_resume_with_flags_that_change_the_models_shape_says_so(tmp_path, caplog
     saved = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4).config)
     saved.freeze_backbones()
     checkpoint = write_checkpoint(tmp_path, saved, 2)
-    train.check_checkpoint_matches(checkpoint, saved)  # the same flags: fine
+    resume_emosllm.check_checkpoint_matches(checkpoint, saved)  # the same flags: fine
     wider = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=8).config)
     wider.freeze_backbones()
     with pytest.raises(ValueError, match=r"--resume: .*checkpoint-2 was saved by a model of another shape.*"
                                          r"num_queries \(4 -> 8\).*adapter\.queries.*new --output_dir"):
-        train.check_checkpoint_matches(checkpoint, wider)
+        resume_emosllm.check_checkpoint_matches(checkpoint, wider)
     reworded = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4, prompt="Name the emotion.").config)
     reworded.freeze_backbones()
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        train.check_checkpoint_matches(checkpoint, reworded)  # same shapes: a warning, not an error
+        resume_emosllm.check_checkpoint_matches(checkpoint, reworded)  # same shapes: a warning, not an error
     assert "saved with other settings" in caplog.text and "prompt" in caplog.text
 
 

@@ -128,7 +128,7 @@ def test_killed_run_resumes_from_last_checkpoint_and_ends_the_same(tiny_setup, t
 
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     sys.path.insert(0, str(REPO))
-    from train import last_complete_checkpoint
+    from resume_emosllm import last_complete_checkpoint
 
     from safetensors.torch import save_file
 
