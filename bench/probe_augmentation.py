@@ -37,13 +37,20 @@ CS = (0.003, 0.01, 0.03)
 
 
 @torch.no_grad()
-def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16) -> torch.Tensor:
-    """`(clips, 2 * (layers + 1) * hidden)`: the probe's input, `model.pooled_audio_statistics` of each clip."""
+def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16, pool=None) -> torch.Tensor:
+    """
+    `(clips, 2 * (layers + 1) * hidden)`: the probe's input, `model.pooled_audio_statistics` of each clip; with
+    `pool`, `pool(frames, frame_mask, batch)` `(batch, width)` of the encoder's standardized frames instead.
+    """
     order = np.argsort([-len(a) for a in audios])  # longest first, as train.py's cache
     out = [None] * len(audios)
     for start in range(0, len(audios), batch_size):
         chunk = order[start:start + batch_size]
-        statistics = model.pooled_audio_statistics(processor.audio_features([audios[i] for i in chunk]))
+        batch = processor.audio_features([audios[i] for i in chunk])
+        if pool is None:
+            statistics = model.pooled_audio_statistics(batch)
+        else:
+            statistics = pool(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]), batch)
         for row, i in enumerate(chunk):
             out[i] = statistics[row]
     return torch.stack(out)

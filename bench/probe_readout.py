@@ -9,10 +9,20 @@ originals and copies and scores the held-out speakers' original clips):
 - the regression at several C, and with class-balanced weights (UA weighs every class alike; RAVDESS has half as
   many neutral clips as of any other emotion);
 - shrinkage LDA (scikit-learn's LinearDiscriminantAnalysis, lsqr), another linear read-out, on the first encoder;
-- each encoder's statistics alone and, with two or more encoders, all of them side by side (the regression only).
+- each encoder's statistics alone and, with two or more encoders, all of them side by side (the regression only)
+  (these three: `--screens linear`, the default);
+- with `--screens extra_statistics`, the first encoder's mean and std with more statistics of its frames beside them
+  (`EXTRA_STATISTICS`: percentiles, the means of each third of the clip, the spread of frame-to-frame changes, the
+  maximum, or Whisper's log-mel input's mean, std and delta spread), read by the regression;
+- with `--screens nonlinear`, nonlinear read-outs of the first encoder's mean and std: an RBF support-vector
+  machine and a one-hidden-layer perceptron (scikit-learn's SVC and MLPClassifier).
+
+A read-out whose fit fails numerically (LDA's least squares once did not converge at one shrinkage) is reported as
+failed, and the others still run.
 
     python bench/probe_readout.py --data_dir ../shared/data/ravdess --train_speakers 1-16 \
-        --encoders openai/whisper-tiny.en,openai/whisper-base --out /tmp/probe_readout.json
+        --encoders openai/whisper-tiny.en,openai/whisper-base --screens linear,extra_statistics,nonlinear \
+        --out /tmp/probe_readout.json
 
 The features are the probe's own (`model.pooled_audio_statistics` through bench/probe_augmentation.py's
 `clip_statistics`; train.py's `augmented_copies`), standardized as the probe's fit does
@@ -38,7 +48,47 @@ from probe_augmentation import clip_statistics, speed_copies, training_clips  # 
 from train import ModelArguments, build_model  # noqa: E402
 
 CS = (0.003, 0.01, 0.03)
+SCREENS = {"linear", "extra_statistics", "nonlinear"}
 SHRINKAGES = ("auto", 0.5, 0.8, 0.95)
+
+
+def _valid(frames: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
+    return [clip[valid] for clip, valid in zip(frames.float(), frame_mask)]
+
+
+def _log_mel_statistics(batch: dict, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Whisper's log-mel input over each clip's valid mel frames (two per encoder frame): mean, std, delta std."""
+    rows = []
+    for mel, valid in zip(batch["input_features"].float(), frame_mask.sum(dim=1)):
+        mel = mel[:, : 2 * int(valid)].T  # (mel_frames, num_mel_bins)
+        rows.append(torch.cat([mel.mean(0), mel.std(0), mel.diff(dim=0).std(0)]))
+    return torch.stack(rows)
+
+
+# name -> pool(frames, frame_mask, batch) -> (batch, width): statistics of the standardized encoder frames (or of the
+# log-mel input) to set beside the probe's mean and std.
+EXTRA_STATISTICS = {
+    "10th and 90th percentiles": lambda f, m, b: torch.stack(
+        [torch.quantile(c, torch.tensor([0.1, 0.9]), dim=0).flatten() for c in _valid(f, m)]),
+    "mean of each third": lambda f, m, b: torch.stack(
+        [torch.cat([part.mean(0) for part in c.tensor_split(3)]) for c in _valid(f, m)]),
+    "std of frame-to-frame changes": lambda f, m, b: torch.stack([c.diff(dim=0).std(0) for c in _valid(f, m)]),
+    "maximum": lambda f, m, b: torch.stack([c.amax(0) for c in _valid(f, m)]),
+    "log-mel mean, std, delta std": lambda f, m, b: _log_mel_statistics(b, m),
+}
+
+
+def nonlinear_read_outs(width: int) -> dict:
+    """name -> a function returning a fresh nonlinear scikit-learn classifier of standardized features `width` wide."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    outs = {}
+    for gamma in (0.3, 1.0):  # 1.0 / width is scikit-learn's "scale" for standardized features
+        for c in (1, 10):
+            outs[f"RBF SVM, C={c}, gamma={gamma:g}/width"] = lambda c=c, g=gamma: SVC(C=c, gamma=g / width)
+    outs["perceptron, 256 hidden, alpha=1"] = lambda: MLPClassifier((256,), alpha=1.0, max_iter=500, random_state=0)
+    return outs
 
 
 def read_outs(balanced: bool, lda: bool) -> dict:
@@ -81,38 +131,65 @@ def main() -> None:
     parser.add_argument("--train_speakers", default="1-16", help="only these speakers are read (the training ones)")
     parser.add_argument("--encoders", default="openai/whisper-tiny.en,openai/whisper-base",
                         help="comma-separated audio encoders (Hub ids or folders); the first one is train.py's")
+    parser.add_argument("--screens", default="linear",
+                        help="comma-separated, of: linear (the linear read-outs of each encoder and of all side by "
+                             "side), extra_statistics (the first encoder's mean and std with each of "
+                             "EXTRA_STATISTICS beside them), nonlinear (RBF SVM and perceptron of the first "
+                             "encoder's mean and std); the probe's own regression of the first encoder always runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="/tmp/probe_readout.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    screens = {name for name in args.screens.split(",") if name}
+    if screens - SCREENS:
+        raise SystemExit(f"--screens: unknown {sorted(screens - SCREENS)}; choose from {sorted(SCREENS)}.")
 
     labels, audios, y, groups = training_clips(args.data_dir, args.train_speakers)
     copies = speed_copies(audios, 0.9)
 
     encoders = [name for name in args.encoders.split(",") if name]
-    features = {}
-    for name in encoders:
+    encoders = encoders if "linear" in screens else encoders[:1]
+    features, extras = {}, {}
+    for index, name in enumerate(encoders):
         model, processor = build_model(ModelArguments(use_transcript="none", audio_encoder=name), labels)
         model.eval()
         features[name] = tuple(clip_statistics(model, processor, a).double().numpy() for a in (audios, copies))
+        for extra, pool in EXTRA_STATISTICS.items() if "extra_statistics" in screens and index == 0 else ():
+            more = [clip_statistics(model, processor, a, pool=pool).double().numpy() for a in (audios, copies)]
+            extras[f"{name} mean, std + {extra}"] = tuple(np.hstack([f, m]) for f, m in zip(features[name], more))
         del model
     if len(encoders) > 1:
         features[" + ".join(encoders)] = tuple(np.hstack([features[n][i] for n in encoders]) for i in (0, 1))
 
-    rows = []
-    for index, (name, (originals, copied)) in enumerate(features.items()):
+    plans = []  # (features name, (originals, copies), read-outs)
+    for index, (name, pair) in enumerate(features.items()):
         side_by_side = index == len(encoders)  # the widest features: the plain regression only
         # LDA's covariance grows with the square of the width: the first encoder only.
-        for read_out, make in read_outs(balanced=not side_by_side, lda=index == 0).items():
-            uas = cross_validated_ua(originals, copied, y, groups, make)
-            rows.append({"features": name, "width": int(originals.shape[1]), "read_out": read_out,
-                         "ua": float(np.mean(uas)), "fold_ua": uas})
-            print(f"{name} ({originals.shape[1]}) | {read_out} | CV UA {np.mean(uas):.3f}", flush=True)
+        linear = "linear" in screens
+        plans.append((name, pair, read_outs(balanced=linear and not side_by_side, lda=linear and index == 0)))
+        if index == 0 and "nonlinear" in screens:
+            plans.append((name, pair, nonlinear_read_outs(pair[0].shape[1])))
+    plans += [(name, pair, read_outs(balanced=False, lda=False)) for name, pair in extras.items()]
+
+    rows = []
+    for name, (originals, copied), outs in plans:
+        for read_out, make in outs.items():
+            try:
+                uas = cross_validated_ua(originals, copied, y, groups, make)
+            except np.linalg.LinAlgError as error:  # e.g. LDA's least squares on a near-singular covariance
+                uas, failure = [], f"failed: {error}"
+            else:
+                failure = None
+            ua = float(np.mean(uas)) if uas else None
+            rows.append({"features": name, "width": int(originals.shape[1]), "read_out": read_out, "ua": ua,
+                         "fold_ua": uas, "failure": failure})
+            print(f"{name} ({originals.shape[1]}) | {read_out} | CV UA {failure or f'{ua:.3f}'}", flush=True)
     Path(args.out).write_text(json.dumps({"clips": len(audios), "speakers": sorted(set(groups)), "rows": rows},
                                          indent=2))
     print("\n| features | width | read-out | CV UA (4 folds) |\n|---|---:|---|---:|")
     for r in rows:
-        print(f"| {r['features']} | {r['width']:,d} | {r['read_out']} | {r['ua']:.3f} |")
+        score = r["failure"] or f"{r['ua']:.3f}"
+        print(f"| {r['features']} | {r['width']:,d} | {r['read_out']} | {score} |")
 
 
 if __name__ == "__main__":

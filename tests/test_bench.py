@@ -291,3 +291,21 @@ def test_probe_readout_scores_each_speaker_with_a_read_out_fitted_without_it():
     identity = np.eye(8)[speakers]
     uas = cross_validated_ua(identity, identity, y_by_speaker, speakers, LogisticRegression)
     assert len(uas) == 4 and max(uas) <= 0.5
+
+
+def test_probe_readout_extra_statistics_read_only_each_clips_valid_frames():
+    from probe_readout import EXTRA_STATISTICS
+
+    torch.manual_seed(0)
+    frames, mel = torch.randn(2, 8, 6), torch.randn(2, 4, 16)
+    mask = torch.tensor([[True] * 5 + [False] * 3, [True] * 8])
+    alone = {"input_features": mel[:1, :, :10]}
+    for name, pool in EXTRA_STATISTICS.items():
+        batched = pool(frames, mask, {"input_features": mel})
+        assert batched.shape[0] == 2 and torch.isfinite(batched).all(), name
+        # The first clip alone, without its padding frames, gets the same statistics as in the padded batch.
+        torch.testing.assert_close(pool(frames[:1, :5], mask[:1, :5], alone)[0], batched[0], msg=name)
+        # Padding frames carry no weight: changing them changes nothing.
+        padded = frames.clone()
+        padded[0, 5:] = 100.0
+        torch.testing.assert_close(pool(padded, mask, {"input_features": mel}), batched, msg=name)
