@@ -23,9 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
+from encoder_cache_emosllm import EncoderStateCache  # noqa: E402
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition  # noqa: E402
 from processing_emosllm import EmoSLLMProcessor  # noqa: E402
-from train import EmoSLLMCollator, EncoderStateCache, attach_transcripts, decoded_clips  # noqa: E402
+from train import EmoSLLMCollator, attach_transcripts, decoded_clips  # noqa: E402
 
 
 @torch.no_grad()

@@ -33,10 +33,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from data_emosllm import compute_ser_metrics, load_corpus, split_by_speakers  # noqa: E402
+from encoder_cache_emosllm import EncoderStateCache, cached_states, padded_states  # noqa: E402
 from encoder_padding import masked_mean_std  # noqa: E402
-from train import (  # noqa: E402
-    EncoderStateCache, ModelArguments, build_model, cached_states, decoded_clips, padded_states,
-)
+from train import ModelArguments, build_model, decoded_clips  # noqa: E402
 
 
 def pooled_probe(model, clips: dict, labels: list[str], variant: str, seed: int, epochs: int) -> list[float]:

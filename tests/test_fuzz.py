@@ -21,6 +21,7 @@ import torch
 from conftest import LABELS, save_tiny_backbones, tiny_processor, tone, write_tone_corpus
 
 import data_emosllm
+import encoder_cache_emosllm
 import pipeline_emosllm
 import resume_emosllm
 import train
@@ -462,7 +463,7 @@ def test_training_decodes_a_file_as_the_pipeline_does(tmp_path):
 
 def test_the_encoder_cache_checks_what_it_is_given(tiny, tmp_path):
     model, processor = tiny
-    cache = train.EncoderStateCache(model, processor, tmp_path)
+    cache = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path)
     with pytest.raises(ValueError, match="copy 3: the clip has NaN"):
         cache.fill([{"audio": with_nan(CLIP), "file": "copy 3"}])
     assert not list(cache.root.iterdir())
@@ -470,13 +471,13 @@ def test_the_encoder_cache_checks_what_it_is_given(tiny, tmp_path):
 
 def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     model, processor = tiny
-    cache = train.EncoderStateCache(model, processor, tmp_path)
+    cache = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path)
 
     def killed(tensors, filename):  # the run is killed halfway through writing a clip's states
         Path(filename).write_bytes(b"half a safetensors file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_file", killed)
+    monkeypatch.setattr(encoder_cache_emosllm, "save_file", killed)
     with pytest.raises(KeyboardInterrupt):
         cache.fill([{"audio": CLIP, "file": "clip"}])
     assert not cache.path(CLIP).exists()  # a run side by side, or the next one, encodes the clip again
@@ -486,14 +487,14 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     whole = [p.name for p in cache.root.iterdir() if not p.name.endswith(".partial")]
     assert whole == [cache.path(CLIP).name]
     assert not isinstance(clips[0]["states"], torch.Tensor)  # read from disk batch by batch, not held in memory
-    states = train.cached_states(clips[0])
+    states = encoder_cache_emosllm.cached_states(clips[0])
     assert states.dtype == torch.float16 and states.shape[1] == model.config.num_encoder_frames(len(CLIP))
     cache.path(CLIP).write_bytes(b"cut")  # the cache folder changed under a running training
     with pytest.raises(RuntimeError, match="encoder cache file .* gone or damaged.*--resume true"):
-        train.cached_states(clips[0])
+        encoder_cache_emosllm.cached_states(clips[0])
     cache.path(CLIP).unlink()
     with pytest.raises(RuntimeError, match="gone or damaged"):
-        train.cached_states(clips[0])
+        encoder_cache_emosllm.cached_states(clips[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -604,18 +605,18 @@ def test_encoder_cache_folder_follows_the_encoder_weights_and_preprocessing(tmp_
     processor = tiny_processor()
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config)
-    root = train.EncoderStateCache(model, processor, tmp_path).root
-    assert train.EncoderStateCache(model, processor, tmp_path).root == root  # stable
+    root = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root
+    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root == root  # stable
     with torch.no_grad():
         model.audio_encoder.layer_weights += 1.0  # trains; not part of the encoder
         model.audio_encoder.feature_mean += 1.0  # set from the cache itself
-    assert train.EncoderStateCache(model, processor, tmp_path).root == root
+    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root == root
     with torch.no_grad():
         model.audio_encoder.encoder.layers[0].fc1.weight[0, 0] += 1e-3  # one weight of the encoder
-    changed = train.EncoderStateCache(model, processor, tmp_path).root
+    changed = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root
     assert changed != root
     processor.feature_extractor.dither = 0.5  # the same weights, other preprocessing
-    assert train.EncoderStateCache(model, processor, tmp_path).root not in (root, changed)
+    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root not in (root, changed)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
