@@ -78,6 +78,20 @@ EXTRA_STATISTICS = {
 }
 
 
+def extra_statistics(frames: torch.Tensor, frame_mask: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Every one of EXTRA_STATISTICS side by side, in their order: `(batch, sum of their widths)`."""
+    return torch.cat([pool(frames, frame_mask, batch) for pool in EXTRA_STATISTICS.values()], dim=1)
+
+
+@torch.no_grad()
+def split_extra_statistics(model, processor, audio: np.ndarray, side_by_side: np.ndarray) -> list[np.ndarray]:
+    """`extra_statistics` `(clips, width)` cut back into one array per statistic (widths read off `audio`)."""
+    batch = processor.audio_features([audio])
+    frames, frame_mask = model.audio_encoder(batch["audio_lengths"], batch["input_features"])
+    widths = [pool(frames, frame_mask, batch).shape[1] for pool in EXTRA_STATISTICS.values()]
+    return np.split(side_by_side, np.cumsum(widths)[:-1], axis=1)
+
+
 def nonlinear_read_outs(width: int) -> dict:
     """name -> a function returning a fresh nonlinear scikit-learn classifier of standardized features `width` wide."""
     from sklearn.neural_network import MLPClassifier
@@ -154,18 +168,21 @@ def main() -> None:
         model, processor = build_model(ModelArguments(use_transcript="none", audio_encoder=name), labels)
         model.eval()
         features[name] = tuple(clip_statistics(model, processor, a).double().numpy() for a in (audios, copies))
-        for extra, pool in EXTRA_STATISTICS.items() if "extra_statistics" in screens and index == 0 else ():
-            more = [clip_statistics(model, processor, a, pool=pool).double().numpy() for a in (audios, copies)]
-            extras[f"{name} mean, std + {extra}"] = tuple(np.hstack([f, m]) for f, m in zip(features[name], more))
+        if "extra_statistics" in screens and index == 0:  # every extra statistic in one more pass of the encoder
+            more = [split_extra_statistics(model, processor, audios[0],
+                                           clip_statistics(model, processor, a, pool=extra_statistics).double().numpy())
+                    for a in (audios, copies)]
+            for extra, parts in zip(EXTRA_STATISTICS, zip(*more)):
+                extras[f"{name} mean, std + {extra}"] = tuple(np.hstack(pair) for pair in zip(features[name], parts))
         del model
     if len(encoders) > 1:
         features[" + ".join(encoders)] = tuple(np.hstack([features[n][i] for n in encoders]) for i in (0, 1))
 
     plans = []  # (features name, (originals, copies), read-outs)
+    linear = "linear" in screens
     for index, (name, pair) in enumerate(features.items()):
         side_by_side = index == len(encoders)  # the widest features: the plain regression only
         # LDA's covariance grows with the square of the width: the first encoder only.
-        linear = "linear" in screens
         plans.append((name, pair, read_outs(balanced=linear and not side_by_side, lda=linear and index == 0)))
         if index == 0 and "nonlinear" in screens:
             plans.append((name, pair, nonlinear_read_outs(pair[0].shape[1])))
