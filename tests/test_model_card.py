@@ -104,7 +104,7 @@ def write_card(tmp_path: Path, model_args, data, split, hub_model_id=None) -> tu
     output = tmp_path / "outputs" / "emosllm-ravdess"
     output.mkdir(parents=True)
     hub_emosllm.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
-                           hub_model_id=hub_model_id)
+                                 hub_model_id=hub_model_id)
     path = output / "README.md"
     return ModelCard.load(path), path.read_text()
 
