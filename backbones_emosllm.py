@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 """Bump when the conversion output changes, so cached folders are rebuilt."""
 
 MARKER_FILE = "emosllm_conversion.json"
@@ -600,10 +600,27 @@ def convert_ctranslate2_whisper(model_dir_or_files: Union[PathLike, Sequence[Pat
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def convert_gguf_llm(gguf_path: str, out_dir: str) -> str:
-    """Dequantize a GGUF causal LM (via transformers' GGUF loader) into a dense float32 safetensors folder.
+def save_bf16_variant(model, out_dir: str) -> None:
+    """Writes a float32 `model`'s weights rounded to bf16 as its `bf16` variant, `out_dir/model.bf16.safetensors`
+    (`from_pretrained(out_dir, dtype=torch.bfloat16, variant="bf16")` loads it); the model stays float32."""
+    import torch
 
-    The tokenizer, including its chat template, is saved next to the weights.
+    bf16, seen = {}, set()
+    for name, tensor in model.state_dict().items():  # a tied tensor (the LM head) once, as save_pretrained writes it
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            bf16[name] = tensor.to(torch.bfloat16)
+    model.save_pretrained(out_dir, variant="bf16", state_dict=bf16)
+
+
+def convert_gguf_llm(gguf_path: str, out_dir: str) -> str:
+    """Dequantize a GGUF causal LM (via transformers' GGUF loader) into a dense float32 safetensors folder, with a
+    bf16 copy of the weights beside it (the `bf16` variant, `model.bf16.safetensors`).
+
+    Training and CPUs without native bf16 load the float32 weights; inference where bf16 is native loads the bf16
+    copy as it is stored (`modeling_emosllm.language_model_load_kwargs`): half the memory, where converting the
+    float32 file at load would map it whole first. The tokenizer, including its chat template, is saved next to the
+    weights.
 
     Returns:
         ``out_dir``.
@@ -621,6 +638,7 @@ def convert_gguf_llm(gguf_path: str, out_dir: str) -> str:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tokenizer.model_max_length = model.config.max_position_embeddings  # GGUF leaves it "unlimited"
+    save_bf16_variant(model, out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -483,6 +483,36 @@ def backbones_left_out(weights_file: str) -> list[str]:
     return parts
 
 
+def language_model_load_kwargs(llm_folder: str, device_type: str = "cpu", dtype: torch.dtype | None = None) -> dict:
+    """
+    The `from_pretrained` dtype (and weights variant) of a lean folder's LLM backbone `llm_folder`. Asked for no
+    `dtype`: bf16 where `device_type` runs bf16 natively (`bf16_is_native`) and the checkpoint holds bf16 weights,
+    stored so (the Hub's SmolLM2) or as its `bf16` variant (`model.bf16.safetensors`, which the bundled copy writes);
+    float32 elsewhere. bf16 maps the stored weights as they are: half the memory of float32 and a faster LLM, where
+    converting float32 weights at load would first map them whole. train.py scores its test clips with the LLM in the
+    same dtype (`cast_language_model`), so the score it reports is the one the saved folder delivers.
+    """
+    from transformers import AutoConfig
+
+    bf16_variant = os.path.isfile(os.path.join(llm_folder, "model.bf16.safetensors"))
+    if dtype is None:
+        stored = str(AutoConfig.from_pretrained(llm_folder).dtype).replace("torch.", "")
+        bf16 = bf16_is_native(device_type) and (bf16_variant or stored == "bfloat16")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    return {"dtype": dtype, "variant": "bf16"} if dtype == torch.bfloat16 and bf16_variant else {"dtype": dtype}
+
+
+def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.dtype:
+    """
+    The dtype `from_pretrained(folder)` (no `dtype` asked) gives the LLM's pretrained weights on `device_type`: for a
+    lean folder what `language_model_load_kwargs` gives its LLM backbone; a folder with every weight loads in float32.
+    """
+    if "language_model" not in backbones_left_out(os.path.join(folder, "model.safetensors")):
+        return torch.float32
+    llm_folder = _backbone_folder(EmoSLLMConfig.from_pretrained(folder), "text_model_id")
+    return language_model_load_kwargs(llm_folder, device_type)["dtype"]
+
+
 def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
     """A lean folder's backbone `config.<key>` (a Hub id) as a local folder, or a `ValueError` saying how to get it."""
     try:
@@ -591,7 +621,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         A lean folder (what `save_pretrained` writes by default: EmoSLLM's own trained and fitted weights, LoRA in
         peft's layout under `lora/`, and the backbones' names `config.audio_model_id`/`text_model_id`) loads its
         backbones by name, as `backbones_emosllm.resolve_pretrained` finds them (a folder, the HF cache, the Hub, a
-        bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones.
+        bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones. Its
+        LLM loads in bf16 where bf16 is native and the LLM's checkpoint holds bf16 weights, unless
+        `dtype=torch.float32` is asked for (`language_model_load_kwargs`). A folder with every weight loads in float32.
         """
         weights = _weights_file(pretrained_model_name_or_path, kwargs)
         lean = weights is not None and backbones_left_out(weights)
@@ -620,11 +652,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         """
         A lean folder: the skeleton on the meta device (no memory, no random init), the pretrained backbones loaded
         by name and put in place, then EmoSLLM's own tensors (and LoRA) assigned from the folder; strict: a tensor
-        that neither the backbones nor the folder provide is an error.
+        that neither the backbones nor the folder provide is an error. With no `dtype` asked, the LLM's pretrained
+        weights load in bf16 where that is native and the checkpoint holds bf16 (`language_model_load_kwargs`), the
+        rest in float32; `dtype=torch.float32` keeps everything in float32.
         """
         from safetensors.torch import load_file
 
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        if isinstance(dtype, str) and dtype != "auto":  # "float32", as transformers also takes it
+            dtype = getattr(torch, dtype)
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
         config.audio_model_id = audio_model_id or config.audio_model_id
@@ -643,7 +679,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             _check_backbone_config(encoder.config, config.audio_config, config.audio_model_id)
             model.audio_encoder.encoder = encoder
         if "language_model" in missing_parts:
-            llm = AutoModelForCausalLM.from_pretrained(_backbone_folder(config, "text_model_id"), dtype=torch.float32)
+            folder = _backbone_folder(config, "text_model_id")
+            device_type = torch.device(device_map).type if isinstance(device_map, (str, torch.device)) \
+                and str(device_map) != "auto" else "cpu"
+            asked = dtype if isinstance(dtype, torch.dtype) else None
+            llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, asked))
             _check_backbone_config(llm.config, config.text_config, config.text_model_id)
             if config.lora_rank > 0:
                 inject_adapter_in_model(model.lora_config(), llm)
@@ -843,6 +883,19 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         for layer in self._lora_layers():
             if not layer.merged:
                 layer.merge()
+        self._prompt_cache = None
+
+    @torch.no_grad()
+    def cast_language_model(self, dtype: torch.dtype) -> None:
+        """
+        Puts the LLM's pretrained weights in `dtype`, as loading a lean folder does (`language_model_load_kwargs`);
+        LoRA and EmoSLLM's own weights stay float32, and so do the LLM's buffers (rotary frequencies). A float32 LLM
+        loaded from a bf16 checkpoint comes back to the checkpoint's exact values. LoRA merged into bf16 weights
+        (`merge_lora`) rounds once; `unmerge_lora` then gives the weights back only to bf16 rounding.
+        """
+        for name, param in self.language_model.named_parameters():
+            if "lora_" not in name and param.dtype != dtype:
+                param.data = param.data.to(dtype)
         self._prompt_cache = None
 
     @torch.no_grad()
@@ -1060,8 +1113,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             # Next-token loss on the answer tokens only: the head runs on those few positions, not the whole prompt.
             targets = lm_labels[:, 1:]
             predicting = targets != -100
+            head = self.language_model.get_output_embeddings()  # in float32, as `class_scores` (bf16 weights too)
             with torch.autocast(device_type=hidden.device.type, enabled=False):
-                token_logits = self.language_model.get_output_embeddings()(hidden[:, :-1][predicting].float())
+                bias = None if head.bias is None else head.bias.float()
+                token_logits = F.linear(hidden[:, :-1][predicting].float(), head.weight.float(), bias)
             loss = F.cross_entropy(token_logits, targets[predicting])
         elif labels is not None:
             loss = F.cross_entropy(logits, labels)

@@ -51,7 +51,9 @@ from data_emosllm import (
 )
 from encoder_cache_emosllm import EncoderStateCache, cached_states, padded_states
 from hub_emosllm import push_to_hub, write_model_card
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native
+from modeling_emosllm import (
+    EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
+)
 from processing_emosllm import EmoSLLMProcessor, decode_audio, prepare_clip, read_audio_file
 from resume_emosllm import check_resume_matches, last_complete_checkpoint
 from smoke_corpus_emosllm import make_smoke_corpus
@@ -788,10 +790,17 @@ def run_stage(
 
 
 def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: str = "test") -> dict:
-    # Scored in float32, as the saved folder answers through the pipeline: with `--bf16` (the default where bf16 is
-    # native) accelerate wraps the model's forward in bf16 autocast for training, and a test score taken through that
-    # wrapper differed from the saved model's by up to 0.012 UA on RAVDESS. Unwrapping restores the plain forward.
+    """
+    Scores `test_clips` with the trained model in the form the saved folder in `output_dir` answers through the
+    pipeline: the LLM's pretrained weights in the dtype that loading the folder gives them
+    (`saved_language_model_dtype`: bf16 where the LLM is stored in bf16 and bf16 is native, else float32), LoRA merged,
+    no autocast. With `--bf16` (the default where bf16 is native) accelerate wraps the model's forward in bf16
+    autocast for training; a test score taken through that wrapper differed from the saved model's by up to 0.012 UA
+    on RAVDESS, so the wrapper is taken off. Call after the folder is saved.
+    """
     trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
+    trainer.model.merge_lora()
     prediction = trainer.predict(test_clips)
     labels = processor.config.labels
     predicted = prediction.predictions.argmax(-1)
@@ -852,9 +861,6 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     trainer = run_stage(model, processor, training_args, model_args, train_clips, clips.get("validation"), "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     train_seconds = time.time() - started
-    metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
-    metrics["train_seconds"] = round(train_seconds, 1)
-    metrics.update(probe)
     unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
     if unit:  # what no two splits share: speakers, or the --group_column's values
         split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)
@@ -880,6 +886,11 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
                 output_dir, size, model.config.audio_model_id, model.config.text_model_id,
             )
+    trainer.accelerator.wait_for_everyone()  # the folder is saved: every process reads its LLM dtype from it
+    metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics.update(probe)
+    if training_args.process_index == 0:
         # The trained model and the encoder cache (which holds the model) are not needed any more: freed before the
         # saved folder is loaded beside them.
         del trainer, model, cache

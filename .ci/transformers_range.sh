@@ -3,13 +3,15 @@
 # The full suite has run with requirements-train.txt's pin; here, for the oldest and the newest release of the range
 # (each unless it is the installed pin), a virtual environment that sees the installed packages
 # (--system-site-packages) but holds its own transformers runs the tests of what a user does with a saved folder:
-# loading it (AutoConfig/AutoModel/AutoProcessor, fresh processes), its pipeline, and the dependency checks. Then the
-# release just below the range must fail on import with the message that names the fix. A few minutes in all.
+# loading it (AutoConfig/AutoModel/AutoProcessor, fresh processes; a lean folder's LLM in bf16), its pipeline, and
+# the dependency checks. Then the release just below the range must fail on import with the message that names the
+# fix. A few minutes in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSIONS="5.20.0 5.24.0"
 BELOW="5.19.0"
-TESTS=(tests/test_dependencies.py tests/test_pipeline.py "tests/test_modeling.py::test_save_and_load_in_fresh_process")
+TESTS=(tests/test_dependencies.py tests/test_pipeline.py "tests/test_modeling.py::test_save_and_load_in_fresh_process"
+       "tests/test_lean_and_fast.py::test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 pinned="$(python -c 'import transformers; print(transformers.__version__)')"

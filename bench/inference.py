@@ -2,8 +2,8 @@
 """Inference speed and memory of EmoSLLM's `audio-classification` pipeline on CPU, on RAVDESS clips, per lever.
 
 For N clips (a fixed choice from the test actors 17-20) and each inference variant (`--variants`, see VARIANTS:
-the plain path, the prompt cache alone, LoRA merged alone, the bf16 encoder alone, all = the pipeline's default,
-automatic transcripts, opt-in int8),
+the plain path, the prompt cache alone, LoRA merged alone, the bf16 encoder alone, the bf16 LLM alone, all = the
+pipeline's default, all but the bf16 LLM, automatic transcripts, opt-in int8),
 the script runs, each in a FRESH Python process (so that its memory figures hold only that run):
 
     classifier = pipeline("audio-classification", model=FOLDER, trust_remote_code=True)
@@ -171,11 +171,20 @@ VARIANTS = {
     "prompt_cache": "the prompt's constant head as a key/value cache kept between calls",
     "merged_lora": "LoRA merged into the LLM's weights",
     "bf16_encoder": "the Whisper encoder in bf16 autocast (where the CPU runs bf16 natively: avx512_bf16 / amx_bf16)",
-    "fast": "all three (the pipeline's default; the bf16 encoder only where bf16 is native)",
-    "fast_float32_encoder": "prompt cache + merged LoRA, the encoder in float32 (the default on a CPU without bf16)",
-    "int8_llm": "fast + dynamic int8 quantization of the LLM body's linear layers (torch.ao quantize_dynamic)",
+    "bf16_llm": "the LLM's pretrained weights in bf16, mapped from its bf16 checkpoint (where bf16 is native)",
+    "fast": "all four (the pipeline's default; the bf16 encoder and LLM only where bf16 is native)",
+    "fast_float32_llm": "prompt cache + merged LoRA + bf16 encoder, the LLM in float32 (the default before the bf16 "
+                        "LLM)",
+    "fast_float32_encoder": "prompt cache + merged LoRA, the encoder and the LLM in float32 (the default on a CPU "
+                            "without native bf16)",
+    "int8_llm": "prompt cache + merged LoRA + bf16 encoder + dynamic int8 quantization of the float32 LLM body's "
+                "linear layers (torch.ao quantize_dynamic)",
     "fast_with_asr": "fast, with an automatic transcript of every clip (use_transcript='auto', Whisper tiny.en)",
 }
+
+
+# The variants whose LLM loads as the pipeline loads it by default; the others ask for float32.
+BF16_LLM_VARIANTS = ("bf16_llm", "fast", "fast_with_asr")
 
 
 def apply_variant(classifier, variant: str):
@@ -186,9 +195,10 @@ def apply_variant(classifier, variant: str):
     if variant.endswith("_with_asr"):
         classifier.processor.config.use_transcript = "auto"
 
-    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder")
-    model.audio_encoder.bf16_inference = variant in ("bf16_encoder", "fast", "fast_with_asr", "int8_llm")
-    if variant in ("plain", "plain_with_asr", "prompt_cache", "bf16_encoder"):
+    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder", "bf16_llm")
+    model.audio_encoder.bf16_inference = variant in ("bf16_encoder", "fast", "fast_with_asr", "int8_llm",
+                                                     "fast_float32_llm")
+    if variant in ("plain", "plain_with_asr", "prompt_cache", "bf16_encoder", "bf16_llm"):
         model.unmerge_lora()
     else:
         model.merge_lora()
@@ -217,7 +227,10 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     rss_after_import = proc_status_kib("VmRSS") / 1024
 
     start = time.perf_counter()
-    classifier = pipeline("audio-classification", model=model_folder, trust_remote_code=True, device="cpu")
+    # The LLM loads in bf16 where its checkpoint is bf16 and bf16 is native (the pipeline's default), else float32.
+    llm_float32 = {} if variant in BF16_LLM_VARIANTS else {"model_kwargs": {"dtype": torch.float32}}
+    classifier = pipeline("audio-classification", model=model_folder, trust_remote_code=True, device="cpu",
+                          **llm_float32)
     load_seconds = time.perf_counter() - start
     model = apply_variant(classifier, variant)
     # from_pretrained memory-maps the safetensors file: most weights become resident only when first used, so the
@@ -371,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one_clip_per_call", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                         help="also classify the clips one per call (the median per-clip real-time factor)")
     parser.add_argument("--variants",
-                        default="plain,prompt_cache,merged_lora,bf16_encoder,fast,fast_float32_encoder",
+                        default="plain,prompt_cache,merged_lora,bf16_encoder,bf16_llm,fast,fast_float32_llm,"
+                                "fast_float32_encoder",
                         help="comma-separated inference variants: " + "; ".join(f"{k}: {v}" for k, v in VARIANTS.items()))
     parser.add_argument("--max_batch_size", type=int, default=8, help="batch_size = min(clips, this)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls after one warm-up call")
@@ -449,17 +463,19 @@ def main(argv: list[str] | None = None) -> int:
                           f"{r['real_time_factor']:.4f}), peak RSS {r['peak_rss_mib']:.0f} MiB, load "
                           f"{r['load_seconds']:.2f} s, load average {r['loadavg_after'][0]:.1f}", flush=True)
 
+    busy_after = busy_processes()
     report = {
         "command": "python " + " ".join([os.path.relpath(__file__, os.getcwd())] + (argv or sys.argv[1:])),
         "date_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(),
-                    "note": "CPU shared with other jobs (a training run) while measuring; see loadavg and busy_processes"},
+                    "note": "other processes used the CPU while measuring: see busy_processes"
+                    if busy_before or busy_after else "no other process used the CPU before or after measuring"},
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "busy_processes_before": busy_before,
-        "busy_processes_after": busy_processes(),
+        "busy_processes_after": busy_after,
         "model": model,
         "model_info": model_info,
         "data_dir": str(data_dir),

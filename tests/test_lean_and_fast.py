@@ -194,6 +194,52 @@ def test_full_weights_are_bf16_unless_float32_is_asked(tiny, tmp_path):
                                    atol=tolerance, rtol=0)
 
 
+def with_bf16_variant(llm_folder: Path, out: Path) -> Path:
+    """A copy of the LLM checkpoint `llm_folder` with a bf16 copy of its weights (the `bf16` variant), as the
+    bundled SmolLM2 is converted (backbones_emosllm.convert_gguf_llm)."""
+    from transformers import AutoModelForCausalLM
+
+    from backbones_emosllm import save_bf16_variant
+
+    shutil.copytree(llm_folder, out)
+    save_bf16_variant(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), str(out))
+    return out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny, tmp_path, monkeypatch, native):
+    import modeling_emosllm
+
+    processor, model, root = tiny
+    model.audio_encoder.bf16_inference = False  # the LLM's dtype is the point here; the encoder's is tested below
+    audios = clips()
+    float32 = probabilities(model, processor, audios, [None] * 3)
+    llm = with_bf16_variant(root / "llm", tmp_path / "llm_bf16")
+    model.save_pretrained(tmp_path / "lean")
+    monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: native)
+    ids = {"audio_model_id": str(root / "encoder"), "text_model_id": str(llm)}
+    loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", **ids).eval()
+    loaded.audio_encoder.bf16_inference = False
+    llm_dtype = torch.bfloat16 if native else torch.float32
+    params = dict(loaded.language_model.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {llm_dtype}
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
+    assert {b.dtype for b in loaded.language_model.buffers()} == {torch.float32}  # rotary frequencies
+    assert {p.dtype for n, p in loaded.named_parameters() if not n.startswith("language_model.")} == {torch.float32}
+    loaded.merge_lora()  # as the pipeline does
+    delivered = probabilities(loaded, processor, audios, [None] * 3)
+    with torch.no_grad():  # train.py's test clips come with their label words: the LLM's loss is taken too
+        assert torch.isfinite(loaded(**processor(audios, labels=LABELS[:3])).loss)
+    torch.testing.assert_close(delivered, float32, atol=2e-2 if native else 1e-6, rtol=0)
+    # What train.py scores its test clips with: the trained model in the loaded folder's form, exactly.
+    model.cast_language_model(modeling_emosllm.language_model_load_kwargs(str(llm))["dtype"])
+    model.merge_lora()
+    torch.testing.assert_close(probabilities(model, processor, audios, [None] * 3), delivered, atol=1e-6, rtol=0)
+    # Asked for float32, a lean folder keeps every weight in float32 even where bf16 is native.
+    asked = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", dtype="float32", **ids)
+    assert {p.dtype for p in asked.parameters()} == {torch.float32}
+
+
 def test_a_merged_model_saves_its_lora_once(tiny, tmp_path):
     processor, model, _ = tiny
     audios = clips(2)
@@ -310,11 +356,40 @@ def test_real_backbones_lean_folder_scores_as_the_full_folder(real):
     assert size < 25e6 < sum(f.stat().st_size for f in full.rglob("*") if f.is_file())
     from_full = probabilities(EmoSLLMForSpeechEmotionRecognition.from_pretrained(full).eval(), processor, audios,
                               [None] * len(audios))
-    run = load_elsewhere(lean, tmp_path, audios)  # backbones found by Hub id (the bundled copies, offline)
+    # Backbones found by Hub id (the bundled copies, offline); float32 asked, as the full folder loads.
+    run = load_elsewhere(lean, tmp_path, audios, {"dtype": "float32"})
     assert run.returncode == 0, run.stderr[-3000:]
     # 1e-5: an earlier test merged and unmerged this model's LoRA, which moves its weights by float rounding.
     torch.testing.assert_close(torch.tensor(json.loads(run.stdout.strip().splitlines()[-1])), from_full,
                                atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_real_backbones_lean_folder_delivers_what_train_py_scores(real):
+    from modeling_emosllm import saved_language_model_dtype
+
+    processor, model, audios, tmp_path = real
+    lean = tmp_path / "lean_default"
+    model.save_pretrained(lean)
+    processor.save_pretrained(lean)
+    llm_dtype = saved_language_model_dtype(str(lean))
+    assert llm_dtype == (torch.bfloat16 if bf16_is_native("cpu") else torch.float32)  # the bundled bf16 variant
+    loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(lean).eval()
+    assert loaded.language_model.model.layers[0].mlp.up_proj.base_layer.weight.dtype == llm_dtype
+    loaded.merge_lora()
+    delivered = probabilities(loaded, processor, audios, [None] * len(audios))
+    # What train.py's evaluate_and_report scores with: its float32 model (the module's model has had LoRA merged
+    # and unmerged by earlier tests, which moves its float32 weights by rounding; so the folder's, loaded in float32)
+    # with the LLM cast to the dtype the folder loads in.
+    trained = EmoSLLMForSpeechEmotionRecognition.from_pretrained(lean, dtype=torch.float32).eval()
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    trained.cast_language_model(llm_dtype)
+    trained.merge_lora()
+    torch.testing.assert_close(probabilities(trained, processor, audios, [None] * len(audios)), delivered,
+                               atol=1e-6, rtol=0)
+    # bf16 moves a class probability by at most a few hundredths (0.011 on 8 RAVDESS clips; BENCHMARKS.md).
+    float32 = probabilities(model, processor, audios, [None] * len(audios))
+    torch.testing.assert_close(delivered, float32, atol=5e-2 if llm_dtype == torch.bfloat16 else 1e-5, rtol=0)
 
 
 def test_encoder_runs_in_bf16_only_without_gradients_and_where_bf16_is_native(tiny):
