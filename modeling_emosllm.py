@@ -660,6 +660,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
 
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         if isinstance(dtype, str) and dtype != "auto":  # "float32", as transformers also takes it
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
+                                 "torch.bfloat16, or leave it unset for the default.")
             dtype = getattr(torch, dtype)
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)

@@ -238,6 +238,8 @@ def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny
     # Asked for float32, a lean folder keeps every weight in float32 even where bf16 is native.
     asked = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", dtype="float32", **ids)
     assert {p.dtype for p in asked.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match=r"dtype='float23' is not a torch dtype: pass torch.float32"):
+        EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", dtype="float23", **ids)
 
 
 def test_a_merged_model_saves_its_lora_once(tiny, tmp_path):
