@@ -664,6 +664,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
                                  "torch.bfloat16, or leave it unset for the default.")
             dtype = getattr(torch, dtype)
+        one_device = isinstance(device_map, (str, torch.device)) and str(device_map) != "auto"  # the whole model
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
         config.audio_model_id = audio_model_id or config.audio_model_id
@@ -683,8 +684,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             model.audio_encoder.encoder = encoder
         if "language_model" in missing_parts:
             folder = _backbone_folder(config, "text_model_id")
-            device_type = torch.device(device_map).type if isinstance(device_map, (str, torch.device)) \
-                and str(device_map) != "auto" else "cpu"
+            device_type = torch.device(device_map).type if one_device else "cpu"
             asked = dtype if isinstance(dtype, torch.dtype) else None
             llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, asked))
             _check_backbone_config(llm.config, config.text_config, config.text_model_id)
@@ -718,7 +718,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         model.config._name_or_path = str(name_or_path)
         if dtype is not None and dtype != "auto":
             model.to(dtype)
-        if isinstance(device_map, (str, torch.device)) and str(device_map) != "auto":  # one device: the whole model
+        if one_device:
             model.to(device_map)
         model.freeze_backbones()
         model.eval()
