@@ -74,8 +74,15 @@ class EmoSLLMConfig(PreTrainedConfig):
     audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
         embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
     label_token_ids (`list[list[int]]`): token ids of each label's words, the LLM's answer for that class (set from
-        the tokenizer). A class's score is the LLM's logit of its first token at the answer position, so the labels'
-        first tokens must differ.
+        the tokenizer). Labels may share first tokens or span several words: a class's score is the LLM's
+        log-probability of its answer up to the token that tells it from every other label
+        (`EmoSLLMForSpeechEmotionRecognition.label_answer_paths`).
+    answer_end_token_id (`int`): the token that ends the answer (the tokenizer's end of turn; set from the
+        tokenizer). It tells a label from a longer one that starts with its words (`pleasant`, `pleasant surprise`).
+    probe_mix_weight (`float`): with the probe interface, the weight `w` of the probe's own class log-probabilities
+        in the answer: class scores = `(1 - w) * LLM + w * probe` (both log-softmaxed over the classes). `0` (default):
+        the LLM's answer alone. train.py chooses it on held-out speakers (`choose_probe_mix_weight`), so that the
+        answer scores at least what the probe scores there.
     max_audio_seconds (`float`): longest clip the processor accepts; longer audio must be segmented (the pipeline
         does it).
     pad_audio_to_max_length (`bool`): pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of
@@ -89,7 +96,8 @@ class EmoSLLMConfig(PreTrainedConfig):
     """
 
     model_type = "emosllm"
-    keys_to_ignore_at_inference = ["audio_logits"]  # Trainer's predictions are the answer's class scores only
+    # Trainer's predictions are the answer's class scores only
+    keys_to_ignore_at_inference = ["llm_logits", "probe_logits", "audio_logits"]
     sub_configs_defaults = {
         "audio_config": SubConfigSpec(
             config_class=AutoConfig,
@@ -144,6 +152,8 @@ class EmoSLLMConfig(PreTrainedConfig):
     audio_token: str = "<|audio|>"
     audio_token_id: int | None = None
     label_token_ids: list[list[int]] | None = None
+    answer_end_token_id: int | None = None
+    probe_mix_weight: float = 0.0
     max_audio_seconds: float = 30.0
     pad_audio_to_max_length: bool = False
     use_transcript: Literal["given", "auto", "none"] = "given"
@@ -178,6 +188,11 @@ class EmoSLLMConfig(PreTrainedConfig):
                 "freeze_language_model=False with lora_rank=0."
             )
         self.check_label_token_ids()
+        if not 0.0 <= self.probe_mix_weight <= 1.0:
+            raise ValueError(f"probe_mix_weight={self.probe_mix_weight} must lie in [0, 1].")
+        if self.probe_mix_weight > 0 and self.adapter_type != "probe":
+            raise ValueError(f"probe_mix_weight={self.probe_mix_weight} mixes the probe's scores into the answer, but "
+                             f"adapter_type={self.adapter_type!r} has no probe; set it to 0.")
         if self.is_whisper_encoder:
             max_positions = self.audio_config.max_source_positions
             if self.max_audio_seconds * 16000 // MEL_HOP_LENGTH > 2 * max_positions:
@@ -187,7 +202,7 @@ class EmoSLLMConfig(PreTrainedConfig):
                 )
 
     def check_label_token_ids(self) -> None:
-        """Every label has tokens and a first token of its own: a class's score is the LLM's logit of that token."""
+        """Every label has tokens, and no two labels have the same ones (the LLM's answer could not tell them apart)."""
         if self.label_token_ids is None:
             return
         if len(self.label_token_ids) != self.num_labels:
@@ -195,16 +210,16 @@ class EmoSLLMConfig(PreTrainedConfig):
                 f"label_token_ids has {len(self.label_token_ids)} entries but there are {self.num_labels} labels; "
                 "rebuild the processor and config together (EmoSLLMProcessor.from_backbones)."
             )
-        first = {}
+        seen = {}
         for label, ids in zip(self.labels, self.label_token_ids):
             if not ids:
                 raise ValueError(f"Label {label!r} has no tokens; give every class a non-empty name.")
-            if ids[0] in first:
+            if tuple(ids) in seen:
                 raise ValueError(
-                    f"Labels {first[ids[0]]!r} and {label!r} start with the same token ({ids[0]}), so the LLM's first "
-                    "answer token cannot tell them apart; rename one of them (e.g. 'fear' -> 'scared')."
+                    f"Labels {seen[tuple(ids)]!r} and {label!r} are the same tokens ({ids}) for the LLM, so its "
+                    "answer cannot tell them apart; rename one of them."
                 )
-            first[ids[0]] = label
+            seen[tuple(ids)] = label
 
     @property
     def labels(self) -> list[str]:

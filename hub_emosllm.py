@@ -101,6 +101,17 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     probe = ""
     if "probe_c" in metrics:
         probe = f" (probe C={metrics['probe_c']:g}, {metrics['probe_selection']})"
+    answer_and_probe = ""
+    if "held_out_probe_ua" in metrics:  # the probe interface: the answer beside the probe it reads (train.py)
+        answer_and_probe = (
+            f"\n- The LLM's answer and the probe it reads, on {metrics['held_out']} ({metrics['held_out_clips']} "
+            f"clips): UA {metrics['held_out_llm_ua']:.4f} (LLM alone), {metrics['held_out_probe_ua']:.4f} (probe "
+            f"alone); the answer mixes in the probe's scores with weight {metrics['probe_mix_weight']:g} (UA "
+            f"{metrics['held_out_answer_ua']:.4f} there). On the test {unit}s: LLM alone UA {metrics['llm_ua']:.4f}, "
+            f"probe alone {metrics['probe_ua']:.4f}."
+        )
+        if metrics["held_out_llm_ua"] < metrics["held_out_probe_ua"]:
+            answer_and_probe += " **The LLM alone scored below its probe on the held-out speakers.**"
     if unit == "speaker":
         split_text = "Speaker-independent split"
     elif unit == "clip":
@@ -142,7 +153,7 @@ EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this r
 - Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
 - {split_line}.
 - Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},
-  weighted F1 {metrics['weighted_f1']:.4f}.
+  weighted F1 {metrics['weighted_f1']:.4f}.{answer_and_probe}
 
 ## Requirements
 

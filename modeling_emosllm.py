@@ -8,10 +8,11 @@ Where things happen, each in one place:
 - class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`.
 """
 
+import contextlib
 import functools
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,20 @@ logger = logging.get_logger(__name__)
 class SpeechEmotionOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`): cross-entropy over the emotion classes, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): one score per class; softmax gives probabilities.
+    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the answer's class log-probabilities; softmax gives
+        probabilities. The LLM's (`llm_logits`), mixed with the probe's by `config.probe_mix_weight`.
+    llm_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the LLM's own class log-probabilities: its
+        answer's log-probability for each label word, renormalized over the labels.
+    probe_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): with the probe interface, the probe's own class
+        log-probabilities (the evidence the LLM reads).
     audio_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the auxiliary `audio_classifier`'s scores from
         the audio embeddings alone, when `config.audio_loss_weight > 0` (a training signal and diagnostic only).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    llm_logits: torch.FloatTensor | None = None
+    probe_logits: torch.FloatTensor | None = None
     audio_logits: torch.FloatTensor | None = None
 
 
@@ -366,9 +374,28 @@ class EmoSLLMStatisticsProbe(nn.Module):
         self.register_buffer("probe_weight", torch.zeros(config.num_labels, num_statistics))
         self.register_buffer("probe_bias", torch.zeros(config.num_labels))
         self.label_embeddings = nn.Linear(config.num_labels, config.text_config.hidden_size, bias=False)
+        self._given_scores = None
+
+    @contextlib.contextmanager
+    def given_scores(self, scores: torch.Tensor) -> Iterator[None]:
+        """
+        Within this block the probe's scores are `scores` `(batch, num_labels)` instead of its own, for the soft
+        emotion word and for the answer's mix: how train.py shows the LLM each training clip's out-of-fold evidence
+        (what a probe fitted without that clip's speakers says of it), as the probe will be on new voices.
+        """
+        self._given_scores = scores
+        try:
+            yield
+        finally:
+            self._given_scores = None
 
     def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The probe's scores `(batch, num_labels)` (before softmax)."""
+        """The probe's scores `(batch, num_labels)` (before softmax); inside `given_scores`, the given ones."""
+        if self._given_scores is not None:
+            if self._given_scores.shape != (frames.shape[0], self.probe_bias.shape[0]):
+                raise ValueError(f"given_scores has shape {tuple(self._given_scores.shape)}, but the batch has "
+                                 f"{frames.shape[0]} clips of {self.probe_bias.shape[0]} classes.")
+            return self._given_scores.to(frames.device, torch.float32)
         return self.scores_of_statistics(pooled_statistics(frames, frame_mask))
 
     def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
@@ -932,13 +959,21 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         audio_lengths: torch.Tensor,
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return_probe_scores: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """
         Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
-        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings.
+        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings. With
+        `return_probe_scores`, also the probe interface's class scores `(batch, num_labels)` (None for the others).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
-        return self.adapter(frames, frame_mask)
+        if not return_probe_scores:
+            return self.adapter(frames, frame_mask)
+        if self.config.adapter_type != "probe":
+            return *self.adapter(frames, frame_mask), None
+        scores = self.adapter.class_scores(frames.float(), frame_mask)
+        embeddings = self.adapter.embed_class_scores(scores)
+        return embeddings, frame_mask.new_ones(embeddings.shape[:2]), scores
 
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
@@ -1064,17 +1099,103 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         ).last_hidden_state
         return hidden, start
 
-    def class_scores(self, answer_hidden: torch.Tensor) -> torch.Tensor:
+    def answer_end_token_id(self) -> int:
+        """The token that ends an answer (`config.answer_end_token_id`; for folders saved before it, the LLM's own)."""
+        end = self.config.answer_end_token_id
+        for source in (self.language_model.generation_config, self.config.text_config):
+            if end is None:
+                end = source.eos_token_id
+                end = end[0] if isinstance(end, (list, tuple)) else end
+        return end
+
+    def label_answer_paths(self) -> list[list[int]]:
         """
-        The LLM's logits of each label's first token, read through its language-model head from the hidden state at
-        the answer position `(batch, llm_hidden)`: `(batch, num_labels)`. In float32 even under bf16 autocast: LLM
-        logits sit near 20-30, where bf16's spacing (0.125) is coarser than the differences training has to grow.
+        Each label's answer (its tokens, then the end of the turn) up to and including the first token that no other
+        label's answer has at that point: the tokens that tell the classes apart. Labels whose first tokens differ
+        are scored by their first token alone; labels that share first tokens (`very happy`, `very sad`) or that
+        begin with another label (`pleasant`, `pleasant surprise`) read as many tokens as it takes. Past its path a
+        label's answer is forced (no other label continues it), so those tokens carry nothing between the classes.
+        """
+        answers = [list(ids) + [self.answer_end_token_id()] for ids in self.config.label_token_ids]
+
+        def shared(a: list[int], b: list[int]) -> int:
+            return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+        return [answer[: 1 + max((shared(answer, other) for other in answers if other is not answer), default=0)]
+                for answer in answers]
+
+    def _next_token_logits(self, hidden: torch.Tensor, tokens: list[int] | None = None) -> torch.Tensor:
+        """
+        The LLM's next-token logits `(batch, len(tokens))` (all `(batch, vocab)` without `tokens`) of hidden states
+        `(batch, llm_hidden)`, through its language-model head. In float32 even under bf16 autocast and with bf16
+        weights: LLM logits sit near 20-30, where bf16's spacing (0.125) is coarser than the differences training
+        has to grow.
         """
         head = self.language_model.get_output_embeddings()
-        first_tokens = [ids[0] for ids in self.config.label_token_ids]
-        with torch.autocast(device_type=answer_hidden.device.type, enabled=False):
-            bias = None if head.bias is None else head.bias[first_tokens].float()
-            return F.linear(answer_hidden.float(), head.weight[first_tokens].float(), bias)
+        weight = head.weight if tokens is None else head.weight[tokens]
+        bias = None if head.bias is None else (head.bias if tokens is None else head.bias[tokens])
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+
+    def _prompt_only(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The left-padded prompts `(batch, seq')` of a batch whose prompts may be followed by answers (`lm_labels`)."""
+        if lm_labels is None:
+            return input_ids, attention_mask
+        keep = attention_mask.bool() & (lm_labels == -100)
+        rows = [ids[row_keep] for ids, row_keep in zip(input_ids, keep)]
+        width = max(len(row) for row in rows)
+        filler = self.answer_end_token_id()  # any token of the vocabulary but the audio placeholder; masked out
+        ids = torch.stack([torch.cat([row.new_full((width - len(row),), filler), row]) for row in rows])
+        mask = torch.stack([lengths_to_mask(torch.tensor([len(row)]), width)[0].flip(0) for row in rows])
+        return ids, mask.to(attention_mask.dtype).to(attention_mask.device)
+
+    def _continuation_hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_embeddings: torch.Tensor,
+        audio_mask: torch.Tensor, continuations: list[tuple[int, ...]],
+    ) -> torch.Tensor:
+        """
+        The LLM's last hidden state after each prompt `(batch, seq)` (left-padded, no answer) followed by each
+        continuation (the first tokens of a label's answer): `(len(continuations), batch, llm_hidden)`. One pass over
+        `len(continuations) * batch` rows; the shared prompt head still runs once (`language_model_hidden`).
+        """
+        batch, longest = input_ids.shape[0], max(len(c) for c in continuations)
+        filler = self.answer_end_token_id()
+        ids, masks = [], []
+        for tokens in continuations:  # left-padded, so every row's last position is its continuation's last token
+            fill = longest - len(tokens)
+            ids.append(torch.cat([input_ids.new_full((batch, fill), filler), input_ids,
+                                  input_ids.new_tensor(tokens).expand(batch, -1)], dim=1))
+            masks.append(torch.cat([attention_mask.new_zeros(batch, fill), attention_mask,
+                                    attention_mask.new_ones(batch, len(tokens))], dim=1))
+        ids, masks, repeats = torch.cat(ids), torch.cat(masks), len(continuations)
+        llm_inputs = self._llm_inputs(ids, masks, audio_embeddings.repeat(repeats, 1, 1), audio_mask.repeat(repeats, 1))
+        hidden, _ = self.language_model_hidden(ids, **llm_inputs)
+        return hidden[:, -1].reshape(repeats, batch, -1)
+
+    def label_scores(
+        self, answer_hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        audio_embeddings: torch.Tensor, audio_mask: torch.Tensor, lm_labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The LLM's class log-probabilities `(batch, num_labels)`: each label's answer path (`label_answer_paths`)
+        scored by the LLM's log-probability of its tokens, teacher-forced, then renormalized over the labels.
+        `answer_hidden` `(batch, llm_hidden)` is the hidden state at the answer position; a path of several tokens
+        reads the LLM again on the prompt followed by its first tokens (`_continuation_hidden`). Where every label
+        has a first token of its own, this is the softmax over the labels of those tokens' logits.
+        """
+        paths = self.label_answer_paths()
+        continuations = sorted({tuple(path[:t]) for path in paths for t in range(1, len(path))})
+        if not continuations:
+            return self._next_token_logits(answer_hidden, [path[0] for path in paths]).log_softmax(-1)
+        log_probs = {(): self._next_token_logits(answer_hidden).log_softmax(-1)}
+        prompt_ids, prompt_mask = self._prompt_only(input_ids, attention_mask, lm_labels)
+        hidden = self._continuation_hidden(prompt_ids, prompt_mask, audio_embeddings, audio_mask, continuations)
+        for tokens, state in zip(continuations, hidden):
+            log_probs[tokens] = self._next_token_logits(state).log_softmax(-1)
+        scores = [sum(log_probs[tuple(path[:t])][:, path[t]] for t in range(len(path))) for path in paths]
+        return torch.stack(scores, dim=-1).log_softmax(-1)
 
     def forward(
         self,
@@ -1099,27 +1220,34 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
             next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's too).
 
-        The class scores (`logits`) are read at the position right before the answer (the prompt's last position).
+        The class scores are read from the position right before the answer (the prompt's last position): the LLM's
+        (`label_scores`), mixed with the probe's by `config.probe_mix_weight` (`logits`).
         """
-        audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
+        audio_embeddings, audio_mask, probe_scores = self.get_audio_embeddings(
+            audio_lengths, input_features, encoder_layer_states, return_probe_scores=True
+        )
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         hidden, start = self.language_model_hidden(input_ids, **llm_inputs, lm_labels=lm_labels)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if lm_labels is None:
+        answer_labels = None if lm_labels is None else lm_labels[:, start:]
+        if answer_labels is None:
             answer_position = torch.full_like(rows, hidden.shape[1] - 1)
         else:  # the position that predicts the answer's first token
-            lm_labels = lm_labels[:, start:]
-            answer_position = (lm_labels != -100).int().argmax(dim=1) - 1
-        logits = self.class_scores(hidden[rows, answer_position])
+            answer_position = (answer_labels != -100).int().argmax(dim=1) - 1
+        probe_logits = None if probe_scores is None else probe_scores.float().log_softmax(-1)
+        llm_logits = self.label_scores(
+            hidden[rows, answer_position], input_ids, attention_mask, audio_embeddings, audio_mask, lm_labels
+        )
+        logits = llm_logits
+        if self.config.probe_mix_weight > 0:
+            weight = self.config.probe_mix_weight
+            logits = (1 - weight) * llm_logits + weight * probe_logits
         loss = None
-        if lm_labels is not None:
+        if answer_labels is not None:
             # Next-token loss on the answer tokens only: the head runs on those few positions, not the whole prompt.
-            targets = lm_labels[:, 1:]
+            targets = answer_labels[:, 1:]
             predicting = targets != -100
-            head = self.language_model.get_output_embeddings()  # in float32, as `class_scores` (bf16 weights too)
-            with torch.autocast(device_type=hidden.device.type, enabled=False):
-                bias = None if head.bias is None else head.bias.float()
-                token_logits = F.linear(hidden[:, :-1][predicting].float(), head.weight.float(), bias)
+            token_logits = self._next_token_logits(hidden[:, :-1][predicting])
             loss = F.cross_entropy(token_logits, targets[predicting])
         elif labels is not None:
             loss = F.cross_entropy(logits, labels)
@@ -1131,24 +1259,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 audio_logits = self.audio_classifier(mean_audio)
             if labels is not None:
                 loss = loss + self.config.audio_loss_weight * F.cross_entropy(audio_logits, labels)
-        return SpeechEmotionOutput(loss=loss, logits=logits, audio_logits=audio_logits)
-
-    def label_prefix_allowed_tokens(self, eos_token_id: int):
-        """
-        For `generate(prefix_allowed_tokens_fn=...)`: after the generated tokens so far, the tokens that continue one
-        of the label words (then `eos_token_id`). Greedy decoding so constrained writes the label whose first token
-        the class scores rank first.
-        """
-        answers = [list(ids) + [eos_token_id] for ids in self.config.label_token_ids]
-
-        def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
-            done = generated.tolist()
-            done = done[: next((i + 1 for i, t in enumerate(done) if t == eos_token_id), len(done))]
-            options = {answer[len(done)] for answer in answers
-                       if answer[: len(done)] == done and len(answer) > len(done)}
-            return sorted(options) or [eos_token_id]
-
-        return allowed
+        return SpeechEmotionOutput(
+            loss=loss, logits=logits, llm_logits=llm_logits, probe_logits=probe_logits, audio_logits=audio_logits
+        )
 
     @torch.no_grad()
     def generate(
@@ -1162,22 +1275,29 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """
-        The LLM's answer (new tokens only; `processor.batch_decode(..., skip_special_tokens=True)` gives the text).
-        `constrain_to_labels=True` (default) lets it write only a label word, so the answer is the class the scores
-        rank first; `False` lets it write freely (`max_new_tokens=...`), which a trained model also answers with
-        the label (BENCHMARKS.md measures how often it matches the scores).
+        The answer's tokens `(batch, answer_length)` (new tokens only, padded with the end token;
+        `processor.batch_decode(..., skip_special_tokens=True)` gives the text). `constrain_to_labels=True` (default)
+        writes the label word the class scores (`forward`'s `logits`) rank first, then the end of the turn: the
+        answer is a label, and always the one the scores name, whatever tokens the labels share. `False` lets the
+        LLM write freely with `generate_kwargs` (`max_new_tokens=...`), which a trained model also answers with the
+        label (BENCHMARKS.md measures how often it matches the scores).
         """
+        if constrain_to_labels:
+            if generate_kwargs:
+                raise ValueError(
+                    f"generate(constrain_to_labels=True) writes the label the class scores rank first and takes no "
+                    f"generation options (got {sorted(generate_kwargs)}); pass constrain_to_labels=False to let the "
+                    "LLM write freely with them."
+                )
+            logits = self(input_ids=input_ids, attention_mask=attention_mask, audio_lengths=audio_lengths,
+                          input_features=input_features, encoder_layer_states=encoder_layer_states).logits
+            end = self.answer_end_token_id()
+            answers = [list(self.config.label_token_ids[i]) + [end] for i in logits.argmax(-1).tolist()]
+            width = max(len(answer) for answer in answers)
+            return torch.tensor([answer + [end] * (width - len(answer)) for answer in answers], device=input_ids.device)
         audio_embeddings, audio_mask = self.get_audio_embeddings(audio_lengths, input_features, encoder_layer_states)
         llm_inputs = self._llm_inputs(input_ids, attention_mask, audio_embeddings, audio_mask)
         llm_inputs.pop("position_ids")  # generate() derives positions from the attention mask
-        if constrain_to_labels:
-            eos = self.language_model.generation_config.eos_token_id
-            eos = eos[0] if isinstance(eos, (list, tuple)) else eos
-            if eos is None:
-                eos = self.config.text_config.eos_token_id
-            generate_kwargs.setdefault("prefix_allowed_tokens_fn", self.label_prefix_allowed_tokens(eos))
-            generate_kwargs.setdefault("max_new_tokens", max(len(ids) for ids in self.config.label_token_ids) + 1)
-            generate_kwargs.setdefault("do_sample", False)
         return self.language_model.generate(**llm_inputs, **generate_kwargs)
 
     @torch.no_grad()
@@ -1187,6 +1307,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             batch["audio_lengths"], batch.get("input_features"), batch.get("encoder_layer_states")
         )
         return pooled_statistics(frames.float(), mask)
+
+    # How many times `fit_probe` extends the C grid past an edge that cross-validation or validation chose.
+    MAX_C_GRID_EXTENSIONS = 3
 
     @torch.no_grad()
     def fit_probe(
@@ -1200,11 +1323,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         Fits the probe interface (`adapter_type="probe"`) on labelled clips. `batches`: model inputs with `labels`
         (e.g. `processor(clips, labels=...)`, or train.py's batches of cached encoder states). Each C in `cs` is
         scored by validation UA on `validation_batches`, or else, with `groups` (one speaker id per training clip),
-        by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds); the best C is then fitted on
-        every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how}`,
-        and with `groups` of at least 2 speakers also `"out_of_fold_scores"` `(clips, num_labels)`: each clip's
-        scores from the probe fitted at that C on the other folds' speakers, i.e. what the probe says of voices it
-        did not fit (train.py trains the LLM on them, so that it learns how far the probe can be trusted).
+        by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds). Where the best C is the grid's
+        smallest or largest and scores above its neighbour, the grid is extended past that edge (by its own step, at
+        most 10x, up to `MAX_C_GRID_EXTENSIONS` times, logged) until a C inside it wins. The best C is then fitted on
+        every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how,
+        "probe_cs": the Cs tried}`, and with `groups` of at least 2 speakers also `"out_of_fold_scores"`
+        `(clips, num_labels)`: each clip's scores from the probe fitted at that C on the other folds' speakers, i.e.
+        what the probe says of voices it did not fit (train.py trains the LLM on them, so that it learns how far the
+        probe can be trusted), and `"out_of_fold_folds"` `(clips,)`: the fold each clip was held out in.
 
         Call `audio_encoder.set_feature_statistics` first (the probe reads the standardized frames).
         """
@@ -1258,24 +1384,51 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         selection, out_of_fold, how = {}, {}, "given"
         if len(cs) > 1 and validation_batches is not None:
             x_val, y_val = gather(validation_batches)
-            for c in cs:
+
+            def select(c) -> None:
                 self.adapter.fit(x, y, c)
                 selection[c] = ua(y_val, self.adapter.scores_of_statistics(x_val))
+
             how = "validation UA"
         elif len(cs) > 1 and splits:
-            for c in cs:
+            def select(c) -> None:
                 selection[c], out_of_fold[c] = cross_fitted(c)
+
             how = f"{len(splits)}-fold cross-validation over the training speakers"
         elif len(cs) > 1:
             raise ValueError("Several C values need validation_batches or groups of at least 2 speakers to choose "
                              "between them.")
-        best = max(cs, key=lambda c: (selection.get(c, 0.0), -c))  # ties: the stronger regularization
+        if len(cs) > 1:
+            for c in cs:
+                select(c)
+            step = min(min(b / a for a, b in zip(cs, cs[1:])), 10.0)
+            for _ in range(self.MAX_C_GRID_EXTENSIONS):
+                tried = sorted(selection)
+                best = max(tried, key=lambda c: (selection[c], -c))
+                inward = tried[1] if best == tried[0] else tried[-2] if best == tried[-1] else None
+                if inward is None or selection[best] <= selection[inward]:  # inside the grid, or on a plateau
+                    break
+                beyond = best / step if best == tried[0] else best * step
+                logger.warning("The probe's best C (%g) is at the edge of the grid tried (%s); trying C=%g as well.",
+                               best, ", ".join(f"{c:g}" for c in sorted(selection)), beyond)
+                select(beyond)
+        best = max(selection or cs, key=lambda c: (selection.get(c, 0.0), -c))  # ties: the stronger regularization
+        tried = sorted(selection)
+        if len(tried) > 1 and best in (tried[0], tried[-1]) and \
+                selection[best] > selection[tried[1] if best == tried[0] else tried[-2]]:
+            logger.warning("The probe's C is still at the edge of the grid tried (C=%g of %s).", best,
+                           ", ".join(f"{c:g}" for c in sorted(selection)))
         if splits and best not in out_of_fold:
             out_of_fold[best] = cross_fitted(best)[1]
         self.adapter.fit(x, y, best)
-        chosen = {"probe_c": best, "probe_selection_ua": selection.get(best), "probe_selection": how}
+        chosen = {"probe_c": best, "probe_selection_ua": selection.get(best), "probe_selection": how,
+                  "probe_cs": sorted(selection or cs)}
         if splits:
             chosen["out_of_fold_scores"] = out_of_fold[best]
+            folds = torch.zeros(len(y), dtype=torch.long)
+            for fold, (_, held) in enumerate(splits):
+                folds[held] = fold
+            chosen["out_of_fold_folds"] = folds
         return chosen
 
 

@@ -302,9 +302,10 @@ class EmoSLLMProcessor(ProcessorMixin):
             config_kwargs["id2label"] = dict(enumerate(labels))
         config = EmoSLLMConfig(audio_config=audio_config, text_config=text_config, **config_kwargs)
         config.audio_token_id = tokenizer.convert_tokens_to_ids(audio_token)
-        # Each label's answer: the tokens the LLM writes for it right after the answer prompt (its class score reads the
-        # first of them).
+        # Each label's answer: the tokens the LLM writes for it right after the answer prompt, then the end of the turn
+        # (`text_inputs` appends the same token to the training answers).
         config.label_token_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in config.labels]
+        config.answer_end_token_id = tokenizer.eos_token_id
         config.check_label_token_ids()
         return cls(feature_extractor, tokenizer, config=config)
 

@@ -84,7 +84,7 @@ class ModelArguments:
         default="0.001,0.003,0.01,0.03",
         metadata={"help": "The probe interface: inverse L2 strengths (scikit-learn's C) to try; the one with the best "
                   "validation UA is kept (without validation speakers: by cross-validation over the training "
-                  "speakers)."},
+                  "speakers). A best C at the grid's edge extends the grid past it (logged)."},
     )
     num_queries: int = field(
         default=32,
@@ -587,23 +587,16 @@ class EmoSLLMTrainer(Trainer):
         (`inputs["probe_scores"]`, train.py's `fit_probe`), not from the probe fitted on that very clip: so the LLM
         learns to read the probe as it reads new voices, right about as often as in cross-validation, and its
         answers are no surer than that evidence (in-sample, the probe is nearly always right, and the LLM learned
-        to repeat it with a probability near 1; BENCHMARKS.md, Calibration). They replace the interface's output
-        by a forward hook for this one call, so that the model's `forward` takes no training-only argument and the
-        saved model answers from its one fitted probe.
+        to repeat it with a probability near 1; BENCHMARKS.md, Calibration). The probe's own API puts them in place
+        of its scores for this one call (`given_scores`), so that the model's `forward` takes no training-only
+        argument and the saved model answers from its one fitted probe. Evaluation on held-out training speakers
+        (`hold_out_probe_fold`) reads their out-of-fold scores the same way.
         """
         scores = inputs.pop("probe_scores", None)
         if scores is None:
             return super().compute_loss(model, inputs, *args, **kwargs)
-
-        def out_of_fold(module, module_inputs, output):
-            embeddings, mask = output
-            return module.embed_class_scores(scores.to(embeddings.device)), mask
-
-        hook = self.accelerator.unwrap_model(model).adapter.register_forward_hook(out_of_fold)
-        try:
+        with self.accelerator.unwrap_model(model).adapter.given_scores(scores):
             return super().compute_loss(model, inputs, *args, **kwargs)
-        finally:
-            hook.remove()
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # A checkpoint is a lean folder with LoRA inline: everything but the frozen backbones (trained weights and
@@ -654,16 +647,71 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
         batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
         groups=[c.get("group", c["speaker"]) for c in train_clips],
     )
-    logger.info("Probe: C=%g (%s, UA %s)", chosen["probe_c"], chosen["probe_selection"], chosen["probe_selection_ua"])
-    out_of_fold = chosen.pop("out_of_fold_scores", None)
+    selection_ua = chosen["probe_selection_ua"]
+    logger.info("Probe: C=%g (%s%s)", chosen["probe_c"], chosen["probe_selection"],
+                "" if selection_ua is None else f", UA {selection_ua:.4f}")
+    out_of_fold, folds = chosen.pop("out_of_fold_scores", None), chosen.pop("out_of_fold_folds", None)
     if out_of_fold is None:
         logger.warning("The training clips come from fewer than 2 speakers (groups): the LLM learns to read the "
                        "probe's scores on the clips it was fitted on, surer than on new voices, so the model's class "
                        "probabilities will be overconfident.")
     else:
-        for clip, scores in zip(train_clips, out_of_fold):
-            clip["probe_scores"] = scores
+        for clip, scores, fold in zip(train_clips, out_of_fold, folds.tolist()):
+            clip["probe_scores"], clip["probe_fold"] = scores, fold
     return chosen
+
+
+def hold_out_probe_fold(versions: list[list[dict]]) -> tuple[list[list[dict]], list[dict]]:
+    """
+    Without validation speakers: the training speakers of the probe's first cross-validation fold are held out of
+    the LLM's training, as its validation speakers: `(the versions the LLM trains on, the held-out original clips)`.
+    Their out-of-fold probe scores come from a probe fitted without them, and the LLM never reads them, so they
+    score the LLM's answer and the probe's alike, as on new voices: the best epoch and `probe_mix_weight` are chosen
+    on them (`choose_probe_mix_weight`). Empty when the probe had no folds (fewer than 2 speakers).
+    """
+    if "probe_fold" not in versions[0][0]:
+        return versions, []
+    kept = [clip_versions for clip_versions in versions if clip_versions[0]["probe_fold"] != 0]
+    held_out = [clip_versions[0] for clip_versions in versions if clip_versions[0]["probe_fold"] == 0]
+    return kept, held_out
+
+
+# The weights of the probe's class log-probabilities in the answer that `choose_probe_mix_weight` tries: from the LLM's
+# answer alone (0) to the probe's alone (1), so the chosen answer scores at least the probe on the held-out speakers.
+PROBE_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
+    """
+    How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
+    trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
+    the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the weight with the best UA
+    (ties: the smaller, the LLM's answer) becomes `config.probe_mix_weight`. Logs the LLM's and the probe's UA there,
+    and warns when the LLM alone scores below its probe. Returns the figures for the report and the model card.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.probe_mix_weight = 0.0
+    prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
+    llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
+    names = model.config.labels
+
+    def ua(scores: torch.Tensor) -> float:
+        return float(compute_ser_metrics(scores.argmax(-1).numpy(), prediction.label_ids, names)["ua"])
+
+    mixes = {weight: ua((1 - weight) * llm + weight * probe) for weight in PROBE_MIX_WEIGHTS}
+    weight = max(mixes, key=lambda w: (mixes[w], -w))
+    model.config.probe_mix_weight = weight
+    report = {"held_out": where, "held_out_clips": len(held_out), "held_out_llm_ua": round(mixes[0.0], 4),
+              "held_out_probe_ua": round(mixes[1.0], 4), "held_out_answer_ua": round(mixes[weight], 4),
+              "probe_mix_weight": weight}
+    logger.info("On %s (%d clips): the LLM's answer alone UA %.4f, its probe alone %.4f; the answer mixes in the "
+                "probe's scores with weight %g (UA %.4f).", where, len(held_out), mixes[0.0], mixes[1.0], weight,
+                mixes[weight])
+    if mixes[0.0] < mixes[1.0]:
+        logger.warning("The LLM's answer alone scores below the probe it reads on %s (UA %.4f < %.4f); the saved "
+                       "model mixes the probe's scores into its answer (probe_mix_weight=%g, UA %.4f there).",
+                       where, mixes[0.0], mixes[1.0], weight, mixes[weight])
+    return report
 
 
 # Transcripts inform the labels when, left out one clip at a time, knowing a clip's words raises the probability of
@@ -768,7 +816,9 @@ def run_stage(
     labels = processor.config.labels
 
     def compute_metrics(prediction):
-        scores = compute_ser_metrics(prediction.predictions.argmax(-1), prediction.label_ids, labels)
+        logits = prediction.predictions  # the answer's class scores (first, when more outputs were asked for)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        scores = compute_ser_metrics(logits.argmax(-1), prediction.label_ids, labels)
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
     head_learning_rate = model_args.head_learning_rate
@@ -801,10 +851,14 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
     trainer.model.merge_lora()
-    prediction = trainer.predict(test_clips)
+    prediction = trainer.predict(test_clips, ignore_keys=["audio_logits"])
     labels = processor.config.labels
-    predicted = prediction.predictions.argmax(-1)
+    logits, llm_logits, *probe_logits = prediction.predictions  # the answer's, the LLM's and the probe's scores
+    predicted = logits.argmax(-1)
     metrics = compute_ser_metrics(predicted, prediction.label_ids, labels)
+    # Beside the answer: what the LLM alone and the probe alone score on the same clips.
+    for key, scores in (("llm_ua", llm_logits), *((("probe_ua", p) for p in probe_logits))):
+        metrics[key] = compute_ser_metrics(scores.argmax(-1), prediction.label_ids, labels)["ua"]
     if trainer.is_world_process_zero():  # every process has all predictions (gathered); one writes the files
         write_report(metrics, output_dir / f"{name}_report.json")
         save_confusion_matrix(predicted, prediction.label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
@@ -849,19 +903,28 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     # Training reads the cached states: the decoded samples of the training clips and their copies can go.
     for clip in (copy for clip_versions in versions for copy in clip_versions):
         clip["num_samples"] = len(clip.pop("audio"))
-    probe = {}
+    unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
+    probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
     if model.config.adapter_type == "probe":  # fitted on the training clips and their augmented copies
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
                           clips.get("validation"), parse_floats(model_args.probe_c, "probe_c"))
+        if not held_out:
+            versions, held_out = hold_out_probe_fold(versions)
+            held_speakers = sorted({str(c.get("group", c["speaker"])) for c in held_out}, key=speaker_sort_key)
+            where = f"training {unit or 'clip'}s held out of the LLM's training ({', '.join(held_speakers)})"
+            if held_out:
+                logger.info("No validation speakers: the LLM trains without %s, which choose its epoch and how far "
+                            "its answer may depart from the probe.", where)
     train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
                   data_args.asr_epochs, data_args.resume)
-    trainer = run_stage(model, processor, training_args, model_args, train_clips, clips.get("validation"), "ser",
+    trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     train_seconds = time.time() - started
-    unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
+    if model.config.adapter_type == "probe" and held_out:
+        probe.update(choose_probe_mix_weight(trainer, held_out, where))
     if unit:  # what no two splits share: speakers, or the --group_column's values
         split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)
                           for name, split in splits.items()}

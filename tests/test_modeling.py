@@ -240,7 +240,7 @@ def tone_batches(processor, speakers=range(4), takes=2):
     return batches, groups
 
 
-def test_fit_probe_is_the_models_own_and_matches_scikit_learn():
+def test_fit_probe_is_the_models_own_and_matches_scikit_learn(caplog):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -249,7 +249,7 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn():
     statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches]).double().numpy()
     labels = torch.cat([b["labels"] for b in batches]).numpy()
     chosen = model.fit_probe(batches, 0.1)
-    assert chosen == {"probe_c": 0.1, "probe_selection_ua": None, "probe_selection": "given"}
+    assert chosen == {"probe_c": 0.1, "probe_selection_ua": None, "probe_selection": "given", "probe_cs": [0.1]}
     scaler = StandardScaler().fit(statistics)
     reference = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(statistics), labels)
     torch.testing.assert_close(model.adapter.probe_weight, torch.tensor(reference.coef_).float(), atol=1e-4, rtol=1e-3)
@@ -262,6 +262,9 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn():
     extra = processor([tone(0.8, 150, seed=100 + i) for i in range(12)], labels=["neutral"] * 12)
     by_validation = model.fit_probe([*batches[:3], extra], [1e-8, 1.0], validation_batches=batches[3:])
     assert by_validation["probe_c"] == 1.0 and by_validation["probe_selection"] == "validation UA"
+    # 1.0 beat the grid's other end, so the grid went on past it (by its step, at most 10x) until C stopped rising.
+    assert by_validation["probe_cs"] == [1e-8, 1.0, 10.0]
+    assert "at the edge of the grid tried (1e-08, 1); trying C=10" in caplog.text
     by_groups = model.fit_probe([*batches, extra], [1e-8, 1.0], groups=groups + ["spk0"] * 12)
     assert by_groups["probe_c"] == 1.0 and "cross-validation" in by_groups["probe_selection"]
     with pytest.raises(ValueError, match="validation_batches or groups"):
@@ -372,10 +375,12 @@ def test_padding_to_max_length_gives_same_placeholders():
 
 
 def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_position():
+    """Labels with first tokens of their own: the scores are the softmax over the labels of those tokens' logits."""
     processor, model = make()
     model.eval()
     batch, audios = batch_of_lengths(processor)
     first_tokens = [ids[0] for ids in processor.config.label_token_ids]
+    assert model.label_answer_paths() == [[token] for token in first_tokens]
     with torch.no_grad():
         output = model(**batch)
         # The same clips without the answer appended: the prompt's last position is the answer position.
@@ -385,7 +390,10 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
                                                                    prompt_only["input_features"]))
         next_token = model.language_model(**llm_inputs).logits[:, -1]
         without_answer = model(**prompt_only).logits
-    torch.testing.assert_close(output.logits, next_token[:, first_tokens], atol=1e-4, rtol=1e-4)
+    expected = next_token[:, first_tokens].log_softmax(-1)
+    torch.testing.assert_close(output.logits, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(output.llm_logits, output.logits)  # no probe to mix in
+    assert output.probe_logits is None
     torch.testing.assert_close(without_answer, output.logits, atol=1e-4, rtol=1e-4)
     # The training target is the answer text: the LLM's next-token loss on the label word and the end of the turn.
     answer = batch["lm_labels"] != -100
@@ -403,10 +411,127 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
     torch.testing.assert_close(loss, F.cross_entropy(output.logits, batch["labels"]), atol=1e-4, rtol=1e-4)
 
 
-def test_labels_that_share_a_first_token_are_an_error():
-    with pytest.raises(ValueError, match="start with the same token"):
+def test_labels_with_the_same_tokens_are_an_error():
+    with pytest.raises(ValueError, match="are the same tokens"):
         tiny_processor(**{}).config.__class__(
             **{**tiny_processor().config.to_dict(), "label_token_ids": [[5], [5], [6], [7]]})
+
+
+# Labels that share first tokens ("very ..."), span several words, and one that begins with another ("pleasant").
+WORDY_LABELS = ["neutral", "very happy", "very sad", "pleasant", "pleasant surprise"]
+
+
+def wordy_processor(**kwargs):
+    """The tiny backbones with `WORDY_LABELS`: a word-level tokenizer that knows their words."""
+    from conftest import CHAT_TEMPLATE, tiny_audio, tiny_llm_config
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from configuration_emosllm import DEFAULT_PROMPT
+    from processing_emosllm import EmoSLLMProcessor
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.train_from_iterator(
+        [DEFAULT_PROMPT, " ".join(WORDY_LABELS)],
+        trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<|user|>", "<|end|>", "<|assistant|>"]),
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                        eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
+    audio_config, feature_extractor = tiny_audio("whisper")
+    config = {"adapter_hidden_size": 32, "adapter_num_heads": 2, "num_queries": 4, "lora_rank": 4, "lora_alpha": 8,
+              **kwargs}
+    return EmoSLLMProcessor.build(feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)),
+                                  labels=WORDY_LABELS, **config)
+
+
+def brute_force_label_scores(model, processor, audios) -> torch.Tensor:
+    """Each label's answer path teacher-forced one prompt at a time: its tokens' log-probabilities, summed, then
+    renormalized over the labels."""
+    rows = []
+    for i in range(len(audios)):
+        one = processor([audios[i]])
+        audio = model.get_audio_embeddings(one["audio_lengths"], one["input_features"])
+        row = []
+        for path in model.label_answer_paths():
+            sequence = torch.cat([one["input_ids"], torch.tensor([path[:-1]], dtype=torch.long)], dim=1)
+            logits = model.language_model(**model._llm_inputs(sequence, torch.ones_like(sequence), *audio)).logits[0]
+            log_probs, start = logits.float().log_softmax(-1), one["input_ids"].shape[1] - 1
+            row.append(sum(log_probs[start + t, token] for t, token in enumerate(path)))
+        rows.append(torch.stack(row).log_softmax(-1))
+    return torch.stack(rows)
+
+
+def test_labels_that_share_first_tokens_or_span_words_are_scored_trained_and_generated():
+    processor = wordy_processor()
+    torch.manual_seed(2)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    ids = processor.config.label_token_ids
+    end = processor.tokenizer.eos_token_id
+    assert processor.config.answer_end_token_id == end
+    assert ids[1][0] == ids[2][0] and ids[4][: len(ids[3])] == ids[3]  # the cases this test is about
+    # Each path runs to the first token no other label has there; "pleasant" needs its end token.
+    assert model.label_answer_paths() == [ids[0][:1], ids[1][:2], ids[2][:2], ids[3] + [end], ids[4][:2]]
+
+    frequencies = [150, 450, 900, 1800, 3000]
+    audios = [tone(0.8 + 0.1 * take, frequencies[k], seed=7 * k + take) for take in range(2) for k in range(5)]
+    labels = [WORDY_LABELS[k] for _ in range(2) for k in range(5)]
+    prompts = processor(audios)
+
+    def brute_force_scores() -> torch.Tensor:
+        return brute_force_label_scores(model, processor, audios)
+
+    model.eval()
+    with torch.no_grad():
+        expected = brute_force_scores()
+        torch.testing.assert_close(model(**prompts).logits, expected, atol=1e-4, rtol=1e-4)
+        # With the answers appended (training and evaluation batches) the scores are the same.
+        torch.testing.assert_close(model(**processor(audios, labels=labels)).logits, expected, atol=1e-4, rtol=1e-4)
+
+    batch = processor(audios, labels=labels)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(150):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        scores = model(**prompts).logits
+        answers = processor.batch_decode(model.generate(**prompts), skip_special_tokens=True)
+        torch.testing.assert_close(scores, brute_force_scores(), atol=1e-4, rtol=1e-4)
+    assert [WORDY_LABELS[i] for i in scores.argmax(-1).tolist()] == labels  # trained: every clip right
+    assert [a.strip() for a in answers] == labels  # and the answer is the label the scores rank first
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_the_answer_mixes_the_llms_and_the_probes_class_log_probabilities(weight):
+    processor, model = make("whisper", "probe", probe_mix_weight=weight)
+    fit_random_probe(model)
+    model.eval()
+    batch, _ = batch_of_lengths(processor)
+    with torch.no_grad():
+        output = model(**batch)
+        frames, mask = model.audio_encoder(batch["audio_lengths"], batch["input_features"])
+        probe = model.adapter.class_scores(frames.float(), mask).log_softmax(-1)
+    torch.testing.assert_close(output.probe_logits, probe)
+    torch.testing.assert_close(output.logits, (1 - weight) * output.llm_logits + weight * probe)
+    if weight in (0.0, 1.0):  # one side's log-probabilities alone
+        torch.testing.assert_close(output.logits.exp().sum(-1), torch.ones(3))
+
+
+def test_the_probe_mix_weight_is_checked():
+    with pytest.raises(ValueError, match="must lie in"):
+        tiny_processor(adapter="probe", probe_mix_weight=1.5)
+    with pytest.raises(ValueError, match="has no probe"):
+        tiny_processor(adapter="qpmapper", probe_mix_weight=0.5)
+
+
+def test_constrained_generate_refuses_generation_options():
+    processor, model = make()
+    batch = processor([tone(0.8, 300)])
+    with pytest.raises(ValueError, match="constrain_to_labels=False"):
+        model.generate(**batch, max_new_tokens=3)
 
 
 @pytest.mark.parametrize("adapter", ["qpmapper", "probe"])

@@ -204,6 +204,63 @@ def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup,
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
     assert "adapter.label_embeddings.weight" in checkpoint
     torch.testing.assert_close(checkpoint["adapter.probe_weight"], model.adapter.probe_weight)
+    # The answer is never below the probe on the validation speakers: the mix weight is chosen there and saved.
+    assert report["held_out"] == "the validation speakers" and report["held_out_clips"] == 8
+    assert report["held_out_answer_ua"] >= max(report["held_out_probe_ua"], report["held_out_llm_ua"])
+    assert model.config.probe_mix_weight == report["probe_mix_weight"]
+    assert {"llm_ua", "probe_ua"} <= set(report)  # the test clips scored by each alone, too
+    card = (output / "README.md").read_text()
+    assert f"{report['held_out_llm_ua']:.4f} (LLM alone), {report['held_out_probe_ua']:.4f} (probe" in card
+
+
+def test_without_validation_speakers_a_probe_fold_is_held_out_of_the_llms_training(tiny_setup, tmp_path):
+    """The held-out fold's speakers choose the epoch and the mix weight; the LLM never trains on their clips."""
+    output = tmp_path / "out"
+    result = run(train_command(tiny_setup, output, "--adapter_type", "probe", "--encoder_layer_combination",
+                               "concatenate", "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2",
+                               "--eval_steps", "2",
+                               data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]),
+                 tmp_path, env={"EMOSLLM_RECORD_TRAINING_CLIPS": "1"})
+    report = json.loads((output / "all_results.json").read_text())
+    held = report["held_out"]
+    assert held.startswith("training speakers held out of the LLM's training (") and report["held_out_clips"] == 8
+    held_speakers = held[held.index("(") + 1:-1].split(", ")
+    assert len(held_speakers) == 1 and held_speakers[0] in ("spk01", "spk02", "spk03")
+    assert report["held_out_answer_ua"] >= max(report["held_out_probe_ua"], report["held_out_llm_ua"])
+    assert "choose its epoch" in result.stderr
+    read = [json.loads(line)["clip"] for line in
+            (output / "checkpoints" / "training_clips" / "rank0.jsonl").read_text().splitlines()]
+    assert read and not any(held_speakers[0] in clip for clip in read), read[:3]
+
+
+def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_the_probe(tmp_path, caplog):
+    sys.path.insert(0, str(REPO))
+    from conftest import TONE_FREQUENCIES, tiny_processor
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from train import PROBE_MIX_WEIGHTS, EmoSLLMTrainer, choose_probe_mix_weight, parse_args
+
+    processor = tiny_processor(adapter="probe")
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+
+    def clips(seeds):
+        return [{"audio": tone(0.8, TONE_FREQUENCIES[label], seed=seed), "label": label, "transcript": None,
+                 "text_features": {}} for seed in seeds for label in LABELS]
+
+    model.fit_probe([processor([c["audio"] for c in clips(range(4))], labels=LABELS * 4)], 1.0)
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
+    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3,
+                             data_collator=__import__("train").EmoSLLMCollator(processor))
+    with caplog.at_level("INFO"):
+        report = choose_probe_mix_weight(trainer, clips(range(10, 13)), "the validation speakers")
+    # The tiny LLM is untrained (near chance); the probe names every tone: the answer takes the probe's side.
+    assert report["held_out_probe_ua"] == 1.0 and report["held_out_llm_ua"] < 0.75
+    assert report["probe_mix_weight"] in PROBE_MIX_WEIGHTS[1:] and report["held_out_answer_ua"] == 1.0
+    assert model.config.probe_mix_weight == report["probe_mix_weight"]
+    assert "scores below the probe it reads" in caplog.text
+    with torch.no_grad():  # and the model answers so from now on
+        held = processor([c["audio"] for c in clips(range(10, 13))])
+        assert model(**held).logits.argmax(-1).tolist() == processor.label_ids(LABELS * 3).tolist()
 
 
 def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
@@ -242,7 +299,10 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     # Either way each training clip carries its out-of-fold scores (what the LLM trains on), and the report has no
     # tensors in it (it goes to all_results.json).
     assert all(c["probe_scores"].shape == (len(LABELS),) for c in train)
-    assert all(isinstance(v, (int, float, str, type(None))) for v in chosen.values())
+    assert all(isinstance(v, (int, float, str, type(None))) for k, v in chosen.items() if k != "probe_cs")
+    assert all(isinstance(c, float) for c in chosen["probe_cs"])
+    assert {c["probe_fold"] for c in train} == {0, 1, 2, 3}  # the fold that held each clip's speaker out
+    assert len({c["probe_fold"] for c in train if c["speaker"] == "spk1"}) == 1
     batch = EmoSLLMCollator(processor)(train)
     kept = model.adapter.scores_of_statistics(model.pooled_audio_statistics(batch))
     assert not torch.allclose(batch["probe_scores"], kept, atol=1e-3)  # not those of the probe the model keeps
@@ -273,10 +333,9 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
         same = trainer.compute_loss(model, {**batch, "probe_scores": in_sample})
         other = trainer.compute_loss(model, {**batch, "probe_scores": in_sample.flip(0)})
         after = trainer.compute_loss(model, dict(batch))
-    torch.testing.assert_close(same, plain)  # the hook embeds scores exactly as the interface does
+    torch.testing.assert_close(same, plain)  # given scores are embedded exactly as the interface does
     assert not torch.allclose(other, plain)  # ... and the given scores are what the LLM reads
-    torch.testing.assert_close(after, plain)  # the hook is gone after the call
-    assert not model.adapter._forward_hooks
+    torch.testing.assert_close(after, plain)  # only for that call
 
 
 def test_transcript_dropout_hides_a_share_of_transcripts_reproducibly():
