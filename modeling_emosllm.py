@@ -1008,13 +1008,19 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         How many leading real tokens every left-padded prompt of the batch shares (the system turn with the task
         text), stopping before any audio placeholder and any answer token (`lm_labels`), and leaving each prompt at
         least one token of its own; 0 if the batch is not left-padded or the shared head is too short to be worth
-        sharing. A batch of one prompt shares its head only at inference (with the prompt cache of earlier calls).
+        sharing. A batch of one prompt shares its head only at inference (with the prompt cache of earlier calls);
+        nothing is shared while the LLM checkpoints its activations in training (`gradient_checkpointing_enable`).
         """
         batch = input_ids.shape[0]
         pad = (attention_mask == 0).sum(dim=1)
         real = lengths_to_mask(input_ids.shape[1] - pad, input_ids.shape[1]).flip(1)  # left-padded layout
         left_padded = torch.equal(attention_mask.bool(), real)
         if (batch < 2 and not self._caches_prompts()) or not left_padded:
+            return 0
+        if self.language_model.is_gradient_checkpointing and torch.is_grad_enabled():
+            # transformers' decoder layers drop a key/value cache while they checkpoint in training ("Caching is
+            # incompatible with gradient checkpointing"), so the rest of the prompt would not see the shared head:
+            # one full pass per prompt instead, the same loss and gradients as without checkpointing (tested).
             return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
         if shortest < self.MIN_SHARED_PREFIX:

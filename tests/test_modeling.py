@@ -688,6 +688,34 @@ def test_the_shared_prompt_head_runs_once_and_changes_nothing():
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n)
 
 
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(adapter):
+    """The shared prompt head's cache would be dropped by checkpointed decoder layers: it must change nothing."""
+    processor, model = make("whisper", adapter)
+    if adapter == "probe":
+        fit_random_probe(model)
+    batch, _ = batch_of_lengths(processor)
+    assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) > 0
+
+    def loss_and_gradients():
+        torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in both runs
+        model.zero_grad()
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain = loss_and_gradients()
+    model.gradient_checkpointing_enable()  # as the Trainer's --gradient_checkpointing does
+    assert model.language_model.is_gradient_checkpointing
+    loss, gradients = loss_and_gradients()
+    # Tolerance: float32 rounding of the same computation in another order (measured: 1e-6 relative).
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
+    assert gradients.keys() == plain.keys() and any("lora_" in n for n in plain)
+    for name in plain:
+        torch.testing.assert_close(gradients[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_the_shared_head_stops_before_the_answer():
     """Prompts without audio that are the same up to the end (an ablation) must keep their answers out of the head."""
     processor, model = make(seed=1)
