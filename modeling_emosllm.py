@@ -1017,7 +1017,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         left_padded = torch.equal(attention_mask.bool(), real)
         if (batch < 2 and not self._caches_prompts()) or not left_padded:
             return 0
-        if self.language_model.is_gradient_checkpointing and torch.is_grad_enabled():
+        if torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False)
+                                           for m in self.language_model.modules()):
             # transformers' decoder layers drop a key/value cache while they checkpoint in training ("Caching is
             # incompatible with gradient checkpointing"), so the rest of the prompt would not see the shared head:
             # one full pass per prompt instead, the same loss and gradients as without checkpointing (tested).

@@ -493,10 +493,12 @@ def transcript_only_classes():
             for param in [*self.audio_encoder.parameters(), *self.adapter.parameters()]:
                 param.requires_grad_(False)
 
-        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None):
+        def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None,
+                                 return_probe_scores=False):
             batch = audio_lengths.shape[0]
             embeddings = torch.zeros(batch, 0, self.config.text_config.hidden_size, device=audio_lengths.device)
-            return embeddings, torch.zeros(batch, 0, dtype=torch.bool, device=audio_lengths.device)
+            mask = torch.zeros(batch, 0, dtype=torch.bool, device=audio_lengths.device)
+            return (embeddings, mask, None) if return_probe_scores else (embeddings, mask)
 
     return TranscriptOnlyProcessor, TranscriptOnlyEmoSLLM
 

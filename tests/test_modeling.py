@@ -707,7 +707,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(adapter):
 
     plain_loss, plain = loss_and_gradients()
     model.gradient_checkpointing_enable()  # as the Trainer's --gradient_checkpointing does
-    assert model.language_model.is_gradient_checkpointing
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
     loss, gradients = loss_and_gradients()
     # Tolerance: float32 rounding of the same computation in another order (measured: 1e-6 relative).
     torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,165 @@
+"""label_dataset.py: a whole folder, table or datasets dataset labelled into JSONL, resumable, in two processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import tiny_processor, tone
+
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny saved model and a nested folder of clips: 9 short tones, one 25 s recording, one broken file."""
+    tmp = tmp_path_factory.mktemp("label")
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.save_pretrained(tmp / "model")
+    processor.save_pretrained(tmp / "model")
+    folder = tmp / "clips"
+    for i in range(9):
+        path = folder / f"speaker{i % 3}" / f"clip{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, tone(0.8 + 0.1 * i, 150 * (i + 1), seed=i), 16000)
+    sf.write(folder / "long.flac", tone(25.0, 300, seed=20), 16000)
+    (folder / "speaker0" / "broken.wav").write_bytes(b"not audio at all\n" * 20)
+    return {"tmp": tmp, "model": tmp / "model", "folder": folder}
+
+
+def label(corpus, output: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(output.parent / "m")}
+    return subprocess.run([*(launcher or (sys.executable,)), str(REPO / "label_dataset.py"), "--model",
+                           str(corpus["model"]), "--output", str(output), "--no_progress", *extra],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def scores(line: dict) -> list[float]:
+    """A line's class probabilities in label order (its ranking can flip between near-ties in other batches)."""
+    return [s["score"] for s in sorted(line.get("scores", []), key=lambda s: s["label"])]
+
+
+def assert_same_results(lines: list[dict], expected: list[dict]) -> None:
+    """The same clips in the same order, each with the same error or the same scores (other batch company: 1e-4)."""
+    assert [line["file"] for line in lines] == [line["file"] for line in expected]
+    for line, want in zip(lines, expected):
+        assert ("error" in line) == ("error" in want), line["file"]
+        np.testing.assert_allclose(scores(line), scores(want), atol=1e-4, err_msg=line["file"])
+
+
+@pytest.fixture(scope="module")
+def labelled(corpus):
+    output = corpus["tmp"] / "one" / "labels.jsonl"
+    output.parent.mkdir()
+    return label(corpus, output, "--input", str(corpus["folder"]), "--batch_size", "4"), output
+
+
+def test_a_folder_is_labelled_one_line_per_clip_as_the_pipeline_labels_each(corpus, labelled):
+    result, output = labelled
+    assert result.returncode == 1, result.stderr[-3000:]  # one clip could not be classified
+    lines = lines_of(output)
+    files = sorted(str(p.relative_to(corpus["folder"])) for p in corpus["folder"].rglob("*.*"))
+    assert [line["file"] for line in lines] == files  # every clip once, in input order
+    broken = next(line for line in lines if line["file"] == "speaker0/broken.wav")
+    assert set(broken) == {"file", "error"} and "could not decode" in broken["error"]
+    long = next(line for line in lines if line["file"] == "long.flac")
+    assert long["duration"] == 25.0 and len(long["timeline"]) == 3  # 10 s windows over a 25 s recording
+    assert all("timeline" not in line for line in lines if line["file"] not in ("long.flac", "speaker0/broken.wav"))
+    # Batched across files, the same answers as one pipeline call per file.
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=str(corpus["model"]), trust_remote_code=True, top_k=None)
+    for line in lines:
+        if "error" not in line and line["file"] != "long.flac":
+            alone = {"scores": classifier(str(corpus["folder"] / line["file"]))}
+            # Tolerance: a clip's scores in a batch of 4 against alone (the bf16 encoder, where bf16 is native,
+            # rounds a padded batch differently: measured 1.1e-5).
+            np.testing.assert_allclose(scores(line), scores(alone), atol=1e-4)
+
+
+def test_a_killed_run_resumes_without_redoing_finished_clips(corpus, labelled, tmp_path):
+    _, complete = labelled
+    text = complete.read_text()
+    cut = text.index("\n", text.index("\n") + 1) + 1  # two whole lines, then half of the third: a kill mid-write
+    output = tmp_path / "labels.jsonl"
+    first = json.loads(text[:cut].splitlines()[0])
+    first["label"] = "written-before-the-kill"  # a finished clip that must not be classified again
+    output.write_text(json.dumps(first) + "\n" + text[text.index("\n") + 1:cut] + text[cut:cut + 30])
+    result = label(corpus, output, "--input", str(corpus["folder"]))
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = lines_of(output)
+    assert sorted(line["file"] for line in lines) == sorted(line["file"] for line in lines_of(complete))
+    assert lines[0]["label"] == "written-before-the-kill"  # kept, not redone
+    assert_same_results(lines[2:], lines_of(complete)[2:])  # the rest labelled as in one go
+
+
+def test_two_processes_write_one_output_in_input_order(corpus, labelled, tmp_path):
+    _, single = labelled
+    output = tmp_path / "labels.jsonl"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    result = label(corpus, output, "--input", str(corpus["folder"]), launcher=launcher)
+    # The first process reports the broken clip (exit status 1, so torchrun's too); nothing of ours crashed.
+    assert result.returncode == 1 and f'File "{REPO / "label_dataset.py"}"' not in result.stderr, result.stderr[-3000:]
+    assert not list(tmp_path.glob("labels.jsonl.rank*"))  # the parts were merged and removed
+    assert_same_results(lines_of(output), lines_of(single))
+
+
+def test_a_table_with_transcripts_and_a_saved_dataset(corpus, labelled, tmp_path):
+    import datasets
+
+    rows = ["path,transcript", "speaker1/clip1.wav,kids are talking by the door", "speaker2/clip2.wav,"]
+    table = corpus["folder"] / "clips.csv"
+    table.write_text("\n".join(rows) + "\n")
+    try:
+        result = label(corpus, tmp_path / "table.jsonl", "--input", str(table))
+    finally:
+        table.unlink()
+    assert result.returncode == 0, result.stderr[-3000:]
+    from_table = lines_of(tmp_path / "table.jsonl")
+    assert [line["file"] for line in from_table] == ["speaker1/clip1.wav", "speaker2/clip2.wav"]
+    from_folder = {line["file"]: line for line in lines_of(labelled[1])}
+    # No transcript: the same scores as from the folder (other batch company: 1e-4); a transcript changes them.
+    np.testing.assert_allclose(scores(from_table[1]), scores(from_folder["speaker2/clip2.wav"]), atol=1e-4)
+    assert np.abs(np.subtract(scores(from_table[0]), scores(from_folder["speaker1/clip1.wav"]))).max() > 1e-3
+
+    files = [str(corpus["folder"] / f"speaker{i % 3}" / f"clip{i}.wav") for i in range(3)]
+    dataset = datasets.Dataset.from_dict({"audio": files}).cast_column("audio", datasets.Audio(sampling_rate=16000))
+    dataset.save_to_disk(tmp_path / "saved")
+    result = label(corpus, tmp_path / "dataset.jsonl", "--dataset", str(tmp_path / "saved"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_row = lines_of(tmp_path / "dataset.jsonl")
+    assert [line["file"] for line in by_row] == ["0", "1", "2"]  # the dataset's row indices
+    for row, line in enumerate(by_row):
+        want = from_folder[f"speaker{row}/clip{row}.wav"]
+        np.testing.assert_allclose(scores(line), scores(want), atol=1e-4)  # batches of 3 and of 4 (as above)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "give the data once"),
+    (["--input", "no/such/folder"], "does not exist"),
+    (["--input", "x", "--dataset", "y"], "give the data once"),
+])
+def test_bad_arguments_are_refused_naming_the_fix(corpus, tmp_path, flags, message):
+    result = label(corpus, tmp_path / "out.jsonl", *flags)
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_an_empty_folder_is_refused(corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = label(corpus, tmp_path / "out.jsonl", "--input", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "holds no audio files" in result.stderr
+    shutil.rmtree(tmp_path / "empty")
