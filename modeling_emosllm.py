@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ except ImportError:
         raise
     from configuration_emosllm import EmoSLLMConfig
     from dependencies_emosllm import missing_dependency
+try:  # after the configuration (it checks the transformers version first)
+    from .integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
+except ImportError:
+    if __package__:
+        raise
+    from integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import numpy as np
@@ -652,6 +659,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         LLM loads in bf16 where bf16 is native and the LLM's checkpoint holds bf16 weights, unless
         `dtype=torch.float32` is asked for (`language_model_load_kwargs`). A folder with every weight loads in float32.
         """
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+        local = os.path.join(str(pretrained_model_name_or_path), hub_kwargs.get("subfolder") or "")
+        check_saved_weights(  # before anything is read: a missing, cut or changed file is an error naming it
+            str(pretrained_model_name_or_path),
+            lambda file: _folder_file(pretrained_model_name_or_path, file, hub_kwargs),
+            local if os.path.isdir(local) else None,
+        )
         weights = _weights_file(pretrained_model_name_or_path, kwargs)
         lean = weights is not None and backbones_left_out(weights)
         if lean:
@@ -683,8 +697,6 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         weights load in bf16 where that is native and the checkpoint holds bf16 (`language_model_load_kwargs`), the
         rest in float32; `dtype=torch.float32` keeps everything in float32.
         """
-        from safetensors.torch import load_file
-
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         if isinstance(dtype, str) and dtype != "auto":  # "float32", as transformers also takes it
             if not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -718,14 +730,29 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             if config.lora_rank > 0:
                 inject_adapter_in_model(model.lora_config(), llm)
             model.language_model = llm
-        state = load_file(weights_file)
+        state = read_safetensors(weights_file)
         lora_file = _folder_file(name_or_path, f"{LORA_FOLDER}/adapter_model.safetensors", hub_kwargs)
         if lora_file is not None:  # peft's layout: `base_model.model.<LLM key without the adapter name>`
             state.update({
                 "language_model." + name[len("base_model.model."):].replace(".lora_A.", ".lora_A.default.")
                 .replace(".lora_B.", ".lora_B.default."): tensor
-                for name, tensor in load_file(lora_file).items()
+                for name, tensor in read_safetensors(lora_file).items()
             })
+        # LoRA: in lora/ (a lean save) or inline (train.py's checkpoints); without it the LLM would answer silently
+        # without what it learned.
+        lora_names = {n for n, _ in model.named_parameters() if "lora_" in n}
+        absent = sorted(lora_names - set(state))
+        if absent and lora_file is None:
+            raise FileNotFoundError(
+                f"{name_or_path} is incomplete: {LORA_FOLDER}/adapter_model.safetensors (the trained LoRA) is missing. "
+                "Copy or download the whole folder again, or save the model again."
+            )
+        if absent:
+            raise ValueError(
+                f"{name_or_path}: {LORA_FOLDER}/adapter_model.safetensors lacks {len(absent)} of the model's "
+                f"{len(lora_names)} LoRA tensors (first: {absent[0]}): it is cut short or from another model. Copy or "
+                "download the whole folder again, or save the model again."
+            )
         _, unexpected = model.load_state_dict(state, strict=False, assign=True)
         still_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if unexpected or still_meta:
@@ -799,6 +826,30 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
     def save_pretrained(
         self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
     ):
+        """
+        Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (see
+        `_save_folder` for what it holds), whole or not at all: a new folder is written beside its place and renamed
+        into it; into an existing folder, the record of its weights (`integrity_emosllm`) first says the save is under
+        way and is written last, so a save stopped at any moment leaves the old folder, the new one, or one that
+        refuses to load.
+        """
+        if not kwargs.get("is_main_process", True):  # transformers' own: the other processes write nothing
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        save_directory = os.path.normpath(str(save_directory))
+        if os.path.exists(save_directory):
+            mark_save_started(save_directory)
+            self._save_folder(save_directory, *args, full_weights=full_weights, dtype=dtype, **kwargs)
+            write_manifest(save_directory)
+            return
+        beside = f"{save_directory}.partial-{os.getpid()}"
+        shutil.rmtree(beside, ignore_errors=True)
+        self._save_folder(beside, *args, full_weights=full_weights, dtype=dtype, **kwargs)
+        write_manifest(beside)
+        os.rename(beside, save_directory)
+
+    def _save_folder(
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+    ) -> None:
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
         code files and the inference pipeline.

@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from integrity_emosllm import MANIFEST, check_saved_weights
+
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
 __all__ = ["check_checkpoint_matches", "check_resume_matches", "last_complete_checkpoint"]
@@ -40,6 +42,12 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         weight_files = checkpoint_weight_files(checkpoint)
     except (OSError, ValueError, KeyError) as error:
         return f"trainer_state.json or the weights index is missing or cut ({type(error).__name__})"
+    if (checkpoint / MANIFEST).is_file():  # its weights as recorded when they were saved (older checkpoints: none)
+        try:
+            check_saved_weights(str(checkpoint), lambda f: str(checkpoint / f) if (checkpoint / f).is_file() else None,
+                                str(checkpoint))
+        except (OSError, ValueError) as error:
+            return str(error)[:300]
     for weights in weight_files:
         try:
             load_file(str(weights))
