@@ -17,6 +17,22 @@ BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache
 # Speaker-id prefixes of the corpora data_emosllm recognises by their file names.
 KNOWN_CORPORA = {"ravdess_": "RAVDESS", "cremad_": "CREMA-D", "tess_": "TESS", "emodb_": "EmoDB"}
 SMOKE_CORPUS_NAME = "EmoSLLM smoke corpus (generated with espeak-ng)"
+# Licences of the corpora data_emosllm recognises, as their distributors state them (Hub licence ids); EmoDB's is
+# not listed here: pass train.py --license.
+CORPUS_LICENSES = {"RAVDESS": "cc-by-nc-sa-4.0", "CREMA-D": "odbl", "TESS": "cc-by-nc-nd-4.0"}
+# Creative Commons terms that weights trained on the data keep (non-commercial, no derivatives, share-alike).
+RESTRICTING_TERMS = ("-nc", "-nd", "-sa")
+
+
+def card_licenses(data_args, dataset_name: str) -> tuple[str | None, str]:
+    """(the training data's licence, or None when unknown; the model's licence): `--license` or a known corpus's;
+    the model takes the data's licence where its terms restrict what is made from the data, else Apache-2.0 (the
+    code's)."""
+    if not (data_args.dataset_name or data_args.data_dir):
+        return "apache-2.0", "apache-2.0"  # the smoke corpus: made by this repository
+    data = getattr(data_args, "license", None) or CORPUS_LICENSES.get(dataset_name)
+    restricted = data is not None and any(term in data.lower() for term in RESTRICTING_TERMS)
+    return data, data.lower() if restricted else "apache-2.0"
 
 
 def hub_repo_id(name: str | None) -> str | None:
@@ -78,7 +94,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     unit = split.get("unit", "speaker")
     held_out = (f"test {unit}s: {', '.join(split['test'])}" if unit != "clip" else "test clips drawn at random")
     scores = (  # (key, metric type, name, metric arguments)
-        ("ua", "accuracy", "Unweighted accuracy (UA, mean per-class recall)", None),
+        ("ua", "balanced_accuracy", "Unweighted accuracy (UA, mean per-class recall)", None),
         ("wa", "accuracy", "Weighted accuracy (WA, overall accuracy)", None),
         ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
         ("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}),
@@ -91,10 +107,11 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         for key, metric_type, name, args in scores
     ]
     base_models = [m for m in (hub_repo_id(model_args.audio_encoder), hub_repo_id(model_args.llm)) if m]
+    data_license, model_license = card_licenses(data_args, dataset_name)
     card_data = ModelCardData(
-        license="apache-2.0", library_name="transformers", pipeline_tag="audio-classification",
+        license=model_license, library_name="transformers", pipeline_tag="audio-classification",
         base_model=base_models or None, datasets=[hub_dataset] if hub_dataset else None,
-        metrics=["accuracy", "f1"], model_name=output_dir.name,
+        metrics=["balanced_accuracy", "accuracy", "f1"], model_name=output_dir.name,
         tags=["speech-emotion-recognition", "emosllm", "lora", "peft", "custom_code"], eval_results=results,
     )
     repo_id = hub_model_id or f"<your-username>/{output_dir.name}"
@@ -129,6 +146,17 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             pass
+    if data_license is None:
+        licence_text = (f"The training data's licence is not known here: check that {dataset_name}'s terms allow "
+                        "this model's use, and state it with train.py's `--license` (its Hub licence id). This "
+                        "model's code is Apache-2.0.")
+    elif model_license == "apache-2.0":
+        licence_text = (f"The training data, {dataset_name}, is licensed `{data_license}`. This model's code and "
+                        "trained weights are Apache-2.0.")
+    else:
+        licence_text = (f"The training data, {dataset_name}, is licensed `{data_license}`, whose terms carry over to "
+                        f"what is made from it, so this model's trained weights are `{model_license}` too. Its code "
+                        "is Apache-2.0.")
     weights_note = (
         "This folder holds only what EmoSLLM trained and fitted (the interface, the layer statistics, the probe; LoRA "
         "in peft's layout under `lora/`); loading fetches the frozen backbones named in `config.json` "
@@ -180,8 +208,8 @@ The scores rank the classes; on speakers the model did not train on their size i
 
 ## Licence
 
-Apache-2.0 (this model's code and trained weights). The backbones keep their own licences: the audio encoder
-{card_backbone(model_args.audio_encoder)} and the LLM {card_backbone(model_args.llm)}.
+{licence_text} The backbones keep their own licences: the audio encoder {card_backbone(model_args.audio_encoder)}
+and the LLM {card_backbone(model_args.llm)}.
 """
     ModelCard(text).save(output_dir / "README.md")
 

@@ -610,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             result = classifier(path, **call)
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, OSError) as error:
             failed += 1
             print(f"error: {error}", file=sys.stderr)
             if args.format == "jsonl":

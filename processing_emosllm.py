@@ -232,14 +232,25 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     )
 
 
+# How long an http(s) input's server may take to answer (each read), in seconds.
+URL_TIMEOUT_SECONDS = 30.0
+
+
 def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
     """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate)."""
     path = os.fspath(path)
     if path.startswith(("http://", "https://")):
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(path) as response:  # noqa: S310 (the user asked for this URL)
-            return decode_audio(response.read(), name)
+        try:
+            with urllib.request.urlopen(path, timeout=URL_TIMEOUT_SECONDS) as response:  # noqa: S310 (the user's URL)
+                return decode_audio(response.read(), name)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise OSError(f"{name}: could not download {path!r} ({reason}; the server is given "
+                          f"{URL_TIMEOUT_SECONDS:g} s to answer). Check the URL and the network, or download the file "
+                          "and pass its path.") from None
     if os.path.isdir(path):
         raise ValueError(f"{name}: {path!r} is a directory; pass the audio files in it.")
     if not os.path.isfile(path):

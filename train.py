@@ -55,7 +55,7 @@ from modeling_emosllm import (
     EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
 )
 from processing_emosllm import EmoSLLMProcessor, decode_audio, prepare_clip, read_audio_file
-from resume_emosllm import check_resume_matches, last_complete_checkpoint
+from resume_emosllm import check_resume_matches, checkpoint_problem, last_complete_checkpoint
 from smoke_corpus_emosllm import make_smoke_corpus
 
 logger = logging.getLogger("emosllm.train")
@@ -166,6 +166,12 @@ class DataArguments:
                   "clips are split at random (seeded, stratified by label): not speaker-independent."},
     )
     labels: str | None = field(default=None, metadata={"help": "Comma-separated label set (default: the data's)."})
+    license: str | None = field(
+        default=None,
+        metadata={"help": "The training data's licence as a Hub licence id (e.g. cc-by-nc-sa-4.0), for the model "
+                  "card; RAVDESS, CREMA-D and TESS are recognised. Non-commercial, no-derivatives or share-alike "
+                  "terms become the model's licence too."},
+    )
     test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%%."})
     eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before."})
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
@@ -208,11 +214,33 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         load_best_model_at_end=None,
     )
     try:
-        return parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # TrainingArguments' own check, e.g. --load_best_model_at_end true --save_strategy no
         if "load_best_model_at_end" not in str(error):
             raise
         raise ValueError(f"{error}\n{BEST_MODEL_ADVICE}") from None
+    resume_from_checkpoint(data_args, training_args)
+    return model_args, data_args, training_args
+
+
+def resume_from_checkpoint(data_args: DataArguments, training_args: TrainingArguments) -> None:
+    """
+    The Trainer's own `--resume_from_checkpoint` works as `--resume`: `true` resumes from the newest complete
+    checkpoint in the output folder, a path from that checkpoint (checked to be complete). Raises `ValueError`
+    naming a path that is not a complete checkpoint.
+    """
+    asked = training_args.resume_from_checkpoint
+    if not asked:
+        return
+    data_args.resume = True
+    if str(asked).lower() in ("true", "1", "yes"):
+        training_args.resume_from_checkpoint = None
+        return
+    problem = "it is not a folder" if not Path(asked).is_dir() else checkpoint_problem(Path(asked))
+    if problem:
+        raise ValueError(f"--resume_from_checkpoint {asked!r} cannot be resumed from: {problem}. Pass a complete "
+                         "checkpoint-N folder of this run (under <output_dir>/checkpoints), or --resume true for the "
+                         "newest complete one.")
 
 
 BEST_MODEL_ADVICE = (
@@ -830,7 +858,8 @@ def run_stage(
         compute_metrics=compute_metrics if task == "ser" else None,
         callbacks=[EpochCallback(train_clips)],
     )
-    checkpoint = last_complete_checkpoint(Path(output_dir)) if resume else None
+    asked = training_args.resume_from_checkpoint if task == "ser" else None  # a path (`resume_from_checkpoint`)
+    checkpoint = (asked or last_complete_checkpoint(Path(output_dir))) if resume else None
     if resume and checkpoint is None:
         logger.info("No checkpoint in %s: starting this stage from scratch.%s", output_dir,
                     " (--save_strategy no writes none, so there is nothing to resume from.)"

@@ -850,3 +850,26 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_folder_or_one_that_refuses(l
         assert bias in (0.0, 1.0) or attempt % 2  # the copied folder's own bias before any save finished
         outcomes.append("whole")
     assert "whole" in outcomes, outcomes
+
+
+def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_naming_it(monkeypatch):
+    """A server on this machine that accepts the connection and then says nothing; and a port nothing listens on."""
+    import socket
+    import threading
+
+    import processing_emosllm
+
+    monkeypatch.setattr(processing_emosllm, "URL_TIMEOUT_SECONDS", 0.5)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/clip.wav"
+    started = time.monotonic()
+    with pytest.raises(OSError, match=r"could not download .*clip\.wav.*0\.5 s to answer"):
+        processing_emosllm.read_audio_file(url, "inputs[0]")
+    assert time.monotonic() - started < 10  # the timeout, not a hang
+    server.close()
+    with pytest.raises(OSError, match="inputs\\[1\\]: could not download"):  # now nothing listens there
+        processing_emosllm.read_audio_file(url, "inputs[1]")

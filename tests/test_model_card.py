@@ -116,14 +116,15 @@ def assert_no_absolute_paths(text: str, tmp_path: Path) -> None:
     assert found is None, text[max(found.start() - 40, 0):found.end() + 40]
 
 
-def assert_common_metadata(card: ModelCard, text: str) -> None:
+def assert_common_metadata(card: ModelCard, text: str, license: str = "apache-2.0") -> None:
     data = card.data
-    assert data.license == "apache-2.0" and data.library_name == "transformers"
+    assert data.license == license and data.library_name == "transformers"
     assert data.pipeline_tag == "audio-classification"
     results = {result.metric_name: result for result in data.eval_results}
-    assert {r.metric_type for r in results.values()} == {"accuracy", "f1"}
+    assert {r.metric_type for r in results.values()} == {"balanced_accuracy", "accuracy", "f1"}
     assert results["Unweighted accuracy (UA, mean per-class recall)"].metric_value == 0.7104
-    assert results["Unweighted accuracy (UA, mean per-class recall)"].metric_type == "accuracy"
+    assert results["Unweighted accuracy (UA, mean per-class recall)"].metric_type == "balanced_accuracy"
+    assert results["Weighted accuracy (WA, overall accuracy)"].metric_type == "accuracy"
     assert results["Weighted accuracy (WA, overall accuracy)"].metric_value == 0.7031
     assert results["Macro F1"].metric_type == "f1" and results["Macro F1"].metric_args == {"average": "macro"}
     assert results["Weighted F1"].metric_args == {"average": "weighted"}
@@ -139,7 +140,9 @@ def test_card_of_hub_backbones_on_a_local_ravdess_copy(tmp_path):
              "test": ["ravdess_17", "ravdess_18"], "unit": "speaker"}
     card, text = write_card(tmp_path, model_args, data_args(data_dir=str(tmp_path / "data" / "ravdess")), split,
                             hub_model_id="someone/emosllm-ravdess")
-    assert_common_metadata(card, text)
+    # RAVDESS is CC BY-NC-SA 4.0: the weights trained on it carry its terms.
+    assert_common_metadata(card, text, license="cc-by-nc-sa-4.0")
+    assert "RAVDESS, is licensed `cc-by-nc-sa-4.0`, whose terms carry over" in text
     assert card.data.base_model == ["openai/whisper-tiny.en", "HuggingFaceTB/SmolLM2-135M-Instruct"]
     assert card.data.datasets is None  # a local copy has no Hub id; the corpus is named instead
     result = card.data.eval_results[0]
@@ -155,7 +158,12 @@ def test_card_of_local_backbones_on_a_hub_dataset_without_a_hub_id(tmp_path):
     model_args = SimpleNamespace(audio_encoder=str(tmp_path / "encoder"), llm=str(tmp_path / "llm"))
     split = {"train": ["a", "b", "c"], "validation": [], "test": ["d"], "unit": "speaker"}
     card, text = write_card(tmp_path, model_args, data_args(dataset_name="someone/emotional-speech"), split)
-    assert_common_metadata(card, text)
+    assert_common_metadata(card, text)  # the data's licence is not known: the card says so and how to state it
+    assert "licence is not known here" in text and "`--license`" in text
+    card, text = write_card(tmp_path / "given", model_args,
+                            data_args(dataset_name="someone/emotional-speech", license="cc-by-4.0"), split)
+    assert_common_metadata(card, text)  # a permissive licence leaves the model Apache-2.0
+    assert "is licensed `cc-by-4.0`. This model's code and trained weights are Apache-2.0." in text
     assert card.data.base_model is None  # local folders are no Hub ids
     assert card.data.datasets == ["someone/emotional-speech"]
     assert card.data.eval_results[0].dataset_type == "someone/emotional-speech"

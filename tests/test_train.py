@@ -145,6 +145,28 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None
 
 
+def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_cannot_be_resumed(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from safetensors.torch import save_file
+
+    from train import parse_args
+
+    _, data_args, training_args = parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"])
+    assert data_args.resume and training_args.resume_from_checkpoint is None  # as --resume: the newest complete one
+    folder = tmp_path / "checkpoints" / "checkpoint-4"
+    folder.mkdir(parents=True)
+    save_file({"adapter.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt"):
+        torch.save({}, folder / name)
+    with pytest.raises(ValueError, match="cannot be resumed from: trainer_state.json"):  # cut: not complete
+        parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(folder)])
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    _, data_args, training_args = parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(folder)])
+    assert data_args.resume and training_args.resume_from_checkpoint == str(folder)  # run_stage resumes from it
+    with pytest.raises(ValueError, match="it is not a folder"):
+        parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")])
+
+
 def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     sys.path.insert(0, str(REPO))
     import backbones_emosllm
