@@ -381,6 +381,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
         self.register_buffer("probe_weight", torch.zeros(config.num_labels, num_statistics))
         self.register_buffer("probe_bias", torch.zeros(config.num_labels))
         self.label_embeddings = nn.Linear(config.num_labels, config.text_config.hidden_size, bias=False)
+        self.label_names = list(config.labels)  # (for errors)
         self._given_scores = None
 
     @contextlib.contextmanager
@@ -449,9 +450,9 @@ class EmoSLLMStatisticsProbe(nn.Module):
             raise missing_dependency(error, __name__) from error
 
         x, y = statistics.double().cpu().numpy(), labels.cpu().numpy()
-        missing = sorted(set(range(self.probe_bias.shape[0])) - set(y.tolist()))
+        missing = [self.label_names[i] for i in sorted(set(range(self.probe_bias.shape[0])) - set(y.tolist()))]
         if missing:
-            raise ValueError(f"The probe needs labelled clips of every class; none of class ids {missing}.")
+            raise ValueError(f"The probe needs labelled clips of every class; it got none of {missing}.")
         scaler = self.fit_standardization(x)
         probe = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x), y)
         self.set_probe(*(torch.from_numpy(np.asarray(v)) for v in
@@ -1434,6 +1435,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         def cross_fitted(c) -> tuple[float, torch.Tensor]:  # mean UA over the folds, and every clip's held-out scores
             scores, fold_uas = torch.zeros(len(y), self.config.num_labels), []
             for fit, held in splits:
+                absent = sorted(set(y.tolist()) - set(y[fit].tolist()))
+                if absent:
+                    names = [self.config.labels[i] for i in absent]
+                    raise ValueError(
+                        f"The probe's cross-validation over the training speakers: every clip of {names} is in one "
+                        "fold's speakers, so the other folds have none to fit on. Give those labels clips of more "
+                        "speakers, leave them out (train.py --labels), or name validation speakers (--eval_speakers)."
+                    )
                 self.adapter.fit(x[fit], y[fit], c)
                 scores[held] = self.adapter.scores_of_statistics(x[held]).float()
                 fold_uas.append(ua(y[held], scores[held]))

@@ -400,7 +400,11 @@ def check_split_labels(labels_by_split: dict[str, Sequence[str]], labels: Sequen
     """
     counts = {split: Counter(split_labels) for split, split_labels in labels_by_split.items()}
     train = counts.get("train", Counter())
-    for label in sorted(set(labels).union(*counts.values())):
+    every = sorted(set(labels).union(*counts.values()))
+    if len(every) < 2:
+        raise ValueError(f"The data has one label ({every[0] if every else 'none'}): emotion recognition needs at least "
+                         "two to tell apart. Check --label_column, or add clips of the other emotions.")
+    for label in every:
         elsewhere = ", ".join(f"{n} in {split}" for split, c in counts.items() if (n := c[label]) and split != "train")
         if train[label] == 0:
             raise ValueError(

@@ -873,3 +873,24 @@ def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_namin
     server.close()
     with pytest.raises(OSError, match="inputs\\[1\\]: could not download"):  # now nothing listens there
         processing_emosllm.read_audio_file(url, "inputs[1]")
+
+
+def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them():
+    """A label whose every clip is one speaker's cannot be cross-validated over speakers: the error names the label
+    (it named a class id); a corpus of one label is refused before anything is fitted."""
+    from test_modeling import tone_batches
+
+    processor = tiny_processor(adapter="probe")
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    batches, groups = tone_batches(processor)  # 4 speakers, every label
+    only_one = processor([tone(0.8, 1800, seed=90 + i) for i in range(2)], labels=["angry"] * 2)
+    others = [processor([tone(0.8, 150 * (k + 1), seed=k) for k in range(3)], labels=["neutral", "happy", "sad"])
+              for _ in range(3)]
+    with pytest.raises(ValueError, match=r"every clip of \['angry'\] is in one fold's speakers"):
+        model.fit_probe([only_one, *others], [0.1, 1.0], groups=["a"] * 2 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3)
+    with pytest.raises(ValueError, match=r"it got none of \['angry'\]"):
+        model.adapter.fit(torch.randn(3, model.adapter.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
+    model.fit_probe(batches, [0.1, 1.0], groups=groups)  # every label in every fold's training speakers: fitted
+    with pytest.raises(ValueError, match="The data has one label \\(sad\\)"):
+        train.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])
