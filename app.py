@@ -68,13 +68,14 @@ def resolve_model(model: str | os.PathLike | None = None) -> str:
     return model
 
 
-def load_classifier(model: str | os.PathLike | None = None, device=None):
-    """The model's own audio-classification pipeline (its code comes from the model folder or Hub repo)."""
+def load_classifier(model: str | os.PathLike | None = None, device=None, **pipeline_kwargs):
+    """The model's own audio-classification pipeline (its code comes from the model folder or Hub repo); other
+    keyword arguments go to `pipeline()` (e.g. `detect_speech=False`)."""
     from transformers import pipeline
 
     name = resolve_model(model)
     try:
-        return pipeline("audio-classification", model=name, trust_remote_code=True, device=device)
+        return pipeline("audio-classification", model=name, trust_remote_code=True, device=device, **pipeline_kwargs)
     except OSError as error:  # a Hub id that is not there, or no network
         raise _missing_model(name, f"Could not load the model {name!r} ({error})") from error
 
@@ -155,7 +156,7 @@ def timeline_figure(result: dict, labels: list[str]) -> Figure:
         bottom += probabilities[:, column]
     if silent.any():
         ax.bar(left[silent], np.ones(silent.sum()), width=width[silent], align="edge", color="0.92",
-               edgecolor="0.6", hatch="//", linewidth=0.5, label="silence")
+               edgecolor="0.6", hatch="//", linewidth=0.5, label="no speech")
     span = cuts[-1] - cuts[0]
     for entry, x, w in zip(timeline, left, width):  # each window's best class above it, when there is room
         if entry["label"] is not None and w >= span / 60:
@@ -183,7 +184,11 @@ def classify(classifier, audio, transcript: str | None = None) -> Prediction:
     scores = {item["label"]: float(item["score"]) for item in result["scores"]}
     windows = result["timeline"]
     figure = timeline_figure(result, labels_of(classifier)) if len(windows) > 1 else None
-    summary = f"**{result['label']}** ({result['score']:.0%}) · {result['duration']:.1f} s"
+    if result["label"] is None:  # no window holds speech
+        summary = f"**no speech detected** · {result['duration']:.1f} s"
+    else:
+        summary = f"**{result['label']}** ({result['score']:.0%}) · {result['duration']:.1f} s"
+    summary += f" · {result['speech']:.1f} s of speech"
     if len(windows) > 1:
         silent = sum(entry["label"] is None for entry in windows)
         seconds = windows[0]["end"] - windows[0]["start"]

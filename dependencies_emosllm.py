@@ -37,12 +37,13 @@ DEPENDENCIES = {
     "soundfile": ("soundfile", "reading audio files"),
     # transformers checks every import of modeling_emosllm.py before it loads it, fit_probe's included
     "sklearn": ("scikit-learn", "the probe interface's fitting"),
+    "silero_vad": ("silero-vad", "speech detection (its safetensors weights)"),
     "torchcodec": ("torchcodec", "decoding audio formats libsndfile does not read (with FFmpeg)"),
     "packaging": ("packaging", "version checks"),
 }
 # What a saved (Hub) folder needs to load and run. requirements.txt declares the same (a test checks); the model card
 # that train.py writes lists them.
-HUB_MODULES = ("torch", "transformers", "peft", "numpy", "scipy", "soundfile", "sklearn")
+HUB_MODULES = ("torch", "transformers", "peft", "numpy", "scipy", "soundfile", "sklearn", "silero_vad")
 HUB_REQUIREMENTS = tuple(DEPENDENCIES[module][0] for module in HUB_MODULES)
 # Optional at inference: decodes what libsndfile cannot (WebM, M4A, ...), with FFmpeg's shared libraries.
 HUB_OPTIONAL_REQUIREMENTS = ("torchcodec",)

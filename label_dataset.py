@@ -13,7 +13,8 @@ column is used), or with `--dataset` a `datasets` dataset: a `save_to_disk` fold
 (`pipeline("audio-classification")`), `--batch_size` clips per forward pass, so that a batch is spread over files.
 
 Output: one JSON object per clip, in input order per process: `file` (the path relative to the folder or table, or
-the dataset's row index), `label`, `score`, `scores` (every class, best first), `duration` (seconds), and for
+the dataset's row index), `label`, `score`, `scores` (every class, best first; `label` None and no scores for a
+clip without speech), `duration` and `speech` (seconds), and for
 recordings longer than one window (`--segment_seconds`, default 10 s) the `timeline` of windows; a clip that cannot
 be classified gets `{"file", "error"}` instead and the others go on (exit status 1 if any failed, in this run or an
 earlier one it resumed).
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segment_seconds", type=float, default=10.0, help="window of long recordings; 0: whole")
     parser.add_argument("--device", default=None, help="default: this process's GPU if there is one, else cpu")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_speech_detection", action="store_true",
+                        help="classify every clip (default: a clip or window without speech gets no emotion)")
     args = parser.parse_args(argv)
     if bool(args.input) == bool(args.dataset):
         parser.error("give the data once: --input (a folder or table) or --dataset (a datasets dataset).")
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     classifier = pipeline("audio-classification", model=args.model, trust_remote_code=True, device=device)
-    call = {"top_k": None, "segment_seconds": args.segment_seconds or None, "return_timeline": True}
+    call = {"top_k": None, "segment_seconds": args.segment_seconds or None, "return_timeline": True,
+            "detect_speech": not args.no_speech_detection}
     from tqdm.auto import tqdm
 
     progress = tqdm(total=len(todo), disable=args.no_progress, desc=f"rank {rank}" if world > 1 else "clips",

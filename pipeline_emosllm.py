@@ -41,6 +41,7 @@ try:  # a saved folder is loaded as a package (relative import); `python -m pipe
         decode_audio,
         read_audio_file,
     )
+    from .vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
@@ -54,6 +55,7 @@ except ImportError:
         decode_audio,
         read_audio_file,
     )
+    from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import numpy as np
@@ -241,8 +243,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         segment_seconds=_UNSET,
         hop_seconds=_UNSET,
         return_timeline=None,
+        detect_speech=None,
     ):
         preprocess, postprocess = {}, {}
+        if detect_speech is not None:
+            preprocess["detect_speech"] = bool(detect_speech)
         num_labels = self.model.config.num_labels
         if top_k is not _UNSET:
             if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 1):
@@ -360,8 +365,13 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         segment_seconds=DEFAULT_SEGMENT_SECONDS,
         hop_seconds=None,
         index: int | None = None,
+        detect_speech: bool = True,
     ):
-        """Yields the windows of one input: checked 16 kHz samples, the prompt's text, and their place in the clip."""
+        """
+        Yields the windows of one input: checked 16 kHz samples, the prompt's text, their place in the clip, and the
+        seconds of speech in the window and in the clip (`vad_emosllm`; with `detect_speech=False`, all of it). A
+        window with less than `MIN_SPEECH_SECONDS` of speech, or digital silence, is not classified.
+        """
         name = "inputs" if index is None else f"inputs[{index}]"
         audio, rate, text, name = self._load(inputs, name)
         max_seconds = self.model.config.max_audio_seconds
@@ -405,11 +415,19 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             )
             self._warned_no_transcript = True
         weights = segment_weights(bounds)
+        mask = speech_mask(audio) if detect_speech else None
+        clip_speech = speech_seconds(mask) if detect_speech else len(audio) / SAMPLING_RATE
+        if clip_speech < MIN_SPEECH_SECONDS:
+            logger.warning(f"{name}: no speech detected ({clip_speech:.2f} s), so no emotion is given for it. Pass "
+                           "detect_speech=False to classify it anyway.")
         for i, ((start, end), weight) in enumerate(zip(bounds, weights)):
             window = audio[start:end]
+            speech = speech_seconds(mask, start, end) if detect_speech else (end - start) / SAMPLING_RATE
             yield {
                 "audio": window,
-                "silent": bool(np.abs(window).max() < SILENCE_PEAK),
+                "silent": bool(np.abs(window).max() < SILENCE_PEAK) or speech < MIN_SPEECH_SECONDS,
+                "speech": round(speech, 3),
+                "clip_speech": round(clip_speech, 3),
                 "transcript": transcript,
                 "text_features": text_features,
                 "start": start / SAMPLING_RATE,
@@ -468,18 +486,22 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 weight += output["weight"]
                 listed = ranked(scores)
                 best = {"label": listed[0]["label"], "score": listed[0]["score"], "scores": listed}
-            timeline.append({"start": round(output["start"], 3), "end": round(output["end"], 3), **best})
-        if len(model_outputs) == 1:  # classified whole: exactly the model's scores
+            timeline.append({"start": round(output["start"], 3), "end": round(output["end"], 3), **best,
+                             "speech": output["speech"]})
+        if weight == 0:  # no window holds speech: no emotion
+            clip = []
+        elif len(model_outputs) == 1:  # classified whole: exactly the model's scores
             clip = ranked(scores_of(model_outputs[0]["logits"]))
-        else:  # silent windows weigh nothing; a clip that passed the silence check has speech in some window
+        else:  # windows without speech weigh nothing
             clip = ranked((total / weight).float())
         if not return_timeline:
             return clip
         return {
-            "label": clip[0]["label"],
-            "score": clip[0]["score"],
+            "label": clip[0]["label"] if clip else None,
+            "score": clip[0]["score"] if clip else None,
             "scores": clip,
             "duration": round(model_outputs[0]["duration"], 3),
+            "speech": model_outputs[0]["clip_speech"],
             "timeline": timeline,
         }
 
@@ -567,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", action="store_true", help="table: print each window of long files too")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
+    parser.add_argument("--no_speech_detection", action="store_true",
+                        help="classify every file (default: a file or window without speech gets no emotion)")
     args = parser.parse_args(argv)
     if args.model is None:
         here = Path(__file__).resolve().parent
@@ -602,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: could not load --model {args.model!r}: {error}", file=sys.stderr)
         return 2
     call = {"top_k": args.top_k, "segment_seconds": args.segment_seconds or None, "hop_seconds": args.hop_seconds,
-            "return_timeline": True, "batch_size": args.batch_size}
+            "return_timeline": True, "batch_size": args.batch_size, "detect_speech": not args.no_speech_detection}
     failed = 0
     if args.format == "table":
         width = max(len(f) for f in args.files)
@@ -619,12 +643,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.format == "jsonl":
             print(json.dumps({"file": path, **result}), flush=True)
             continue
+        if result["label"] is None:
+            print(f"{path:<{width}}  {result['duration']:>8.2f}  {'(no speech)':<12}", flush=True)
+            continue
         print(f"{path:<{width}}  {result['duration']:>8.2f}  {result['label']:<12} {result['score']:>6.3f}  "
               f"{_format_scores(result['scores'])}", flush=True)
         if args.timeline and len(result["timeline"]) > 1:
             for entry in result["timeline"]:
                 span = f"{entry['start']:.1f}-{entry['end']:.1f} s"
-                label = entry["label"] or "(silence)"
+                label = entry["label"] or "(no speech)"
                 score = "" if entry["score"] is None else f"{entry['score']:>6.3f}"
                 print(f"{'':<{width}}  {span:>14}  {label:<12} {score}  {_format_scores(entry['scores'])}")
     return 1 if failed else 0

@@ -84,6 +84,18 @@ def tiny_processor(encoder: str = "whisper", adapter: str = "qpmapper", **config
     )
 
 
+def save_tiny_model(folder: Path):
+    """The tiny random EmoSLLM (seed 0) and its processor saved as a folder: `(processor, model)`, in eval mode."""
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return processor, model
+
+
 def tone(seconds: float, frequency: float, seed: int = 0, rate: int = 16000) -> np.ndarray:
     """A noisy sine tone: audio that differs by class without any real speech."""
     rng = np.random.default_rng(seed)

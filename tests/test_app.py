@@ -56,7 +56,7 @@ def demo_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def classifier(demo_files):
-    return import_app().load_classifier(demo_files["folder"], device="cpu")
+    return import_app().load_classifier(demo_files["folder"], device="cpu", detect_speech=False)  # tones
 
 
 def test_classify_gives_the_pipelines_probabilities_over_the_models_labels(classifier, demo_files):

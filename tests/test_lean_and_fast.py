@@ -36,10 +36,9 @@ def clips(count: int = 3) -> list:
     return [tone(0.8 + 0.45 * i, 200 * (i + 1), seed=i) for i in range(count)]
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    """A tiny EmoSLLM built from tiny backbones saved as folders (as Hub checkpoints would be)."""
-    root = tmp_path / "backbones"
+def build_tiny(root: Path) -> tuple[EmoSLLMProcessor, EmoSLLMForSpeechEmotionRecognition]:
+    """A tiny EmoSLLM built from tiny backbones saved as folders under `root` (as Hub checkpoints would be), its
+    backbones named by the Hub ids `TINY_IDS`, with what training leaves (`trained_like`)."""
     save_tiny_backbones(root)
     processor = EmoSLLMProcessor.from_backbones(
         str(root / "encoder"), str(root / "llm"), labels=LABELS, adapter_hidden_size=32, adapter_num_heads=2,
@@ -48,7 +47,13 @@ def tiny(tmp_path):
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"))
     trained_like(model, processor(clips()))
-    return processor, model.eval(), root
+    return processor, model.eval()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    processor, model = build_tiny(tmp_path / "backbones")
+    return processor, model, tmp_path / "backbones"
 
 
 def probabilities(model, processor, audios, transcripts) -> torch.Tensor:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import LABELS, tiny_processor, tone
+from conftest import LABELS, save_tiny_model, tone
 from scipy.signal import resample_poly
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
@@ -39,8 +39,9 @@ CHECK = textwrap.dedent(
     except ImportError:
         pass
     results = {}
-    clf = pipeline(model=folder, trust_remote_code=True)
-    named = pipeline("audio-classification", model=folder, trust_remote_code=True, top_k=2)
+    # Tones are not speech: the speech detector is off here (tests/test_fuzz.py tests it).
+    clf = pipeline(model=folder, trust_remote_code=True, detect_speech=False)
+    named = pipeline("audio-classification", model=folder, trust_remote_code=True, top_k=2, detect_speech=False)
     # The plumbing is checked exactly, in float32; the bf16 encoder's tolerance is tested in test_lean_and_fast.py.
     for loaded in (clf, named):
         loaded.model.audio_encoder.bf16_inference = False
@@ -175,11 +176,7 @@ def save_other_audio_classifier(folder) -> None:
 def saved(tmp_path_factory):
     """The tiny model saved once, copied elsewhere, with audio files and its direct (no pipeline) probabilities."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    processor = tiny_processor()
-    torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
-    model.save_pretrained(tmp / "saved")
-    processor.save_pretrained(tmp / "saved")
+    processor, model = save_tiny_model(tmp / "saved")
     folder = tmp / "elsewhere" / "emosllm-pipeline"
     shutil.copytree(tmp / "saved", folder)
     save_other_audio_classifier(tmp / "w2v")
@@ -402,7 +399,7 @@ def test_bad_input_raises_naming_it(results, case):
 def test_command_line_jsonl(saved, tmp_path):
     files = saved["files"]
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline_emosllm", "--model", str(saved["folder"]), files["wav"], files["flac"],
+        [sys.executable, "-m", "pipeline_emosllm", "--model", str(saved["folder"]), "--no_speech_detection", files["wav"], files["flac"],
          files["missing"], "--format", "jsonl", "--top_k", "2"],
         cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300,
     )
@@ -423,7 +420,8 @@ def test_command_line_table(saved, capsys, monkeypatch, tmp_path):
     long = tone(25.0, 200, seed=3)
     sf.write(tmp_path / "long.wav", long, 16000, subtype="PCM_16")
     code = pipeline_emosllm.main(
-        ["--model", str(saved["folder"]), saved["files"]["wav"], str(tmp_path / "long.wav"), "--timeline"]
+        ["--model", str(saved["folder"]), saved["files"]["wav"], str(tmp_path / "long.wav"), "--timeline",
+         "--no_speech_detection"]
     )
     out = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -450,7 +448,7 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
     processor = tiny_processor(use_transcript="auto")
     torch.manual_seed(0)
     classifier = EmoSLLMAudioClassificationPipeline(
-        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor)
+        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor, detect_speech=False)
     result = classifier(tone(25.0, 300), return_timeline=True)
     assert len(result["timeline"]) == 3 and heard == [10 * 16000] * 3  # each 10 s window, transcribed alone
     heard.clear()
@@ -459,7 +457,7 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
 
     processor = tiny_processor(use_transcript="given")
     classifier = EmoSLLMAudioClassificationPipeline(
-        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor)
+        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor, detect_speech=False)
     with caplog.at_level("WARNING"):
         classifier(tone(2.0, 300))
         classifier(tone(2.0, 400))
