@@ -192,19 +192,20 @@ def classify(classifier, audio, transcript: str | None = None) -> Prediction:
     if len(windows) > 1:
         silent = sum(entry["label"] is None for entry in windows)
         seconds = windows[0]["end"] - windows[0]["start"]
-        summary += f" · {len(windows)} windows of {seconds:g} s" + (f", {silent} silent" if silent else "")
+        summary += f" · {len(windows)} windows of {seconds:g} s" + (f", {silent} without speech" if silent else "")
     return Prediction(scores, figure, reported_transcript(result), summary, result)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The app
 # ----------------------------------------------------------------------------------------------------------------------
-def build_demo(model=None, device=None) -> gr.Blocks:
+def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks:
     """
     The Gradio app for `model`: a saved folder or Hub id (see `resolve_model`; None: `$EMOSLLM_MODEL` or
     outputs/emosllm), or an already built EmoSLLM pipeline.
     """
-    classifier = load_classifier(model, device) if model is None or isinstance(model, (str, os.PathLike)) else model
+    classifier = (load_classifier(model, device, detect_speech=detect_speech)
+                  if model is None or isinstance(model, (str, os.PathLike)) else model)
     labels = labels_of(classifier)
     reads_transcripts = getattr(classifier.model.config, "use_transcript", "none") != "none"
 
@@ -253,13 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None,
                         help=f"a saved EmoSLLM folder or Hub id (default: ${MODEL_ENV}, else {DEFAULT_MODEL})")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
+    parser.add_argument("--no_speech_detection", action="store_true",
+                        help="classify every recording (default: one without speech gets no emotion)")
     parser.add_argument("--server_name", default=None, help="address to serve on (default: $GRADIO_SERVER_NAME, "
                         "else 127.0.0.1)")
     parser.add_argument("--server_port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else the "
                         "first free one from 7860)")
     args = parser.parse_args(argv)
     try:
-        demo = build_demo(args.model, args.device)
+        demo = build_demo(args.model, args.device, detect_speech=not args.no_speech_detection)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -184,14 +184,16 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         hop_seconds (`float`, defaults to `segment_seconds`): the largest distance between window starts; smaller
             values make overlapping windows (a smoother timeline, more compute).
         return_timeline (`bool`, defaults to `False`): return a dict instead of the list (see below).
+        detect_speech (`bool`, defaults to `True`): classify only clips and windows in which the speech detector
+            (`vad_emosllm`) finds at least `MIN_SPEECH_SECONDS` of speech; `False` classifies everything.
 
     Returns, per input:
         - by default, as transformers' audio-classification pipeline: a list of `{"score": float, "label": str}`,
-          best first (`top_k` of them), for the whole clip;
-        - with `return_timeline=True`: `{"label", "score", "scores", "duration", "timeline"}` where `scores` is that
-          same list, `duration` the clip's length in seconds and `timeline` a list with one
-          `{"start", "end", "label", "score", "scores"}` per window (seconds; a silent window has `label` and `score`
-          `None` and empty `scores`).
+          best first (`top_k` of them), for the whole clip; an empty list for a clip without speech;
+        - with `return_timeline=True`: `{"label", "score", "scores", "duration", "speech", "timeline"}` where
+          `scores` is that same list, `duration` the clip's length and `speech` the seconds of speech in it, and
+          `timeline` a list with one `{"start", "end", "label", "score", "scores", "speech"}` per window (seconds; a
+          window without speech has `label` and `score` `None` and empty `scores`, as a clip without speech has).
 
     Bad input (missing file, damaged or truncated file, empty, silent, NaN or infinite samples, integer samples, a
     clip too long for `segment_seconds=None`) raises `FileNotFoundError` or `ValueError` naming the input (its index

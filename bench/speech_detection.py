@@ -10,6 +10,12 @@ hum with harmonics, a chord of three sines. A clip "holds speech" when at least 
 is detected as speech, as the pipeline decides. WebRTC VAD at aggressiveness 0-3, 30 ms frames. Prints each
 detector's share of speech clips found, of non-speech clips taken for speech per kind, and its time per second of
 audio (one thread).
+
+    python bench/speech_detection.py --model outputs/emosllm-ravdess --speakers 17-20
+
+With `--model` (a saved folder): its pipeline labels the clips of `--speakers` whole, with and without speech
+detection, side by side; prints UA of each (a clip given no emotion counts as wrong), the clips given none, and
+the pipeline's time per clip each way (batches of 8, one thread).
 """
 
 from __future__ import annotations
@@ -53,6 +59,29 @@ def webrtc_speech_seconds(vad, audio: np.ndarray) -> float:
     return voiced * 0.03
 
 
+def ua_with_and_without_detection(model: str, data_dir: Path, speakers: list[int]) -> None:
+    import pandas as pd
+    import soundfile as sf
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(1)
+    rows = pd.read_csv(data_dir / "manifest.csv")
+    rows = rows[rows["speaker"].str[-2:].astype(int).isin(speakers)]
+    audios = [{"array": sf.read(data_dir / p, dtype="float32")[0], "sampling_rate": 16000} for p in rows["path"]]
+    classifier = pipeline("audio-classification", model=model, trust_remote_code=True, device="cpu")
+    truth = list(rows["label"])
+    classifier(audios[:8], batch_size=8, top_k=1, segment_seconds=None)  # warm-up
+    for detect in (False, True):
+        started = time.perf_counter()
+        outputs = classifier(audios, batch_size=8, top_k=1, segment_seconds=None, detect_speech=detect)
+        seconds = time.perf_counter() - started
+        answers = [o[0]["label"] if o else None for o in outputs]
+        recalls = [np.mean([a == t for a, t in zip(answers, truth) if t == label]) for label in sorted(set(truth))]
+        print(f"| detect_speech={detect} | UA {np.mean(recalls):.4f} | clips given no emotion: "
+              f"{sum(a is None for a in answers)} of {len(answers)} | {1000 * seconds / len(audios):.0f} ms per clip |")
+
+
 def main(argv=None) -> None:
     import pandas as pd
     import soundfile as sf
@@ -63,7 +92,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "ravdess"))
     parser.add_argument("--per_kind", type=int, default=40)
+    parser.add_argument("--model", help="a saved EmoSLLM folder: its UA with and without speech detection instead")
+    parser.add_argument("--speakers", default="17-20", help="with --model: the actors whose clips it labels")
     args = parser.parse_args(argv)
+    if args.model:
+        first, _, last = args.speakers.partition("-")
+        return ua_with_and_without_detection(args.model, Path(args.data_dir),
+                                             list(range(int(first), int(last or first) + 1)))
     torch.set_num_threads(1)
     speech = [sf.read(Path(args.data_dir) / p, dtype="float32")[0]
               for p in pd.read_csv(Path(args.data_dir) / "manifest.csv")["path"]]

@@ -92,7 +92,7 @@ def test_long_recording_draws_the_timeline(classifier, demo_files):
     assert isinstance(prediction.timeline, Figure)
     ax = prediction.timeline.axes[0]
     assert ax.get_xlim() == pytest.approx((0.0, 35.0))
-    assert [text.get_text() for text in ax.get_legend().get_texts()] == [*LABELS, "silence"]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == [*LABELS, "no speech"]
     # One stacked bar per window and class, plus one for the silent window; each speech window's bars sum to 1.
     bars = [patch for container in ax.containers for patch in container]
     assert len(bars) == 4 * len(LABELS) + 1
@@ -100,7 +100,7 @@ def test_long_recording_draws_the_timeline(classifier, demo_files):
     for patch in bars[: 4 * len(LABELS)]:
         heights[round(patch.get_x(), 3)] = heights.get(round(patch.get_x(), 3), 0.0) + patch.get_height()
     assert sorted(heights.values()) == pytest.approx([0.0, 1.0, 1.0, 1.0], abs=1e-5)
-    assert "4 windows of 10 s, 1 silent" in prediction.summary
+    assert "4 windows of 10 s, 1 without speech" in prediction.summary
     buffer = io.BytesIO()
     prediction.timeline.savefig(buffer, format="png")  # renders without a display
     assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -204,7 +204,8 @@ def test_the_app_in_a_browser_shows_the_pipelines_label(classifier, demo_files, 
     with open(tmp / "server.log", "w+") as log:
         server = subprocess.Popen(
             [sys.executable, "app.py", "--model", str(demo_files["folder"]), "--server_name", "127.0.0.1",
-             "--server_port", str(port), "--device", "cpu"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--server_port", str(port), "--device", "cpu", "--no_speech_detection"],  # tones: not speech
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         driver = None
         try:
             url = f"http://127.0.0.1:{port}/"

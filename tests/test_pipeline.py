@@ -305,7 +305,9 @@ def check_timeline(result, duration, segment, hop):
         assert 0 < after["start"] - before["start"] <= hop + 1e-3  # starts at most a hop apart
     for entry in timeline:
         assert entry["end"] - entry["start"] == pytest.approx(segment, abs=1e-3)
-        assert list(entry) == ["start", "end", "label", "score", "scores"]
+        assert list(entry) == ["start", "end", "label", "score", "scores", "speech"]
+        # Speech detection is off here: a window's speech is its length (tests/test_fuzz.py: detection on).
+        assert entry["speech"] == pytest.approx(segment, abs=1e-3)
     assert len(timeline) == math.ceil((duration - segment) / hop) + 1
 
 
@@ -354,7 +356,8 @@ def test_short_clip_timeline_is_the_clip(results):
     result = results["timeline_short"]
     assert result["scores"] == results["forms"]["path"]
     assert result["timeline"] == [{"start": 0.0, "end": 2.0, "label": result["label"], "score": result["score"],
-                                   "scores": result["scores"]}]
+                                   "scores": result["scores"], "speech": 2.0}]
+    assert result["speech"] == 2.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
