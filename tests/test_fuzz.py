@@ -955,3 +955,20 @@ def test_the_speech_detector_is_silero_vad_loaded_from_safetensors():
     mask = vad_emosllm.speech_mask(real_speech())
     assert 4.0 < vad_emosllm.speech_seconds(mask) <= 10.0
     assert vad_emosllm.speech_seconds(vad_emosllm.speech_mask(np.zeros(16000, np.float32))) == 0.0
+
+
+def test_a_folder_saved_before_this_version_loads_and_answers_the_same(lean_folder, tmp_path):
+    """What the code before the record and the answer paths wrote: no emosllm_weights.json, no answer_end_token_id,
+    no probe_mix_weight in config.json. It loads (with a warning) and scores as the model that was saved."""
+    from test_lean_and_fast import clips
+
+    old = damaged_copy(lean_folder, tmp_path, lambda f: (f / "emosllm_weights.json").unlink())
+    config = json.loads((old / "config.json").read_text())
+    for key in ("answer_end_token_id", "probe_mix_weight"):
+        config.pop(key)
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="carries no record"):
+        loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(old, **lean_folder["ids"])
+    inputs = lean_folder["processor"](clips())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, lean_folder["model"](**inputs).logits, atol=1e-5, rtol=0)
