@@ -20,7 +20,8 @@ from integrity_emosllm import MANIFEST, check_saved_weights
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
-__all__ = ["check_checkpoint_matches", "check_resume_matches", "last_complete_checkpoint"]
+__all__ = ["check_checkpoint_matches", "check_resume_matches", "check_run_record", "last_complete_checkpoint",
+           "run_record"]
 
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -133,6 +134,66 @@ def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module) -> 
     if fields:
         logger.warning("--resume: %s was saved with other settings (checkpoint -> now): %s", checkpoint,
                        ", ".join(fields))
+
+
+# What a run was started with, kept beside its checkpoints: `--resume` with other data, another split or other flags
+# would go on training a model fitted to what it no longer trains on (the probe fitted on a speaker now held out).
+RUN_RECORD = "run.json"
+# The TrainingArguments that shape what trains (the rest, such as logging or the output folder, do not).
+TRAINING_FLAGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                  "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay", "bf16",
+                  "world_size")
+# DataArguments that do not change what trains.
+UNRECORDED_DATA_FLAGS = ("resume", "encoder_cache_dir", "skip_bad_clips", "min_clips_per_label", "license")
+
+
+def run_record(model_args, data_args, training_args, splits: dict) -> dict:
+    """
+    `{"data": {split: SHA-256 of its (file, label, speaker) rows}, "split": {split: its speakers (or groups)},
+    "flags": {flag: value}}` of a run about to train: what `check_run_record` compares on `--resume`.
+    """
+    import dataclasses
+    import hashlib
+
+    import datasets
+
+    unit = data_args.group_column or "speaker"
+    record = {"data": {}, "split": {}, "flags": {}}
+    for name, split in splits.items():
+        audio = split.cast_column("audio", datasets.Audio(decode=False))["audio"]
+        rows = [[a.get("path") or hashlib.sha256(a.get("bytes") or b"").hexdigest(), str(label), str(speaker)]
+                for a, label, speaker in zip(audio, split["label"], split[unit] if unit in split.column_names
+                                             else [""] * len(split))]
+        record["data"][name] = hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()
+        record["split"][name] = sorted({row[2] for row in rows})
+    flags = {**dataclasses.asdict(model_args),
+             **{k: v for k, v in dataclasses.asdict(data_args).items() if k not in UNRECORDED_DATA_FLAGS}}
+    flags.update({k: str(getattr(training_args, k)) for k in TRAINING_FLAGS})
+    record["flags"] = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in flags.items()}
+    return record
+
+
+def check_run_record(folder: Path, record: dict, resume: bool, write: bool) -> None:
+    """
+    On `--resume`, the run in `folder` must have been started with `record`'s data, split and flags (a `ValueError`
+    names each difference); a new run (or one without a record) writes it there (`write`: the first process only).
+    """
+    path = folder / RUN_RECORD
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        differences = [f"{section} {key}: {saved.get(section, {}).get(key)!r} -> {record[section].get(key)!r}"
+                       for section in record for key in sorted(set(saved.get(section, {})) | set(record[section]))
+                       if saved.get(section, {}).get(key) != record[section].get(key)]
+        if differences:
+            raise ValueError(
+                f"--resume: the run in {folder} was started with other data, another split or other flags "
+                f"({'; '.join(differences[:6])}). Resume with the data and flags it was started with, or train "
+                "anew into another --output_dir."
+            )
+        return
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
 
 
 def check_resume_matches(model: torch.nn.Module, output_dir: Path) -> None:

@@ -55,7 +55,13 @@ from modeling_emosllm import (
     EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
 )
 from processing_emosllm import EmoSLLMProcessor, decode_audio, prepare_clip, read_audio_file
-from resume_emosllm import check_resume_matches, checkpoint_problem, last_complete_checkpoint
+from resume_emosllm import (
+    check_resume_matches,
+    check_run_record,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    run_record,
+)
 from smoke_corpus_emosllm import make_smoke_corpus
 
 logger = logging.getLogger("emosllm.train")
@@ -908,6 +914,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     model, processor = build_model(model_args, labels)
     if data_args.resume:
         check_resume_matches(model, output_dir)
+    check_run_record(output_dir / "checkpoints", run_record(model_args, data_args, training_args, splits),
+                     data_args.resume, write=training_args.process_index == 0)
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):

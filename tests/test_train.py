@@ -126,6 +126,25 @@ def test_killed_run_resumes_from_last_checkpoint_and_ends_the_same(tiny_setup, t
     assert resumed_report["ua"] == pytest.approx(straight_report["ua"])
 
 
+def test_resume_refuses_other_data_another_split_or_other_flags(tiny_setup, tmp_path):
+    """A run resumed with what it was not started with stops before training, naming each difference."""
+    output = tmp_path / "out"
+    steps = ["--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"]
+    run(train_command(tiny_setup, output, *steps), tmp_path)
+    assert (output / "checkpoints" / "run.json").is_file()
+    for changed, named in (
+        (["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "3", "--eval_speakers", "4"],
+         "split test: ['spk04'] -> ['spk03']"),
+        (None, "flags learning_rate: '0.003' -> '0.001'"),
+    ):
+        extra = [*steps, "--resume", "true"] + ([] if changed else ["--learning_rate", "1e-3"])
+        result = subprocess.run(train_command(tiny_setup, output, *extra, data=changed), cwd=tmp_path,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode != 0 and "--resume: the run in" in result.stderr, result.stderr[-2000:]
+        assert named in result.stderr, result.stderr[-2000:]
+    run(train_command(tiny_setup, output, *steps, "--resume", "true"), tmp_path)  # the same: it resumes
+
+
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     sys.path.insert(0, str(REPO))
     from resume_emosllm import last_complete_checkpoint
