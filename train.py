@@ -914,9 +914,9 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     model, processor = build_model(model_args, labels)
     if data_args.resume:
         check_resume_matches(model, output_dir)
+    clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     check_run_record(output_dir / "checkpoints", run_record(model_args, data_args, training_args, splits),
                      data_args.resume, write=training_args.process_index == 0)
-    clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
         attach_transcripts(clips["train"], processor)
