@@ -417,8 +417,16 @@ class EmoSLLMStatisticsProbe(nn.Module):
         return self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.embed_class_scores(self.class_scores(frames.float(), frame_mask))
-        return embeddings, frame_mask.new_ones(embeddings.shape[:2])
+        return self.embed_with_scores(frames, frame_mask)[:2]
+
+    def embed_with_scores(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s soft emotion word `(batch, 1, llm_hidden)` and mask `(batch, 1)`, and the probe's scores
+        `(batch, num_labels)` it was made from."""
+        scores = self.class_scores(frames.float(), frame_mask)
+        embeddings = self.embed_class_scores(scores)
+        return embeddings, frame_mask.new_ones(embeddings.shape[:2]), scores
 
     @classmethod
     def fit_standardization(cls, x: np.ndarray):
@@ -1023,9 +1031,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             return self.adapter(frames, frame_mask)
         if self.config.adapter_type != "probe":
             return *self.adapter(frames, frame_mask), None
-        scores = self.adapter.class_scores(frames.float(), frame_mask)
-        embeddings = self.adapter.embed_class_scores(scores)
-        return embeddings, frame_mask.new_ones(embeddings.shape[:2]), scores
+        return self.adapter.embed_with_scores(frames, frame_mask)
 
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
@@ -1465,26 +1471,29 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         elif len(cs) > 1:
             raise ValueError("Several C values need validation_batches or groups of at least 2 speakers to choose "
                              "between them.")
+        def winning_edge() -> float | None:
+            """The best C tried when it is the smallest or largest and beats its neighbour (not on a plateau)."""
+            tried = sorted(selection)
+            best = max(tried, key=lambda c: (selection[c], -c))
+            inward = tried[1] if best == tried[0] else tried[-2] if best == tried[-1] else None
+            return best if inward is not None and selection[best] > selection[inward] else None
+
         if len(cs) > 1:
             for c in cs:
                 select(c)
             step = min(min(b / a for a, b in zip(cs, cs[1:])), 10.0)
             for _ in range(self.MAX_C_GRID_EXTENSIONS):
-                tried = sorted(selection)
-                best = max(tried, key=lambda c: (selection[c], -c))
-                inward = tried[1] if best == tried[0] else tried[-2] if best == tried[-1] else None
-                if inward is None or selection[best] <= selection[inward]:  # inside the grid, or on a plateau
+                edge = winning_edge()
+                if edge is None:
                     break
-                beyond = best / step if best == tried[0] else best * step
+                beyond = edge / step if edge == min(selection) else edge * step
                 logger.warning("The probe's best C (%g) is at the edge of the grid tried (%s); trying C=%g as well.",
-                               best, ", ".join(f"{c:g}" for c in sorted(selection)), beyond)
+                               edge, ", ".join(f"{c:g}" for c in sorted(selection)), beyond)
                 select(beyond)
+            if winning_edge() is not None:
+                logger.warning("The probe's C is still at the edge of the grid tried (C=%g of %s).", winning_edge(),
+                               ", ".join(f"{c:g}" for c in sorted(selection)))
         best = max(selection or cs, key=lambda c: (selection.get(c, 0.0), -c))  # ties: the stronger regularization
-        tried = sorted(selection)
-        if len(tried) > 1 and best in (tried[0], tried[-1]) and \
-                selection[best] > selection[tried[1] if best == tried[0] else tried[-2]]:
-            logger.warning("The probe's C is still at the edge of the grid tried (C=%g of %s).", best,
-                           ", ".join(f"{c:g}" for c in sorted(selection)))
         if splits and best not in out_of_fold:
             out_of_fold[best] = cross_fitted(best)[1]
         self.adapter.fit(x, y, best)
