@@ -48,15 +48,20 @@ class Clip:
         self.key, self.source, self.transcript = key, source, transcript
 
     def pipeline_input(self):
-        """A path, or a `datasets` audio value; with its transcript as the pipeline's dict input where there is one."""
+        """A path, or a `datasets` audio value (a torchcodec decoder or `{"array", "sampling_rate"}`); with a
+        transcript, the pipeline's dict input of its samples and the transcript."""
         if self.transcript is None:
             return self.source
         if isinstance(self.source, str):
             from processing_emosllm import read_audio_file
 
             samples, rate = read_audio_file(self.source, self.key)
-            return {"array": samples, "sampling_rate": rate, "transcript": self.transcript}
-        return self.source  # a decoded dataset value carries no transcript of its own
+        elif hasattr(self.source, "get_all_samples"):  # what datasets' Audio column gives
+            decoded = self.source.get_all_samples()
+            samples, rate = decoded.data, int(decoded.sample_rate)
+        else:
+            samples, rate = self.source["array"], self.source["sampling_rate"]
+        return {"array": samples, "sampling_rate": rate, "transcript": self.transcript}
 
 
 def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
