@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,8 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     Otherwise the corpus is recognised from its file names (RAVDESS, CREMA-D, TESS or EmoDB, any
     folder depth; only ``.wav``/``.flac`` files are considered). Any other folder (an ``audiofolder``
     with label subfolders, a CSV/JSON table of audio paths, a ``save_to_disk`` folder) is read by
-    :func:`load_source` through ``datasets``.
+    :func:`load_source` through ``datasets``; label subfolders (:func:`label_subfolders`) win over corpus-style
+    file names, and a label column over the names' labels (a disagreement is logged with a count).
 
     Args:
         data_dir: the corpus folder.
@@ -98,11 +100,14 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     if not root.is_dir():
         raise ValueError(f"corpus folder {str(root)!r} does not exist; pass the folder that holds the audio")
     manifest = root / MANIFEST_NAME
-    if not manifest.is_file() and source_kind(root) != "corpus":
+    if not manifest.is_file() and source_kind(root, labels) != "corpus":
         return load_source(root, labels=labels, hub=False)
     clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root)
     labels = normalize_labels(labels)
     validate_clips(clips, labels)
+    if manifest.is_file():
+        report_name_disagreement([clip.path for clip in clips], [clip.label for clip in clips],
+                                 f"{manifest}", "manifest's label column")
     check_label_typos([clip.label for clip in clips], labels)
     return clips_to_dataset(clips)
 
@@ -301,31 +306,105 @@ CORPUS_PARSERS: dict[str, Callable[[str], Optional[ParsedName]]] = {
 }
 
 
+def corpus_of_names(stems: Sequence[str]) -> tuple[Optional[str], list[Optional[ParsedName]]]:
+    """The known corpus whose naming most of the file names (stems) follow, and each stem parsed by its parser (None
+    where it does not fit); ``(None, [None, ...])`` when no stem follows any."""
+    parsed = {name: [parser(stem) for stem in stems] for name, parser in CORPUS_PARSERS.items()}
+    corpus = max(parsed, key=lambda name: sum(p is not None for p in parsed[name]))
+    if not any(p is not None for p in parsed[corpus]):
+        return None, [None] * len(stems)
+    return corpus, parsed[corpus]
+
+
 def parse_corpus_folder(root: Path) -> list[ClipInfo]:
     """Recognise the corpus of a folder without manifest by its file names; every audio file must fit."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    files = audio_files(root)
     if not files:
         raise ValueError(f"{root}: no {MANIFEST_NAME} and no {'/'.join(AUDIO_EXTENSIONS)} files; "
                          f"write a {MANIFEST_NAME} with columns path,label[,speaker,transcript]")
-    matches = {name: sum(parser(f.stem) is not None for f in files) for name, parser in CORPUS_PARSERS.items()}
-    corpus = max(matches, key=matches.get)
-    parser = CORPUS_PARSERS[corpus]
-    misfits = [f for f in files if parser(f.stem) is None]
-    if matches[corpus] == 0:
+    corpus, parsed = corpus_of_names([f.stem for f in files])
+    if corpus is None:
         raise ValueError(f"{root}: no {MANIFEST_NAME}, and the file names (e.g. {files[0].name!r}) follow none of "
                          f"the known corpora {list(CORPUS_PARSERS)}; write a {MANIFEST_NAME} with columns "
                          f"path,label[,speaker,transcript]")
+    misfits = [f for f, p in zip(files, parsed) if p is None]
     if misfits:
         shown = ", ".join(repr(str(f.relative_to(root))) for f in misfits[:MAX_REPORTED_PROBLEMS])
-        raise ValueError(f"{root}: looks like {corpus} ({matches[corpus]} of {len(files)} files fit its naming), but "
-                         f"{len(misfits)} file(s) do not: {shown}; remove them or write a {MANIFEST_NAME}")
+        raise ValueError(f"{root}: looks like {corpus} ({len(files) - len(misfits)} of {len(files)} files fit its "
+                         f"naming), but {len(misfits)} file(s) do not: {shown}; remove them or write a {MANIFEST_NAME}")
+    folders = sorted({f.parent.name for f in files if f.parent != root})
+    if folders:
+        logger.info("%s: read as %s by its file names (labels, speakers and sentences from the names); its subfolders "
+                    "(%s) are not label names, so they are not read as labels. Subfolders named after the labels "
+                    "(happy/, sad/, ... or the --labels) would be.", root, corpus,
+                    ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else ""))
     clips = []
-    for file in files:
-        label, speaker, transcript, extras = parser(file.stem)
+    for file, (label, speaker, transcript, extras) in zip(files, parsed):
         relative = file.relative_to(root).as_posix()
         clips.append(ClipInfo(where=f"file {relative!r}", path=relative, file=file, label=label,
                               speaker=speaker, transcript=transcript, extras=extras))
     return clips
+
+
+def audio_files(root: Path) -> list[Path]:
+    """The ``.wav``/``.flac`` files under `root` at any depth, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+
+
+# Subfolder names read as labels without --labels: every label the corpus parsers give, and other common emotion words.
+EMOTION_WORDS = frozenset(
+    {*RAVDESS_EMOTIONS.values(), *CREMAD_EMOTIONS.values(), *TESS_EMOTIONS, *TESS_EMOTIONS.values(),
+     *EMODB_EMOTIONS.values(), "anger", "fear", "happiness", "joy", "sadness", "surprise", "disgusted", "boredom",
+     "contempt", "excited", "excitement", "frustrated", "frustration", "amused", "amusement", "anxious", "anxiety"}
+)
+
+
+def label_subfolders(root: Path, files: Sequence[Path], labels: Optional[Sequence[str]] = None) -> list[str]:
+    """
+    The label subfolders of `root`, when the audio files are laid out as an audiofolder with labels: every file sits
+    in a subfolder (all at one depth, as ``datasets``' audiofolder needs to read labels from them), at least two
+    distinct ones, and every subfolder's name (normalized) is one of `labels` (``--labels``) or, without them, an
+    emotion word (:data:`EMOTION_WORDS`). Else ``[]``: RAVDESS's own ``Actor_01/`` folders are not labels.
+    """
+    if not files or any(f.parent == root for f in files):
+        return []
+    if len({len(f.relative_to(root).parts) for f in files}) != 1:
+        return []
+    names = sorted({f.parent.name for f in files})
+    known = set(normalize_labels(labels)) if labels is not None else EMOTION_WORDS
+    if len(names) < 2 or any(normalize_label(name) not in known for name in names):
+        return []
+    return names
+
+
+def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Optional[str]], source: str,
+                             layout: str) -> int:
+    """
+    Where the files carry corpus-style names (RAVDESS, CREMA-D, TESS, EmoDB) and the user's `layout` (label
+    subfolders, a label column) gives them labels, the layout wins; the files whose name says another label are
+    counted and logged as a warning with the commonest disagreements and an example. Returns the count.
+    """
+    stems = [Path(str(path)).stem if path else "" for path in paths]
+    corpus, parsed = corpus_of_names(stems)
+    if corpus is None:
+        return 0
+    pairs: Counter = Counter()
+    example = None
+    for path, label, name in zip(paths, labels, parsed):
+        if name is not None and label is not None and normalize_label(label) != name[0]:
+            pairs[(normalize_label(label), name[0])] += 1
+            example = example or (path, normalize_label(label), name[0])
+    count = sum(pairs.values())
+    if count:
+        commonest = ", ".join(f"{given!r} where the name says {named!r}: {n}" for (given, named), n in
+                              pairs.most_common(3))
+        logger.warning(
+            "%s: %d of %d files have a label from the %s that differs from the one their %s file name gives (%s%s; "
+            "e.g. %r: %r, the name %r). The labels from the %s are kept; if the file names are right, fix the %s.",
+            source, count, len(paths), layout, corpus, commonest, ", ..." if len(pairs) > 3 else "", example[0],
+            example[1], example[2], layout, layout,
+        )
+    return count
 
 
 def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
@@ -509,13 +588,14 @@ def has_dataset_card(folder: Path) -> bool:
     return any(line.startswith(("configs:", "dataset_info:")) for line in header.splitlines())
 
 
-def source_kind(path: Path) -> str:
+def source_kind(path: Path, labels: Optional[Sequence[str]] = None) -> str:
     """
     How :func:`load_source` reads a local path, checked in this order: ``saved`` (a ``save_to_disk`` folder),
     ``corpus`` (a ``manifest.csv``), ``folder`` (audiofolder's ``metadata.*``, or a Hub dataset's clone with its
-    README.md configs), ``table`` (a CSV/JSON file, or a folder with such files at its top), ``corpus``
-    (RAVDESS/CREMA-D/TESS/EmoDB file names), else ``folder`` (anything ``datasets.load_dataset`` reads from a
-    folder: label subfolders, parquet files, ...).
+    README.md configs), ``table`` (a CSV/JSON file, or a folder with such files at its top), ``folder`` (audio in
+    label subfolders, :func:`label_subfolders`, whose names are emotion words or `labels`: the layout wins over the
+    file names), ``corpus`` (RAVDESS/CREMA-D/TESS/EmoDB file names), else ``folder`` (anything
+    ``datasets.load_dataset`` reads from a folder: parquet files, ...).
     """
     if path.is_file():
         return "table"
@@ -527,9 +607,11 @@ def source_kind(path: Path) -> str:
         return "folder"
     if table_files(path):
         return "table"
-    for file in path.rglob("*"):
-        if file.suffix.lower() in AUDIO_EXTENSIONS and any(parse(file.stem) for parse in CORPUS_PARSERS.values()):
-            return "corpus"
+    files = audio_files(path)
+    if label_subfolders(path, files, labels):
+        return "folder"
+    if any(parse(file.stem) for file in files for parse in CORPUS_PARSERS.values()):
+        return "corpus"
     return "folder"
 
 
@@ -569,7 +651,7 @@ def load_source(
     name = str(source)
     path = Path(source).expanduser()
     if path.exists():
-        kind = source_kind(path)
+        kind = source_kind(path, labels)
     elif hub and _HUB_ID.fullmatch(name):
         kind = "hub"
     else:
@@ -597,9 +679,52 @@ def load_source(
         ) from error
     if isinstance(dataset, datasets.DatasetDict):  # load_dataset(split=...) returns one split; kept for safety
         dataset = _pick_splits(dataset, split, name)
-    dataset = standardize_columns(dataset, f"{name} ({split})" if kind != "table" else name, audio_column,
-                                  label_column, transcript_column, speaker_column, base_dir)
+    where = f"{name} ({split})" if kind != "table" else name
+    dataset = standardize_columns(dataset, where, audio_column, label_column, transcript_column, speaker_column,
+                                  base_dir)
+    if kind == "table":
+        dataset = read_file_names(dataset, where, f"label column {label_column!r}")
+    elif kind == "folder" and not has_dataset_card(path):
+        metadata = [n for n in FOLDER_METADATA_NAMES if (path / n).is_file()]
+        dataset = read_file_names(dataset, where, f"{metadata[0]}'s label column" if metadata else "label subfolders")
     return check_dataset_labels(dataset, labels)
+
+
+def read_file_names(dataset: datasets.Dataset, name: str, layout: str) -> datasets.Dataset:
+    """
+    A local dataset whose labels came from the user's `layout` (label subfolders, a label column), beside file names
+    that follow a known corpus's naming: the layout's labels are kept and every file whose name says another label
+    is counted (:func:`report_name_disagreement`). Where the data has no speaker ids and every file name follows the
+    corpus's naming, speakers (and, where no clip has a transcript, the corpus's sentences and its other columns)
+    come from the names, logged. Reads the audio column's paths; no audio is decoded.
+    """
+    sources = dataset.cast_column("audio", datasets.Audio(decode=False))["audio"]
+    paths = [(source or {}).get("path") for source in sources]
+    report_name_disagreement(paths, dataset["label"], name, layout)
+    corpus, parsed = corpus_of_names([Path(str(path)).stem if path else "" for path in paths])
+    if corpus is None or has_speaker_ids(dataset) is not False:
+        return dataset
+    fits = sum(p is not None for p in parsed)
+    if fits < len(parsed):
+        logger.info("%s: no speaker ids, and only %d of %d file names follow %s's naming, so speakers are not read "
+                    "from them; give a speaker column for a speaker-independent split.", name, fits, len(parsed),
+                    corpus)
+        return dataset
+    columns = {"speaker": [p[1] for p in parsed]}
+    if all(t is None for t in dataset["transcript"]):
+        columns["transcript"] = [p[2] for p in parsed]
+    for extra in parsed[0][3]:
+        if extra not in dataset.column_names:
+            columns[extra] = [p[3].get(extra) for p in parsed]
+    logger.info("%s: labels from the %s; speakers%s from the %s file names, which every file follows.", name, layout,
+                f" and {', '.join(c for c in columns if c != 'speaker')}" if len(columns) > 1 else "", corpus)
+    for column, values in columns.items():
+        if column in dataset.column_names:
+            dataset = dataset.remove_columns(column)
+        feature = datasets.Value("string") if column in ("speaker", "transcript") else None
+        dataset = dataset.add_column(column, values, feature=feature)
+    front = ["audio", "label", "speaker", "transcript"]
+    return dataset.select_columns(front + [c for c in dataset.column_names if c not in front])
 
 
 def _pick_splits(splits: datasets.DatasetDict, split: str, name: str) -> datasets.Dataset:

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -972,3 +973,101 @@ def test_a_folder_saved_before_this_version_loads_and_answers_the_same(lean_fold
     inputs = lean_folder["processor"](clips())
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, lean_folder["model"](**inputs).logits, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Your data, read as you laid it out (issue #39): the layout wins over corpus-style file names
+# ----------------------------------------------------------------------------------------------------------------------
+def ravdess_name(emotion: str, actor: int, statement: int = 1) -> str:
+    code = {v: k for k, v in data_emosllm.RAVDESS_EMOTIONS.items()}[emotion]
+    return f"03-01-{code}-01-0{statement}-01-{actor:02d}.wav"
+
+
+def write_clip(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(0.3, 300, seed=seed), 16000)
+    return path
+
+
+@pytest.fixture
+def datasets_cache(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # read at call time
+
+
+def rows_by_file(dataset) -> dict[str, dict]:
+    """Rows keyed by their audio file's name (no audio decoded)."""
+    import datasets
+
+    plain = dataset.cast_column("audio", datasets.Audio(decode=False))
+    return {Path(row["audio"]["path"]).name: {k: v for k, v in row.items() if k != "audio"} for row in plain}
+
+
+def test_an_audiofolder_of_ravdess_named_files_takes_its_labels_from_the_subfolders(tmp_path, datasets_cache, caplog):
+    """A file moved into happy/ is happy (its name says angry); speakers still come from the names; the
+    disagreement is counted; the loader and train.py's load_data agree."""
+    folder = tmp_path / "af"
+    for actor in (1, 2):
+        for emotion in ("happy", "sad", "angry"):
+            write_clip(folder / emotion / ravdess_name(emotion, actor), seed=actor)
+    moved = ravdess_name("angry", 3)
+    write_clip(folder / "happy" / moved, seed=3)
+    assert data_emosllm.source_kind(folder) == "folder"
+    with caplog.at_level(logging.INFO, logger="emosllm.data"):
+        dataset = data_emosllm.load_source(folder, hub=False)
+    rows = rows_by_file(dataset)
+    assert rows[moved]["label"] == "happy"
+    assert rows[moved]["speaker"] == "ravdess_03" and rows[ravdess_name("sad", 1)]["speaker"] == "ravdess_01"
+    assert rows[moved]["transcript"] == "Kids are talking by the door" and rows[moved]["gender"] == "male"
+    assert sorted(set(dataset["label"])) == ["angry", "happy", "sad"]
+    assert re.search(r"1 of 7 files have a label from the label subfolders that differs from the one their RAVDESS "
+                     rf"file name gives \('happy' where the name says 'angry': 1; e\.g\. '.*{moved}'", caplog.text)
+    assert "speakers and transcript, gender, intensity, repetition from the RAVDESS file names" in caplog.text
+    corpus = data_emosllm.load_corpus(folder)  # load_corpus (train.py's smoke path) reads the same layout
+    assert rows_by_file(corpus)[moved]["label"] == "happy"
+
+
+def test_folder_names_that_are_not_emotion_words_are_labels_when_the_label_set_names_them(tmp_path, datasets_cache):
+    folder = tmp_path / "af"
+    for i, group in enumerate(("positive", "negative")):
+        write_clip(folder / group / ravdess_name("angry" if i else "happy", 1 + i))
+    assert data_emosllm.source_kind(folder) == "corpus"  # not emotion words: the names' labels, as before
+    assert data_emosllm.source_kind(folder, ["positive", "negative"]) == "folder"
+    dataset = data_emosllm.load_source(folder, labels=["positive", "negative"], hub=False)
+    assert sorted(dataset["label"]) == ["negative", "positive"]
+
+
+def test_ravdess_in_its_own_actor_folders_still_reads_by_file_name(tmp_path, caplog):
+    for actor in (1, 2):
+        for emotion in ("happy", "sad"):
+            write_clip(tmp_path / "rav" / f"Actor_{actor:02d}" / ravdess_name(emotion, actor))
+    assert data_emosllm.source_kind(tmp_path / "rav") == "corpus"
+    with caplog.at_level(logging.INFO, logger="emosllm.data"):
+        dataset = data_emosllm.load_corpus(tmp_path / "rav")
+    assert dataset["label"] == ["happy", "sad", "happy", "sad"]
+    assert dataset["speaker"] == ["ravdess_01"] * 2 + ["ravdess_02"] * 2
+    assert "read as RAVDESS by its file names" in caplog.text
+    assert "(Actor_01, Actor_02) are not label names" in caplog.text
+    assert "differs from the one" not in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["manifest", "metadata", "table"])
+def test_a_label_column_wins_over_file_names_and_the_disagreement_is_counted(tmp_path, datasets_cache, caplog, layout):
+    folder = tmp_path / "data"
+    names = [ravdess_name(e, a) for a in (1, 2) for e in ("happy", "sad")]
+    for i, name in enumerate(names):
+        write_clip(folder / name, seed=i)
+    labels = ["sad", "happy", "happy", "sad"]  # the first two disagree with their names
+    column = {"manifest": "path", "metadata": "file_name", "table": "path"}[layout]
+    table = {"manifest": "manifest.csv", "metadata": "metadata.csv", "table": "clips.csv"}[layout]
+    lines = [f"{column},label,speaker"] + [f"{n},{lab},spk{i % 2}" for i, (n, lab) in enumerate(zip(names, labels))]
+    (folder / table).write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="emosllm.data"):
+        dataset = data_emosllm.load_source(folder, hub=False)
+    rows = rows_by_file(dataset)
+    assert [rows[n]["label"] for n in names] == labels
+    assert [rows[n]["speaker"] for n in names] == ["spk0", "spk1"] * 2  # the given speakers, not the names'
+    assert "2 of 4 files have a label from the" in caplog.text
+    assert "'sad' where the name says 'happy': 1" in caplog.text
+    assert "'happy' where the name says 'sad': 1" in caplog.text
