@@ -178,8 +178,14 @@ class DataArguments:
                   "card; RAVDESS, CREMA-D and TESS are recognised. Non-commercial, no-derivatives or share-alike "
                   "terms become the model's licence too."},
     )
-    test_speakers: str | None = field(default=None, metadata={"help": "e.g. '17-20'; default: the last 20%%."})
-    eval_speakers: str | None = field(default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before."})
+    test_speakers: str | None = field(
+        default=None,
+        metadata={"help": "e.g. '17-20'; default: the last 20%% of speakers, or, where those lack a label, speakers "
+                  "chosen to hold every label (stratified by label, grouped by speaker; logged)."},
+    )
+    eval_speakers: str | None = field(
+        default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before, or chosen with the test speakers."}
+    )
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
     speed_perturbation: str = field(
         default="0.9",
@@ -330,21 +336,107 @@ def make_splits(dataset, args: DataArguments, seed: int) -> list:
         return [split_by_clips(dataset, seed=seed)]
     test, validation = args.test_speakers, args.eval_speakers
     if test is None:
-        test, default_validation = default_speaker_split(dataset, unit)
+        test, default_validation = default_speaker_split(dataset, unit, seed)
         validation = validation or default_validation
     return [split_by_speakers(dataset, test, validation, unit)]
 
 
-def default_speaker_split(dataset, column: str = "speaker") -> tuple[list[str], list[str]]:
-    """Last 20% of speakers (at least one) for test, the 10% before (at least one) for validation."""
-    speakers = sorted(set(speaker_ids(dataset, column)), key=speaker_sort_key)
-    if len(speakers) < 3:
+# The default split's shares of speakers: the last 20% for test, the 10% before for validation.
+TEST_SHARE, VALIDATION_SHARE = 0.2, 0.1
+# Shuffles of scikit-learn's StratifiedGroupKFold tried when that split leaves a label out of test or validation.
+SPLIT_SEARCH_SHUFFLES = 10
+
+
+def default_speaker_split(dataset, column: str = "speaker", seed: int = 0) -> tuple[list[str], list[str]]:
+    """
+    Test and validation speakers (or values of `column`) when none are named: the last 20% of speakers in natural
+    order (at least one) for test and the 10% before (at least one) for validation, as long as both hold every
+    label of the data. Where they do not (speakers who each show mostly one emotion), `speakers_covering_labels`
+    chooses them instead, stratified by label and grouped by speaker (logged); where no choice puts every label in
+    test and validation while training keeps every label, a warning names the missing labels.
+    """
+    speakers = speaker_ids(dataset, column)
+    unique = sorted(set(speakers), key=speaker_sort_key)
+    if len(unique) < 3:
         what = "Speaker-independent splits need at least 3 speakers" if column == "speaker" else \
             f"Splits by {column!r} need at least 3 values of it"
-        raise ValueError(f"{what}; the data has {speakers}.")
-    num_test = max(1, round(0.2 * len(speakers)))
-    num_eval = max(1, round(0.1 * len(speakers)))
-    return speakers[-num_test:], speakers[-num_test - num_eval:-num_test]
+        raise ValueError(f"{what}; the data has {unique}.")
+    num_test = max(1, round(TEST_SHARE * len(unique)))
+    num_eval = max(1, round(VALIDATION_SHARE * len(unique)))
+    test, validation = unique[-num_test:], unique[-num_test - num_eval:-num_test]
+    labels = [str(label) for label in dataset["label"]]
+    every = set(labels)
+    labels_of: dict[str, set[str]] = {}
+    for speaker, label in zip(speakers, labels):
+        labels_of.setdefault(speaker, set()).add(label)
+
+    def missing(group: Sequence[str]) -> list[str]:
+        return sorted(every - set().union(*(labels_of[s] for s in group)))
+
+    left_out = {name: missing(group) for name, group in (("test", test), ("validation", validation)) if missing(group)}
+    if not left_out:
+        return test, validation
+    what = "speakers" if column == "speaker" else f"{column!r} values"
+    test, validation = speakers_covering_labels(labels, speakers, seed)
+    logger.info("The default split (the last %d%% of %s for test, the %d%% before for validation) leaves %s; chosen "
+                "by label instead (scikit-learn's StratifiedGroupKFold, seed %d): test %s, validation %s.",
+                round(100 * TEST_SHARE), what, round(100 * VALIDATION_SHARE),
+                "; ".join(f"{absent} out of {name}" for name, absent in left_out.items()), seed, test, validation)
+    train = sorted(set(unique) - set(test) - set(validation))
+    still = {name: m for name, group in (("test", test), ("validation", validation)) if (m := missing(group))}
+    if still or missing(train):
+        few = {label: n for label in sorted(every) if (n := sum(label in labels_of[s] for s in unique)) < 3}
+        why = ("; held by fewer than 3 " + what + ": " + ", ".join(f"{label!r} ({n})" for label, n in few.items())
+               if few else "")
+        logger.warning("No split of these %s puts every label in test and validation while training keeps every "
+                       "label: %s%s. Scores leave those labels out; name the %s with --test_speakers/--eval_speakers "
+                       "to choose otherwise.", what, "; ".join(f"{m} missing from {name}" for name, m in
+                                                             {**still, "train": missing(train)}.items() if m),
+                       why, what)
+    return test, validation
+
+
+def speakers_covering_labels(labels: Sequence[str], speakers: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """
+    Test (~20% of the clips) and validation (~10%) speakers chosen by label: the folds of scikit-learn's
+    `StratifiedGroupKFold` (up to 10, grouped by speaker, stratified by label; `SPLIT_SEARCH_SHUFFLES` shuffles from
+    `seed`), combined into test and validation; the best combination keeps every label in training first, then puts
+    every label in test and validation, then has label shares and sizes closest to the whole data's. Deterministic.
+    """
+    import itertools
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    unique = sorted(set(speakers), key=speaker_sort_key)
+    num_folds = min(10, len(unique))
+    num_test, num_eval = max(1, round(TEST_SHARE * num_folds)), max(1, round(VALIDATION_SHARE * num_folds))
+    every = sorted(set(labels))
+    overall = np.array([Counter(labels)[label] for label in every]) / len(labels)
+    label_ids = np.array([every.index(label) for label in labels])
+
+    def score(counts: np.ndarray, share: float) -> float:  # label shares' total variation, plus the size's miss
+        size = counts.sum()
+        return float(np.abs(counts / max(size, 1) - overall).sum() / 2 + abs(size / len(labels) - share))
+
+    best, best_score = None, None
+    for shuffle in range(seed, seed + SPLIT_SEARCH_SHUFFLES):
+        splitter = StratifiedGroupKFold(n_splits=num_folds, shuffle=True, random_state=shuffle)
+        with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": expected
+            warnings.simplefilter("ignore", UserWarning)
+            folds = [rows for _, rows in splitter.split(np.zeros(len(labels)), labels, speakers)]
+        fold_counts = np.stack([np.bincount(label_ids[rows], minlength=len(every)) for rows in folds])
+        for test in itertools.combinations(range(num_folds), num_test):
+            for evaluation in itertools.combinations(sorted(set(range(num_folds)) - set(test)), num_eval):
+                test_counts, eval_counts = fold_counts[list(test)].sum(0), fold_counts[list(evaluation)].sum(0)
+                train_counts = fold_counts.sum(0) - test_counts - eval_counts
+                candidate = (int((train_counts == 0).sum()), int((test_counts == 0).sum() + (eval_counts == 0).sum()),
+                             round(score(test_counts, TEST_SHARE) + score(eval_counts, VALIDATION_SHARE), 9))
+                if best_score is None or candidate < best_score:
+                    best = [{speakers[i] for f in group for i in folds[f]} for group in (test, evaluation)]
+                    best_score = candidate
+    test, validation = (sorted(group, key=speaker_sort_key) for group in best)
+    return test, validation
 
 
 BAD_CLIP_ADVICE = ("fix or re-export the file, or remove its row from the data; or pass --skip_bad_clips true to "
@@ -401,8 +493,9 @@ def check_split_labels(labels_by_split: dict[str, Sequence[str]], labels: Sequen
     """
     Every label of the label set, and of every split, has training clips: a label without any cannot be learned
     (the model would still be scored on it), so that is a `ValueError` naming the label and where its clips are.
-    Fewer than `min_clips` training clips, or a label with no clips to score it on (in neither validation nor
-    test), is only a warning: a small pilot corpus or a rare class can be meant, and the run still says so.
+    Fewer than `min_clips` training clips, or a validation or test split without clips of a label that training
+    has (named, with the split), is only a warning: a small pilot corpus or a rare class can be meant, and the run
+    still says so.
     """
     counts = {split: Counter(split_labels) for split, split_labels in labels_by_split.items()}
     train = counts.get("train", Counter())
@@ -421,8 +514,13 @@ def check_split_labels(labels_by_split: dict[str, Sequence[str]], labels: Sequen
         if train[label] < min_clips:
             logger.warning("Label %r has only %d training clip(s) (fewer than --min_clips_per_label %d); its scores "
                            "will be noisy.", label, train[label], min_clips)
-        if not elsewhere and len(counts) > 1:
-            logger.warning("Label %r is only in the training split: no validation or test clip scores it.", label)
+    for split, split_counts in counts.items():  # a score over fewer labels than the model learns
+        absent = [label for label in every if not split_counts[label]]
+        if split != "train" and absent:
+            logger.warning("The %s split has no clip of label(s) %s, which training has: its scores (UA) cover %d of "
+                           "%d labels. Where other speakers have them, name speakers for it with --test_speakers/"
+                           "--eval_speakers.", split, absent, len(every) - len(absent),
+                           len(every))
 
 
 def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:

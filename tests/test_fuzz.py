@@ -582,7 +582,8 @@ def test_labels_missing_from_training(backbones, tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
         train.check_split_labels({"train": LABELS * 2, "test": LABELS[:3]}, LABELS, min_clips=5)
     assert "Label 'angry' has only 2 training clip(s)" in caplog.text
-    assert "Label 'angry' is only in the training split" in caplog.text
+    assert "The test split has no clip of label(s) ['angry'], which training has: its scores (UA) cover 3 of 4" \
+        in caplog.text
 
 
 def test_a_transcript_that_cannot_fit_the_prompt_stops_training(backbones, tmp_path, monkeypatch):
@@ -1071,3 +1072,63 @@ def test_a_label_column_wins_over_file_names_and_the_disagreement_is_counted(tmp
     assert "2 of 4 files have a label from the" in caplog.text
     assert "'sad' where the name says 'happy': 1" in caplog.text
     assert "'happy' where the name says 'sad': 1" in caplog.text
+
+
+def talk_show(num_speakers: int = 29, single: str | None = None):
+    """Label and speaker columns of a corpus whose speakers each show mostly one emotion, as talk-show clips do: the
+    last speakers in natural order mostly sad, the few before them neutral (so the last 20% test on sad only). With
+    `single`, one speaker alone has that label."""
+    import datasets
+
+    rows = {"label": [], "speaker": []}
+    owner = LABELS.index(single) if single else None  # the one speaker who keeps `single`
+    for speaker in range(1, num_speakers + 1):
+        main = "sad" if speaker > 23 else "neutral" if speaker > 20 else LABELS[speaker % 4]
+        other = "neutral" if speaker % 3 == 0 else main  # a neutral clip now and then
+        for label in [main] * 5 + [other]:
+            if label == single and speaker != owner:
+                label = "happy"
+            rows["label"].append(label)
+            rows["speaker"].append(f"guest{speaker:02d}")
+    return datasets.Dataset.from_dict(rows)
+
+
+def test_the_default_split_keeps_every_label_in_test_and_validation_where_the_data_allows(caplog):
+    dataset = talk_show()
+    args = train.DataArguments()
+    speakers = sorted(set(dataset["speaker"]))
+    last = [s for s, label in zip(dataset["speaker"], dataset["label"]) if s in speakers[-6:]]
+    assert len(last) == 36  # the old rule (last 20% of speakers) would test on sad and neutral only:
+    assert {label for s, label in zip(dataset["speaker"], dataset["label"]) if s in speakers[-6:]} == {"sad", "neutral"}
+    with caplog.at_level(logging.INFO, logger="emosllm.train"):
+        (splits,) = train.make_splits(dataset, args, seed=42)
+    for name in ("train", "validation", "test"):
+        assert sorted(set(splits[name]["label"])) == sorted(LABELS), name
+    data_emosllm.check_speaker_disjoint(splits)
+    assert 0.1 <= len(splits["test"]) / len(dataset) <= 0.3 and len(splits["validation"]) < len(splits["test"])
+    assert "leaves ['angry', 'happy'] out of test" in caplog.text and "StratifiedGroupKFold, seed 42" in caplog.text
+    assert "No split of these speakers" not in caplog.text
+    (again,) = train.make_splits(dataset, args, seed=42)  # deterministic
+    assert again["test"]["speaker"] == splits["test"]["speaker"]
+    assert again["validation"]["speaker"] == splits["validation"]["speaker"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="emosllm.train"):  # a label of one speaker: it must train
+        (splits,) = train.make_splits(talk_show(single="angry"), args, seed=42)
+        train.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
+    assert "angry" in splits["train"]["label"]
+    assert re.search(r"\['angry'\] missing from (test|validation).*held by fewer than 3 speakers: 'angry' \(1\)",
+                     caplog.text)
+    assert "The test split has no clip of label(s) ['angry'], which training has" in caplog.text
+    assert "The validation split has no clip of label(s) ['angry'], which training has" in caplog.text
+
+
+def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(caplog):
+    dataset = talk_show()
+    args = train.DataArguments(test_speakers="24-29", eval_speakers="21-23")
+    (splits,) = train.make_splits(dataset, args, seed=42)  # named speakers are kept as named
+    assert sorted(set(splits["test"]["speaker"])) == [f"guest{n}" for n in range(24, 30)]
+    with caplog.at_level(logging.WARNING, logger="emosllm.train"):
+        train.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
+    assert "The test split has no clip of label(s) ['angry', 'happy'], which training has: its scores (UA) cover " \
+           "2 of 4 labels" in caplog.text
+    assert "The validation split has no clip of label(s) ['angry', 'happy', 'sad']" in caplog.text
