@@ -144,7 +144,8 @@ TRAINING_FLAGS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_
                   "gradient_accumulation_steps", "seed", "lr_scheduler_type", "warmup_steps", "weight_decay", "bf16",
                   "world_size")
 # DataArguments that do not change what trains.
-UNRECORDED_DATA_FLAGS = ("resume", "encoder_cache_dir", "skip_bad_clips", "min_clips_per_label", "license")
+UNRECORDED_DATA_FLAGS = ("resume", "encoder_cache_dir", "transcript_cache_dir", "skip_bad_clips", "min_clips_per_label",
+                         "license")
 
 
 def run_record(model_args, data_args, training_args, splits: dict) -> dict:

@@ -17,7 +17,10 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
+import re
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -30,8 +33,10 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.utils import logging as hf_logging
 
-from backbones_emosllm import resolve_pretrained
+import backbones_emosllm
+from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
     SAMPLING_RATE,
@@ -200,6 +205,16 @@ class DataArguments:
     )
     asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
     encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})
+    transcript_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where --use_transcript auto keeps the transcripts Whisper writes for clips without one, by "
+                  "audio content and ASR model (default: transcripts/ under the backbone cache, $HF_HOME/emosllm)."},
+    )
+    force_transcripts: bool = field(
+        default=False,
+        metadata={"help": "--use_transcript auto: transcribe every training clip without a transcript and train with "
+                  "the words, even where a transcribed sample shows that they do not tell the emotions apart."},
+    )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
     skip_bad_clips: bool = field(
         default=False,
@@ -232,6 +247,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
             raise
         raise ValueError(f"{error}\n{BEST_MODEL_ADVICE}") from None
     resume_from_checkpoint(data_args, training_args)
+    if data_args.force_transcripts and model_args.use_transcript != "auto":
+        raise ValueError(f"--force_transcripts true has Whisper transcribe clips for --use_transcript auto; with "
+                         f"--use_transcript {model_args.use_transcript} nothing is transcribed. Leave it out, or pass "
+                         "--use_transcript auto.")
     return model_args, data_args, training_args
 
 
@@ -901,6 +920,158 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
         clip["transcript"] = text
 
 
+class TranscriptCache:
+    """
+    Transcripts that `--use_transcript auto` had Whisper write, keyed by the audio's content (SHA-256 of the decoded
+    16 kHz float32 samples, whatever the file is called) and the ASR model: one JSON file per model id under `root`
+    (`--transcript_cache_dir`; default `transcripts/` under the backbone cache), replaced whole on every write (a
+    temporary file beside it, then a rename), so a killed run leaves the old file or the new one.
+    """
+
+    def __init__(self, asr_model: str, root: str | os.PathLike | None = None):
+        self.asr_model = asr_model
+        folder = Path(root).expanduser() if root else Path(default_cache_dir()) / "transcripts"
+        readable = re.sub(r"[^\w.-]+", "--", asr_model).strip("-.")[-80:]
+        self.path = folder / f"{readable}-{hashlib.sha256(asr_model.encode()).hexdigest()[:8]}.json"
+        self.transcripts: dict[str, str] = {}
+        if self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text(encoding="utf-8"))
+                if stored.get("asr_model") == asr_model and isinstance(stored.get("transcripts"), dict):
+                    self.transcripts = stored["transcripts"]
+            except (OSError, ValueError, AttributeError) as error:
+                logger.warning("The transcript cache %s cannot be read (%s); it is rewritten.", self.path, error)
+
+    @staticmethod
+    def key(audio: np.ndarray) -> str:
+        """The audio's content hash."""
+        return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+
+    def fill(self, clips: list[dict]) -> list[dict]:
+        """Gives the clips without a transcript their cached one; returns those still without one."""
+        left = []
+        for clip in clips:
+            if not clip["transcript"]:
+                clip["transcript"] = self.transcripts.get(self.key(clip["audio"]))
+                if clip["transcript"] is None:
+                    left.append(clip)
+        return left
+
+    def add(self, clips: list[dict]) -> None:
+        """Stores the clips' transcripts and rewrites the file whole."""
+        self.transcripts.update({self.key(clip["audio"]): clip["transcript"] for clip in clips})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                json.dump({"asr_model": self.asr_model, "transcripts": self.transcripts}, file, ensure_ascii=False)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+# Clips per Whisper call while transcribing training data (the progress bar and the cache advance by these).
+TRANSCRIBE_CHUNK = 16
+# The sample `--use_transcript auto` transcribes first: this share of the clips without a transcript, at least
+# TRANSCRIPT_SAMPLE_CLIPS of them.
+TRANSCRIPT_SAMPLE_SHARE, TRANSCRIPT_SAMPLE_CLIPS = 0.1, 48
+
+
+def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> float:
+    """
+    Whisper (`backbones_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
+    progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns the seconds.
+    """
+    started = time.time()
+    with hf_logging.tqdm(total=len(clips), desc=f"Transcribing {what}", unit="clip") as progress:
+        for start in range(0, len(clips), TRANSCRIBE_CHUNK):
+            chunk = clips[start:start + TRANSCRIBE_CHUNK]
+            for clip, text in zip(chunk, backbones_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
+                clip["transcript"] = text
+            cache.add(chunk)
+            progress.update(len(chunk))
+    return time.time() - started
+
+
+def stratified_sample(clips: list[dict], size: int, seed: int) -> list[int]:
+    """
+    `size` of the clips' indices, drawn with `seed`, each label's share as in `clips` (each label's clips shuffled and
+    spread evenly over [0, 1), the first `size` positions taken; a label of one clip is drawn like any other, where
+    scikit-learn's `train_test_split(stratify=...)` refuses it). Sorted.
+    """
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for index, clip in enumerate(clips):
+        by_label.setdefault(str(clip["label"]), []).append(index)
+    positions = []
+    for _, indices in sorted(by_label.items()):
+        offset = rng.random()
+        order = rng.permutation(len(indices))
+        positions += [((rank + offset) / len(indices), indices[i]) for rank, i in enumerate(order)]
+    return sorted(index for _, index in sorted(positions)[:size])
+
+
+def duration(seconds: float) -> str:
+    """'about 40 s', 'about 7 min', 'about 2.5 h'."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    return f"about {round(seconds / 60)} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
+
+
+def transcribe_training_clips(clips: list[dict], processor: EmoSLLMProcessor, labels: list[str],
+                              cache: TranscriptCache, seed: int, force: bool = False) -> bool:
+    """
+    `--use_transcript auto` on the training clips: gives the clips without a transcript one (from `cache`, else from
+    Whisper, with a progress bar, cached) and says whether the model should read transcripts
+    (`transcripts_inform_labels` over all of them). Where many clips need Whisper, a sample is transcribed first (a
+    `TRANSCRIPT_SAMPLE_SHARE` share, at least `TRANSCRIPT_SAMPLE_CLIPS`; seeded, stratified by label): if the words
+    known then do not tell the emotions apart, the rest are not transcribed (logged, with how to force it);
+    otherwise the time the rest will take is logged first. `force`: every clip is transcribed and the answer is
+    True.
+    """
+    asr_model = processor.config.asr_model
+    todo = cache.fill(clips)
+    target = max(TRANSCRIPT_SAMPLE_CLIPS, math.ceil(TRANSCRIPT_SAMPLE_SHARE * len(clips)))
+    need = target - (len(clips) - len(todo))  # given and cached transcripts count towards the sample
+    if todo and not force and need < len(todo):
+        sample: list[dict] = []
+        spent = 0.0
+        if need > 0:
+            chosen = set(stratified_sample(todo, need, seed))
+            sample = [clip for i, clip in enumerate(todo) if i in chosen]
+            todo = [clip for i, clip in enumerate(todo) if i not in chosen]
+            spent = transcribe_clips(sample, asr_model, cache, f"a sample of {len(sample)} training clips")
+        known = [c for c in clips if c["transcript"]]
+        informative, reason = transcripts_inform_labels(known, labels)
+        source = (f"{len(sample)} of them transcribed by {asr_model} now (seeded, stratified by label) in {spent:.0f} s"
+                  if sample else "given or cached")
+        if not informative:
+            logger.info("--use_transcript auto: the transcripts of a sample of %d training clips (%s) show that the "
+                        "words do not tell the emotions apart (%s). The other %d clips are not transcribed, and the "
+                        "model is trained and saved without transcripts (use_transcript='none'). To transcribe them "
+                        "all and train with the words anyway, pass --force_transcripts true.", len(known), source,
+                        reason, len(todo))
+            return False
+        rate = spent / max(sum(len(c["audio"]) for c in sample), 1)
+        logger.info("--use_transcript auto: the transcripts of a sample of %d training clips (%s) show that the words "
+                    "can help (%s). Transcribing the other %d with %s: %s here (cached in %s for later runs). To train "
+                    "without transcripts instead, pass --use_transcript none.", len(known), source, reason, len(todo),
+                    asr_model, duration(rate * sum(len(c["audio"]) for c in todo)) if sample else "time unknown",
+                    cache.path)
+    if todo:
+        transcribe_clips(todo, asr_model, cache, f"{len(todo)} training clips")
+    informative, reason = transcripts_inform_labels(clips, labels)
+    if force:
+        logger.info("--force_transcripts: the model reads transcripts (%s).", reason)
+        return True
+    if not informative:  # the model reads no transcript, and the saved one never runs ASR
+        logger.info("--use_transcript auto: the training transcripts do not tell the emotions apart (%s); the model "
+                    "is trained and saved without transcripts (use_transcript='none'). Pass --use_transcript given to "
+                    "use given ones anyway, or --force_transcripts true to use Whisper's too.", reason)
+    return informative
+
+
 def stage_arguments(training_args: TrainingArguments, output_dir, epochs: float, task: str,
                     evaluate: bool) -> TrainingArguments:
     """
@@ -1017,16 +1188,17 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                      data_args.resume, write=training_args.process_index == 0)
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
-        attach_transcripts(clips["train"], processor)
         if processor.config.use_transcript == "auto":
-            informative, reason = transcripts_inform_labels(clips["train"], labels)
-            if not informative:  # the model reads no transcript, and the saved one never runs ASR
-                logger.info("--use_transcript auto: the training transcripts do not tell the emotions apart (%s); "
-                            "the model is trained and saved without transcripts (use_transcript='none'). Pass "
-                            "--use_transcript given to use them anyway.", reason)
+            transcripts = TranscriptCache(processor.config.asr_model, data_args.transcript_cache_dir)
+            if transcribe_training_clips(clips["train"], processor, labels, transcripts, training_args.seed,
+                                         data_args.force_transcripts):
+                for name, split_clips in clips.items():  # scored as the saved model answers: with transcripts
+                    if name != "train" and (todo := transcripts.fill(split_clips)):
+                        transcribe_clips(todo, processor.config.asr_model, transcripts, f"{len(todo)} {name} clips")
+            else:  # the model reads no transcript, and the saved one never runs ASR
                 processor.config.use_transcript = model.config.use_transcript = "none"
         for name, split_clips in clips.items():
-            attach_transcripts(split_clips, processor)  # (the training clips again, for 'none')
+            attach_transcripts(split_clips, processor)  # 'none' drops every transcript
         # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
         # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
         cache.fill(clips["train"])

@@ -1132,3 +1132,30 @@ def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(
     assert "The test split has no clip of label(s) ['angry', 'happy'], which training has: its scores (UA) cover " \
            "2 of 4 labels" in caplog.text
     assert "The validation split has no clip of label(s) ['angry', 'happy', 'sad']" in caplog.text
+
+
+@pytest.mark.parametrize("scripted", [True, False])
+def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_words_help(
+    backbones, tmp_path, monkeypatch, caplog, scripted
+):
+    import backbones_emosllm
+
+    data_dir = write_tone_corpus(tmp_path / "corpus", speakers=4, takes=7)  # training: 2 speakers, 56 clips
+    write_rows(data_dir, [row.rsplit(",", 1)[0] + "," for row in manifest_rows(data_dir)])  # no transcripts
+    heard = []
+
+    def transcribe(audios, model_name):
+        heard.extend(audios)
+        return ["kids are talking by the door" if scripted else f"take {len(heard) - len(audios) + i}"
+                for i in range(len(audios))]
+
+    monkeypatch.setattr(backbones_emosllm, "transcribe", transcribe)
+    with caplog.at_level(logging.INFO, logger="emosllm.train"), pytest.raises(ReachedTraining):
+        run_until_training(backbones, data_dir, tmp_path, monkeypatch, "--speed_perturbation", "",
+                           "--transcript_cache_dir", str(tmp_path / "transcripts"))
+    if scripted:  # a sample of 48 of the 56 training clips; no validation or test clip
+        assert len(heard) == 48 and "The other 8 clips are not transcribed" in caplog.text
+    else:  # every clip of every split: 56 training, 28 validation, 28 test
+        assert len(heard) == 112 and "Transcribing the other 8 with" in caplog.text
+    (cache,) = (tmp_path / "transcripts").iterdir()
+    assert len(json.loads(cache.read_text())["transcripts"]) == len(heard)
