@@ -363,15 +363,15 @@ def label_subfolders(root: Path, files: Sequence[Path], labels: Optional[Sequenc
     """
     The label subfolders of `root`, when the audio files are laid out as an audiofolder with labels: every file sits
     in a subfolder (all at one depth, as ``datasets``' audiofolder needs to read labels from them), at least two
-    distinct ones, and every subfolder's name (normalized) is one of `labels` (``--labels``) or, without them, an
-    emotion word (:data:`EMOTION_WORDS`). Else ``[]``: RAVDESS's own ``Actor_01/`` folders are not labels.
+    distinct ones, and every subfolder's name (normalized) is an emotion word (:data:`EMOTION_WORDS`) or one of
+    `labels` (``--labels``). Else ``[]``: RAVDESS's own ``Actor_01/`` folders are not labels.
     """
     if not files or any(f.parent == root for f in files):
         return []
     if len({len(f.relative_to(root).parts) for f in files}) != 1:
         return []
     names = sorted({f.parent.name for f in files})
-    known = set(normalize_labels(labels)) if labels is not None else EMOTION_WORDS
+    known = EMOTION_WORDS.union(normalize_labels(labels) or [])
     if len(names) < 2 or any(normalize_label(name) not in known for name in names):
         return []
     return names
