@@ -978,20 +978,23 @@ TRANSCRIBE_CHUNK = 16
 TRANSCRIPT_SAMPLE_SHARE, TRANSCRIPT_SAMPLE_CLIPS = 0.1, 48
 
 
-def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> float:
+def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> list[tuple[int, float]]:
     """
     Whisper (`backbones_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
-    progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns the seconds.
+    progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns each chunk's
+    samples and seconds.
     """
-    started = time.time()
+    timings = []
     with hf_logging.tqdm(total=len(clips), desc=f"Transcribing {what}", unit="clip") as progress:
         for start in range(0, len(clips), TRANSCRIBE_CHUNK):
             chunk = clips[start:start + TRANSCRIBE_CHUNK]
+            started = time.time()
             for clip, text in zip(chunk, backbones_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
                 clip["transcript"] = text
+            timings.append((sum(len(c["audio"]) for c in chunk), time.time() - started))
             cache.add(chunk)
             progress.update(len(chunk))
-    return time.time() - started
+    return timings
 
 
 def stratified_sample(clips: list[dict], size: int, seed: int) -> list[int]:
@@ -1036,12 +1039,13 @@ def transcribe_training_clips(clips: list[dict], processor: EmoSLLMProcessor, la
     need = target - (len(clips) - len(todo))  # given and cached transcripts count towards the sample
     if todo and not force and need < len(todo):
         sample: list[dict] = []
-        spent = 0.0
+        timings: list[tuple[int, float]] = []
         if need > 0:
             chosen = set(stratified_sample(todo, need, seed))
             sample = [clip for i, clip in enumerate(todo) if i in chosen]
             todo = [clip for i, clip in enumerate(todo) if i not in chosen]
-            spent = transcribe_clips(sample, asr_model, cache, f"a sample of {len(sample)} training clips")
+            timings = transcribe_clips(sample, asr_model, cache, f"a sample of {len(sample)} training clips")
+        spent = sum(seconds for _, seconds in timings)
         known = [c for c in clips if c["transcript"]]
         informative, reason = transcripts_inform_labels(known, labels)
         source = (f"{len(sample)} of them transcribed by {asr_model} now (seeded, stratified by label) in {spent:.0f} s"
@@ -1053,7 +1057,8 @@ def transcribe_training_clips(clips: list[dict], processor: EmoSLLMProcessor, la
                         "all and train with the words anyway, pass --force_transcripts true.", len(known), source,
                         reason, len(todo))
             return False
-        rate = spent / max(sum(len(c["audio"]) for c in sample), 1)
+        timed = timings[1:] or timings  # the first call also loads Whisper
+        rate = sum(seconds for _, seconds in timed) / max(sum(samples for samples, _ in timed), 1)
         logger.info("--use_transcript auto: the transcripts of a sample of %d training clips (%s) show that the words "
                     "can help (%s). Transcribing the other %d with %s: %s here (cached in %s for later runs). To train "
                     "without transcripts instead, pass --use_transcript none.", len(known), source, reason, len(todo),
