@@ -102,7 +102,7 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     manifest = root / MANIFEST_NAME
     if not manifest.is_file() and source_kind(root, labels) != "corpus":
         return load_source(root, labels=labels, hub=False)
-    clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root)
+    clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root, labels)
     labels = normalize_labels(labels)
     validate_clips(clips, labels)
     if manifest.is_file():
@@ -316,8 +316,11 @@ def corpus_of_names(stems: Sequence[str]) -> tuple[Optional[str], list[Optional[
     return corpus, parsed[corpus]
 
 
-def parse_corpus_folder(root: Path) -> list[ClipInfo]:
-    """Recognise the corpus of a folder without manifest by its file names; every audio file must fit."""
+def parse_corpus_folder(root: Path, labels: Optional[Sequence[str]] = None) -> list[ClipInfo]:
+    """
+    Recognise the corpus of a folder without manifest by its file names; every audio file must fit. Subfolders are
+    named in the log (a warning where they look like labels, `labels` or emotion words, but are not read as such).
+    """
     files = audio_files(root)
     if not files:
         raise ValueError(f"{root}: no {MANIFEST_NAME} and no {'/'.join(AUDIO_EXTENSIONS)} files; "
@@ -333,7 +336,15 @@ def parse_corpus_folder(root: Path) -> list[ClipInfo]:
         raise ValueError(f"{root}: looks like {corpus} ({len(files) - len(misfits)} of {len(files)} files fit its "
                          f"naming), but {len(misfits)} file(s) do not: {shown}; remove them or write a {MANIFEST_NAME}")
     folders = sorted({f.parent.name for f in files if f.parent != root})
-    if folders:
+    known = EMOTION_WORDS.union(normalize_labels(labels) or [])
+    label_like = [name for name in folders if normalize_label(name) in known]
+    if label_like:
+        logger.warning("%s: read as %s by its file names (labels, speakers and sentences from the names); the "
+                       "subfolder(s) %s look like labels but are not read as labels, because not every audio file sits "
+                       "in a label subfolder at one depth (datasets' audiofolder layout). Move every file into a label "
+                       "subfolder to label them by folder, or write a %s.", root, corpus, label_like[:5],
+                       MANIFEST_NAME)
+    elif folders:
         logger.info("%s: read as %s by its file names (labels, speakers and sentences from the names); its subfolders "
                     "(%s) are not label names, so they are not read as labels. Subfolders named after the labels "
                     "(happy/, sad/, ... or the --labels) would be.", root, corpus,

@@ -1159,3 +1159,68 @@ def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_word
         assert len(heard) == 112 and "Transcribing the other 8 with" in caplog.text
     (cache,) = (tmp_path / "transcripts").iterdir()
     assert len(json.loads(cache.read_text())["transcripts"]) == len(heard)
+
+
+def test_cremad_names_in_capitalised_label_folders_are_read_by_folder_with_names_speakers(tmp_path, datasets_cache):
+    folder = tmp_path / "af"
+    write_clip(folder / "Happy" / "1001_DFA_HAP_XX.wav")
+    write_clip(folder / "Happy" / "1002_DFA_SAD_XX.wav", seed=1)  # the name says sad
+    write_clip(folder / "Sad" / "1001_IEO_SAD_HI.wav", seed=2)
+    rows = rows_by_file(data_emosllm.load_source(folder, hub=False))
+    assert {name: (row["label"], row["speaker"]) for name, row in rows.items()} == {
+        "1001_DFA_HAP_XX.wav": ("happy", "cremad_1001"), "1002_DFA_SAD_XX.wav": ("happy", "cremad_1002"),
+        "1001_IEO_SAD_HI.wav": ("sad", "cremad_1001")}
+
+
+def test_label_folders_where_only_some_names_follow_a_corpus_give_no_speakers_and_say_why(
+    tmp_path, datasets_cache, caplog
+):
+    folder = tmp_path / "af"
+    write_clip(folder / "happy" / ravdess_name("happy", 1))
+    write_clip(folder / "sad" / ravdess_name("sad", 2), seed=1)
+    write_clip(folder / "sad" / "my_own_take.wav", seed=2)
+    with caplog.at_level(logging.INFO, logger="emosllm.data"):
+        dataset = data_emosllm.load_source(folder, hub=False)
+    assert sorted(dataset["label"]) == ["happy", "sad", "sad"] and set(dataset["speaker"]) == {None}
+    assert "only 2 of 3 file names follow RAVDESS's naming, so speakers are not read from them" in caplog.text
+
+
+def test_label_like_folders_beside_loose_files_are_not_read_as_labels_and_that_is_a_warning(tmp_path, caplog):
+    write_clip(tmp_path / "data" / ravdess_name("angry", 1))
+    write_clip(tmp_path / "data" / "happy" / ravdess_name("angry", 2), seed=1)
+    assert data_emosllm.source_kind(tmp_path / "data") == "corpus"
+    with caplog.at_level(logging.WARNING, logger="emosllm.data"):
+        dataset = data_emosllm.load_corpus(tmp_path / "data")
+    assert dataset["label"] == ["angry", "angry"]
+    assert "the subfolder(s) ['happy'] look like labels but are not read as labels" in caplog.text
+
+
+def test_an_emotion_folder_outside_the_label_set_is_an_unknown_label_error(tmp_path, datasets_cache):
+    folder = tmp_path / "af"
+    for emotion in ("happy", "sad", "calm"):
+        write_clip(folder / emotion / ravdess_name(emotion, 1))
+    with pytest.raises(ValueError, match=r"label\(s\) 'calm' are not in the label set \['happy', 'sad'\]"):
+        data_emosllm.load_source(folder, labels=["happy", "sad"], hub=False)
+
+
+def test_a_table_without_speakers_takes_them_from_corpus_file_names(tmp_path, datasets_cache, caplog):
+    folder = tmp_path / "data"
+    names = [ravdess_name(e, a) for a in (1, 2) for e in ("happy", "sad")]
+    for i, name in enumerate(names):
+        write_clip(folder / name, seed=i)
+    (folder / "clips.csv").write_text("path,label\n" + "".join(f"{n},{n.split('-')[2] == '03' and 'happy' or 'sad'}\n"
+                                                               for n in names))
+    with caplog.at_level(logging.INFO, logger="emosllm.data"):
+        rows = rows_by_file(data_emosllm.load_source(folder / "clips.csv", hub=False))
+    assert [rows[n]["speaker"] for n in names] == ["ravdess_01", "ravdess_01", "ravdess_02", "ravdess_02"]
+    assert rows[names[0]]["transcript"] == "Kids are talking by the door"
+    assert "labels from the label column 'label'; speakers and transcript" in caplog.text
+    assert "differs from the one" not in caplog.text
+
+
+def test_the_default_split_by_a_group_column_also_keeps_every_label(caplog):
+    dataset = talk_show().rename_column("speaker", "session").add_column("speaker", [None] * 174)
+    (splits,) = train.make_splits(dataset, train.DataArguments(group_column="session"), seed=0)
+    for name in ("validation", "test"):
+        assert sorted(set(splits[name]["label"])) == sorted(LABELS), name
+    data_emosllm.check_speaker_disjoint(splits, "session")
