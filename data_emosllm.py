@@ -678,7 +678,7 @@ def load_source(
             dataset = _load_table(path, split)
         else:
             dataset = datasets.load_dataset(name if kind == "hub" else str(path), split=split)
-    except datasets.exceptions.DataFilesNotFoundError as error:
+    except (datasets.exceptions.DataFilesNotFoundError, datasets.data_files.EmptyDatasetError) as error:
         raise ValueError(f"{name}: no audio or data files found ({error}). {FOLDER_ADVICE}.") from None
     except (ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
         if kind != "hub":

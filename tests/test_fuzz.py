@@ -1224,3 +1224,17 @@ def test_the_default_split_by_a_group_column_also_keeps_every_label(caplog):
     for name in ("validation", "test"):
         assert sorted(set(splits[name]["label"])) == sorted(LABELS), name
     data_emosllm.check_speaker_disjoint(splits, "session")
+
+
+@pytest.mark.parametrize("content", ["nothing", "empty label folders", "text files only"])
+def test_a_folder_without_audio_is_a_value_error_saying_how_to_lay_it_out(tmp_path, datasets_cache, content):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if content == "empty label folders":
+        (folder / "happy").mkdir()
+        (folder / "sad").mkdir()
+    if content == "text files only":
+        (folder / "notes.txt").write_text("to do\n")
+    found = r"no audio or data files found" if content != "text files only" else r"no column\(s\) \['audio', 'label'\]"
+    with pytest.raises(ValueError, match=rf"data.*{found}.*labels from subfolder names \(happy/a\.wav"):
+        train.load_data(train.DataArguments(data_dir=str(folder)))
