@@ -130,8 +130,10 @@ class ModelArguments:
     )
     use_transcript: str = field(
         default="auto",
-        metadata={"help": "auto (default: given transcripts, and the saved model transcribes clips that come without "
-                  "one) | given (only given ones) | none (never)."},
+        metadata={"help": "auto (default: given transcripts; training clips without one are transcribed by Whisper, "
+                  "a sample first, which stops there when the words do not tell the emotions apart (see "
+                  "--force_transcripts), cached in --transcript_cache_dir; the saved model transcribes clips that "
+                  "come without one) | given (only given ones) | none (never)."},
     )
     transcript_dropout: float = field(
         default=0.5,
