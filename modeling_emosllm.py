@@ -872,16 +872,23 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         default it gets every weight in float32, with a warning; `full_weights=False` raises instead. A
         `state_dict` passed in (the Trainer's checkpoints) is written as given.
         """
-        # A relative import is what transformers follows to copy code files into the folder (and back out of it).
+        # A relative import is what transformers follows to copy code files into the folder (and back out of it):
+        # the pipeline's file goes with the model so that `pipeline(model=folder, trust_remote_code=True)` finds it.
         try:
-            from .pipeline_emosllm import custom_pipelines
+            from .pipeline_emosllm import CUSTOM_PIPELINES
         except ImportError:
             if __package__:  # loaded from a saved folder: the sibling failed on its own
                 raise
-            from pipeline_emosllm import custom_pipelines
-        self.config.custom_pipelines = custom_pipelines()
+            from pipeline_emosllm import CUSTOM_PIPELINES
+        self.config.custom_pipelines = CUSTOM_PIPELINES
         if kwargs.get("state_dict") is not None:
             return super().save_pretrained(save_directory, *args, **kwargs)
+        # The command line (`python cli_emosllm.py FILES` inside the folder) is no import of the model's: copied as a
+        # file, where this code has it (a folder loaded by AutoModel alone has only the model's own imports).
+        cli = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cli_emosllm.py")
+        if os.path.isfile(cli):
+            os.makedirs(save_directory, exist_ok=True)
+            shutil.copyfile(cli, os.path.join(save_directory, "cli_emosllm.py"))
         unnamed = [key for key in ("audio_model_id", "text_model_id")
                    if not getattr(self.config, key) or os.path.isabs(getattr(self.config, key))]
         if full_weights is None and unnamed:

@@ -1,16 +1,16 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-EmoSLLM inference the way transformers users call it: an `audio-classification` pipeline, and a command line.
+EmoSLLM inference the way transformers users call it: an `audio-classification` pipeline.
 
     from transformers import pipeline
     classifier = pipeline(model="path/to/emosllm", trust_remote_code=True)
     classifier("speech.wav")                          # [{"score": 0.71, "label": "happy"}, ...]
     classifier("podcast.flac", return_timeline=True)  # whole-clip scores and a per-segment timeline
 
-    python -m pipeline_emosllm --model path/to/emosllm a.wav b.flac [--format table|jsonl] [--top_k K]
-
-`model.save_pretrained(folder)` copies this file next to the model and writes `custom_pipelines` into config.json,
-so `pipeline(model=folder, trust_remote_code=True)` finds it without the project being installed.
+`model.save_pretrained(folder)` copies this file next to the model and writes `CUSTOM_PIPELINES` into config.json
+(`custom_pipelines`), so `pipeline(model=folder, trust_remote_code=True)` (with or without the task name) finds it
+without the project being installed. Nothing is registered in the process: transformers' own `audio-classification`
+pipeline stays what it is for every other model. The command line is `cli_emosllm.py`.
 
 Long recordings: a clip longer than `segment_seconds` (default 10 s) is cut into windows of exactly that length whose
 starts are at most `hop_seconds` (default: `segment_seconds`) apart, spread evenly so that the first starts at 0 and
@@ -19,12 +19,8 @@ windows' probabilities, each weighted by the stretch of audio it is closest to (
 so every second of the recording counts once). Windows that are silent are not classified and weigh nothing.
 """
 
-import argparse
-import itertools
-import json
 import math
 import os
-import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -61,7 +57,6 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
     import numpy as np
     import torch
     from torch.utils.data import Dataset as TorchDataset
-    from transformers.pipelines import PIPELINE_REGISTRY, AudioClassificationPipeline
     from transformers.pipelines.base import ChunkPipeline
     from transformers.utils import logging
 except ModuleNotFoundError as error:
@@ -121,11 +116,12 @@ def check_device(device, name: str = "device") -> None:
                          "pass one of them.")
 
 
-class _Single:
-    """Marks the one input of a non-batched call, so that errors name it as `inputs` rather than `inputs[0]`."""
+class _Input:
+    """One input and its place in the call (`index` None for a single input), so that errors name it."""
 
-    def __init__(self, value):
+    def __init__(self, value, index: int | None = None):
         self.value = value
+        self.index = index
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -200,23 +196,6 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
     in a list, and its path) and what to do; no label is returned for it.
     """
 
-    # Tried, not required: a model that is not an EmoSLLM is handed to transformers' own pipeline (see `__new__`),
-    # which needs the feature extractor. The EmoSLLM processor is loaded in `__init__` if `pipeline()` could not.
-    _load_processor = None
-    _load_feature_extractor = None
-    _load_tokenizer = False
-    _load_image_processor = False
-    _load_video_processor = False
-
-    def __new__(cls, *args, **kwargs):
-        # Registering this class for "audio-classification" (needed for `pipeline("audio-classification", model=...)`
-        # on an EmoSLLM) replaces the task's entry in the process; other models keep transformers' own pipeline.
-        model = kwargs.get("model", args[0] if args else None)
-        if model is not None and getattr(getattr(model, "config", None), "model_type", None) != "emosllm":
-            kwargs = {k: v for k, v in kwargs.items() if k != "processor"}
-            return AudioClassificationPipeline(*args, **kwargs)
-        return super().__new__(cls)
-
     def __init__(self, model, processor: EmoSLLMProcessor | None = None, **kwargs):
         if not isinstance(processor, EmoSLLMProcessor) and not hasattr(processor, "prepare_audio"):
             if not model.name_or_path:
@@ -228,6 +207,10 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         check_device(kwargs.get("device"))
         kwargs.setdefault("top_k", 5)  # transformers' AudioClassificationPipeline default; None gives every class
         super().__init__(model=model, processor=processor, **kwargs)
+        # transformers' loader for `batch_size` > 1 (`pad_collate_fn`) only lists the windows' fields here (they hold
+        # no tensors: the processor builds the batch in `_forward`), but it wants a tokenizer or a feature extractor,
+        # and refuses two padding sides: the prompt's tokenizer (left padding) is the one it is shown.
+        self.tokenizer, self.feature_extractor = self.processor.tokenizer, None
         self.model.eval()  # an inference pipeline: no dropout, whatever mode the model was given in
         # The fast path, same scores: LoRA merged into the LLM's weights (`model.train()` takes it back out).
         self.model.merge_lora()
@@ -312,12 +295,13 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 value = kwargs.get(key)
                 if isinstance(value, (list, tuple)) and len(value) != len(inputs):
                     raise ValueError(f"{key}: got {len(value)} values for {len(inputs)} inputs; give one per input.")
-        elif not isinstance(inputs, (types.GeneratorType, TorchDataset)):  # those stream, like lists
-            for key in ("transcript", "text_features"):
-                if isinstance(kwargs.get(key), (list, tuple)):
-                    raise ValueError(f"{key}: a list needs a list of inputs, one value per input.")
-            inputs = _Single(inputs)
-        return super().__call__(inputs, **kwargs)
+            return super().__call__([_Input(item, index) for index, item in enumerate(inputs)], **kwargs)
+        if isinstance(inputs, (types.GeneratorType, TorchDataset)):  # streamed: results come back as they are ready
+            return super().__call__((_Input(item, index) for index, item in enumerate(inputs)), **kwargs)
+        for key in ("transcript", "text_features"):
+            if isinstance(kwargs.get(key), (list, tuple)):
+                raise ValueError(f"{key}: a list needs a list of inputs, one value per input.")
+        return super().__call__(_Input(inputs), **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------------
     # Steps
@@ -361,12 +345,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
 
     def preprocess(
         self,
-        inputs,
+        inputs: "_Input",
         transcript=None,
         text_features=None,
         segment_seconds=DEFAULT_SEGMENT_SECONDS,
         hop_seconds=None,
-        index: int | None = None,
         detect_speech: bool = True,
     ):
         """
@@ -374,8 +357,9 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         seconds of speech in the window and in the clip (`vad_emosllm`; with `detect_speech=False`, all of it). A
         window with less than `MIN_SPEECH_SECONDS` of speech, or digital silence, is not classified.
         """
+        index = inputs.index
         name = "inputs" if index is None else f"inputs[{index}]"
-        audio, rate, text, name = self._load(inputs, name)
+        audio, rate, text, name = self._load(inputs.value, name)
         max_seconds = self.model.config.max_audio_seconds
         if segment_seconds is not None:
             segment_seconds = min(segment_seconds, max_seconds)
@@ -439,10 +423,18 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 "is_last": i == len(bounds) - 1,
             }
 
-    def _collate(self, windows: list[dict]) -> dict:
-        """Windows -> the model's batch (the processor pads them as it does in training) and their descriptions."""
+    def _forward(self, model_inputs: dict) -> dict:
+        """
+        One window (`batch_size` 1), or the fields of `batch_size` windows, each as a list (transformers' loader
+        lists them): the windows with speech go through the model together, padded by the processor as in
+        training. Returns the windows' descriptions with their `logits` (`(num_labels,)`, None for a window that is
+        not classified), in the same form as the input, for transformers to hand to `postprocess` per clip.
+        """
+        batched = isinstance(model_inputs["is_last"], list)
+        windows = ([dict(zip(model_inputs, values)) for values in zip(*model_inputs.values())] if batched
+                   else [model_inputs])
         speech = [w for w in windows if not w["silent"]]
-        batch = None
+        logits = iter(())
         if speech:
             batch = self.processor(
                 [w["audio"] for w in speech],
@@ -450,21 +442,14 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 transcript=[w["transcript"] for w in speech],
                 text_features=[w["text_features"] for w in speech],
             )
-            batch = dict(batch)
+            batch = {k: v.to(self.device) for k, v in batch.items()}
             batch["input_features"] = batch["input_features"].to(self.model.dtype)
-        return {"batch": batch, "windows": [{k: v for k, v in w.items() if k != "audio"} for w in windows]}
-
-    def _forward(self, model_inputs: dict) -> list[dict]:
-        logits = None
-        if model_inputs["batch"] is not None:
-            logits = self.model(**model_inputs["batch"]).logits.float()
-        outputs, row = [], 0
-        for window in model_inputs["windows"]:
-            output = dict(window, logits=None)
-            if not window["silent"]:
-                output["logits"], row = logits[row], row + 1
-            outputs.append(output)
-        return outputs
+            logits = iter(self.model(**batch).logits.float().cpu())
+        outputs = [dict({k: v for k, v in w.items() if k not in ("audio", "transcript", "text_features")},
+                        logits=None if w["silent"] else next(logits)) for w in windows]
+        if not batched:
+            return outputs[0]
+        return {key: [output[key] for output in outputs] for key in ("is_last", *outputs[0])}
 
     def postprocess(self, model_outputs: list[dict], top_k=None, function_to_apply="softmax", return_timeline=False):
         config = self.model.config
@@ -483,7 +468,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         for output in model_outputs:
             best = {"label": None, "score": None, "scores": []}  # a silent window
             if output["logits"] is not None:
-                scores = scores_of(output["logits"])
+                scores = scores_of(output["logits"].reshape(-1))
                 total += output["weight"] * scores.double()
                 weight += output["weight"]
                 listed = ranked(scores)
@@ -493,7 +478,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if weight == 0:  # no window holds speech: no emotion
             clip = []
         elif len(model_outputs) == 1:  # classified whole: exactly the model's scores
-            clip = ranked(scores_of(model_outputs[0]["logits"]))
+            clip = ranked(scores_of(model_outputs[0]["logits"].reshape(-1)))
         else:  # windows without speech weigh nothing
             clip = ranked((total / weight).float())
         if not return_timeline:
@@ -507,166 +492,27 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             "timeline": timeline,
         }
 
-    # ------------------------------------------------------------------------------------------------------------------
-    # Running: windows of all inputs are batched together, `batch_size` at a time, and regrouped per input.
-    # ------------------------------------------------------------------------------------------------------------------
-    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
-        return self._iterate(inputs, batch_size, preprocess_params, forward_params, postprocess_params)
-
-    def _iterate(self, inputs, batch_size, preprocess_params, forward_params, postprocess_params):
-        def windows():
-            for index, item in enumerate(inputs):
-                if isinstance(item, _Single):
-                    yield from self.preprocess(item.value, **preprocess_params)
-                else:
-                    yield from self.preprocess(item, index=index, **preprocess_params)
-
-        stream, clip = windows(), []
-        while batch := list(itertools.islice(stream, max(1, batch_size))):
-            for output in self.forward(self._collate(batch), **forward_params):
-                clip.append(output)
-                if output["is_last"]:
-                    yield self.postprocess(clip, **postprocess_params)
-                    clip = []
-
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
         """The model (with this pipeline's file and `custom_pipelines`) and the processor, ready for `pipeline()`."""
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 
 
-def _register() -> None:
-    from transformers import AutoModelForAudioClassification
-
-    builtin = PIPELINE_REGISTRY.supported_tasks.get(TASK, {})
-    base_logger = logging.get_logger("transformers.pipelines.base")
-    level = base_logger.level
-    base_logger.setLevel(logging.ERROR)  # "already registered. Overwriting": intended, see `__new__`
-    try:
-        PIPELINE_REGISTRY.register_pipeline(
-            TASK,
-            pipeline_class=EmoSLLMAudioClassificationPipeline,
-            pt_model=AutoModelForAudioClassification,
-            default=builtin.get("default"),
-            type="audio",
-        )
-    finally:
-        base_logger.setLevel(level)
-
-
-_register()
-
-
-def custom_pipelines() -> dict:
-    """The `custom_pipelines` entry of config.json (as `Pipeline.save_pretrained` writes it) for this pipeline."""
-    info = EmoSLLMAudioClassificationPipeline._registered_impl[TASK]
-    return {
-        TASK: {
-            "impl": f"{Path(__file__).stem}.{EmoSLLMAudioClassificationPipeline.__name__}",
-            "pt": [model_class.__name__ for model_class in info["pt"]],
-            "type": info.get("type", "audio"),
-        }
+# What `save_pretrained` writes into config.json, so that `pipeline(model=folder, trust_remote_code=True)` and
+# `pipeline("audio-classification", model=folder, trust_remote_code=True)` load this pipeline from the folder.
+CUSTOM_PIPELINES = {
+    TASK: {
+        "impl": f"{Path(__file__).stem}.EmoSLLMAudioClassificationPipeline",
+        "pt": ["AutoModelForAudioClassification"],
+        "type": "audio",
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------------
-def _format_scores(scores: list[dict]) -> str:
-    return ", ".join(f"{s['label']} {s['score']:.3f}" for s in scores)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline_emosllm", description="Emotion labels of audio files with an EmoSLLM model."
-    )
-    parser.add_argument("--model", default=None,
-                        help="a saved EmoSLLM folder (or Hub id); default: the folder this file is in, if it is one")
-    parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec)")
-    parser.add_argument("--format", choices=["table", "jsonl"], default="table")
-    parser.add_argument("--top_k", type=int, default=None, help="classes to show per file (default: all)")
-    parser.add_argument("--segment_seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
-                        help="window length for long files (default: 10); 0 classifies files whole")
-    parser.add_argument("--hop_seconds", type=float, default=None, help="largest distance between window starts")
-    parser.add_argument("--timeline", action="store_true", help="table: print each window of long files too")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
-    parser.add_argument("--no_speech_detection", action="store_true",
-                        help="classify every file (default: a file or window without speech gets no emotion)")
-    args = parser.parse_args(argv)
-    if args.model is None:
-        here = Path(__file__).resolve().parent
-        try:
-            own_folder = json.loads((here / "config.json").read_text()).get("model_type") == "emosllm"
-        except (OSError, ValueError):
-            own_folder = False
-        if not own_folder:
-            parser.error("--model is required: pass a saved EmoSLLM folder or Hub id, e.g. --model outputs/emosllm "
-                         "(or run the pipeline_emosllm.py inside a saved model folder).")
-        args.model = str(here)
-    for flag, value, low in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1)):
-        if value is not None and value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}.")
-    if not 0 <= args.segment_seconds < math.inf:
-        parser.error(f"--segment_seconds must be 0 (whole files) or a positive number of seconds, got "
-                     f"{args.segment_seconds}.")
-    if args.hop_seconds is not None and not 0 < args.hop_seconds < math.inf:
-        parser.error(f"--hop_seconds must be a positive number of seconds, got {args.hop_seconds}.")
-    try:
-        check_device(args.device, "--device")
-    except ValueError as error:
-        parser.error(str(error))
-    if not os.path.isdir(args.model) and (os.path.exists(args.model) or args.model.startswith((".", "/", "~"))):
-        parser.error(f"--model {args.model!r}: no such model folder; pass a folder written by save_pretrained "
-                     "(train.py's --output_dir) or a Hub id.")
-
-    from transformers import pipeline
-
-    try:
-        classifier = pipeline(model=args.model, trust_remote_code=True, device=args.device)
-    except (OSError, ValueError) as error:
-        print(f"error: could not load --model {args.model!r}: {error}", file=sys.stderr)
-        return 2
-    call = {"top_k": args.top_k, "segment_seconds": args.segment_seconds or None, "hop_seconds": args.hop_seconds,
-            "return_timeline": True, "batch_size": args.batch_size, "detect_speech": not args.no_speech_detection}
-    failed = 0
-    if args.format == "table":
-        width = max(len(f) for f in args.files)
-        print(f"{'file':<{width}}  {'seconds':>8}  {'label':<12} {'score':>6}  scores")
-    for path in args.files:
-        try:
-            result = classifier(path, **call)
-        except (ValueError, OSError) as error:
-            failed += 1
-            print(f"error: {error}", file=sys.stderr)
-            if args.format == "jsonl":
-                print(json.dumps({"file": path, "error": str(error)}), flush=True)
-            continue
-        if args.format == "jsonl":
-            print(json.dumps({"file": path, **result}), flush=True)
-            continue
-        if result["label"] is None:
-            print(f"{path:<{width}}  {result['duration']:>8.2f}  {'(no speech)':<12}", flush=True)
-            continue
-        print(f"{path:<{width}}  {result['duration']:>8.2f}  {result['label']:<12} {result['score']:>6.3f}  "
-              f"{_format_scores(result['scores'])}", flush=True)
-        if args.timeline and len(result["timeline"]) > 1:
-            for entry in result["timeline"]:
-                span = f"{entry['start']:.1f}-{entry['end']:.1f} s"
-                label = entry["label"] or "(no speech)"
-                score = "" if entry["score"] is None else f"{entry['score']:>6.3f}"
-                print(f"{'':<{width}}  {span:>14}  {label:<12} {score}  {_format_scores(entry['scores'])}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+}
 
 
 __all__ = [
     "EmoSLLMAudioClassificationPipeline",
     "check_device",
-    "custom_pipelines",
+    "CUSTOM_PIPELINES",
     "decode_audio",
     "read_audio_file",
     "segment_bounds",

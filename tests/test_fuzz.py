@@ -23,6 +23,7 @@ from conftest import LABELS, save_tiny_backbones, tiny_processor, tone, write_to
 
 import data_emosllm
 import encoder_cache_emosllm
+import cli_emosllm
 import pipeline_emosllm
 import resume_emosllm
 import train
@@ -316,7 +317,7 @@ def test_command_line_refuses_bad_arguments_before_loading(argv, message, saved_
     if "cuda" in message and torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
     with pytest.raises(SystemExit) as stopped:
-        pipeline_emosllm.main([a.replace("{folder}", str(saved_folder)) for a in argv])
+        cli_emosllm.main([a.replace("{folder}", str(saved_folder)) for a in argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -324,8 +325,8 @@ def test_command_line_reports_a_bad_file_and_fails(saved_folder, capsys):
     clip = str(saved_folder.parent / "clip.wav")
     short = saved_folder.parent / "short.wav"
     sf.write(short, tone(0.05, 300), 16000)
-    assert pipeline_emosllm.main(["--model", str(saved_folder), clip, "--format", "jsonl"]) == 0
-    assert pipeline_emosllm.main(["--model", str(saved_folder), clip, str(short), "--format", "jsonl"]) == 1
+    assert cli_emosllm.main(["--model", str(saved_folder), clip, "--format", "jsonl"]) == 0
+    assert cli_emosllm.main(["--model", str(saved_folder), clip, str(short), "--format", "jsonl"]) == 1
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
     assert lines[-1]["file"] == str(short) and "too short to hold speech" in lines[-1]["error"]
@@ -333,7 +334,7 @@ def test_command_line_reports_a_bad_file_and_fails(saved_folder, capsys):
     broken = saved_folder.parent / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    assert pipeline_emosllm.main(["--model", str(broken), clip]) == 2
+    assert cli_emosllm.main(["--model", str(broken), clip]) == 2
     assert "could not load --model" in capsys.readouterr().err
 
 

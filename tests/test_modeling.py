@@ -78,7 +78,9 @@ def test_gradients_reach_only_interface_and_lora(adapter):
 def test_no_lora_trains_only_the_interface():
     processor, model = make(lora_rank=0)
     assert not any("lora_" in n for n, _ in model.named_parameters())
-    assert all(n.startswith(TRAINABLE) for n, p in model.named_parameters() if p.requires_grad)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains == {n for n, _ in model.named_parameters() if n.startswith(TRAINABLE)}
+    assert any(n.startswith("adapter.") for n in trains)  # the interface does train: not an empty set
 
 
 def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
@@ -362,8 +364,10 @@ def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
     every_frame_valid = torch.tensor([480000 + 640])  # HF masks nothing; neither do we when all frames count
     ours = model.audio_encoder._whisper_hidden_states(features, every_frame_valid)
     reference = WhisperEncoder.forward(model.audio_encoder.encoder, features, output_hidden_states=True)
-    torch.testing.assert_close(ours[-1], reference.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert len(ours) == len(reference.hidden_states)
+    for layer, (mine, theirs) in enumerate(zip(ours, reference.hidden_states)):  # every layer: "concatenate" reads all
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5, msg=f"layer {layer}")
+    torch.testing.assert_close(ours[-1], reference.last_hidden_state, atol=1e-5, rtol=1e-5)
 
 
 def test_padding_to_max_length_gives_same_placeholders():
@@ -561,8 +565,22 @@ def test_generate_writes_free_text():
     batch.pop("labels")
     for key in ("labels", "lm_labels"):
         batch.pop(key, None)
-    tokens = model.generate(**batch, constrain_to_labels=False, max_new_tokens=3, do_sample=False)
-    assert tokens.shape[0] == 1 and 1 <= tokens.shape[1] <= 3
+    tokens = model.generate(**batch, constrain_to_labels=False, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert tokens.shape == (1, 3)
+    # The same greedy answer, decoded by hand: the prompt's token embeddings with the audio embeddings in the
+    # placeholders' places, one full LLM pass per new token.
+    model.eval()
+    with torch.no_grad():
+        audio, _ = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
+        placeholder = batch["input_ids"] == processor.config.audio_token_id
+        embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(placeholder, 0))
+        embeds[placeholder] = audio.reshape(-1, audio.shape[-1])
+        expected = []
+        for _ in range(3):
+            logits = model.language_model(inputs_embeds=embeds).logits[0, -1]
+            expected.append(int(logits.argmax()))
+            embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[expected[-1]]]))], dim=1)
+    assert tokens[0].tolist() == expected
 
 
 def test_mismatched_processor_and_model_raise():

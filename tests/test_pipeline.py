@@ -227,7 +227,22 @@ def test_saved_folder_carries_the_pipeline(saved):
             "type": "audio",
         }
     }
-    assert (saved["folder"] / "pipeline_emosllm.py").exists()
+    assert (saved["folder"] / "pipeline_emosllm.py").exists() and (saved["folder"] / "cli_emosllm.py").exists()
+
+
+def test_importing_the_pipeline_registers_nothing():
+    """transformers' own `audio-classification` entry is untouched: the folder's config names this pipeline."""
+    import importlib
+
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    before = dict(PIPELINE_REGISTRY.supported_tasks["audio-classification"])
+    import pipeline_emosllm
+
+    importlib.reload(pipeline_emosllm)
+    after = PIPELINE_REGISTRY.supported_tasks["audio-classification"]
+    impl = after["impl"]  # a class, or its dotted name (newer transformers)
+    assert after == before and getattr(impl, "__name__", str(impl).rsplit(".", 1)[-1]) == "AudioClassificationPipeline"
 
 
 def test_both_pipeline_calls_load_the_emosllm_pipeline(results):
@@ -402,7 +417,7 @@ def test_bad_input_raises_naming_it(results, case):
 def test_command_line_jsonl(saved, tmp_path):
     files = saved["files"]
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline_emosllm", "--model", str(saved["folder"]), "--no_speech_detection", files["wav"], files["flac"],
+        [sys.executable, "-m", "cli_emosllm", "--model", str(saved["folder"]), "--no_speech_detection", files["wav"], files["flac"],
          files["missing"], "--format", "jsonl", "--top_k", "2"],
         cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300,
     )
@@ -415,14 +430,22 @@ def test_command_line_jsonl(saved, tmp_path):
         assert len(line["timeline"]) == 1
     assert "no such audio file" in lines[2]["error"] and "no-such-file.wav" in run.stderr
 
+    # Inside the saved folder (as downloaded): its own copy of the command line, with the folder as the model.
+    inside = subprocess.run(
+        [sys.executable, "cli_emosllm.py", "--no_speech_detection", files["wav"], "--format", "jsonl"],
+        cwd=saved["folder"], env=clean_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )
+    assert inside.returncode == 0, inside.stderr[-3000:]
+    assert json.loads(inside.stdout.strip().splitlines()[-1])["label"] == lines[0]["label"]
+
 
 def test_command_line_table(saved, capsys, monkeypatch, tmp_path):
-    import pipeline_emosllm
+    import cli_emosllm
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     long = tone(25.0, 200, seed=3)
     sf.write(tmp_path / "long.wav", long, 16000, subtype="PCM_16")
-    code = pipeline_emosllm.main(
+    code = cli_emosllm.main(
         ["--model", str(saved["folder"]), saved["files"]["wav"], str(tmp_path / "long.wav"), "--timeline",
          "--no_speech_detection"]
     )

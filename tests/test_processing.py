@@ -20,7 +20,10 @@ def test_transcript_not_used_when_config_says_none():
 
     processor = tiny_processor(use_transcript="none")
     batch = processor(tone(1.0, 300), transcript="kids are talking by the door")
-    assert "talking" not in processor.tokenizer.decode(batch["input_ids"][0])
+    without = processor(tone(1.0, 300))
+    assert torch.equal(batch["input_ids"], without["input_ids"])  # no trace of it: the prompt of a clip without one
+    given = tiny_processor(use_transcript="given")(tone(1.0, 300), transcript="kids are talking by the door")
+    assert given["input_ids"].shape[1] > without["input_ids"].shape[1]  # where the config says so, it is read
 
 
 def test_stereo_is_mixed_down(processor):

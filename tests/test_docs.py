@@ -1,0 +1,49 @@
+"""The documents' links: every relative link reaches a file, and a link to a line of code lands on what it names."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCUMENTS = [REPO / "README.md", REPO / "BENCHMARKS.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def relative_links(document: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"```.*?```", "", document.read_text(), flags=re.S)  # code blocks hold no links
+    return [(label, target) for label, target in LINK.findall(text) if not re.match(r"[a-z]+:", target)]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_relative_links_reach_a_file(document):
+    missing = []
+    for _, target in relative_links(document):
+        path = target.split("#", 1)[0]
+        if path and not (document.parent / path).exists():
+            missing.append(target)
+    assert missing == []
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_links_to_a_line_of_code_land_on_the_function_or_class_they_name(document):
+    """`[`EmoSLLMProcessor.build_prompt`](../processing_emosllm.py#L375)`: line 375 defines `build_prompt`."""
+    wrong = []
+    for label, target in relative_links(document):
+        match = re.fullmatch(r"([^#]+\.py)#L(\d+)", target)
+        name = re.fullmatch(r"`([\w.]+)`", label)
+        if not match or not name:
+            continue
+        lines = (document.parent / match.group(1)).read_text().splitlines()
+        number = int(match.group(2))
+        short = name.group(1).rsplit(".", 1)[-1]
+        line = lines[number - 1] if number <= len(lines) else ""
+        owner = name.group(1).rsplit(".", 1)[0] if "." in name.group(1) else None
+        classes = [re.match(r"class\s+(\w+)", text) for text in lines[:number]]
+        enclosing = next((c.group(1) for c in reversed(classes) if c), None)
+        if not re.match(rf"\s*(async\s+)?(def|class)\s+{re.escape(short)}\b", line) or (
+            owner and owner[0].isupper() and enclosing != owner
+        ):
+            found = [i + 1 for i, text in enumerate(lines) if re.match(rf"\s*(def|class)\s+{re.escape(short)}\b", text)]
+            wrong.append(f"{target} for {name.group(1)} (defined at line {found})")
+    assert wrong == []
