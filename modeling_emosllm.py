@@ -9,6 +9,8 @@ Where things happen, each in one place:
 """
 
 import contextlib
+import contextvars
+import copy
 import functools
 import os
 import re
@@ -93,6 +95,50 @@ def bf16_is_native(device_type: str | None = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISION_POLICY = """
+EmoSLLM's precision policy, the one place it is stated (`training_backbone_dtype`, `language_model_load_kwargs`,
+`TRAINED_DTYPE`; tested in tests/test_lean_and_fast.py):
+
+- The parts that train (the interface/adapter, the encoder's layer weights and feature statistics, the probe, LoRA and
+  the audio classifier) are held in float32 always, whatever dtype a backbone's checkpoint declares and whatever
+  `dtype=` is asked for; bf16 autocast (the Trainer's `--bf16`) may still compute them in bf16.
+- The frozen backbones (the audio encoder and the LLM, each only while the config freezes it; a backbone that trains
+  is a trained part) are held in bf16 where the device runs bf16 natively, else float32:
+  - building a model to train (`from_backbones`, train.py): bf16 on a CUDA GPU with bf16 support, float32 on the CPU
+    (any CPU: the reported CPU scores come from float32 training, and an AVX2 CPU emulates bf16 at 14x the time);
+  - loading a lean folder for inference (`from_pretrained`): the LLM in bf16 where bf16 is native (a bf16 GPU, or a
+    CPU with avx512_bf16/amx_bf16) and its checkpoint holds bf16 weights, else float32; the encoder in float32 (it
+    computes in bf16 autocast without gradients where that is native: `EmoSLLMAudioEncoder.bf16_inference`);
+  - `dtype=` (`from_backbones`, `from_pretrained`) sets the frozen backbones' dtype and nothing else.
+- Class scores and the loss are computed in float32 from the LLM's last hidden states (`_next_token_logits`), reading a
+  bf16 language-model head in float32 one block of rows at a time: no float32 copy of the whole head is made or kept
+  for backward.
+- Saving writes each backbone in the dtype its checkpoint declares (or `dtype=`), EmoSLLM's own tensors in float32,
+  and tied weights once.
+"""
+TRAINED_DTYPE = torch.float32  # the dtype of every part that trains (PRECISION_POLICY)
+
+
+def training_backbone_dtype(device_type: str | None = None) -> torch.dtype:
+    """
+    The dtype of the frozen backbones of a model built to train on `device_type` ("cuda", "cpu"; None: the GPU if
+    there is one, else the CPU), as `PRECISION_POLICY` states: bf16 on a CUDA GPU with bf16 support, float32 elsewhere.
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.bfloat16 if device_type == "cuda" and bf16_is_native("cuda") else torch.float32
+
+
+# Set while `from_backbones` builds its skeleton: the pretrained backbones are then made on the meta device (no memory,
+# no random init), to be replaced by the loaded ones; EmoSLLM's own parts are made and initialised as usual.
+_BACKBONES_ON_META = contextvars.ContextVar("emosllm_backbones_on_meta", default=False)
+
+
+def _backbone_construction():
+    """The device context in which a pretrained backbone's skeleton is made (`_BACKBONES_ON_META`)."""
+    return torch.device("meta") if _BACKBONES_ON_META.get() else contextlib.nullcontext()
+
+
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
     """`(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions."""
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
@@ -118,11 +164,13 @@ class EmoSLLMAudioEncoder(nn.Module):
         self.config = config
         audio_config = config.audio_config
         if config.is_whisper_encoder:
-            self.encoder = WhisperEncoder(audio_config)
+            with _backbone_construction():
+                self.encoder = WhisperEncoder(audio_config)
             num_layers = audio_config.encoder_layers
         else:
             audio_config.layerdrop = 0.0  # the layer-weighted average needs every layer's output
-            self.encoder = AutoModel.from_config(audio_config)
+            with _backbone_construction():
+                self.encoder = AutoModel.from_config(audio_config)
             num_layers = audio_config.num_hidden_layers
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
         self.concatenate_layers = config.encoder_layer_combination == "concatenate"
@@ -595,6 +643,27 @@ def _check_backbone_config(loaded, expected, name: str) -> None:
         )
 
 
+def _load_backbone(auto_class, name_or_path: str, expected_config, dtype: torch.dtype) -> nn.Module:
+    """
+    A pretrained backbone loaded once, in `dtype`, with the architecture of `expected_config` (the config the EmoSLLM
+    config holds for it); a weight the checkpoint lacks or holds in another shape is an error, not random.
+    """
+    _check_backbone_config(_backbone_config(name_or_path), expected_config, name_or_path)
+    model, info = auto_class.from_pretrained(
+        name_or_path, config=copy.deepcopy(expected_config), dtype=dtype, output_loading_info=True
+    )
+    problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{name_or_path} does not fit the EmoSLLM config's backbone: {problems}.")
+    return model
+
+
+def _backbone_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path)
+
+
 class EmoSLLMPreTrainedModel(PreTrainedModel):
     config: EmoSLLMConfig
     config_class = EmoSLLMConfig
@@ -638,7 +707,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             )
         self.audio_encoder = EmoSLLMAudioEncoder(config)
         self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.output_size)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        with _backbone_construction():
+            self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_rank > 0:
             inject_adapter_in_model(self.lora_config(), self.language_model)
         # Training aid (`audio_loss_weight`): names the emotion from the mean audio embedding, a short path for the
@@ -798,29 +868,62 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         )
 
     @classmethod
-    def from_backbones(cls, config: EmoSLLMConfig, audio_encoder: str, llm: str) -> "EmoSLLMForSpeechEmotionRecognition":
+    def from_backbones(
+        cls, config: EmoSLLMConfig, audio_encoder: str, llm: str, dtype: torch.dtype | None = None,
+        device_type: str | None = None,
+    ) -> "EmoSLLMForSpeechEmotionRecognition":
         """
         A new EmoSLLM whose audio encoder and LLM carry the pretrained weights in the folders (or Hub ids)
         `audio_encoder` and `llm`; the interface and LoRA start fresh. Build `config` with
         `EmoSLLMProcessor.from_backbones` on the same names.
+
+        Memory-lean: the backbones' skeletons are made on the meta device (no memory, no random init), each backbone's
+        pretrained weights are loaded once, in their final dtype, and put in place; only EmoSLLM's own parts
+        (interface, layer weights, probe, audio classifier, LoRA) are made and initialised. The frozen backbones are
+        held in `dtype`, by default `training_backbone_dtype(device_type)` (bf16 on a bf16 CUDA GPU, float32 on the
+        CPU); the parts that train in float32 (`PRECISION_POLICY`). `device_type`: where the model will train
+        (None: the GPU if there is one, else the CPU); the model itself is built on the CPU.
         """
-        model = cls(config)
-        encoder = AutoModel.from_pretrained(audio_encoder, dtype=torch.float32)
-        encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
-        model.audio_encoder.encoder.load_state_dict(encoder.state_dict())
-        weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
-        # LoRA wraps each adapted layer: its pretrained `x.weight` now lives at `x.base_layer.weight`.
-        own = set(model.language_model.state_dict())
-        weights = {name if name in own else ".base_layer.".join(name.rsplit(".", 1)): w for name, w in weights.items()}
-        missing, unexpected = model.language_model.load_state_dict(weights, strict=False)
-        missing = [name for name in missing if "lora_" not in name]
-        if missing or unexpected:
-            raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
+        token = _BACKBONES_ON_META.set(True)
+        rank, config.lora_rank = config.lora_rank, 0  # LoRA is injected into the loaded LLM, once
+        try:
+            model = cls(config)
+        finally:
+            config.lora_rank = rank
+            _BACKBONES_ON_META.reset(token)
+        training = model.training
+        encoder_dtype = frozen if config.freeze_audio_encoder else TRAINED_DTYPE
+        # The config the old skeleton was made from (layerdrop off, the processor's view of it), the pretrained weights.
+        encoder = _load_backbone(AutoModel, audio_encoder, config.audio_config, encoder_dtype)
+        model.audio_encoder.encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
+        llm_dtype = frozen if config.freeze_language_model else TRAINED_DTYPE
+        model.language_model = _load_backbone(AutoModelForCausalLM, llm, config.text_config, llm_dtype)
+        model._add_fresh_lora()
+        still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if still_meta:
+            raise ValueError(f"{audio_encoder} / {llm} do not fit the config: {still_meta[:5]} were not loaded.")
+        model.tie_weights()
         if config.adapter_type == "probe":  # the soft emotion word starts as a mixture of the label words
             with torch.no_grad():
                 model.adapter.label_embeddings.weight.copy_(model.label_vectors().T)
         model.freeze_backbones()
+        model.train(training)  # the loaded backbones come in eval mode; the frozen encoder stays so (`train`)
         return model
+
+    def _add_fresh_lora(self) -> None:
+        """
+        Injects a new LoRA (`config.lora_rank`) into the LLM, in float32 whatever the LLM's dtype (peft would give it
+        the adapted layer's), initialised as `post_init` initialises it in a model made from the config.
+        """
+        if self.config.lora_rank <= 0:
+            return
+        inject_adapter_in_model(self.lora_config(), self.language_model)
+        for layer in self._lora_layers():
+            for adapters in (layer.lora_A, layer.lora_B):
+                for adapter in adapters.values():
+                    adapter.to(TRAINED_DTYPE)
+                    self._init_weights(adapter)
 
     def backbone_keys(self) -> list[str]:
         """The state-dict keys of the frozen pretrained backbones, which a lean save leaves out."""

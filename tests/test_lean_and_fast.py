@@ -421,3 +421,117 @@ def test_encoder_runs_in_bf16_only_without_gradients_and_where_bf16_is_native(ti
         assert ((inference - float32).abs() / scale).max() < 0.05
     else:
         torch.testing.assert_close(inference, float32, atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Memory-lean construction (`from_backbones`)
+# --------------------------------------------------------------------------------------------------------------------
+def old_build(config, encoder: str, llm: str) -> EmoSLLMForSpeechEmotionRecognition:
+    """`from_backbones` as it was before the lean build: the whole model made at random, then each backbone loaded
+    again in float32 and copied in. The reference the lean build must equal on the backbones."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    model = EmoSLLMForSpeechEmotionRecognition(config)
+    loaded = AutoModel.from_pretrained(encoder, dtype=torch.float32)
+    loaded = loaded.get_encoder() if config.is_whisper_encoder else loaded
+    model.audio_encoder.encoder.load_state_dict(loaded.state_dict())
+    weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
+    own = set(model.language_model.state_dict())
+    weights = {n if n in own else ".base_layer.".join(n.rsplit(".", 1)): w for n, w in weights.items()}
+    model.language_model.load_state_dict(weights, strict=False)
+    model.freeze_backbones()
+    return model
+
+
+class RandomInitCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the elements that random-init ops (normal_, uniform_, ...) write outside the meta device."""
+
+    RANDOM = {"normal_", "uniform_", "bernoulli_", "random_", "exponential_", "log_normal_", "cauchy_",
+              "geometric_", "normal", "rand", "randn", "randint", "randperm"}
+
+    def __init__(self):
+        super().__init__()
+        self.elements, self.storages = 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.split(".")[0] in self.RANDOM and isinstance(out, torch.Tensor) and not out.is_meta:
+            self.elements += out.numel()
+            self.storages.add(out.untyped_storage().data_ptr())
+        return out
+
+
+def lean_processor(root: Path, **kwargs) -> EmoSLLMProcessor:
+    return EmoSLLMProcessor.from_backbones(
+        str(root / "encoder"), str(root / "llm"), labels=LABELS, adapter_hidden_size=32, adapter_num_heads=2,
+        num_queries=4, lora_rank=4, lora_alpha=8, **TINY_IDS, **kwargs,
+    )
+
+
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backbone_once(tmp_path, monkeypatch,
+                                                                                         adapter):
+    import modeling_emosllm
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    save_tiny_backbones(tmp_path)
+    processor = lean_processor(tmp_path, adapter_type=adapter)
+    loads = []
+    for auto in (AutoModel, AutoModelForCausalLM):
+        original = auto.from_pretrained
+
+        def spy(*args, original=original, **kwargs):
+            loads.append(kwargs.get("dtype"))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    skeletons = []
+    post_init = modeling_emosllm.EmoSLLMForSpeechEmotionRecognition.post_init
+
+    def seen_at_init(self):  # where the random init runs: every backbone tensor must still be on the meta device
+        skeletons.append({n: t.device.type for n, t in self.state_dict().items()
+                          if n.startswith(("audio_encoder.encoder.", "language_model."))})
+        return post_init(self)
+
+    monkeypatch.setattr(modeling_emosllm.EmoSLLMForSpeechEmotionRecognition, "post_init", seen_at_init)
+    counter = RandomInitCounter()
+    with counter:
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(tmp_path / "encoder"),
+                                                                  str(tmp_path / "llm"))
+    assert len(skeletons) == 1 and skeletons[0] and set(skeletons[0].values()) == {"meta"}
+    assert loads == [torch.float32, torch.float32]  # each backbone once, in its final dtype (the CPU policy)
+    backbone = set(model.backbone_keys())
+    own = sum(t.numel() for n, t in model.state_dict().items() if n not in backbone)
+    backbones = sum(t.numel() for n, t in model.state_dict().items() if n in backbone)
+    # Random init wrote EmoSLLM's own parts (some twice: their constructor's init, then post_init's), no backbone.
+    assert 0 < counter.elements < backbones and own < backbones
+    assert not counter.storages & {t.untyped_storage().data_ptr() for n, t in model.state_dict().items()
+                                   if n in backbone}
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewhere(tmp_path, adapter):
+    save_tiny_backbones(tmp_path)
+    processor = lean_processor(tmp_path, adapter_type=adapter)
+    encoder, llm = str(tmp_path / "encoder"), str(tmp_path / "llm")
+    torch.manual_seed(0)
+    new = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    torch.manual_seed(0)
+    old = old_build(processor.config, encoder, llm)
+    new_state, old_state = new.state_dict(), old.state_dict()
+    assert new_state.keys() == old_state.keys()
+    for name in old.backbone_keys():
+        assert new_state[name].dtype == old_state[name].dtype and torch.equal(new_state[name], old_state[name]), name
+    for name, tensor in old_state.items():  # EmoSLLM's own parts: the same shapes, dtypes and spread of init
+        assert new_state[name].shape == tensor.shape and new_state[name].dtype == tensor.dtype, name
+        if "lora_" in name or name.startswith("adapter.") and name.endswith("weight") and tensor.numel() > 64:
+            assert torch.isclose(new_state[name].std(), tensor.std(), rtol=0.35), name
+    assert [(n, p.requires_grad) for n, p in new.named_parameters()] == \
+           [(n, p.requires_grad) for n, p in old.named_parameters()]
+    assert [(n, m.training) for n, m in new.named_modules()] == [(n, m.training) for n, m in old.named_modules()]
+    if adapter == "probe":  # the soft emotion word starts as the mixture of the label words
+        torch.testing.assert_close(new.adapter.label_embeddings.weight, new.label_vectors().T, rtol=0, atol=0)
+    batch = processor([tone(0.8, 300)], labels=["happy"])
+    assert torch.isfinite(new(**batch).loss)
+
