@@ -223,12 +223,14 @@ class EmoSLLMAudioEncoder(nn.Module):
         """
         device_type = input_features.device.type
         bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
+        held = next(self.encoder.parameters()).dtype  # bf16 where the policy holds the frozen encoder so
+        inputs = input_features.to(held) if held != torch.float32 else input_features
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             if self.config.is_whisper_encoder:
-                states = self._whisper_hidden_states(input_features, audio_lengths)
+                states = self._whisper_hidden_states(inputs, audio_lengths)
             else:
                 attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
-                states = self.encoder(input_features, attention_mask=attention_mask, output_hidden_states=True)
+                states = self.encoder(inputs, attention_mask=attention_mask, output_hidden_states=True)
                 states = states.hidden_states
         return torch.stack(states, dim=1).to(input_features.dtype)
 
@@ -604,6 +606,18 @@ def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.d
     return language_model_load_kwargs(llm_folder, device_type)["dtype"]
 
 
+def _torch_dtype(dtype) -> torch.dtype | None:
+    """`dtype=` as `from_pretrained` takes it (a torch dtype, its name, "auto" or None) -> a torch dtype or None."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):  # "float32", as transformers
+        dtype = getattr(torch, dtype)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
+                         "torch.bfloat16, or leave it unset for the default.")
+    return dtype
+
+
 def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
     """A lean folder's backbone `config.<key>` (a Hub id) as a local folder, or a `ValueError` saying how to get it."""
     try:
@@ -662,6 +676,35 @@ def _backbone_config(name_or_path: str):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(name_or_path)
+
+
+class _FrozenHeadLogits(torch.autograd.Function):
+    """
+    `hidden.float() @ weight.float().T` for a frozen low-precision language-model head `weight` `(vocab, hidden)`,
+    computed in float32 `ROWS` rows of the head at a time, forward and backward (where it reads the head again), so
+    neither makes nor keeps a float32 copy of the whole head. Gives no gradient to the head (it is frozen).
+    """
+
+    ROWS = 8192
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        logits = hidden.new_empty(*hidden.shape[:-1], weight.shape[0])
+        for start in range(0, weight.shape[0], _FrozenHeadLogits.ROWS):
+            rows = weight[start:start + _FrozenHeadLogits.ROWS].float()
+            logits[..., start:start + rows.shape[0]] = hidden @ rows.T
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_hidden = None
+        for start in range(0, weight.shape[0], _FrozenHeadLogits.ROWS):
+            rows = weight[start:start + _FrozenHeadLogits.ROWS].float()
+            part = grad[..., start:start + rows.shape[0]] @ rows
+            grad_hidden = part if grad_hidden is None else grad_hidden + part
+        return grad_hidden, None
 
 
 class EmoSLLMPreTrainedModel(PreTrainedModel):
@@ -750,9 +793,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if lean:
             return cls._from_lean(pretrained_model_name_or_path, weights, lean, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
-        kwargs.setdefault("dtype", torch.float32)  # a full save is written in bf16; this CPU model computes in float32
+        # Loaded in float32 (a full save holds the backbones in bf16, EmoSLLM's own tensors in float32), then `dtype`
+        # applies to the frozen backbones only (PRECISION_POLICY).
+        backbone_dtype = _torch_dtype(kwargs.pop("dtype", None))
         model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            pretrained_model_name_or_path, *args, output_loading_info=True, dtype=torch.float32, **kwargs
         )
         problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
         if problems:
@@ -761,6 +806,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 "configuration or version. Load the folder's own config.json with it, or retrain with train.py."
             )
         model.freeze_backbones()  # loading marks every parameter trainable; the config says which ones train
+        model.apply_precision(backbone_dtype)
         return (model, info) if output_loading_info else model
 
     @classmethod
@@ -777,11 +823,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         rest in float32; `dtype=torch.float32` keeps everything in float32.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        if isinstance(dtype, str) and dtype != "auto":  # "float32", as transformers also takes it
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
-                                 "torch.bfloat16, or leave it unset for the default.")
-            dtype = getattr(torch, dtype)
+        dtype = _torch_dtype(dtype)
         one_device = isinstance(device_map, (str, torch.device)) and str(device_map) != "auto"  # the whole model
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
@@ -796,15 +838,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         finally:
             config.lora_rank = rank
         if "audio_encoder" in missing_parts:
-            encoder = AutoModel.from_pretrained(_backbone_folder(config, "audio_model_id"), dtype=torch.float32)
+            encoder = AutoModel.from_pretrained(_backbone_folder(config, "audio_model_id"), dtype=dtype or torch.float32)
             encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
             _check_backbone_config(encoder.config, config.audio_config, config.audio_model_id)
             model.audio_encoder.encoder = encoder
         if "language_model" in missing_parts:
             folder = _backbone_folder(config, "text_model_id")
             device_type = torch.device(device_map).type if one_device else "cpu"
-            asked = dtype if isinstance(dtype, torch.dtype) else None
-            llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, asked))
+            llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, dtype))
             _check_backbone_config(llm.config, config.text_config, config.text_model_id)
             if config.lora_rank > 0:
                 inject_adapter_in_model(model.lora_config(), llm)
@@ -849,8 +890,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             )
         model.tie_weights()
         model.config._name_or_path = str(name_or_path)
-        if dtype is not None and dtype != "auto":
-            model.to(dtype)
+        model.apply_precision(dtype)  # `dtype` for the backbones only; LoRA and EmoSLLM's own tensors in float32
         if one_device:
             model.to(device_map)
         model.freeze_backbones()
@@ -936,7 +976,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return keys
 
     def save_pretrained(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16, **kwargs
     ):
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (see
@@ -960,7 +1000,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         os.rename(beside, save_directory)
 
     def _save_folder(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16, **kwargs
     ) -> None:
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
@@ -970,9 +1010,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         statistics, probe; `lora/`: the LoRA in peft's own layout, `adapter_config.json` and
         `adapter_model.safetensors`, which peft's tools read) and `config.json` naming the frozen backbones by Hub
         id (`audio_model_id`, `text_model_id`), which loading fetches. `full_weights=True` writes every weight (the
-        backbones in `dtype`, bf16 unless `torch.float32` is asked for; EmoSLLM's own tensors in float32). A model
-        whose backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by
-        default it gets every weight in float32, with a warning; `full_weights=False` raises instead. A
+        backbones in `dtype`, bf16 unless `torch.float32` is asked for, or with `dtype=None` each in the dtype its
+        checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
+        backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
+        gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
+        raises instead. A
         `state_dict` passed in (the Trainer's checkpoints) is written as given.
         """
         # A relative import is what transformers follows to copy code files into the folder (and back out of it).
@@ -990,9 +1032,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if full_weights is None and unnamed:
             logger.warning(
                 f"config.{unnamed[0]} is {getattr(self.config, unnamed[0])!r}, not a Hub id, so {save_directory} gets "
-                "every weight (float32) instead of a lean folder; set it to the backbone's Hub id for a lean save."
+                "every weight (each backbone in its checkpoint's dtype) instead of a lean folder; set it to the backbone's Hub id for a lean save."
             )
-            full_weights, dtype = True, torch.float32
+            full_weights, dtype = True, None  # each backbone in the dtype its checkpoint declares
         if not full_weights and unnamed:
             raise ValueError(
                 f"A lean save names its backbones by Hub id, but config.{unnamed[0]} is "
@@ -1005,8 +1047,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         try:
             backbone = set(self.backbone_keys())
             if full_weights:
-                state = {k: v.to(dtype) if k in backbone and v.is_floating_point() else v
-                         for k, v in self.state_dict().items()}
+                state = self._full_state(dtype)
                 ignored, self._keys_to_ignore_on_save = self._keys_to_ignore_on_save, None
                 try:
                     return super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
@@ -1020,6 +1061,32 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         finally:
             if merged:
                 self.merge_lora()
+
+    def _full_state(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """
+        Every weight as a full save writes it: each frozen backbone in `dtype`, or with None in the dtype its
+        checkpoint declares (`audio_config.dtype`, `text_config.dtype`; as held where it declares none); EmoSLLM's
+        own tensors in float32. Tied weights stay one tensor, so the tied head is written once.
+        """
+        backbone = set(self.backbone_keys())
+
+        def declared(key: str) -> torch.dtype | None:
+            config = self.config.text_config if key.startswith("language_model.") else self.config.audio_config
+            stated = getattr(config, "dtype", None)
+            stated = getattr(torch, stated, None) if isinstance(stated, str) else stated
+            return stated if isinstance(stated, torch.dtype) and stated.is_floating_point else None
+
+        cast, state = {}, {}
+        for key, tensor in self.state_dict().items():
+            target = (dtype or declared(key)) if key in backbone else TRAINED_DTYPE
+            if not tensor.is_floating_point() or target is None or tensor.dtype == target:
+                state[key] = tensor
+                continue
+            same = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), target)
+            if same not in cast:  # a tensor tied to one already cast is the same cast tensor
+                cast[same] = tensor.to(target)
+            state[key] = cast[same]
+        return state
 
     def _save_lora(self, folder: str) -> None:
         """LoRA in peft's layout, loadable onto the plain LLM with `PeftModel.from_pretrained(llm, folder)`."""
@@ -1076,6 +1143,25 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         for layer in self._lora_layers():
             if not layer.merged:
                 layer.merge()
+        self._prompt_cache = None
+
+    @torch.no_grad()
+    def apply_precision(self, backbone_dtype: torch.dtype | None = None) -> None:
+        """
+        `PRECISION_POLICY` on this model: every part that trains (and EmoSLLM's own buffers) in float32; the frozen
+        backbones' weights in `backbone_dtype` (None: as they are). Tied weights stay tied (one parameter, cast once).
+        """
+        backbone = set(self.backbone_keys())
+        for name, param in self.named_parameters():
+            target = backbone_dtype if name in backbone else TRAINED_DTYPE
+            if param.is_floating_point() and target is not None and param.dtype != target:
+                param.data = param.data.to(target)
+        for name, module in self.named_modules():  # EmoSLLM's own buffers (statistics, probe), not the backbones'
+            if name.startswith(("audio_encoder.encoder", "language_model")):
+                continue
+            for key, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point() and buffer.dtype != TRAINED_DTYPE:
+                    setattr(module, key, buffer.to(TRAINED_DTYPE))
         self._prompt_cache = None
 
     @torch.no_grad()
@@ -1303,6 +1389,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         weight = head.weight if tokens is None else head.weight[tokens]
         bias = None if head.bias is None else (head.bias if tokens is None else head.bias[tokens])
         with torch.autocast(device_type=hidden.device.type, enabled=False):
+            if tokens is None and weight.dtype != torch.float32 and not weight.requires_grad:
+                # A frozen bf16 head over the whole vocabulary: read in float32 a block of rows at a time, never a
+                # float32 copy of the whole head (1.5 GiB at Llama-3's vocabulary), not even for backward.
+                logits = _FrozenHeadLogits.apply(hidden.float(), weight)
+                return logits if bias is None else logits + bias.float()
             return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
 
     def _prompt_only(
