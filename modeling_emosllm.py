@@ -838,7 +838,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         finally:
             config.lora_rank = rank
         if "audio_encoder" in missing_parts:
-            encoder = AutoModel.from_pretrained(_backbone_folder(config, "audio_model_id"), dtype=dtype or torch.float32)
+            encoder_folder = _backbone_folder(config, "audio_model_id")
+            encoder = AutoModel.from_pretrained(encoder_folder, dtype=dtype or torch.float32)
             encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
             _check_backbone_config(encoder.config, config.audio_config, config.audio_model_id)
             model.audio_encoder.encoder = encoder
@@ -976,7 +977,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return keys
 
     def save_pretrained(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16,
+        **kwargs,
     ):
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (see
@@ -1000,7 +1002,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         os.rename(beside, save_directory)
 
     def _save_folder(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16,
+        **kwargs,
     ) -> None:
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
@@ -1014,8 +1017,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
         backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
         gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
-        raises instead. A
-        `state_dict` passed in (the Trainer's checkpoints) is written as given.
+        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written as given.
         """
         # A relative import is what transformers follows to copy code files into the folder (and back out of it).
         try:
@@ -1032,7 +1034,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if full_weights is None and unnamed:
             logger.warning(
                 f"config.{unnamed[0]} is {getattr(self.config, unnamed[0])!r}, not a Hub id, so {save_directory} gets "
-                "every weight (each backbone in its checkpoint's dtype) instead of a lean folder; set it to the backbone's Hub id for a lean save."
+                "every weight (each backbone in its checkpoint's dtype) instead of a lean folder; set it to the "
+                "backbone's Hub id for a lean save."
             )
             full_weights, dtype = True, None  # each backbone in the dtype its checkpoint declares
         if not full_weights and unnamed:

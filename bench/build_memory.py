@@ -9,9 +9,9 @@ Random backbones in the paper's shapes, saved to a temporary folder as Hub check
 (transformers' WavLMConfig with the large settings: width 1024, 16 heads, 4096 feed-forward, stable layer norm) in
 float32 and a Llama-3.2-1B- or 3B-shaped LLM (vocabulary 128256, tied head) in bf16, as Meta publishes it, at the
 depths asked for; SmolLM2's tokenizer (the bundled copy) stands in for Llama's. The interface is the paper's QPMapper
-at 32 queries. Each case runs in a subprocess of its own, which reports its peak resident set (`ru_maxrss`) after the
-imports and the processor (the baseline) and after the build (VmHWM), and the bytes of the model's parameters and buffers.
-Prints a Markdown table.
+at 32 queries. Each case runs in a subprocess of its own, which reports its peak resident set (Linux's VmHWM) after
+the imports and the processor (the baseline) and after the build, and the bytes of the model's parameters and
+buffers. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def save_backbones(folder: Path, args) -> tuple[str, str]:
         _fill_random(llm)
         llm.model.rotary_emb.__init__(config=config)  # its inverse frequencies, lost by to_empty
         llm.save_pretrained(llm_dir)
-        AutoTokenizer.from_pretrained(resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")).save_pretrained(llm_dir)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct"))
+        tokenizer.save_pretrained(llm_dir)
         del llm
     return str(encoder_dir), str(llm_dir)
 
