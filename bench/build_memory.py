@@ -143,7 +143,7 @@ def peak_rss_bytes() -> int:
 def model_bytes(model) -> dict:
     """Bytes of the model's parameters and buffers, each storage once (tied weights), by dtype."""
     seen, by_dtype = set(), {}
-    for tensor in [*model.parameters(), *model.buffers()]:
+    for tensor in [*model.state_dict().values(), *model.buffers()]:  # the state dict names a tied tensor twice
         key = tensor.untyped_storage().data_ptr()
         if key in seen:
             continue
