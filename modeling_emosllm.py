@@ -9,6 +9,8 @@ Where things happen, each in one place:
 """
 
 import contextlib
+import contextvars
+import copy
 import functools
 import os
 import re
@@ -93,6 +95,50 @@ def bf16_is_native(device_type: str | None = None) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISION_POLICY = """
+EmoSLLM's precision policy, the one place it is stated (`training_backbone_dtype`, `language_model_load_kwargs`,
+`TRAINED_DTYPE`; tested in tests/test_lean_and_fast.py):
+
+- The parts that train (the interface/adapter, the encoder's layer weights and feature statistics, the probe, LoRA and
+  the audio classifier) are held in float32 always, whatever dtype a backbone's checkpoint declares and whatever
+  `dtype=` is asked for; bf16 autocast (the Trainer's `--bf16`) may still compute them in bf16.
+- The frozen backbones (the audio encoder and the LLM, each only while the config freezes it; a backbone that trains
+  is a trained part) are held in bf16 where the device runs bf16 natively, else float32:
+  - building a model to train (`from_backbones`, train.py): bf16 on a CUDA GPU with bf16 support, float32 on the CPU
+    (any CPU: the reported CPU scores come from float32 training, and an AVX2 CPU emulates bf16 at 14x the time);
+  - loading a lean folder for inference (`from_pretrained`): the LLM in bf16 where bf16 is native (a bf16 GPU, or a
+    CPU with avx512_bf16/amx_bf16) and its checkpoint holds bf16 weights, else float32; the encoder in float32 (it
+    computes in bf16 autocast without gradients where that is native: `EmoSLLMAudioEncoder.bf16_inference`);
+  - `dtype=` (`from_backbones`, `from_pretrained`) sets the frozen backbones' dtype and nothing else.
+- Class scores and the loss are computed in float32 from the LLM's last hidden states (`_next_token_logits`), reading a
+  bf16 language-model head in float32 one block of rows at a time: no float32 copy of the whole head is made or kept
+  for backward.
+- Saving writes each backbone in the dtype its checkpoint declares (or `dtype=`), EmoSLLM's own tensors in float32,
+  and tied weights once.
+"""
+TRAINED_DTYPE = torch.float32  # the dtype of every part that trains (PRECISION_POLICY)
+
+
+def training_backbone_dtype(device_type: str | None = None) -> torch.dtype:
+    """
+    The dtype of the frozen backbones of a model built to train on `device_type` ("cuda", "cpu"; None: the GPU if
+    there is one, else the CPU), as `PRECISION_POLICY` states: bf16 on a CUDA GPU with bf16 support, float32 elsewhere.
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.bfloat16 if device_type == "cuda" and bf16_is_native("cuda") else torch.float32
+
+
+# Set while `from_backbones` builds its skeleton: the pretrained backbones are then made on the meta device (no memory,
+# no random init), to be replaced by the loaded ones; EmoSLLM's own parts are made and initialised as usual.
+_BACKBONES_ON_META = contextvars.ContextVar("emosllm_backbones_on_meta", default=False)
+
+
+def _backbone_construction():
+    """The device context in which a pretrained backbone's skeleton is made (`_BACKBONES_ON_META`)."""
+    return torch.device("meta") if _BACKBONES_ON_META.get() else contextlib.nullcontext()
+
+
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
     """`(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions."""
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
@@ -118,11 +164,13 @@ class EmoSLLMAudioEncoder(nn.Module):
         self.config = config
         audio_config = config.audio_config
         if config.is_whisper_encoder:
-            self.encoder = WhisperEncoder(audio_config)
+            with _backbone_construction():
+                self.encoder = WhisperEncoder(audio_config)
             num_layers = audio_config.encoder_layers
         else:
             audio_config.layerdrop = 0.0  # the layer-weighted average needs every layer's output
-            self.encoder = AutoModel.from_config(audio_config)
+            with _backbone_construction():
+                self.encoder = AutoModel.from_config(audio_config)
             num_layers = audio_config.num_hidden_layers
         self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
         self.concatenate_layers = config.encoder_layer_combination == "concatenate"
@@ -175,12 +223,14 @@ class EmoSLLMAudioEncoder(nn.Module):
         """
         device_type = input_features.device.type
         bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
+        held = next(self.encoder.parameters()).dtype  # bf16 where the policy holds the frozen encoder so
+        inputs = input_features.to(held) if held != torch.float32 else input_features
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             if self.config.is_whisper_encoder:
-                states = self._whisper_hidden_states(input_features, audio_lengths)
+                states = self._whisper_hidden_states(inputs, audio_lengths)
             else:
                 attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
-                states = self.encoder(input_features, attention_mask=attention_mask, output_hidden_states=True)
+                states = self.encoder(inputs, attention_mask=attention_mask, output_hidden_states=True)
                 states = states.hidden_states
         return torch.stack(states, dim=1).to(input_features.dtype)
 
@@ -556,6 +606,18 @@ def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.d
     return language_model_load_kwargs(llm_folder, device_type)["dtype"]
 
 
+def _torch_dtype(dtype) -> torch.dtype | None:
+    """`dtype=` as `from_pretrained` takes it (a torch dtype, its name, "auto" or None) -> a torch dtype or None."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):  # "float32", as transformers
+        dtype = getattr(torch, dtype)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
+                         "torch.bfloat16, or leave it unset for the default.")
+    return dtype
+
+
 def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
     """A lean folder's backbone `config.<key>` (a Hub id) as a local folder, or a `ValueError` saying how to get it."""
     try:
@@ -593,6 +655,56 @@ def _check_backbone_config(loaded, expected, name: str) -> None:
             f"The backbone {name!r} is not the one this EmoSLLM was trained on (found, expected: {differ}); point "
             "the config's audio_model_id/text_model_id to the right model."
         )
+
+
+def _load_backbone(auto_class, name_or_path: str, expected_config, dtype: torch.dtype) -> nn.Module:
+    """
+    A pretrained backbone loaded once, in `dtype`, with the architecture of `expected_config` (the config the EmoSLLM
+    config holds for it); a weight the checkpoint lacks or holds in another shape is an error, not random.
+    """
+    _check_backbone_config(_backbone_config(name_or_path), expected_config, name_or_path)
+    model, info = auto_class.from_pretrained(
+        name_or_path, config=copy.deepcopy(expected_config), dtype=dtype, output_loading_info=True
+    )
+    problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if problems:
+        raise ValueError(f"{name_or_path} does not fit the EmoSLLM config's backbone: {problems}.")
+    return model
+
+
+def _backbone_config(name_or_path: str):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name_or_path)
+
+
+class _FrozenHeadLogits(torch.autograd.Function):
+    """
+    `hidden.float() @ weight.float().T` for a frozen low-precision language-model head `weight` `(vocab, hidden)`,
+    computed in float32 `ROWS` rows of the head at a time, forward and backward (where it reads the head again), so
+    neither makes nor keeps a float32 copy of the whole head. Gives no gradient to the head (it is frozen).
+    """
+
+    ROWS = 8192
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        logits = hidden.new_empty(*hidden.shape[:-1], weight.shape[0])
+        for start in range(0, weight.shape[0], _FrozenHeadLogits.ROWS):
+            rows = weight[start:start + _FrozenHeadLogits.ROWS].float()
+            logits[..., start:start + rows.shape[0]] = hidden @ rows.T
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_hidden = None
+        for start in range(0, weight.shape[0], _FrozenHeadLogits.ROWS):
+            rows = weight[start:start + _FrozenHeadLogits.ROWS].float()
+            part = grad[..., start:start + rows.shape[0]] @ rows
+            grad_hidden = part if grad_hidden is None else grad_hidden + part
+        return grad_hidden, None
 
 
 class EmoSLLMPreTrainedModel(PreTrainedModel):
@@ -638,7 +750,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             )
         self.audio_encoder = EmoSLLMAudioEncoder(config)
         self.adapter = ADAPTERS[config.adapter_type](config, self.audio_encoder.output_size)
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        with _backbone_construction():
+            self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         if config.lora_rank > 0:
             inject_adapter_in_model(self.lora_config(), self.language_model)
         # Training aid (`audio_loss_weight`): names the emotion from the mean audio embedding, a short path for the
@@ -680,9 +793,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if lean:
             return cls._from_lean(pretrained_model_name_or_path, weights, lean, **kwargs)
         output_loading_info = kwargs.pop("output_loading_info", False)
-        kwargs.setdefault("dtype", torch.float32)  # a full save is written in bf16; this CPU model computes in float32
+        # Loaded in float32 (a full save holds the backbones in bf16, EmoSLLM's own tensors in float32), then `dtype`
+        # applies to the frozen backbones only (PRECISION_POLICY).
+        backbone_dtype = _torch_dtype(kwargs.pop("dtype", None))
         model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            pretrained_model_name_or_path, *args, output_loading_info=True, dtype=torch.float32, **kwargs
         )
         problems = {k: sorted(v)[:5] for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
         if problems:
@@ -691,6 +806,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 "configuration or version. Load the folder's own config.json with it, or retrain with train.py."
             )
         model.freeze_backbones()  # loading marks every parameter trainable; the config says which ones train
+        model.apply_precision(backbone_dtype)
         return (model, info) if output_loading_info else model
 
     @classmethod
@@ -707,11 +823,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         rest in float32; `dtype=torch.float32` keeps everything in float32.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        if isinstance(dtype, str) and dtype != "auto":  # "float32", as transformers also takes it
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
-                                 "torch.bfloat16, or leave it unset for the default.")
-            dtype = getattr(torch, dtype)
+        dtype = _torch_dtype(dtype)
         one_device = isinstance(device_map, (str, torch.device)) and str(device_map) != "auto"  # the whole model
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
@@ -726,15 +838,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         finally:
             config.lora_rank = rank
         if "audio_encoder" in missing_parts:
-            encoder = AutoModel.from_pretrained(_backbone_folder(config, "audio_model_id"), dtype=torch.float32)
+            encoder_folder = _backbone_folder(config, "audio_model_id")
+            encoder = AutoModel.from_pretrained(encoder_folder, dtype=dtype or torch.float32)
             encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
             _check_backbone_config(encoder.config, config.audio_config, config.audio_model_id)
             model.audio_encoder.encoder = encoder
         if "language_model" in missing_parts:
             folder = _backbone_folder(config, "text_model_id")
             device_type = torch.device(device_map).type if one_device else "cpu"
-            asked = dtype if isinstance(dtype, torch.dtype) else None
-            llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, asked))
+            llm = AutoModelForCausalLM.from_pretrained(folder, **language_model_load_kwargs(folder, device_type, dtype))
             _check_backbone_config(llm.config, config.text_config, config.text_model_id)
             if config.lora_rank > 0:
                 inject_adapter_in_model(model.lora_config(), llm)
@@ -779,8 +891,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             )
         model.tie_weights()
         model.config._name_or_path = str(name_or_path)
-        if dtype is not None and dtype != "auto":
-            model.to(dtype)
+        model.apply_precision(dtype)  # `dtype` for the backbones only; LoRA and EmoSLLM's own tensors in float32
         if one_device:
             model.to(device_map)
         model.freeze_backbones()
@@ -798,29 +909,62 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         )
 
     @classmethod
-    def from_backbones(cls, config: EmoSLLMConfig, audio_encoder: str, llm: str) -> "EmoSLLMForSpeechEmotionRecognition":
+    def from_backbones(
+        cls, config: EmoSLLMConfig, audio_encoder: str, llm: str, dtype: torch.dtype | None = None,
+        device_type: str | None = None,
+    ) -> "EmoSLLMForSpeechEmotionRecognition":
         """
         A new EmoSLLM whose audio encoder and LLM carry the pretrained weights in the folders (or Hub ids)
         `audio_encoder` and `llm`; the interface and LoRA start fresh. Build `config` with
         `EmoSLLMProcessor.from_backbones` on the same names.
+
+        Memory-lean: the backbones' skeletons are made on the meta device (no memory, no random init), each backbone's
+        pretrained weights are loaded once, in their final dtype, and put in place; only EmoSLLM's own parts
+        (interface, layer weights, probe, audio classifier, LoRA) are made and initialised. The frozen backbones are
+        held in `dtype`, by default `training_backbone_dtype(device_type)` (bf16 on a bf16 CUDA GPU, float32 on the
+        CPU); the parts that train in float32 (`PRECISION_POLICY`). `device_type`: where the model will train
+        (None: the GPU if there is one, else the CPU); the model itself is built on the CPU.
         """
-        model = cls(config)
-        encoder = AutoModel.from_pretrained(audio_encoder, dtype=torch.float32)
-        encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
-        model.audio_encoder.encoder.load_state_dict(encoder.state_dict())
-        weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
-        # LoRA wraps each adapted layer: its pretrained `x.weight` now lives at `x.base_layer.weight`.
-        own = set(model.language_model.state_dict())
-        weights = {name if name in own else ".base_layer.".join(name.rsplit(".", 1)): w for name, w in weights.items()}
-        missing, unexpected = model.language_model.load_state_dict(weights, strict=False)
-        missing = [name for name in missing if "lora_" not in name]
-        if missing or unexpected:
-            raise ValueError(f"{llm} does not fit the config's LLM: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
+        token = _BACKBONES_ON_META.set(True)
+        rank, config.lora_rank = config.lora_rank, 0  # LoRA is injected into the loaded LLM, once
+        try:
+            model = cls(config)
+        finally:
+            config.lora_rank = rank
+            _BACKBONES_ON_META.reset(token)
+        training = model.training
+        encoder_dtype = frozen if config.freeze_audio_encoder else TRAINED_DTYPE
+        # The config the old skeleton was made from (layerdrop off, the processor's view of it), the pretrained weights.
+        encoder = _load_backbone(AutoModel, audio_encoder, config.audio_config, encoder_dtype)
+        model.audio_encoder.encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
+        llm_dtype = frozen if config.freeze_language_model else TRAINED_DTYPE
+        model.language_model = _load_backbone(AutoModelForCausalLM, llm, config.text_config, llm_dtype)
+        model._add_fresh_lora()
+        still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if still_meta:
+            raise ValueError(f"{audio_encoder} / {llm} do not fit the config: {still_meta[:5]} were not loaded.")
+        model.tie_weights()
         if config.adapter_type == "probe":  # the soft emotion word starts as a mixture of the label words
             with torch.no_grad():
                 model.adapter.label_embeddings.weight.copy_(model.label_vectors().T)
         model.freeze_backbones()
+        model.train(training)  # the loaded backbones come in eval mode; the frozen encoder stays so (`train`)
         return model
+
+    def _add_fresh_lora(self) -> None:
+        """
+        Injects a new LoRA (`config.lora_rank`) into the LLM, in float32 whatever the LLM's dtype (peft would give it
+        the adapted layer's), initialised as `post_init` initialises it in a model made from the config.
+        """
+        if self.config.lora_rank <= 0:
+            return
+        inject_adapter_in_model(self.lora_config(), self.language_model)
+        for layer in self._lora_layers():
+            for adapters in (layer.lora_A, layer.lora_B):
+                for adapter in adapters.values():
+                    adapter.to(TRAINED_DTYPE)
+                    self._init_weights(adapter)
 
     def backbone_keys(self) -> list[str]:
         """The state-dict keys of the frozen pretrained backbones, which a lean save leaves out."""
@@ -833,7 +977,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         return keys
 
     def save_pretrained(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16,
+        **kwargs,
     ):
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (see
@@ -857,7 +1002,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         os.rename(beside, save_directory)
 
     def _save_folder(
-        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype = torch.bfloat16, **kwargs
+        self, save_directory, *args, full_weights: bool | None = None, dtype: torch.dtype | None = torch.bfloat16,
+        **kwargs,
     ) -> None:
         """
         Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
@@ -867,10 +1013,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         statistics, probe; `lora/`: the LoRA in peft's own layout, `adapter_config.json` and
         `adapter_model.safetensors`, which peft's tools read) and `config.json` naming the frozen backbones by Hub
         id (`audio_model_id`, `text_model_id`), which loading fetches. `full_weights=True` writes every weight (the
-        backbones in `dtype`, bf16 unless `torch.float32` is asked for; EmoSLLM's own tensors in float32). A model
-        whose backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by
-        default it gets every weight in float32, with a warning; `full_weights=False` raises instead. A
-        `state_dict` passed in (the Trainer's checkpoints) is written as given.
+        backbones in `dtype`, bf16 unless `torch.float32` is asked for, or with `dtype=None` each in the dtype its
+        checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
+        backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
+        gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
+        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written as given.
         """
         # A relative import is what transformers follows to copy code files into the folder (and back out of it):
         # the pipeline's file goes with the model so that `pipeline(model=folder, trust_remote_code=True)` finds it.
@@ -894,9 +1041,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         if full_weights is None and unnamed:
             logger.warning(
                 f"config.{unnamed[0]} is {getattr(self.config, unnamed[0])!r}, not a Hub id, so {save_directory} gets "
-                "every weight (float32) instead of a lean folder; set it to the backbone's Hub id for a lean save."
+                "every weight (each backbone in its checkpoint's dtype) instead of a lean folder; set it to the "
+                "backbone's Hub id for a lean save."
             )
-            full_weights, dtype = True, torch.float32
+            full_weights, dtype = True, None  # each backbone in the dtype its checkpoint declares
         if not full_weights and unnamed:
             raise ValueError(
                 f"A lean save names its backbones by Hub id, but config.{unnamed[0]} is "
@@ -909,8 +1057,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         try:
             backbone = set(self.backbone_keys())
             if full_weights:
-                state = {k: v.to(dtype) if k in backbone and v.is_floating_point() else v
-                         for k, v in self.state_dict().items()}
+                state = self._full_state(dtype)
                 ignored, self._keys_to_ignore_on_save = self._keys_to_ignore_on_save, None
                 try:
                     return super().save_pretrained(save_directory, *args, state_dict=state, **kwargs)
@@ -924,6 +1071,32 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         finally:
             if merged:
                 self.merge_lora()
+
+    def _full_state(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+        """
+        Every weight as a full save writes it: each frozen backbone in `dtype`, or with None in the dtype its
+        checkpoint declares (`audio_config.dtype`, `text_config.dtype`; as held where it declares none); EmoSLLM's
+        own tensors in float32. Tied weights stay one tensor, so the tied head is written once.
+        """
+        backbone = set(self.backbone_keys())
+
+        def declared(key: str) -> torch.dtype | None:
+            config = self.config.text_config if key.startswith("language_model.") else self.config.audio_config
+            stated = getattr(config, "dtype", None)
+            stated = getattr(torch, stated, None) if isinstance(stated, str) else stated
+            return stated if isinstance(stated, torch.dtype) and stated.is_floating_point else None
+
+        cast, state = {}, {}
+        for key, tensor in self.state_dict().items():
+            target = (dtype or declared(key)) if key in backbone else TRAINED_DTYPE
+            if not tensor.is_floating_point() or target is None or tensor.dtype == target:
+                state[key] = tensor
+                continue
+            same = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), target)
+            if same not in cast:  # a tensor tied to one already cast is the same cast tensor
+                cast[same] = tensor.to(target)
+            state[key] = cast[same]
+        return state
 
     def _save_lora(self, folder: str) -> None:
         """LoRA in peft's layout, loadable onto the plain LLM with `PeftModel.from_pretrained(llm, folder)`."""
@@ -980,6 +1153,25 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         for layer in self._lora_layers():
             if not layer.merged:
                 layer.merge()
+        self._prompt_cache = None
+
+    @torch.no_grad()
+    def apply_precision(self, backbone_dtype: torch.dtype | None = None) -> None:
+        """
+        `PRECISION_POLICY` on this model: every part that trains (and EmoSLLM's own buffers) in float32; the frozen
+        backbones' weights in `backbone_dtype` (None: as they are). Tied weights stay tied (one parameter, cast once).
+        """
+        backbone = set(self.backbone_keys())
+        for name, param in self.named_parameters():
+            target = backbone_dtype if name in backbone else TRAINED_DTYPE
+            if param.is_floating_point() and target is not None and param.dtype != target:
+                param.data = param.data.to(target)
+        for name, module in self.named_modules():  # EmoSLLM's own buffers (statistics, probe), not the backbones'
+            if name.startswith(("audio_encoder.encoder", "language_model")):
+                continue
+            for key, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point() and buffer.dtype != TRAINED_DTYPE:
+                    setattr(module, key, buffer.to(TRAINED_DTYPE))
         self._prompt_cache = None
 
     @torch.no_grad()
@@ -1207,6 +1399,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         weight = head.weight if tokens is None else head.weight[tokens]
         bias = None if head.bias is None else (head.bias if tokens is None else head.bias[tokens])
         with torch.autocast(device_type=hidden.device.type, enabled=False):
+            if tokens is None and weight.dtype != torch.float32 and not weight.requires_grad:
+                # A frozen bf16 head over the whole vocabulary: read in float32 a block of rows at a time, never a
+                # float32 copy of the whole head (1.5 GiB at Llama-3's vocabulary), not even for backward.
+                logits = _FrozenHeadLogits.apply(hidden.float(), weight)
+                return logits if bias is None else logits + bias.float()
             return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
 
     def _prompt_only(

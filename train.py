@@ -765,7 +765,12 @@ class EmoSLLMTrainer(Trainer):
         super()._save(output_dir, state_dict=state_dict)
 
 
-def build_model(model_args: ModelArguments, labels: list[str]):
+def build_model(model_args: ModelArguments, labels: list[str], device_type: str | None = None):
+    """
+    The processor and a new model from the backbones, built memory-lean (`from_backbones`): the frozen backbones in
+    the precision policy's dtype for `device_type` (None: the GPU if there is one, else the CPU; bf16 on a bf16 GPU,
+    float32 on the CPU), the parts that train in float32 (`modeling_emosllm.PRECISION_POLICY`).
+    """
     cache = model_args.backbone_cache_dir
     audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
@@ -778,7 +783,8 @@ def build_model(model_args: ModelArguments, labels: list[str]):
         audio_loss_weight=model_args.audio_loss_weight,
         use_transcript=model_args.use_transcript, prompt=model_args.prompt,
     )
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm,
+                                                              device_type=device_type)
     trainable, total = model.trainable_parameters()
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, processor
@@ -1187,7 +1193,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         else parse_labels(data_args.labels)
     check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
     set_seed(training_args.seed)
-    model, processor = build_model(model_args, labels)
+    model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
     if data_args.resume:
         check_resume_matches(model, output_dir)
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains

@@ -309,3 +309,19 @@ def test_probe_readout_extra_statistics_read_only_each_clips_valid_frames():
         padded = frames.clone()
         padded[0, 5:] = 100.0
         torch.testing.assert_close(pool(padded, mask, {"input_features": mel}), batched, msg=name)
+
+
+def test_build_memory_counts_tied_weights_once_and_reads_the_peak_of_its_own_process():
+    import build_memory
+    from conftest import tiny_processor
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor().config)
+    head = model.language_model.get_output_embeddings().weight
+    assert head is model.get_input_embeddings().weight  # tied
+    held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])  # tied: once
+    counted = sum(build_memory.model_bytes(model).values())
+    assert counted == held
+    assert counted < sum(t.numel() * t.element_size() for t in model.state_dict().values())  # which names it twice
+    assert 50 * 2 ** 20 < build_memory.peak_rss_bytes() < 64 * 2 ** 30

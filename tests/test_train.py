@@ -614,3 +614,22 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     again = [dict(c, transcript=None) for c in clips]
     assert TranscriptCache(processor.config.asr_model, tmp_path).fill(again) == []
     assert again[0]["transcript"] == clips[0]["transcript"]
+
+
+@pytest.mark.parametrize("use_cpu", [True, False])
+def test_build_model_holds_the_frozen_backbones_in_the_policy_dtype_of_the_training_device(tiny_setup, monkeypatch,
+                                                                                           use_cpu):
+    """On a bf16 GPU (mocked) the frozen backbones are bf16; with --use_cpu (or on a CPU) float32, as the reported
+    CPU scores were trained; LoRA and the interface are float32 either way."""
+    import modeling_emosllm
+    from train import ModelArguments, build_model
+
+    monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = ModelArguments(audio_encoder=str(tiny_setup / "encoder"), llm=str(tiny_setup / "llm"), num_queries=4,
+                          adapter_hidden_size=32, lora_rank=4)
+    model, _ = build_model(args, LABELS, "cpu" if use_cpu else None)
+    backbone = set(model.backbone_keys())
+    frozen = torch.float32 if use_cpu else torch.bfloat16
+    assert {t.dtype for n, t in model.state_dict().items() if n in backbone} == {frozen}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
