@@ -427,20 +427,12 @@ def test_encoder_runs_in_bf16_only_without_gradients_and_where_bf16_is_native(ti
 # Memory-lean construction (`from_backbones`)
 # --------------------------------------------------------------------------------------------------------------------
 def old_build(config, encoder: str, llm: str) -> EmoSLLMForSpeechEmotionRecognition:
-    """`from_backbones` as it was before the lean build: the whole model made at random, then each backbone loaded
-    again in float32 and copied in. The reference the lean build must equal on the backbones."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """`from_backbones` as it was before the lean build (bench/build_memory.py's reference): the reference the lean
+    build must equal on the backbones."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from build_memory import old_from_backbones
 
-    model = EmoSLLMForSpeechEmotionRecognition(config)
-    loaded = AutoModel.from_pretrained(encoder, dtype=torch.float32)
-    loaded = loaded.get_encoder() if config.is_whisper_encoder else loaded
-    model.audio_encoder.encoder.load_state_dict(loaded.state_dict())
-    weights = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32).state_dict()
-    own = set(model.language_model.state_dict())
-    weights = {n if n in own else ".base_layer.".join(n.rsplit(".", 1)): w for n, w in weights.items()}
-    model.language_model.load_state_dict(weights, strict=False)
-    model.freeze_backbones()
-    return model
+    return old_from_backbones(config, encoder, llm)
 
 
 class RandomInitCounter(torch.utils._python_dispatch.TorchDispatchMode):
