@@ -955,7 +955,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
     def _add_fresh_lora(self) -> None:
         """
         Injects a new LoRA (`config.lora_rank`) into the LLM, in float32 whatever the LLM's dtype (peft would give it
-        the adapted layer's), initialised as `post_init` initialises it in a model made from the config.
+        the adapted layer's), initialised as peft initialises it (A random, B zero), so that the new model's LLM is
+        the pretrained one until training moves it. (A model made from a config, as the tests make them, draws B at
+        random in `post_init`.)
         """
         if self.config.lora_rank <= 0:
             return
@@ -964,7 +966,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             for adapters in (layer.lora_A, layer.lora_B):
                 for adapter in adapters.values():
                     adapter.to(TRAINED_DTYPE)
-                    self._init_weights(adapter)
+            layer.reset_lora_parameters("default", True)  # peft's own: A random, B zero (the LLM as it was)
 
     def backbone_keys(self) -> list[str]:
         """The state-dict keys of the frozen pretrained backbones, which a lean save leaves out."""
