@@ -325,3 +325,45 @@ def test_build_memory_counts_tied_weights_once_and_reads_the_peak_of_its_own_pro
     assert counted == held
     assert counted < sum(t.numel() * t.element_size() for t in model.state_dict().values())  # which names it twice
     assert 50 * 2 ** 20 < build_memory.peak_rss_bytes() < 64 * 2 ** 30
+
+
+def test_fit_is_least_squares_per_layer():
+    import paper_scale
+
+    assert paper_scale.fit([1, 2, 3], [5.0, 7.0, 9.0]) == pytest.approx((2.0, 3.0))
+    assert paper_scale.fit([1, 2, 3], [1.0, 3.0, 2.0]) == pytest.approx((0.5, 1.0))
+    slope, intercept = paper_scale.fit([2], [4.0])
+    assert np.isnan(slope) and intercept == 4.0
+
+
+def test_paper_scale_runs_at_toy_sizes_and_counts_the_full_depth_exactly(tmp_path):
+    import paper_scale
+    from backbones_emosllm import installed_backbones
+
+    if paper_scale.TOKENIZER not in installed_backbones():
+        pytest.skip(f"the bundled {paper_scale.TOKENIZER} (its tokenizer stands in for Llama 3's) is not installed")
+    # full_depth 2 = the deepest measured depth: the meta-device counts must equal the built model's own.
+    result = paper_scale.main(["--tiny", "--depths", "1,2", "--full_depth", "2", "--repeats", "1", "--seconds",
+                               "0.5,0.8", "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
+    cases, summary = result["cases"], result["summary"]
+    assert [c["depth"] for c in cases] == [1, 2] and all(c["threads"] == 1 for c in cases)
+    counts = summary["counts"]
+    assert (counts["trainable"], counts["total"]) == (cases[1]["trainable"], cases[1]["total"])
+    assert counts["lora"] == cases[1]["lora"] and cases[1]["lora"] > cases[0]["lora"]  # LoRA grows per layer
+    assert summary["trainable_share_full"] == pytest.approx(cases[1]["trainable"] / cases[1]["total"])
+    for c in cases:  # checkpointing gives the loss and gradients of the plain pass (same weights and seed)
+        assert c["first_loss_checkpointing_True"] == pytest.approx(c["first_loss_checkpointing_False"], rel=1e-4)
+        assert c["checkpointing_grad_max_rel_diff"] < 1e-2
+        assert c["train_seconds"] > 0 and c["inference_seconds"] > 0 and c["train_peak_bytes"] >= 0
+    # Two depths: the line passes through both, so "full depth" 2 gives the second case back.
+    assert summary["fits"]["train_seconds"]["at_full_depth"] == pytest.approx(cases[1]["train_seconds"])
+    gpu = summary["gpu"]["with checkpointing"]
+    assert gpu["weights_bf16"] == 2 * counts["frozen"] and gpu["trainable_states"] == 16 * counts["trainable"]
+    assert c["saved_activation_bytes"] > 0 and cases[1]["saved_activation_bytes"] > cases[0]["saved_activation_bytes"]
+    assert gpu["total"] == pytest.approx(gpu["weights_bf16"] + gpu["trainable_states"] + gpu["activations_bf16"]
+                                         + gpu["lora_float32_inputs"])
+    # The LLM's dtype decides whether the measured peak holds the float32 head copy (bf16) or is halved (float32).
+    assert summary["llm_bf16"] == all(c["llm_dtype"] == "torch.bfloat16" for c in cases)
+    assert all(c["interface_dtype"] == "torch.float32" for c in cases)
+    assert "| LLM layers |" in result["markdown"] and "--tiny" in result["markdown"]
+    assert json.loads((tmp_path / "r.json").read_text())["summary"]["counts"] == counts
