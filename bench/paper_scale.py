@@ -29,8 +29,8 @@ Each depth runs in a fresh process with `--threads` torch threads and measures:
 * an inference step from the encoder's states (eval mode, LoRA merged and the prompt-head cache on, as the pipeline
   runs); from audio it costs this plus the encoder's pass.
 
-The dtypes are whatever `from_backbones` gives (recorded per case): with today's code and a bf16 LLM checkpoint the LLM
-and its LoRA come out in bf16, the encoder and the interface in float32.
+The model is built with the precision policy of a bf16 GPU (`from_backbones(..., dtype=torch.bfloat16)`): the frozen
+encoder and LLM in bf16, the interface and LoRA in float32 (the dtypes are recorded per case).
 
 Then every measure is fitted linearly in the LLM's depth (slope per layer, intercept) and extrapolated to
 `--full_depth` (28 for Llama-3.2-3B). The trainable share at full depth is counted exactly on a model built on the meta
@@ -224,7 +224,10 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
     started = time.perf_counter()
     processor = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **mapper)
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder_dir, llm_dir)
+    # The precision policy of a bf16 GPU (modeling_emosllm.PRECISION_POLICY): frozen backbones in bf16, the parts
+    # that train in float32; on this CPU from_backbones would hold the backbones in float32.
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder_dir, llm_dir,
+                                                              dtype=torch.bfloat16)
     out["build_seconds"] = time.perf_counter() - started
     out["build_peak_rss"] = max_rss()
     trim()
