@@ -1,13 +1,53 @@
-"""train.py under `torchrun --nproc_per_node 2` on the CPU (gloo): two processes really train, on disjoint data."""
+"""
+Several processes on the CPU (gloo): train.py under `torchrun --nproc_per_node 2` (two processes really train, on
+disjoint data; they report the score their saved folder delivers, as one process does), and the model's scoring
+and gradients on two ranks.
+"""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_processor, tone
 from test_train import REPO, tiny_setup, train_command  # noqa: F401 (tiny_setup: the module's fixture)
 
 sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, function, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        function(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(function, *args, world: int = 2) -> None:
+    """`function(rank, world, *args)` in `world` processes joined in a gloo process group (the CPU's backend)."""
+    mp.spawn(_rank_main, args=(world, free_port(), function, args), nprocs=world, join=True)
+
+
+def torchrun(command: list[str], cwd, env: dict) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command[1:]]
+    result = subprocess.run(launch, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setup, tmp_path):
@@ -17,10 +57,8 @@ def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setu
     # 16 training clips (speakers 1-2), 4 per process and step: one epoch is 2 steps of 2 x 4 clips.
     command = train_command(tiny_setup, output, "--num_train_epochs", "1", "--save_strategy", "epoch",
                             "--eval_strategy", "epoch")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", RECORD_CLIPS_ENV: "1"}
-    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = torchrun(command, tmp_path, env)
     assert "Process 0 of 2." in result.stderr and "Process 1 of 2." in result.stderr
 
     records = {}
@@ -40,3 +78,85 @@ def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setu
     assert result.stderr.count("The saved folder through the pipeline") == 1  # the end-of-run check: rank 0 only
     # A fresh encoder cache: the first process encodes the 16 clips and their 16 speed copies, the other reads them.
     assert result.stderr.count("Encoded 16 clips") == 2
+
+
+# How far the test UA of a 2-process run may lie from a 1-process run with the same flags: the two do not train
+# alike (each step averages 2 x 4 clips instead of 4, and the processes draw their own augmented copies), so this is
+# seed noise, here one of the 8 test clips (2 of the 4 classes' 2 clips each: 0.125 UA apiece).
+TWO_PROCESS_UA_TOLERANCE = 0.25
+
+
+def test_two_processes_report_what_their_folder_delivers_and_match_one_process(tiny_setup, tmp_path):
+    """
+    `torchrun --nproc_per_node 2 train.py ... --max_steps 4` reports the test UA that its saved folder gives through
+    the pipeline (exactly: the report scores the clips in the pipeline's batches), as one process does; and the two
+    runs' test UA agree within `TWO_PROCESS_UA_TOLERANCE`.
+    """
+    steps = ["--adapter_type", "qpmapper", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = subprocess.run(train_command(tiny_setup, one, *steps), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun(train_command(tiny_setup, two, *steps), tmp_path, env)
+    results = {name: json.loads((folder / "all_results.json").read_text()) for name, folder in
+               (("one", one), ("two", two))}
+    for name, metrics in results.items():
+        assert round(metrics["ua"], 4) == metrics["delivered_ua"], (name, metrics)
+        report = json.loads(((one if name == "one" else two) / "test_report.json").read_text())
+        assert report["ua"] == pytest.approx(metrics["ua"])  # written once, by the first process
+    assert abs(results["two"]["ua"] - results["one"]["ua"]) <= TWO_PROCESS_UA_TOLERANCE, results
+
+
+def _score_on_ranks(rank: int, world: int, out: str) -> None:
+    from accelerate import PartialState
+
+    from train import predict_as_delivered
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.cast_language_model(torch.bfloat16)  # as a bf16 LLM is loaded and scored: its results depend on the batch
+    model.merge_lora()
+    scores = predict_as_delivered(model, processor, _clips(), PartialState())
+    np.save(f"{out}/rank{rank}.npy", scores["logits"])
+
+
+def _clips() -> list[dict]:
+    # 9 clips, the last the shortest: the pipeline's batches of 8 are [0..7] and [8]; a distributed sampler would
+    # complete the last batch with repeated clips, so clip 8 would be scored beside 7 others, not alone.
+    return [{"audio": tone(0.5 + 0.23 * (8 - i), 150 + 97 * i, seed=i), "label": "happy", "transcript": None,
+             "text_features": {}} for i in range(9)]
+
+
+def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
+    """
+    Each of two ranks gets every clip's class scores exactly as the pipeline (batch_size 8, one process) computes them
+    with the same bf16 LLM, though a clip's scores depend on the clips batched with it (checked here, so that the
+    test can fail): the report of a 2-process run is the saved folder's score by construction.
+    """
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+    from train import DELIVERED_BATCH_SIZE, predict_as_delivered
+
+    run_ranks(_score_on_ranks, str(tmp_path))
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.cast_language_model(torch.bfloat16)
+    model.merge_lora()
+    clips = _clips()
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
+    outputs = classifier([c["audio"] for c in clips], top_k=len(processor.config.labels), segment_seconds=None,
+                         batch_size=DELIVERED_BATCH_SIZE)
+    labels = processor.config.labels
+    delivered = np.array([[{o["label"]: o["score"] for o in out}[label] for label in labels] for out in outputs])
+    for rank in (0, 1):
+        scores = np.load(tmp_path / f"rank{rank}.npy")
+        probabilities = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+        np.testing.assert_allclose(probabilities, delivered, rtol=0, atol=1e-6)
+    # The test has teeth: clip 8 scored in a batch of 8 (as a padded distributed batch would) scores otherwise.
+    completed = predict_as_delivered(model, processor, clips[1:])["logits"][-1]
+    assert np.abs(np.exp(completed) - delivered[-1]).max() > 1e-5
