@@ -46,6 +46,10 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
     from transformers.utils import logging
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
+try:  # FSDP2's sharded modules (`fully_shard`), to recognise them (`_sharded_by_fsdp`)
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # a torch without torch.distributed (or before FSDP2): nothing is sharded
+    FSDPModule = ()
 
 
 logger = logging.get_logger(__name__)
@@ -1081,6 +1085,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             # incompatible with gradient checkpointing"), so the rest of the prompt would not see the shared head:
             # one full pass per prompt instead, the same loss and gradients as without checkpointing (tested).
             return 0
+        if self._sharded_by_fsdp():
+            return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
         if shortest < self.MIN_SHARED_PREFIX:
             return 0
@@ -1091,6 +1097,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             same &= (lm_labels.gather(1, columns) == -100).all(dim=0)
         length = int(same.int().cumprod(dim=0).sum())
         return length if length >= self.MIN_SHARED_PREFIX else 0
+
+    def _sharded_by_fsdp(self) -> bool:
+        """
+        Whether FSDP2 (`torch.distributed.fsdp.fully_shard`, as accelerate's `fsdp_version: 2` applies it) shards this
+        model or its LLM. The shared prompt head is then off: its LoRA key/value weights would reach backward only
+        through the head's key/value cache, which FSDP does not follow, so it would not gather them again
+        (`setStorage: ... out of bounds for storage of size 0`); the plain pass gives the same result (tested).
+        """
+        return any(isinstance(module, FSDPModule) for module in (self, *self.language_model.modules()))
 
     def _caches_prompts(self) -> bool:
         """The prompt cache is used at inference only: in eval mode, without gradients, and while enabled."""

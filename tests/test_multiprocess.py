@@ -4,6 +4,7 @@ disjoint data; they report the score their saved folder delivers, as one process
 and gradients on two ranks.
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -160,3 +161,92 @@ def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
     # The test has teeth: clip 8 scored in a batch of 8 (as a padded distributed batch would) scores otherwise.
     completed = predict_as_delivered(model, processor, clips[1:])["logits"][-1]
     assert np.abs(np.exp(completed) - delivered[-1]).max() > 1e-5
+
+
+def _loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in every run
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    gradients = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:  # FSDP2: a sharded DTensor; gathered whole (a collective: every rank, same order)
+            grad = param.grad
+            gradients[name] = (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).detach().clone()
+    return loss.detach(), gradients
+
+
+def _tiny_model_and_batch():
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    return model, processor(audios, labels=LABELS[:3])
+
+
+def _fsdp2_step(rank: int, world: int, out: str, check_plain_pass: bool = True) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, batch = _tiny_model_and_batch()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.language_model.model.layers:  # as accelerate's fsdp_version 2 wraps a transformer
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if check_plain_pass:
+        assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) == 0
+    loss, gradients = _loss_and_gradients(model, batch)  # every rank the same batch: FSDP averages equal gradients
+    if rank == 0:
+        torch.save({"loss": loss, "gradients": gradients}, f"{out}/fsdp2.pt")
+
+
+def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path):
+    """
+    torch's FSDP2 (`fully_shard`: each LLM decoder layer, then the whole model) on two gloo ranks trains the model:
+    the shared prompt-head pass is off while FSDP shards the LLM (its LoRA key/value weights would reach backward
+    only through the head's key/value cache, which FSDP does not re-gather), and the loss and every gradient equal one
+    process's (which shares the head) within float32 rounding: rtol 1e-4, atol 1e-6 (as for gradient checkpointing).
+    """
+    run_ranks(_fsdp2_step, str(tmp_path))
+    sharded = torch.load(tmp_path / "fsdp2.pt")
+    model, batch = _tiny_model_and_batch()
+    assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) > 0
+    loss, gradients = _loss_and_gradients(model, batch)
+    torch.testing.assert_close(sharded["loss"], loss, rtol=1e-5, atol=1e-6)
+    assert sharded["gradients"].keys() == gradients.keys() and any("lora_" in n for n in gradients)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(sharded["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("asked, env", [(["--fsdp", "full_shard"], {}), ([], {"ACCELERATE_USE_FSDP": "true"}),
+                                        ([], {"ACCELERATE_USE_DEEPSPEED": "true"})])
+def test_fsdp_or_deepspeed_on_the_cpu_stops_instead_of_running_ddp(asked, env, monkeypatch, tmp_path):
+    """Accelerate runs neither on the CPU (it falls back to DDP without a word): train.py says so and stops."""
+    from train import check_engine, parse_args
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    engine = "FSDP" if "--fsdp" in asked or "ACCELERATE_USE_FSDP" in env else "DeepSpeed"
+    if engine == "DeepSpeed" and importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(Exception, match="deepspeed"):  # transformers' own refusal: DeepSpeed is not installed
+            parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
+        return
+    _, _, training_args = parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    with pytest.raises(ValueError, match=f"{engine} .* was asked for, but this run is on the CPU.*silently train with "
+                                         "DDP"):
+        check_engine(training_args)
+
+
+def test_accelerate_launch_use_fsdp_on_the_cpu_stops_before_training(tiny_setup, tmp_path):
+    """`accelerate launch --use_fsdp --num_processes 2 train.py ...` on the CPU: an error naming FSDP, not DDP."""
+    command = train_command(tiny_setup, tmp_path / "fsdp", "--max_steps", "2")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
+    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0 and "FSDP (--fsdp, or accelerate launch --use_fsdp) was asked for" in result.stderr
+    assert not (tmp_path / "fsdp" / "checkpoints").exists()  # nothing trained
