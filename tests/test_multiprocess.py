@@ -250,3 +250,63 @@ def test_accelerate_launch_use_fsdp_on_the_cpu_stops_before_training(tiny_setup,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0 and "FSDP (--fsdp, or accelerate launch --use_fsdp) was asked for" in result.stderr
     assert not (tmp_path / "fsdp" / "checkpoints").exists()  # nothing trained
+
+
+ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
+PRINT_STATE = """
+import json, os
+from accelerate import PartialState
+state = PartialState(cpu=True)  # as train.py's Trainer on a machine without GPUs (use_cpu)
+out = {"rank": state.process_index, "world": state.num_processes, "mixed": os.environ.get("ACCELERATE_MIXED_PRECISION")}
+if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as the Trainer's Accelerator builds it
+    out.update(fsdp_version=plugin.fsdp_version, wrap=plugin.transformer_cls_names_to_wrap)
+print("STATE " + json.dumps(out))
+"""
+
+
+def test_shipped_accelerate_configs_load_with_accelerates_own_loader():
+    """
+    configs/accelerate/*.yaml: accelerate's config loader reads each (it refuses unknown top-level keys), as asked,
+    and every FSDP/DeepSpeed key is one `accelerate launch` takes (nested keys are not checked by the loader).
+    """
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import DistributedType
+
+    launch_options = set(vars(launch_command_parser().parse_args(["train.py"])))
+
+    expected = {"ddp.yaml": (DistributedType.MULTI_GPU, {}, {}),
+                "fsdp2.yaml": (DistributedType.FSDP, {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                                       "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, {}),
+                "deepspeed_zero2_bf16.yaml": (DistributedType.DEEPSPEED, {}, {"zero_stage": 2}),
+                "deepspeed_zero3_bf16.yaml": (DistributedType.DEEPSPEED, {}, {"zero_stage": 3, "zero3_init_flag": True})}
+    assert sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")) == sorted(expected)
+    for name, (distributed_type, fsdp, deepspeed) in expected.items():
+        config = load_config_from_file(str(ACCELERATE_CONFIGS / name))
+        assert config.distributed_type == distributed_type and config.mixed_precision == "bf16", name
+        assert fsdp.items() <= config.fsdp_config.items() and deepspeed.items() <= config.deepspeed_config.items(), name
+        assert not config.use_cpu and config.num_processes == 2, name
+        assert {*config.fsdp_config, *config.deepspeed_config} <= launch_options, name
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp2.yaml"])
+def test_accelerate_launch_with_the_shipped_configs(name, tmp_path):
+    """
+    `accelerate launch --config_file configs/accelerate/<name>`: ddp.yaml starts 2 processes (on this CPU: gloo);
+    fsdp2.yaml's environment builds accelerate's FSDP plugin as FSDP2 wrapping the LLM's decoder layers.
+    """
+    script = tmp_path / "state.py"
+    script.write_text(PRINT_STATE)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / name),
+              str(script)]
+    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("STATE ")]
+    assert len(states) == 2 and all(s["mixed"] == "bf16" for s in states)
+    if name == "ddp.yaml":
+        assert sorted((s["rank"], s["world"]) for s in states) == [(0, 2), (1, 2)]
+    else:
+        assert all(s["fsdp_version"] == 2 and s["wrap"] == ["LlamaDecoderLayer"] for s in states)
