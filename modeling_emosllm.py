@@ -411,9 +411,12 @@ class EmoSLLMStatisticsProbe(nn.Module):
         return self.scores_of_statistics(pooled_statistics(frames, frame_mask))
 
     def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
-        """The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`."""
-        standardized = (statistics - self.statistics_mean) / self.statistics_std
-        return F.linear(standardized, self.probe_weight, self.probe_bias)
+        """
+        The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`, in float32 (the
+        fitted probe's precision, also where an engine has cast the whole model to bf16: DeepSpeed's bf16 mode).
+        """
+        standardized = (statistics.float() - self.statistics_mean.float()) / self.statistics_std.float()
+        return F.linear(standardized, self.probe_weight.float(), self.probe_bias.float())
 
     def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`."""
@@ -1031,6 +1034,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         `return_probe_scores`, also the probe interface's class scores `(batch, num_labels)` (None for the others).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
+        # Read in the interface's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
+        # (DeepSpeed's bf16 mode: the frames come standardized by the float32 statistics buffers).
+        weight = next((p for p in self.adapter.parameters() if p.is_floating_point()), None)
+        if weight is not None:
+            frames = frames.to(weight.dtype)
         if not return_probe_scores:
             return self.adapter(frames, frame_mask)
         if self.config.adapter_type != "probe":
@@ -1336,7 +1344,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             with torch.autocast(device_type=hidden.device.type, enabled=False):
                 weights = audio_mask[..., None].float()
                 mean_audio = (audio_embeddings.float() * weights).sum(dim=1) / weights.sum(dim=1)
-                audio_logits = self.audio_classifier(mean_audio)
+                # The mean in float32, read in the classifier's own dtype: float32, or bf16 where an engine casts the
+                # whole model (DeepSpeed's bf16 mode), which a float32 input would not multiply with.
+                classifier_dtype = self.audio_classifier.weight.dtype
+                audio_logits = self.audio_classifier(mean_audio.to(classifier_dtype)).float()
             if labels is not None:
                 loss = loss + self.config.audio_loss_weight * F.cross_entropy(audio_logits, labels)
         return SpeechEmotionOutput(

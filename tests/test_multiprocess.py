@@ -310,3 +310,74 @@ def test_accelerate_launch_with_the_shipped_configs(name, tmp_path):
         assert sorted((s["rank"], s["world"]) for s in states) == [(0, 2), (1, 2)]
     else:
         assert all(s["fsdp_version"] == 2 and s["wrap"] == ["LlamaDecoderLayer"] for s in states)
+
+
+def _bf16_weights_step(adapter: str) -> torch.Tensor:
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor(adapter=adapter, audio_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).train()
+    for param in model.parameters():  # as DeepSpeed's bf16 mode: the weights in bf16, the buffers as they were
+        param.data = param.data.to(torch.bfloat16)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    batch = dict(processor(audios, labels=LABELS[:3]))
+    batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.audio_classifier.weight.grad is not None and model.audio_classifier.weight.grad.dtype == torch.bfloat16
+    return loss.detach()
+
+
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_a_model_with_bf16_weights_trains(adapter):
+    """
+    DeepSpeed's bf16 mode casts every weight to bf16: the float32 parts of the forward (the audio classifier on the
+    float32 mean audio embedding, the fitted probe, the frames standardized by float32 statistics buffers) read them
+    in their own dtype instead of failing with `mat1 and mat2 must have the same dtype`.
+    """
+    _bf16_weights_step(adapter)
+
+
+def _deepspeed_zero2_step(rank: int, world: int, out: str) -> None:
+    import deepspeed
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    deepspeed.init_distributed(dist_backend="gloo")  # joins the process group of `run_ranks`
+    processor = tiny_processor(audio_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    config = {"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+              "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    batch = dict(processor(audios, labels=LABELS[:3]))
+    batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    moved = [n for n, p in engine.module.named_parameters() if n in trainable and not torch.equal(
+        p.detach().float(), trainable[n].to(p.dtype).float())]
+    if rank == 0:
+        torch.save({"loss": loss.detach().float(), "moved": moved, "trainable": list(trainable)}, f"{out}/ds.pt")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed: its CPU accelerator "
+                           "builds its ops on first use, about 5 minutes)")
+def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
+    """One DeepSpeed ZeRO-2 bf16 step of the tiny model on two gloo ranks (DeepSpeed's CPU accelerator)."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    run_ranks(_deepspeed_zero2_step, str(tmp_path))
+    result = torch.load(tmp_path / "ds.pt")
+    # The loss is the bf16-weight model's (ZeRO-2 does not shard the weights), and the step moved what trains.
+    torch.testing.assert_close(result["loss"], _bf16_weights_step("qpmapper").float(), rtol=2e-2, atol=0)
+    assert any("lora_" in n for n in result["moved"]) and any(n.startswith("adapter.") for n in result["moved"])
