@@ -381,3 +381,11 @@ def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
     # The loss is the bf16-weight model's (ZeRO-2 does not shard the weights), and the step moved what trains.
     torch.testing.assert_close(result["loss"], _bf16_weights_step("qpmapper").float(), rtol=2e-2, atol=0)
     assert any("lora_" in n for n in result["moved"]) and any(n.startswith("adapter.") for n in result["moved"])
+
+
+def test_multiprocess_bench_passes_what_follows_the_separator_to_train_py():
+    sys.path.insert(0, str(REPO / "bench"))
+    from multiprocess import parse_args
+
+    args, flags = parse_args(["--processes", "1,4", "--threads", "2", "--", "--data_dir", "x", "--max_steps", "3"])
+    assert (args.processes, args.threads, flags) == ("1,4", 2, ["--data_dir", "x", "--max_steps", "3"])
