@@ -384,8 +384,11 @@ def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
 
 
 def test_multiprocess_bench_passes_what_follows_the_separator_to_train_py():
-    sys.path.insert(0, str(REPO / "bench"))
-    from multiprocess import parse_args
+    import importlib.util as util
 
+    spec = util.spec_from_file_location("multiprocess_training", REPO / "bench" / "multiprocess_training.py")
+    bench = util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parse_args = bench.parse_args
     args, flags = parse_args(["--processes", "1,4", "--threads", "2", "--", "--data_dir", "x", "--max_steps", "3"])
     assert (args.processes, args.threads, flags) == ("1,4", 2, ["--data_dir", "x", "--max_steps", "3"])

@@ -1,7 +1,7 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """Training time of train.py in several processes against one, side by side, the same data, epochs and flags.
 
-    python bench/multiprocess.py --processes 1,2 --threads 1 -- --data_dir ../shared/data/ravdess ...
+    python bench/multiprocess_training.py --processes 1,2 --threads 1 -- --data_dir ../shared/data/ravdess ...
 
 Each run is `train.py <flags after -->` (one process: python; several: `torchrun --standalone --nproc_per_node N`)
 with OMP_NUM_THREADS=--threads in every process, evaluation and checkpoints off during training (`--eval_strategy
