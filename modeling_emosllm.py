@@ -48,6 +48,10 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
     from transformers.utils import logging
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
+try:  # FSDP2's sharded modules (`fully_shard`), to recognise them (`_sharded_by_fsdp`)
+    from torch.distributed.fsdp import FSDPModule
+except ImportError:  # a torch without torch.distributed (or before FSDP2): nothing is sharded
+    FSDPModule = ()
 
 
 logger = logging.get_logger(__name__)
@@ -457,9 +461,12 @@ class EmoSLLMStatisticsProbe(nn.Module):
         return self.scores_of_statistics(pooled_statistics(frames, frame_mask))
 
     def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
-        """The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`."""
-        standardized = (statistics - self.statistics_mean) / self.statistics_std
-        return F.linear(standardized, self.probe_weight, self.probe_bias)
+        """
+        The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`, in float32 (the
+        fitted probe's precision, also where an engine has cast the whole model to bf16: DeepSpeed's bf16 mode).
+        """
+        standardized = (statistics.float() - self.statistics_mean.float()) / self.statistics_std.float()
+        return F.linear(standardized, self.probe_weight.float(), self.probe_bias.float())
 
     def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`."""
@@ -1228,6 +1235,11 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         `return_probe_scores`, also the probe interface's class scores `(batch, num_labels)` (None for the others).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
+        # Read in the interface's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
+        # (DeepSpeed's bf16 mode: the frames come standardized by the float32 statistics buffers).
+        weight = next((p for p in self.adapter.parameters() if p.is_floating_point()), None)
+        if weight is not None:
+            frames = frames.to(weight.dtype)
         if not return_probe_scores:
             return self.adapter(frames, frame_mask)
         if self.config.adapter_type != "probe":
@@ -1282,6 +1294,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             # incompatible with gradient checkpointing"), so the rest of the prompt would not see the shared head:
             # one full pass per prompt instead, the same loss and gradients as without checkpointing (tested).
             return 0
+        if self._sharded_by_fsdp():
+            return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
         if shortest < self.MIN_SHARED_PREFIX:
             return 0
@@ -1292,6 +1306,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             same &= (lm_labels.gather(1, columns) == -100).all(dim=0)
         length = int(same.int().cumprod(dim=0).sum())
         return length if length >= self.MIN_SHARED_PREFIX else 0
+
+    def _sharded_by_fsdp(self) -> bool:
+        """
+        Whether FSDP2 (`torch.distributed.fsdp.fully_shard`, as accelerate's `fsdp_version: 2` applies it) shards this
+        model or its LLM. The shared prompt head is then off: its LoRA key/value weights would reach backward only
+        through the head's key/value cache, which FSDP does not follow, so it would not gather them again
+        (`setStorage: ... out of bounds for storage of size 0`); the plain pass gives the same result (tested).
+        """
+        return any(isinstance(module, FSDPModule) for module in (self, *self.language_model.modules()))
 
     def _caches_prompts(self) -> bool:
         """The prompt cache is used at inference only: in eval mode, without gradients, and while enabled."""
@@ -1527,7 +1550,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
             with torch.autocast(device_type=hidden.device.type, enabled=False):
                 weights = audio_mask[..., None].float()
                 mean_audio = (audio_embeddings.float() * weights).sum(dim=1) / weights.sum(dim=1)
-                audio_logits = self.audio_classifier(mean_audio)
+                # The mean in float32, read in the classifier's own dtype: float32, or bf16 where an engine casts the
+                # whole model (DeepSpeed's bf16 mode), which a float32 input would not multiply with.
+                classifier_dtype = self.audio_classifier.weight.dtype
+                audio_logits = self.audio_classifier(mean_audio.to(classifier_dtype)).float()
             if labels is not None:
                 loss = loss + self.config.audio_loss_weight * F.cross_entropy(audio_logits, labels)
         return SpeechEmotionOutput(

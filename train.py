@@ -1165,25 +1165,66 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     Scores `test_clips` with the trained model in the form the saved folder in `output_dir` answers through the
     pipeline: the LLM's pretrained weights in the dtype that loading the folder gives them
     (`saved_language_model_dtype`: bf16 where the LLM is stored in bf16 and bf16 is native, else float32), LoRA merged,
-    no autocast. With `--bf16` (the default where bf16 is native) accelerate wraps the model's forward in bf16
-    autocast for training; a test score taken through that wrapper differed from the saved model's by up to 0.012 UA
-    on RAVDESS, so the wrapper is taken off. Call after the folder is saved.
+    no autocast, and the clips in the pipeline's batches (`predict_as_delivered`). With `--bf16` (the default where
+    bf16 is native) accelerate wraps the model's forward in bf16 autocast for training; a test score taken through
+    that wrapper differed from the saved model's by up to 0.012 UA on RAVDESS, so the wrapper is taken off. Call
+    after the folder is saved; under several processes every process calls it and gets the same metrics.
     """
     trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
     trainer.model.merge_lora()
-    prediction = trainer.predict(test_clips, ignore_keys=["audio_logits"])
+    scores = predict_as_delivered(trainer.model, processor, test_clips, trainer.accelerator)
     labels = processor.config.labels
-    logits, llm_logits, *probe_logits = prediction.predictions  # the answer's, the LLM's and the probe's scores
-    predicted = logits.argmax(-1)
-    metrics = compute_ser_metrics(predicted, prediction.label_ids, labels)
+    label_ids = processor.label_ids([c["label"] for c in test_clips]).numpy()
+    predicted = scores["logits"].argmax(-1)
+    metrics = compute_ser_metrics(predicted, label_ids, labels)
     # Beside the answer: what the LLM alone and the probe alone score on the same clips.
-    for key, scores in (("llm_ua", llm_logits), *((("probe_ua", p) for p in probe_logits))):
-        metrics[key] = compute_ser_metrics(scores.argmax(-1), prediction.label_ids, labels)["ua"]
+    for key, output in (("llm_ua", "llm_logits"), ("probe_ua", "probe_logits")):
+        if output in scores:
+            metrics[key] = compute_ser_metrics(scores[output].argmax(-1), label_ids, labels)["ua"]
     if trainer.is_world_process_zero():  # every process has all predictions (gathered); one writes the files
         write_report(metrics, output_dir / f"{name}_report.json")
-        save_confusion_matrix(predicted, prediction.label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
+        save_confusion_matrix(predicted, label_ids, labels, output_dir / f"{name}_confusion_matrix.png")
     return metrics
+
+
+# The batch size of the pipeline call that checks the saved folder (`check_delivered_score`), and so of the batches
+# the test report is scored in (`predict_as_delivered`).
+DELIVERED_BATCH_SIZE = 8
+
+
+@torch.no_grad()
+def predict_as_delivered(model, processor, clips: list[dict], accelerator=None,
+                         batch_size: int = DELIVERED_BATCH_SIZE) -> dict[str, np.ndarray]:
+    """
+    The model's class scores of `clips` as the pipeline computes them (`pipeline(..., batch_size=batch_size)`):
+    `{"logits", "llm_logits", "probe_logits"}` (the last for the probe interface only), each `(clips, labels)` in the
+    clips' order. A clip's scores depend on the clips batched with it (the padding changes the shapes of bf16
+    matrix products: up to 0.03 in a class probability with a bf16 LLM, BENCHMARKS.md), so the clips are read in the
+    pipeline's batches, `clips[i:i + batch_size]`, with the pipeline's inputs (the processor's prompt without the
+    answer). Under several processes (`accelerator`), process r scores batches r, r + N, ... and the scores are
+    gathered: no batch is cut, padded or completed with repeated clips (as the Trainer's distributed evaluation
+    does), so every process gets the scores that one process, and the saved folder through the pipeline, give.
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    model.eval()
+    scored = []
+    for start in list(range(0, len(clips), batch_size))[rank::world]:
+        chunk = clips[start:start + batch_size]
+        batch = dict(processor([c["audio"] for c in chunk], sampling_rate=SAMPLING_RATE,
+                               transcript=[c.get("transcript") for c in chunk],
+                               text_features=[c.get("text_features") or None for c in chunk]))
+        batch["input_features"] = batch["input_features"].to(model.dtype)
+        output = model(**{k: v.to(model.device) for k, v in batch.items()})
+        scored.append((start, {key: getattr(output, key).float().cpu().numpy()
+                               for key in ("logits", "llm_logits", "probe_logits")
+                               if getattr(output, key) is not None}))
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        scored = gather_object(scored)  # every process's (start, scores), in rank order
+    scored.sort(key=lambda item: item[0])
+    return {key: np.concatenate([part[key] for _, part in scored]) for key in scored[0][1]}
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
@@ -1304,7 +1345,8 @@ def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua:
     classifier = pipeline("audio-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
     inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE, "transcript": c["transcript"]} for c in test_clips]
     # Every clip's answer, as the run scored it (the speech detector's verdict on each is counted apart).
-    outputs = classifier(inputs, top_k=1, segment_seconds=None, batch_size=8, detect_speech=False)
+    outputs = classifier(inputs, top_k=1, segment_seconds=None, batch_size=DELIVERED_BATCH_SIZE,
+                         detect_speech=False)
     delivered = compute_ser_metrics([o[0]["label"] for o in outputs], [c["label"] for c in test_clips], labels)["ua"]
     logger.info("The saved folder through the pipeline: test UA %.4f (reported %.4f)", delivered, reported_ua)
     if abs(delivered - reported_ua) > DELIVERED_UA_TOLERANCE:
@@ -1329,8 +1371,43 @@ def clips_without_speech(test_clips: list[dict]) -> int:
     return len(without)
 
 
+def requested_engine(training_args: TrainingArguments) -> str | None:
+    """"fsdp" or "deepspeed" where the Trainer's flags or `accelerate launch` (its environment) ask for one, else None."""
+    def launched(name: str) -> bool:
+        return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+    if training_args.fsdp or training_args.fsdp_config and training_args.fsdp_config.get("fsdp_version") \
+            or launched("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    if training_args.deepspeed or launched("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    return None
+
+
+def check_engine(training_args: TrainingArguments) -> None:
+    """
+    Stops (`ValueError`) where FSDP or DeepSpeed is asked for but would not run: Accelerate shards a model with FSDP
+    only across GPUs (or XPU, NPU, HPU, ... devices) and runs DeepSpeed only off the CPU (`use_cpu`); on the CPU both
+    fall back to DDP without a word, which trains a whole copy per process instead of the asked-for shards.
+    """
+    engine = requested_engine(training_args)
+    if engine is None or training_args.device.type != "cpu":
+        return
+    name = {"fsdp": "FSDP (--fsdp, or accelerate launch --use_fsdp)",
+            "deepspeed": "DeepSpeed (--deepspeed, or accelerate launch --use_deepspeed)"}[engine]
+    raise ValueError(
+        f"{name} was asked for, but this run is on the CPU, where Accelerate does not run it: it would silently train "
+        "with DDP instead (a whole copy of the model per process). FSDP and DeepSpeed need GPUs (or other accelerator "
+        "devices): launch there, e.g. `accelerate launch --config_file configs/accelerate/"
+        f"{'fsdp2.yaml' if engine == 'fsdp' else 'deepspeed_zero2_bf16.yaml'} train.py ...`. On the CPU, train with "
+        "several processes by DDP: `torchrun --nproc_per_node N train.py ...` or `accelerate launch --config_file "
+        "configs/accelerate/ddp.yaml train.py ...`."
+    )
+
+
 def main() -> None:
     model_args, data_args, training_args = parse_args()
+    check_engine(training_args)  # before any data is read: FSDP/DeepSpeed asked for where they would not run
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(training_args.output_dir)
     if training_args.world_size > 1:

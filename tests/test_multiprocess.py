@@ -1,13 +1,54 @@
-"""train.py under `torchrun --nproc_per_node 2` on the CPU (gloo): two processes really train, on disjoint data."""
+"""
+Several processes on the CPU (gloo): train.py under `torchrun --nproc_per_node 2` (two processes really train, on
+disjoint data; they report the score their saved folder delivers, as one process does), and the model's scoring
+and gradients on two ranks.
+"""
 
+import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_processor, tone
 from test_train import REPO, tiny_setup, train_command  # noqa: F401 (tiny_setup: the module's fixture)
 
 sys.path.insert(0, str(REPO))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, function, args) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        function(rank, world, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(function, *args, world: int = 2) -> None:
+    """`function(rank, world, *args)` in `world` processes joined in a gloo process group (the CPU's backend)."""
+    mp.spawn(_rank_main, args=(world, free_port(), function, args), nprocs=world, join=True)
+
+
+def torchrun(command: list[str], cwd, env: dict) -> subprocess.CompletedProcess:
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command[1:]]
+    result = subprocess.run(launch, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setup, tmp_path):
@@ -17,10 +58,8 @@ def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setu
     # 16 training clips (speakers 1-2), 4 per process and step: one epoch is 2 steps of 2 x 4 clips.
     command = train_command(tiny_setup, output, "--num_train_epochs", "1", "--save_strategy", "epoch",
                             "--eval_strategy", "epoch")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *command[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", RECORD_CLIPS_ENV: "1"}
-    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = torchrun(command, tmp_path, env)
     assert "Process 0 of 2." in result.stderr and "Process 1 of 2." in result.stderr
 
     records = {}
@@ -40,3 +79,316 @@ def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setu
     assert result.stderr.count("The saved folder through the pipeline") == 1  # the end-of-run check: rank 0 only
     # A fresh encoder cache: the first process encodes the 16 clips and their 16 speed copies, the other reads them.
     assert result.stderr.count("Encoded 16 clips") == 2
+
+
+# How far the test UA of a 2-process run may lie from a 1-process run with the same flags: the two do not train
+# alike (each step averages 2 x 4 clips instead of 4, and the processes draw their own augmented copies), so this is
+# seed noise, here one of the 8 test clips (2 of the 4 classes' 2 clips each: 0.125 UA apiece).
+TWO_PROCESS_UA_TOLERANCE = 0.25
+
+
+def test_two_processes_report_what_their_folder_delivers_and_match_one_process(tiny_setup, tmp_path):
+    """
+    `torchrun --nproc_per_node 2 train.py ... --max_steps 4` reports the test UA that its saved folder gives through
+    the pipeline (exactly: the report scores the clips in the pipeline's batches), as one process does; and the two
+    runs' test UA agree within `TWO_PROCESS_UA_TOLERANCE`.
+    """
+    steps = ["--adapter_type", "qpmapper", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = subprocess.run(train_command(tiny_setup, one, *steps), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun(train_command(tiny_setup, two, *steps), tmp_path, env)
+    results = {name: json.loads((folder / "all_results.json").read_text()) for name, folder in
+               (("one", one), ("two", two))}
+    for name, metrics in results.items():
+        assert round(metrics["ua"], 4) == metrics["delivered_ua"], (name, metrics)
+        report = json.loads(((one if name == "one" else two) / "test_report.json").read_text())
+        assert report["ua"] == pytest.approx(metrics["ua"])  # written once, by the first process
+    assert abs(results["two"]["ua"] - results["one"]["ua"]) <= TWO_PROCESS_UA_TOLERANCE, results
+
+
+def _score_on_ranks(rank: int, world: int, out: str) -> None:
+    from accelerate import PartialState
+
+    from train import predict_as_delivered
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.cast_language_model(torch.bfloat16)  # as a bf16 LLM is loaded and scored: its results depend on the batch
+    model.merge_lora()
+    scores = predict_as_delivered(model, processor, _clips(), PartialState())
+    np.save(f"{out}/rank{rank}.npy", scores["logits"])
+
+
+def _clips() -> list[dict]:
+    # 9 clips, the last the shortest: the pipeline's batches of 8 are [0..7] and [8]; a distributed sampler would
+    # complete the last batch with repeated clips, so clip 8 would be scored beside 7 others, not alone.
+    return [{"audio": tone(0.5 + 0.23 * (8 - i), 150 + 97 * i, seed=i), "label": "happy", "transcript": None,
+             "text_features": {}} for i in range(9)]
+
+
+def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
+    """
+    Each of two ranks gets every clip's class scores exactly as the pipeline (batch_size 8, one process) computes them
+    with the same bf16 LLM, though a clip's scores depend on the clips batched with it (checked here, so that the
+    test can fail): the report of a 2-process run is the saved folder's score by construction.
+    """
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+    from train import DELIVERED_BATCH_SIZE, predict_as_delivered
+
+    run_ranks(_score_on_ranks, str(tmp_path))
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model.cast_language_model(torch.bfloat16)
+    model.merge_lora()
+    clips = _clips()
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
+    outputs = classifier([c["audio"] for c in clips], top_k=len(processor.config.labels), segment_seconds=None,
+                         batch_size=DELIVERED_BATCH_SIZE)
+    labels = processor.config.labels
+    delivered = np.array([[{o["label"]: o["score"] for o in out}[label] for label in labels] for out in outputs])
+    for rank in (0, 1):
+        scores = np.load(tmp_path / f"rank{rank}.npy")
+        probabilities = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+        np.testing.assert_allclose(probabilities, delivered, rtol=0, atol=1e-6)
+    # The test has teeth: clip 8 scored in a batch of 8 (as a padded distributed batch would) scores otherwise.
+    completed = predict_as_delivered(model, processor, clips[1:])["logits"][-1]
+    assert np.abs(np.exp(completed) - delivered[-1]).max() > 1e-5
+
+
+def _loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in every run
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    gradients = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None:  # FSDP2: a sharded DTensor; gathered whole (a collective: every rank, same order)
+            grad = param.grad
+            gradients[name] = (grad.full_tensor() if hasattr(grad, "full_tensor") else grad).detach().clone()
+    return loss.detach(), gradients
+
+
+def _tiny_model_and_batch():
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor()
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    return model, processor(audios, labels=LABELS[:3])
+
+
+def _fsdp2_step(rank: int, world: int, out: str, check_plain_pass: bool = True) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, batch = _tiny_model_and_batch()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.language_model.model.layers:  # as accelerate's fsdp_version 2 wraps a transformer
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    if check_plain_pass:
+        assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) == 0
+    loss, gradients = _loss_and_gradients(model, batch)  # every rank the same batch: FSDP averages equal gradients
+    if rank == 0:
+        torch.save({"loss": loss, "gradients": gradients}, f"{out}/fsdp2.pt")
+
+
+def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path):
+    """
+    torch's FSDP2 (`fully_shard`: each LLM decoder layer, then the whole model) on two gloo ranks trains the model:
+    the shared prompt-head pass is off while FSDP shards the LLM (its LoRA key/value weights would reach backward
+    only through the head's key/value cache, which FSDP does not re-gather), and the loss and every gradient equal one
+    process's (which shares the head) within float32 rounding: rtol 1e-4, atol 1e-6 (as for gradient checkpointing).
+    """
+    run_ranks(_fsdp2_step, str(tmp_path))
+    sharded = torch.load(tmp_path / "fsdp2.pt")
+    model, batch = _tiny_model_and_batch()
+    assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) > 0
+    loss, gradients = _loss_and_gradients(model, batch)
+    torch.testing.assert_close(sharded["loss"], loss, rtol=1e-5, atol=1e-6)
+    assert sharded["gradients"].keys() == gradients.keys() and any("lora_" in n for n in gradients)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(sharded["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("asked, env", [(["--fsdp", "full_shard"], {}), ([], {"ACCELERATE_USE_FSDP": "true"}),
+                                        ([], {"ACCELERATE_USE_DEEPSPEED": "true"})])
+def test_fsdp_or_deepspeed_on_the_cpu_stops_instead_of_running_ddp(asked, env, monkeypatch, tmp_path):
+    """Accelerate runs neither on the CPU (it falls back to DDP without a word): train.py says so and stops."""
+    from train import check_engine, parse_args
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    engine = "FSDP" if "--fsdp" in asked or "ACCELERATE_USE_FSDP" in env else "DeepSpeed"
+    if engine == "DeepSpeed" and importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(Exception, match="deepspeed"):  # transformers' own refusal: DeepSpeed is not installed
+            parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
+        return
+    _, _, training_args = parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    with pytest.raises(ValueError, match=f"{engine} .* was asked for, but this run is on the CPU.*silently train with "
+                                         "DDP"):
+        check_engine(training_args)
+
+
+def test_accelerate_launch_use_fsdp_on_the_cpu_stops_before_training(tiny_setup, tmp_path):
+    """`accelerate launch --use_fsdp --num_processes 2 train.py ...` on the CPU: an error naming FSDP, not DDP."""
+    command = train_command(tiny_setup, tmp_path / "fsdp", "--max_steps", "2")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
+    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0 and "FSDP (--fsdp, or accelerate launch --use_fsdp) was asked for" in result.stderr
+    assert not (tmp_path / "fsdp" / "checkpoints").exists()  # nothing trained
+
+
+ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
+PRINT_STATE = """
+import json, os
+from accelerate import PartialState
+state = PartialState(cpu=True)  # as train.py's Trainer on a machine without GPUs (use_cpu)
+out = {"rank": state.process_index, "world": state.num_processes, "mixed": os.environ.get("ACCELERATE_MIXED_PRECISION")}
+if os.environ.get("ACCELERATE_USE_FSDP") == "true":
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's environment, as the Trainer's Accelerator builds it
+    out.update(fsdp_version=plugin.fsdp_version, wrap=plugin.transformer_cls_names_to_wrap)
+print("STATE " + json.dumps(out))
+"""
+
+
+def test_shipped_accelerate_configs_load_with_accelerates_own_loader():
+    """
+    configs/accelerate/*.yaml: accelerate's config loader reads each (it refuses unknown top-level keys), as asked,
+    and every FSDP/DeepSpeed key is one `accelerate launch` takes (nested keys are not checked by the loader).
+    """
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import DistributedType
+
+    launch_options = set(vars(launch_command_parser().parse_args(["train.py"])))
+
+    expected = {"ddp.yaml": (DistributedType.MULTI_GPU, {}, {}),
+                "fsdp2.yaml": (DistributedType.FSDP, {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                                       "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}, {}),
+                "deepspeed_zero2_bf16.yaml": (DistributedType.DEEPSPEED, {}, {"zero_stage": 2}),
+                "deepspeed_zero3_bf16.yaml": (DistributedType.DEEPSPEED, {}, {"zero_stage": 3, "zero3_init_flag": True})}
+    assert sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")) == sorted(expected)
+    for name, (distributed_type, fsdp, deepspeed) in expected.items():
+        config = load_config_from_file(str(ACCELERATE_CONFIGS / name))
+        assert config.distributed_type == distributed_type and config.mixed_precision == "bf16", name
+        assert fsdp.items() <= config.fsdp_config.items() and deepspeed.items() <= config.deepspeed_config.items(), name
+        assert not config.use_cpu and config.num_processes == 2, name
+        assert {*config.fsdp_config, *config.deepspeed_config} <= launch_options, name
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "fsdp2.yaml"])
+def test_accelerate_launch_with_the_shipped_configs(name, tmp_path):
+    """
+    `accelerate launch --config_file configs/accelerate/<name>`: ddp.yaml starts 2 processes (on this CPU: gloo);
+    fsdp2.yaml's environment builds accelerate's FSDP plugin as FSDP2 wrapping the LLM's decoder layers.
+    """
+    script = tmp_path / "state.py"
+    script.write_text(PRINT_STATE)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / name),
+              str(script)]
+    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = [json.loads(line[6:]) for line in result.stdout.splitlines() if line.startswith("STATE ")]
+    assert len(states) == 2 and all(s["mixed"] == "bf16" for s in states)
+    if name == "ddp.yaml":
+        assert sorted((s["rank"], s["world"]) for s in states) == [(0, 2), (1, 2)]
+    else:
+        assert all(s["fsdp_version"] == 2 and s["wrap"] == ["LlamaDecoderLayer"] for s in states)
+
+
+def _bf16_weights_step(adapter: str) -> torch.Tensor:
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor(adapter=adapter, audio_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config).train()
+    for param in model.parameters():  # as DeepSpeed's bf16 mode: the weights in bf16, the buffers as they were
+        param.data = param.data.to(torch.bfloat16)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    batch = dict(processor(audios, labels=LABELS[:3]))
+    batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+    loss = model(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.audio_classifier.weight.grad is not None and model.audio_classifier.weight.grad.dtype == torch.bfloat16
+    return loss.detach()
+
+
+@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+def test_a_model_with_bf16_weights_trains(adapter):
+    """
+    DeepSpeed's bf16 mode casts every weight to bf16: the float32 parts of the forward (the audio classifier on the
+    float32 mean audio embedding, the fitted probe, the frames standardized by float32 statistics buffers) read them
+    in their own dtype instead of failing with `mat1 and mat2 must have the same dtype`.
+    """
+    _bf16_weights_step(adapter)
+
+
+def _deepspeed_zero2_step(rank: int, world: int, out: str) -> None:
+    import deepspeed
+    from conftest import LABELS
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    deepspeed.init_distributed(dist_backend="gloo")  # joins the process group of `run_ranks`
+    processor = tiny_processor(audio_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    config = {"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
+              "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
+    batch = dict(processor(audios, labels=LABELS[:3]))
+    batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+    loss = engine(**batch).loss
+    engine.backward(loss)
+    engine.step()
+    moved = [n for n, p in engine.module.named_parameters() if n in trainable and not torch.equal(
+        p.detach().float(), trainable[n].to(p.dtype).float())]
+    if rank == 0:
+        torch.save({"loss": loss.detach().float(), "moved": moved, "trainable": list(trainable)}, f"{out}/ds.pt")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed: its CPU accelerator "
+                           "builds its ops on first use, about 5 minutes)")
+def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
+    """One DeepSpeed ZeRO-2 bf16 step of the tiny model on two gloo ranks (DeepSpeed's CPU accelerator)."""
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    run_ranks(_deepspeed_zero2_step, str(tmp_path))
+    result = torch.load(tmp_path / "ds.pt")
+    # The loss is the bf16-weight model's (ZeRO-2 does not shard the weights), and the step moved what trains.
+    torch.testing.assert_close(result["loss"], _bf16_weights_step("qpmapper").float(), rtol=2e-2, atol=0)
+    assert any("lora_" in n for n in result["moved"]) and any(n.startswith("adapter.") for n in result["moved"])
+
+
+def test_multiprocess_bench_passes_what_follows_the_separator_to_train_py():
+    import importlib.util as util
+
+    spec = util.spec_from_file_location("multiprocess_training", REPO / "bench" / "multiprocess_training.py")
+    bench = util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parse_args = bench.parse_args
+    args, flags = parse_args(["--processes", "1,4", "--threads", "2", "--", "--data_dir", "x", "--max_steps", "3"])
+    assert (args.processes, args.threads, flags) == ("1,4", 2, ["--data_dir", "x", "--max_steps", "3"])
