@@ -1199,11 +1199,11 @@ def predict_as_delivered(model, processor, clips: list[dict], accelerator=None,
     """
     The model's class scores of `clips` as the pipeline computes them (`pipeline(..., batch_size=batch_size)`):
     `{"logits", "llm_logits", "probe_logits"}` (the last for the probe interface only), each `(clips, labels)` in the
-    clips' order. A clip's scores depend on the clips batched with it (the padding changes the shapes of bf16
-    matrix products: up to 0.024 in a class probability with a bf16 LLM, BENCHMARKS.md "Several processes"), so the
-    clips are read in the pipeline's batches, `clips[i:i + batch_size]`, with the pipeline's inputs (the
-    processor's prompt without the answer). Under several processes (`accelerator`), process r scores batches r,
-    r + N, ... and the scores are gathered: no batch is cut, padded or completed with repeated clips (as the Trainer's distributed evaluation
+    clips' order. A clip's scores depend on the clips batched with it (the padding changes the shapes of bf16 matrix
+    products: up to 0.024 in a class probability with a bf16 LLM, BENCHMARKS.md "Several processes"), so the clips are
+    read in the pipeline's batches, `clips[i:i + batch_size]`, with the pipeline's inputs (the processor's prompt
+    without the answer). Under several processes (`accelerator`), process r scores batches r, r + N, ... and the scores
+    are gathered: no batch is cut, padded or completed with repeated clips (as the Trainer's distributed evaluation
     does), so every process gets the scores that one process, and the saved folder through the pipeline, give.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
