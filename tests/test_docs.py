@@ -47,3 +47,23 @@ def test_links_to_a_line_of_code_land_on_the_function_or_class_they_name(documen
             found = [i + 1 for i, text in enumerate(lines) if re.match(rf"\s*(def|class)\s+{re.escape(short)}\b", text)]
             wrong.append(f"{target} for {name.group(1)} (defined at line {found})")
     assert wrong == []
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_links_to_a_section_reach_a_heading(document):
+    wrong = []
+    for _, target in relative_links(document):
+        path, _, anchor = target.partition("#")
+        if not anchor or (path and not path.endswith(".md")):
+            continue
+        linked = (document.parent / path) if path else document
+        text = re.sub(r"```.*?```", "", linked.read_text(), flags=re.S)
+        anchors = {slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+        if anchor not in anchors:
+            wrong.append(target)
+    assert wrong == []
