@@ -4,6 +4,7 @@ The command line for EmoSLLM inference on a few files: the `audio-classification
 line per file.
 
     python -m cli_emosllm --model path/to/emosllm a.wav b.flac [--format table|jsonl] [--top_k K] [--timeline]
+    ffmpeg -i talk.mp4 -f wav - | python -m cli_emosllm --model path/to/emosllm -     # - : standard input
 
 Inside a saved model folder (it is copied there), `python cli_emosllm.py FILES` uses that folder. For whole datasets
 (folders, tables, `datasets`; batched, resumable, several processes) use `label_dataset.py`.
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default=None,
                         help="a saved EmoSLLM folder (or Hub id); default: the folder this file is in, if it is one")
-    parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec)")
+    parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec); "
+                        "- reads one file's content from standard input")
     parser.add_argument("--format", choices=["table", "jsonl"], default="table")
     parser.add_argument("--top_k", type=int, default=None, help="classes to show per file (default: all)")
     parser.add_argument("--segment_seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "table":
         width = max(len(f) for f in args.files)
         print(f"{'file':<{width}}  {'seconds':>8}  {'label':<12} {'score':>6}  scores")
+    if args.files.count("-") > 1:
+        parser.error("- (standard input) can be given once: it holds one file's content.")
     for path in args.files:
         try:
-            result = classifier(path, **call)
+            result = classifier(sys.stdin.buffer.read() if path == "-" else path, **call)
         except (ValueError, OSError) as error:
             failed += 1
             print(f"error: {error}", file=sys.stderr)

@@ -259,6 +259,11 @@ def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int
         return decode_audio(audio_file.read(), name)
 
 
+# What a saved processor consists of (`save_pretrained`): its settings and the LLM's tokenizer (its vocabulary in one
+# of the forms transformers writes).
+PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
+
+
 class EmoSLLMProcessor(ProcessorMixin):
     r"""
     Wraps the audio encoder's feature extractor and the LLM's tokenizer. It owns all input preparation: checking,
@@ -333,6 +338,16 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmoSLLMProcessor":
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        if os.path.isdir(folder):  # a local folder without them gets transformers' remote-code prompt, then a riddle
+            missing = [names.replace("|", " or ") for names in PROCESSOR_FILES
+                       if not any(os.path.isfile(os.path.join(folder, name)) for name in names.split("|"))]
+            if missing:
+                raise FileNotFoundError(
+                    f"{pretrained_model_name_or_path} is incomplete: {', '.join(missing)} (the processor's files) "
+                    "missing. Copy or download the whole folder again, or save the processor again "
+                    "(processor.save_pretrained(folder))."
+                )
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         processor.tokenizer.padding_side = "left"  # as `build` sets it; tokenizer_config.json does not keep it
         config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
@@ -631,6 +646,7 @@ EmoSLLMProcessor.register_for_auto_class()
 __all__ = [
     "MAX_SAMPLE_PEAK",
     "MIN_AUDIO_SECONDS",
+    "PROCESSOR_FILES",
     "EmoSLLMProcessor",
     "check_audio",
     "check_sampling_rate",

@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 from conftest import LABELS, save_tiny_backbones, tiny_processor, tone, write_tone_corpus
 
+import cli_emosllm
 import data_emosllm
 import encoder_cache_emosllm
-import cli_emosllm
 import pipeline_emosllm
 import resume_emosllm
 import train
@@ -319,6 +319,19 @@ def test_command_line_refuses_bad_arguments_before_loading(argv, message, saved_
     with pytest.raises(SystemExit) as stopped:
         cli_emosllm.main([a.replace("{folder}", str(saved_folder)) for a in argv])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_command_line_reads_a_file_from_standard_input(saved_folder, capsys, monkeypatch):
+    clip = saved_folder.parent / "clip.wav"
+    assert cli_emosllm.main(["--model", str(saved_folder), str(clip), "--format", "jsonl"]) == 0
+    from_file = json.loads(capsys.readouterr().out.splitlines()[-1])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(clip.read_bytes())))
+    assert cli_emosllm.main(["--model", str(saved_folder), "-", "--format", "jsonl"]) == 0
+    from_stdin = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert from_stdin["file"] == "-" and from_stdin["scores"] == from_file["scores"]
+    with pytest.raises(SystemExit):
+        cli_emosllm.main(["--model", str(saved_folder), "-", "-"])
+    assert "can be given once" in capsys.readouterr().err
 
 
 def test_command_line_reports_a_bad_file_and_fails(saved_folder, capsys):
@@ -780,6 +793,17 @@ def test_a_folder_saved_before_the_record_loads_with_a_warning_but_never_without
     damage(old)
     with pytest.warns(UserWarning, match="carries no record"), pytest.raises(error, match=message.replace(".", r"\.")):
         EmoSLLMForSpeechEmotionRecognition.from_pretrained(old, **lean_folder["ids"])
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json", "processor_config.json"])
+def test_a_folder_without_its_processor_files_refuses_naming_them_without_a_prompt(lean_folder, tmp_path, name):
+    """Not transformers' remote-code [y/N] prompt and then "Couldn't instantiate the backend tokenizer"."""
+    from processing_emosllm import EmoSLLMProcessor
+
+    folder = damaged_copy(lean_folder, tmp_path, lambda f: (f / name).unlink())
+    with pytest.raises(FileNotFoundError, match=rf"is incomplete: .*{re.escape(name)}.* Copy or download the whole"):
+        EmoSLLMProcessor.from_pretrained(folder)
+    assert EmoSLLMProcessor.from_pretrained(lean_folder["folder"]).tokenizer is not None  # whole, it loads
 
 
 KILLED_SAVE = """
