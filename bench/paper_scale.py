@@ -403,7 +403,7 @@ def fit(depths: list[int], values: list[float]) -> tuple[float, float]:
 def summarize(cases: list[dict], counts: dict, args) -> dict:
     depths = [c["depth"] for c in cases]
     full = args.full_depth
-    measures = ["build_seconds", "build_peak_rss", "rss_after_build", "encoder_seconds", "train_seconds",
+    measures = ["build_seconds", "build_peak_rss", "rss_after_build", "train_seconds",
                 "train_checkpointing_seconds", "inference_seconds", "train_peak_bytes",
                 "train_checkpointing_peak_bytes", "inference_peak_bytes", "saved_activation_bytes"]
     fits = {}
@@ -412,34 +412,22 @@ def summarize(cases: list[dict], counts: dict, args) -> dict:
             continue
         slope, intercept = fit(depths, [c[m] for c in cases])
         fits[m] = {"slope": slope, "intercept": intercept, "at_full_depth": slope * full + intercept}
-    # Per-GPU memory of the full model in training, computed (one process, the measured batch). The step's peak was
-    # measured with the LLM in the dtype the build gave it: in bf16 (a bf16 checkpoint, as Llama 3.2's) the loss also
-    # made a float32 copy of the tied head (#38), inside the measured peak; in float32, bf16 halves the activations.
-    llm_bf16 = all(c.get("llm_dtype") == "torch.bfloat16" for c in cases)
-    scale = 1.0 if llm_bf16 else 0.5
-    head_copy = counts["lm_head"] * 4
+    # Per-GPU memory of the full model in training, computed (one process, the measured batch). The model is built as on
+    # a bf16 GPU (frozen backbones bf16, LoRA and interface float32: PRECISION_POLICY), so the tensors a plain step
+    # keeps for backward (measured exactly, fitted per layer) are what a GPU keeps, LoRA's float32 inputs included;
+    # checkpointed, a step keeps each layer's bf16 input and, while it recomputes, one layer's own tensors.
     bf16_weights = counts["frozen"] * 2
     trainable_states = counts["trainable"] * (4 + 4 + 8)  # float32 weights, gradients, AdamW's two moments
-    # LoRA in float32 on bf16 layers (the precision policy of #38) keeps a float32 copy of each adapted layer's input:
-    # q, k, v, gate, up read the hidden state, o the attention output (both `hidden` wide), down the MLP's inner width.
     text = LLAMA_3B if not args.tiny else TINY_LLAMA
-    lora_inputs = (statistics.mean(c["prompt_tokens"] for c in cases) * full * 4
-                   * (6 * text["hidden_size"] + text["intermediate_size"]))
-    # Activations: the tensors a plain step keeps for backward (measured exactly, fitted per layer). Checkpointed, a
-    # step keeps each layer's input (bf16) and, while it recomputes, one layer's own tensors (from the same fit).
     saved = fits["saved_activation_bytes"]
-    head_in_saved = head_copy if llm_bf16 else 0
     tokens = statistics.mean(c["prompt_tokens"] for c in cases)
-    activations = {"without checkpointing": scale * (saved["at_full_depth"] - head_in_saved),
-                   "with checkpointing": scale * (saved["intercept"] - head_in_saved + saved["slope"])
-                   + full * tokens * text["hidden_size"] * 2}
-    lora = {"without checkpointing": lora_inputs, "with checkpointing": lora_inputs / full}
+    activations = {"without checkpointing": saved["at_full_depth"],
+                   "with checkpointing": saved["intercept"] + saved["slope"] + full * tokens * text["hidden_size"] * 2}
     gpu = {}
-    for name in ("without checkpointing", "with checkpointing"):
-        total = bf16_weights + trainable_states + activations[name] + lora[name]
-        gpu[name] = {"weights_bf16": bf16_weights, "trainable_states": trainable_states,
-                     "activations_bf16": activations[name], "lora_float32_inputs": lora[name],
-                     "lm_head_float32_copy": head_copy, "total": total, "total_with_head_copy": total + head_copy}
+    for name, kept in activations.items():
+        gpu[name] = {"weights_bf16": bf16_weights, "trainable_states": trainable_states, "activations": kept,
+                     "total": bf16_weights + trainable_states + kept}
+    llm_bf16 = all(c.get("llm_dtype") == "torch.bfloat16" for c in cases)
     return {"depths": depths, "full_depth": full, "fits": fits, "counts": counts, "gpu": gpu, "llm_bf16": llm_bf16,
             "trainable_share_full": counts["trainable"] / counts["total"]}
 
@@ -457,7 +445,7 @@ def markdown(cases: list[dict], summary: dict, args, machine: str) -> str:
                  for part in ("encoder", "interface", "llm", "lora")) +
              (" **(--tiny: toy sizes, not the paper's)**" if args.tiny else ""), ""]
     lines += ["| LLM layers | trainable / total params | trainable % | build s | build peak RSS GiB | "
-              "RSS after build GiB | encoder pass s (float32) | encoder pass s (default path, once) | train step s | "
+              "RSS after build GiB | encoder pass s (its dtype) | encoder pass s (default path, once) | train step s | "
               "train step s, checkpointing | checkpointing / plain | inference step s | train step peak GiB | "
               "checkpointing peak GiB | inference peak GiB | kept for backward GiB | load (1 min) |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -495,18 +483,12 @@ def markdown(cases: list[dict], summary: dict, args, machine: str) -> str:
     g = summary["gpu"]
     rows = [("frozen weights in bf16 (exact count x 2 bytes)", "weights_bf16"),
             ("trainable: float32 weights + gradients + AdamW's 2 moments (exact count x 16 bytes)", "trainable_states"),
-            ("activations: tensors kept for backward, fitted per layer" + (
-                " (the LLM ran in bf16; less the head copy below)" if summary["llm_bf16"] else ", halved (the LLM ran "
-                "in float32)") + "; checkpointed: layer inputs + one layer", "activations_bf16"),
-            ("float32 copies of LoRA's inputs, if LoRA is float32 (computed; checkpointed: one layer's)",
-             "lora_float32_inputs"),
-            ("**total**", "total"),
-            ("+ today's float32 copy of the tied bf16 LM head in the loss (#38; measured among the kept tensors)",
-             "lm_head_float32_copy"),
-            ("**total with that copy**", "total_with_head_copy")]
+            ("activations: tensors kept for backward, measured and fitted per layer (LoRA's float32 inputs "
+             "included); checkpointed: bf16 layer inputs + one layer's", "activations"),
+            ("**total**", "total")]
     for label, key in rows:
         lines.append(f"| {label} | {gib(g['without checkpointing'][key])} | {gib(g['with checkpointing'][key])} |")
-    worst = g["without checkpointing"]["total_with_head_copy"]
+    worst = g["without checkpointing"]["total"]
     fits_gpu = worst + GIB < args.gpu_gib * GIB
     lines += ["", f"Fits one {args.gpu_gib:g} GiB GPU with LoRA (worst column + 1 GiB for the CUDA context and "
               f"allocator): **{'yes' if fits_gpu else 'no'}** ({gib(worst + GIB)} GiB)."]
