@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ MANIFEST = "emosllm_weights.json"
 WEIGHT_PATTERNS = ("model.safetensors", "model-", "lora/adapter_model.safetensors")
 
 __all__ = ["MANIFEST", "check_saved_weights", "mark_save_started", "read_safetensors", "weight_files",
-           "write_manifest"]
+           "write_json_atomically", "write_manifest"]
 
 
 def weight_files(folder: str) -> list[str]:
@@ -45,20 +46,29 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_json(path: str, content: dict) -> None:
-    """Written beside, then renamed: the record is whole or the previous one."""
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+def write_json_atomically(path: str | os.PathLike, content: dict) -> None:
+    """
+    Written beside (a temporary file of its own in the same folder), then renamed: the file holds the new content
+    whole or the previous one, whenever the process is stopped; the temporary file is removed if the write fails.
+    """
+    folder, name = os.path.split(os.fspath(path))
+    handle, partial = tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(content, file, indent=1, ensure_ascii=False)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.unlink(partial)
+        raise
 
 
 def mark_save_started(folder: str) -> None:
     """Before a save writes into `folder`: its record says the save is under way, so a killed save refuses to load."""
     os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, MANIFEST), {"complete": False})
+    write_json_atomically(os.path.join(folder, MANIFEST), {"complete": False})
 
 
 def write_manifest(folder: str) -> dict:
@@ -73,7 +83,7 @@ def write_manifest(folder: str) -> dict:
                        for key in handle.keys()}
         files[name] = {"bytes": os.path.getsize(path), "sha256": _sha256(path), "tensors": tensors}
     record = {"complete": True, "files": files}
-    _write_json(os.path.join(folder, MANIFEST), record)
+    write_json_atomically(os.path.join(folder, MANIFEST), record)
     return record
 
 

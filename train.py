@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -56,6 +55,7 @@ from data_emosllm import (
 )
 from encoder_cache_emosllm import EncoderStateCache, cached_states, padded_states
 from hub_emosllm import push_to_hub, write_model_card
+from integrity_emosllm import write_json_atomically
 from modeling_emosllm import (
     EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
 )
@@ -969,14 +969,7 @@ class TranscriptCache:
         """Stores the clips' transcripts and rewrites the file whole."""
         self.transcripts.update({self.key(clip["audio"]): clip["transcript"] for clip in clips})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump({"asr_model": self.asr_model, "transcripts": self.transcripts}, file, ensure_ascii=False)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_json_atomically(self.path, {"asr_model": self.asr_model, "transcripts": self.transcripts})
 
 
 # Clips per Whisper call while transcribing training data (the progress bar and the cache advance by these).
