@@ -101,7 +101,7 @@ def segment_seconds_of(classifier) -> float | None:
     """The window length the pipeline cuts long recordings into (given when it was built, else its default)."""
     default = getattr(sys.modules.get(type(classifier).__module__), "DEFAULT_SEGMENT_SECONDS", 10.0)
     seconds = getattr(classifier, "_preprocess_params", {}).get("segment_seconds", default)
-    return None if seconds is None else min(seconds, classifier.model.config.max_audio_seconds)
+    return None if seconds is None else min(seconds, classifier.processor.max_audio_seconds)
 
 
 def _pipeline_input(audio) -> Any:
@@ -207,7 +207,7 @@ def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks
     classifier = (load_classifier(model, device, detect_speech=detect_speech)
                   if model is None or isinstance(model, (str, os.PathLike)) else model)
     labels = labels_of(classifier)
-    reads_transcripts = getattr(classifier.model.config, "use_transcript", "none") != "none"
+    reads_transcripts = classifier.processor.use_transcript != "none"
 
     def predict(audio, transcript=None):
         try:

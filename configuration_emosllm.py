@@ -1,5 +1,5 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
-"""EmoSLLM configuration: an audio encoder, an interface (adapter) and a causal LLM adapted with LoRA.
+"""EmoSLLM configuration: an audio encoder, a mapper into the LLM's embedding space, and a causal LLM adapted with LoRA.
 
 The paper is "EmoSLLM: Parameter-Efficient Adaptation of LLMs for Speech Emotion Recognition" (arXiv 2508.14130).
 """
@@ -24,75 +24,74 @@ from transformers import AutoConfig, PreTrainedConfig  # noqa: E402
 from transformers.configuration_utils import SubConfigSpec  # noqa: E402
 
 DEFAULT_LABELS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
-
-DEFAULT_PROMPT = (
-    "Listen to the speech and name the emotion of the speaker. "
-    "Answer with one word from: {labels}."
-)
+DEFAULT_AUDIO_MODEL_ID = "openai/whisper-tiny.en"
+DEFAULT_TEXT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SAMPLING_RATE = 16_000  # every clip is resampled to it
 
 # Audio encoders whose input is a log-mel spectrogram with a hop of 160 samples and a stride-2 convolution stem.
 WHISPER_LIKE = ("whisper",)
 MEL_HOP_LENGTH = 160
 
+# The mapper (the paper's word for the part between the audio encoder and the LLM) and, for each type, its settings
+# with the recipe's defaults. `mapper_config` holds `mapper_type` and only that type's settings.
+MAPPER_SETTINGS = {
+    # statistics pooling read by a fitted linear probe; its class probabilities mix the label words' embeddings into
+    # one audio embedding. `mix_weight`: weight of the probe's own class log-probabilities in the answer.
+    "probe": {"mix_weight": 0.0},
+    # the paper's Query Pooling Mapper (the paper: 768 wide; 256 scored the same with a quarter of the parameters)
+    "qpmapper": {"num_queries": 32, "hidden_size": 256, "num_layers": 2, "num_heads": 8},
+    # for comparison only (measured below the two above): a window-level Q-Former, a frame-stacking MLP, and
+    # statistics pooling mapped by one linear layer
+    "qformer": {"window_size": 15, "queries_per_window": 3, "hidden_size": 256, "num_layers": 2, "num_heads": 8},
+    "mlp": {"stack_factor": 8, "hidden_size": 256},
+    "statistics": {"num_queries": 32},
+}
+LANGUAGE_MODEL_TRAINING = ("lora", "frozen", "full")
+
+# Keys of folders saved before the config was slimmed (one setting each, flat), and where they went.
+_OLD_MAPPER_KEYS = {
+    "adapter_hidden_size": "hidden_size", "adapter_num_layers": "num_layers", "adapter_num_heads": "num_heads",
+    "num_queries": "num_queries", "window_size": "window_size", "queries_per_window": "queries_per_window",
+    "stack_factor": "stack_factor", "probe_mix_weight": "mix_weight",
+}
+OLD_LORA_KEYS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                 "lora_target_modules": "target_modules"}
+OLD_PROCESSOR_KEYS = ("prompt", "audio_token", "max_audio_seconds", "pad_audio_to_max_length", "use_transcript",
+                      "asr_model")
+
 
 class EmoSLLMConfig(PreTrainedConfig):
     r"""
-    Configuration of [`EmoSLLMForSpeechEmotionRecognition`].
+    Configuration of [`EmoSLLMForSpeechEmotionRecognition`]: an audio encoder, a mapper into the LLM's embedding
+    space, and a causal LLM. The defaults are the recipe train.py trains (BENCHMARKS.md).
 
-    audio_config (`dict` or `PreTrainedConfig`):
-        Config of the audio encoder: Whisper (its encoder is used), WavLM, HuBERT, wav2vec2 or any other
-        `AutoModel` audio encoder of the Hub. Defaults to Whisper tiny.en.
-    text_config (`dict` or `PreTrainedConfig`):
-        Config of the causal LLM. Defaults to SmolLM2-135M-Instruct (a Llama).
-    adapter_type (`str`):
-        The interface between encoder and LLM. `"probe"` (train.py's default, the best measured on RAVDESS,
-        BENCHMARKS.md; not in the paper): statistics pooling read by a linear emotion probe that is fitted
-        (`EmoSLLMForSpeechEmotionRecognition.fit_probe`), not trained, whose class probabilities mix the label
-        words' embeddings into one audio embedding, a "soft emotion word". `"qpmapper"` (the config's default: the
-        paper's Query Pooling Mapper, `num_queries` outputs per clip). For comparison only, measured below those two:
-        `"qformer"` (window-level Q-Former, `queries_per_window` outputs per window of `window_size` encoder
-        frames), `"mlp"` (an MLP over `stack_factor` stacked frames) and `"statistics"` (the clip's mean and standard
-        deviation over its frames, mapped by one linear layer to `num_queries` embeddings).
-    encoder_layer_combination (`str`): how the audio encoder's standardized layers become one frame sequence:
-        `"weighted_average"` (a learned softmax-weighted average, SUPERB-style) or `"concatenate"` (every layer side
-        by side: frames `(num_layers + 1) * encoder_hidden` wide; what the probe interface is recommended with).
-    adapter_hidden_size, adapter_num_layers, adapter_num_heads (`int`):
-        Width, depth and heads of the qpmapper's transformer and of the Q-Former (the paper: 768, 2, 8).
-    num_queries (`int`): learned queries of the qpmapper (the paper: 32); audio embeddings of the statistics
-        interface.
-    window_size, queries_per_window (`int`): the Q-Former's window of encoder frames and queries per window.
-    stack_factor (`int`): frames stacked into one LLM embedding by the MLP interface.
-    freeze_audio_encoder (`bool`): keep the audio encoder frozen (the paper does).
-    lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA on the LLM (`lora_rank=0`: no LoRA, the LLM is
-        frozen and only the interface trains).
-    freeze_language_model (`bool`): keep the LLM's own weights frozen (the paper: LoRA adapts it). `False`, with
-        `lora_rank=0`, fine-tunes every LLM weight instead (full fine-tuning, for comparison).
-    audio_loss_weight (`float`): weight of an auxiliary loss during training: a linear layer (`audio_classifier`)
-        names the emotion from the mean of the audio embeddings, so the interface gets a direct training signal
-        besides the one that comes back through the LLM. `0` turns it off. Inference reads only the LLM's answer.
-    prompt (`str`): the task text; `{labels}` is replaced by the comma-separated label names.
-    audio_token (`str`), audio_token_id (`int`): placeholder token that the processor repeats once per audio
-        embedding and the model replaces by them. `audio_token_id` is set from the tokenizer.
-    label_token_ids (`list[list[int]]`): token ids of each label's words, the LLM's answer for that class (set from
-        the tokenizer). Labels may share first tokens or span several words: a class's score is the LLM's
-        log-probability of its answer up to the token that tells it from every other label
-        (`EmoSLLMForSpeechEmotionRecognition.label_answer_paths`).
-    answer_end_token_id (`int`): the token that ends the answer (the tokenizer's end of turn; set from the
-        tokenizer). It tells a label from a longer one that starts with its words (`pleasant`, `pleasant surprise`).
-    probe_mix_weight (`float`): with the probe interface, the weight `w` of the probe's own class log-probabilities
-        in the answer: class scores = `(1 - w) * LLM + w * probe` (both log-softmaxed over the classes). `0` (default):
-        the LLM's answer alone. train.py chooses it on held-out speakers (`choose_probe_mix_weight`), so that the
-        answer scores at least what the probe scores there.
-    max_audio_seconds (`float`): longest clip the processor accepts; longer audio must be segmented (the pipeline
-        does it).
-    pad_audio_to_max_length (`bool`): pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of
-        the longest clip of the batch.
-    use_transcript (`str`): `"given"` puts a given transcript into the prompt, `"auto"` also transcribes clips
-        that come without one with `asr_model`, `"none"` never uses transcripts.
-    asr_model (`str`): Whisper used for automatic transcripts.
-    audio_model_id, text_model_id (`str`, optional): the Hub ids of the pretrained audio encoder and LLM. A lean
-        save (`save_pretrained`'s default) holds only what EmoSLLM trained and fitted, and loading fetches the
-        backbones by these names (`backbones_emosllm.resolve_pretrained`).
+    Args:
+        audio_config (`dict` or `PreTrainedConfig`): the audio encoder's config: Whisper (its encoder is used), WavLM,
+            HuBERT, wav2vec2 or any other `AutoModel` audio encoder. Defaults to Whisper tiny.en.
+        text_config (`dict` or `PreTrainedConfig`): the causal LLM's config. Defaults to SmolLM2-135M-Instruct.
+        mapper_config (`dict`): `{"mapper_type": ..., <that type's settings>}`, see `MAPPER_SETTINGS`: `"probe"`
+            (the default; not in the paper: a fitted linear emotion probe whose class probabilities mix the label
+            words' embeddings into one audio embedding, a "soft emotion word"), `"qpmapper"` (the paper's Query
+            Pooling Mapper), and for comparison `"qformer"`, `"mlp"`, `"statistics"`. Settings left out take the
+            type's defaults.
+        encoder_layer_combination (`str`): how the encoder's standardized layers become one frame sequence:
+            `"concatenate"` (every layer side by side, `(num_layers + 1) * encoder_hidden` wide; the recipe) or
+            `"weighted_average"` (a learned softmax-weighted average, SUPERB-style).
+        language_model_training (`str`): how the LLM trains: `"lora"` (the paper; LoRA's settings are peft's
+            `LoraConfig`, saved as `lora/adapter_config.json`), `"frozen"` (only the mapper trains) or `"full"` (every
+            LLM weight, for comparison).
+        audio_loss_weight (`float`): weight of an auxiliary training loss: a linear layer (`audio_classifier`) names
+            the emotion from the mean audio embedding, a short path for the mapper's gradient. `0` turns it off;
+            inference never reads it.
+        audio_model_id, text_model_id (`str`, optional): the backbones' Hub ids. A lean save holds only what EmoSLLM
+            trained and fitted, and loading fetches the backbones by these names
+            (`backbones_emosllm.resolve_pretrained`).
+        audio_token_id (`int`): the audio placeholder's token id (set from the tokenizer by
+            `EmoSLLMProcessor.from_backbones`); the model puts one audio embedding in place of each.
+        label_token_ids (`list[list[int]]`): the tokens of each label's words, the LLM's answer for that class. Labels
+            may share first tokens or span several words (`EmoSLLMForSpeechEmotionRecognition.label_answer_paths`).
+        answer_end_token_id (`int`): the token that ends the answer (the tokenizer's end of turn). It tells a label
+            from a longer one that starts with its words (`pleasant`, `pleasant surprise`).
     """
 
     model_type = "emosllm"
@@ -132,36 +131,18 @@ class EmoSLLMConfig(PreTrainedConfig):
 
     audio_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
-    adapter_type: Literal["qpmapper", "qformer", "mlp", "statistics", "probe"] = "qpmapper"
-    encoder_layer_combination: Literal["weighted_average", "concatenate"] = "weighted_average"
-    adapter_hidden_size: int = 768
-    adapter_num_layers: int = 2
-    adapter_num_heads: int = 8
-    num_queries: int = 32
-    window_size: int = 15
-    queries_per_window: int = 3
-    stack_factor: int = 8
-    freeze_audio_encoder: bool = True
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | str = "all-linear"
-    freeze_language_model: bool = True
-    audio_loss_weight: float = 0.0
-    prompt: str = DEFAULT_PROMPT
-    audio_token: str = "<|audio|>"
+    mapper_config: dict | None = None
+    encoder_layer_combination: Literal["concatenate", "weighted_average"] = "concatenate"
+    language_model_training: Literal["lora", "frozen", "full"] = "lora"
+    audio_loss_weight: float = 1.0
+    audio_model_id: str | None = None
+    text_model_id: str | None = None
     audio_token_id: int | None = None
     label_token_ids: list[list[int]] | None = None
     answer_end_token_id: int | None = None
-    probe_mix_weight: float = 0.0
-    max_audio_seconds: float = 30.0
-    pad_audio_to_max_length: bool = False
-    use_transcript: Literal["given", "auto", "none"] = "given"
-    asr_model: str = "openai/whisper-tiny.en"
-    audio_model_id: str | None = None
-    text_model_id: str | None = None
 
     def __post_init__(self, **kwargs):
+        self._upgrade_old_keys(kwargs)
         if self.id2label is None and "num_labels" not in kwargs:
             self.id2label = dict(enumerate(DEFAULT_LABELS))
         # PreTrainedConfig resets the sub-configs' attention implementation; keep the one they came with (SDPA).
@@ -175,31 +156,76 @@ class EmoSLLMConfig(PreTrainedConfig):
         # names the backbones by Hub id instead.
         for key, name in (("audio_config", self.audio_model_id), ("text_config", self.text_model_id)):
             getattr(self, key)._name_or_path = name or ""
+        self.mapper_config = self.checked_mapper_config(self.mapper_config)
         # A misspelt choice would otherwise run another one. Checked by hand: huggingface_hub's `@strict` (which
         # transformers' own configs use) would check these, but raises a non-ValueError and rejects ints for float
         # fields (`audio_loss_weight=0`).
-        for name in ("adapter_type", "encoder_layer_combination", "use_transcript"):
+        for name in ("encoder_layer_combination", "language_model_training"):
             choices = get_args(type(self).__annotations__[name])
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
-        if self.lora_rank > 0 and not self.freeze_language_model:
-            raise ValueError(
-                "LoRA and full fine-tuning of the LLM exclude each other: use lora_rank>0 with a frozen LLM, or "
-                "freeze_language_model=False with lora_rank=0."
-            )
         self.check_label_token_ids()
-        if not 0.0 <= self.probe_mix_weight <= 1.0:
-            raise ValueError(f"probe_mix_weight={self.probe_mix_weight} must lie in [0, 1].")
-        if self.probe_mix_weight > 0 and self.adapter_type != "probe":
-            raise ValueError(f"probe_mix_weight={self.probe_mix_weight} mixes the probe's scores into the answer, but "
-                             f"adapter_type={self.adapter_type!r} has no probe; set it to 0.")
-        if self.is_whisper_encoder:
-            max_positions = self.audio_config.max_source_positions
-            if self.max_audio_seconds * 16000 // MEL_HOP_LENGTH > 2 * max_positions:
-                raise ValueError(
-                    f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window "
-                    f"({2 * max_positions * MEL_HOP_LENGTH / 16000:g} s)."
-                )
+
+    def _upgrade_old_keys(self, kwargs: dict) -> None:
+        """
+        Maps the flat keys of folders saved before the config was slimmed onto today's fields (the mapper's settings
+        into `mapper_config`, `freeze_language_model`/`lora_rank` into `language_model_training`). Their LoRA and
+        processor settings are kept aside (`old_lora_settings`, `old_processor_settings`), not saved again: LoRA's
+        live in peft's `LoraConfig`, the processor's in `processor_config.json`.
+        """
+        mapper_type = kwargs.pop("adapter_type", None)
+        old_mapper = {new: kwargs.pop(old) for old, new in _OLD_MAPPER_KEYS.items() if old in kwargs}
+        if mapper_type is not None and self.mapper_config is None:
+            allowed = MAPPER_SETTINGS.get(mapper_type, {})
+            self.mapper_config = {"mapper_type": mapper_type, **{k: v for k, v in old_mapper.items() if k in allowed}}
+        self._old_lora = {new: kwargs.pop(old) for old, new in OLD_LORA_KEYS.items() if old in kwargs}
+        freeze = kwargs.pop("freeze_language_model", None)
+        if freeze is not None or "r" in self._old_lora:
+            rank = self._old_lora.get("r", 8)
+            self.language_model_training = "lora" if rank > 0 else ("frozen" if freeze in (None, True) else "full")
+        if kwargs.pop("freeze_audio_encoder", True) is False:
+            raise ValueError("freeze_audio_encoder=False is no longer supported: the audio encoder is always frozen.")
+        self._old_processor = {key: kwargs.pop(key) for key in OLD_PROCESSOR_KEYS if key in kwargs}
+
+    @property
+    def old_lora_settings(self) -> dict:
+        """LoRA settings (peft `LoraConfig` keyword arguments) of a folder saved before they moved to `lora/`."""
+        return dict(getattr(self, "_old_lora", {}))
+
+    @property
+    def old_processor_settings(self) -> dict:
+        """Processor settings of a folder saved before they moved to `processor_config.json`."""
+        return dict(getattr(self, "_old_processor", {}))
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        for key in ("_old_lora", "_old_processor"):
+            output.pop(key, None)
+        return output
+
+    @staticmethod
+    def checked_mapper_config(mapper_config: dict | None) -> dict:
+        """`mapper_config` with its type's defaults filled in; an unknown type or setting is a `ValueError`."""
+        mapper_config = dict(mapper_config or {"mapper_type": "probe"})
+        mapper_type = mapper_config.pop("mapper_type", None)
+        if mapper_type not in MAPPER_SETTINGS:
+            raise ValueError(f"mapper_config['mapper_type']={mapper_type!r} is not one of {', '.join(MAPPER_SETTINGS)}.")
+        defaults = MAPPER_SETTINGS[mapper_type]
+        unknown = sorted(set(mapper_config) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"mapper_config: {', '.join(unknown)} is no setting of the {mapper_type!r} mapper; its settings are "
+                f"{', '.join(defaults) or 'none'}."
+            )
+        mapper_config = {"mapper_type": mapper_type, **defaults, **mapper_config}
+        if not 0.0 <= mapper_config.get("mix_weight", 0.0) <= 1.0:
+            raise ValueError(f"mapper_config['mix_weight']={mapper_config['mix_weight']} must lie in [0, 1].")
+        return mapper_config
+
+    @property
+    def mapper_type(self) -> str:
+        """The mapper's type (`mapper_config["mapper_type"]`)."""
+        return self.mapper_config["mapper_type"]
 
     def check_label_token_ids(self) -> None:
         """Every label has tokens, and no two labels have the same ones (the LLM's answer could not tell them apart)."""
@@ -230,6 +256,12 @@ class EmoSLLMConfig(PreTrainedConfig):
     def is_whisper_encoder(self) -> bool:
         return self.audio_config.model_type in WHISPER_LIKE
 
+    def max_audio_seconds(self) -> float | None:
+        """The longest clip the audio encoder can read at once (Whisper's window), or None where it has no limit."""
+        if not self.is_whisper_encoder:
+            return None
+        return 2 * self.audio_config.max_source_positions * MEL_HOP_LENGTH / SAMPLING_RATE
+
     def num_encoder_frames(self, num_samples: int) -> int:
         """Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames)."""
         if self.is_whisper_encoder:
@@ -246,21 +278,29 @@ class EmoSLLMConfig(PreTrainedConfig):
 
     def num_audio_embeddings(self, num_samples: int) -> int:
         """
-        Number of audio embeddings the interface gives the LLM for a clip of `num_samples` samples at 16 kHz.
+        Number of audio embeddings the mapper gives the LLM for a clip of `num_samples` samples at 16 kHz.
 
         This is the one place that decides it: the processor repeats the audio placeholder this many times and the
-        model checks that its interface produced as many.
+        model checks that its mapper produced as many.
         """
-        if self.adapter_type in ("qpmapper", "statistics"):
-            return self.num_queries
-        if self.adapter_type == "probe":
+        mapper = self.mapper_config
+        if mapper["mapper_type"] in ("qpmapper", "statistics"):
+            return mapper["num_queries"]
+        if mapper["mapper_type"] == "probe":
             return 1
         frames = self.num_encoder_frames(num_samples)
-        if self.adapter_type == "qformer":
-            return math.ceil(frames / self.window_size) * self.queries_per_window
-        return math.ceil(frames / self.stack_factor)
+        if mapper["mapper_type"] == "qformer":
+            return math.ceil(frames / mapper["window_size"]) * mapper["queries_per_window"]
+        return math.ceil(frames / mapper["stack_factor"])
 
 
 EmoSLLMConfig.register_for_auto_class()
 
-__all__ = ["EmoSLLMConfig"]
+__all__ = [
+    "DEFAULT_AUDIO_MODEL_ID",
+    "DEFAULT_LABELS",
+    "DEFAULT_TEXT_MODEL_ID",
+    "MAPPER_SETTINGS",
+    "SAMPLING_RATE",
+    "EmoSLLMConfig",
+]

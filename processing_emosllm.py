@@ -261,6 +261,16 @@ def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int
 
 # What a saved processor consists of (`save_pretrained`): its settings and the LLM's tokenizer (its vocabulary in one
 # of the forms transformers writes).
+DEFAULT_PROMPT = (
+    "Listen to the speech and name the emotion of the speaker. "
+    "Answer with one word from: {labels}."
+)
+DEFAULT_AUDIO_TOKEN = "<|audio|>"
+DEFAULT_ASR_MODEL = "openai/whisper-tiny.en"
+USE_TRANSCRIPT = ("auto", "given", "none")
+# The processor's own settings (`EmoSLLMProcessor.__init__`), saved in processor_config.json.
+PROCESSOR_SETTINGS = ("prompt", "audio_token", "max_audio_seconds", "pad_audio_to_max_length", "use_transcript",
+                      "asr_model")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
 
 
@@ -271,23 +281,57 @@ class EmoSLLMProcessor(ProcessorMixin):
     batching and padding, and label ids.
 
     The model's `EmoSLLMConfig` (held as `processor.config`, read from `config.json` next to the processor files)
-    decides the labels, the prompt and how many audio placeholders a clip gets.
+    decides the labels and how many audio placeholders a clip gets; the processor's own settings are saved with it
+    (`processor_config.json`).
+
+    Args:
+        feature_extractor: the audio encoder's feature extractor.
+        tokenizer: the LLM's tokenizer, with the audio placeholder token added (`build`).
+        config: the model's `EmoSLLMConfig`.
+        prompt: the task text; `{labels}` is replaced by the comma-separated label names.
+        audio_token: the placeholder token, repeated once per audio embedding (the model replaces them).
+        max_audio_seconds: the longest clip accepted; longer audio must be segmented (the pipeline does it).
+        pad_audio_to_max_length: pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of the
+            batch's longest clip.
+        use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has Whisper
+            (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`: never.
+        asr_model: the Whisper that writes automatic transcripts.
     """
 
-    def __init__(self, feature_extractor, tokenizer, config: EmoSLLMConfig | None = None, chat_template=None):
+    def __init__(
+        self, feature_extractor, tokenizer, config: EmoSLLMConfig | None = None, chat_template=None,
+        prompt: str = DEFAULT_PROMPT, audio_token: str = DEFAULT_AUDIO_TOKEN, max_audio_seconds: float = 30.0,
+        pad_audio_to_max_length: bool = False, use_transcript: str = "auto", asr_model: str = DEFAULT_ASR_MODEL,
+    ):
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
+        if use_transcript not in USE_TRANSCRIPT:
+            raise ValueError(f"use_transcript={use_transcript!r} is not one of {', '.join(USE_TRANSCRIPT)}.")
+        self.prompt, self.audio_token, self.asr_model = prompt, audio_token, asr_model
+        self.max_audio_seconds, self.pad_audio_to_max_length = max_audio_seconds, pad_audio_to_max_length
+        self.use_transcript = use_transcript
         self.config = config
+        if config is not None:
+            self.check_config(config)
+
+    def check_config(self, config: EmoSLLMConfig) -> None:
+        """The processor's settings fit the model's config: clips no longer than its audio encoder reads."""
+        window = config.max_audio_seconds()
+        if window is not None and self.max_audio_seconds > window:
+            raise ValueError(
+                f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window ({window:g} s)."
+            )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Construction, saving and loading
     # ----------------------------------------------------------------------------------------------------------------
     @classmethod
     def from_backbones(
-        cls, audio_encoder: str, llm: str, labels: Sequence[str] | None = None, **config_kwargs
+        cls, audio_encoder: str, llm: str, labels: Sequence[str] | None = None, **kwargs
     ) -> "EmoSLLMProcessor":
         """
         A new processor, and its `EmoSLLMConfig` (`processor.config`), for the pretrained backbones in the folders
-        (or Hub ids) `audio_encoder` and `llm`.
+        (or Hub ids) `audio_encoder` and `llm`. `kwargs`: the processor's settings (`__init__`) and the config's
+        fields (`EmoSLLMConfig`).
         """
         try:
             from .backbones_emosllm import hub_id_of
@@ -295,21 +339,26 @@ class EmoSLLMProcessor(ProcessorMixin):
             if __package__:  # loaded from a saved folder: the sibling failed on its own
                 raise
             from backbones_emosllm import hub_id_of
-        config_kwargs.setdefault("audio_model_id", hub_id_of(audio_encoder))
-        config_kwargs.setdefault("text_model_id", hub_id_of(llm))
+        kwargs.setdefault("audio_model_id", hub_id_of(audio_encoder))
+        kwargs.setdefault("text_model_id", hub_id_of(llm))
         return cls.build(
             AutoFeatureExtractor.from_pretrained(audio_encoder),
             AutoTokenizer.from_pretrained(llm),
             AutoConfig.from_pretrained(audio_encoder),
             AutoConfig.from_pretrained(llm),
             labels=labels,
-            **config_kwargs,
+            **kwargs,
         )
 
     @classmethod
-    def build(cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **config_kwargs):
-        """Adds the audio placeholder token to `tokenizer` and makes the config that matches it."""
-        audio_token = config_kwargs.get("audio_token", EmoSLLMConfig.audio_token)
+    def build(cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **kwargs):
+        """
+        Adds the audio placeholder token to `tokenizer` and makes the config that matches it. `kwargs`: the
+        processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
+        """
+        settings = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
+        config_kwargs = kwargs
+        audio_token = settings.get("audio_token", DEFAULT_AUDIO_TOKEN)
         tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
@@ -323,7 +372,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         config.label_token_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in config.labels]
         config.answer_end_token_id = tokenizer.eos_token_id
         config.check_label_token_ids()
-        return cls(feature_extractor, tokenizer, config=config)
+        return cls(feature_extractor, tokenizer, config=config, **settings)
 
     def to_dict(self) -> dict:
         output = super().to_dict()
@@ -352,6 +401,11 @@ class EmoSLLMProcessor(ProcessorMixin):
         processor.tokenizer.padding_side = "left"  # as `build` sets it; tokenizer_config.json does not keep it
         config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
         processor.config = EmoSLLMConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+        # A folder saved before the processor's settings moved to processor_config.json has them in config.json.
+        for key, value in processor.config.old_processor_settings.items():
+            if key not in kwargs:
+                setattr(processor, key, value)
+        processor.check_config(processor.config)
         return processor
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -366,7 +420,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         clips longer than `max_audio_seconds` (the pipeline checks a whole recording, then cuts it into segments).
         The checks are `check_audio`'s, the same for training data and inference input (`prepare_clip`).
         """
-        return prepare_clip(audio, sampling_rate, name, self.config.max_audio_seconds if check_length else None)
+        return prepare_clip(audio, sampling_rate, name, self.max_audio_seconds if check_length else None)
 
     def audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """
@@ -374,8 +428,8 @@ class EmoSLLMProcessor(ProcessorMixin):
         `max_audio_seconds`): `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)`
         for the wav2vec2 family, and `audio_lengths` `(batch,)`.
         """
-        if self.config.pad_audio_to_max_length:
-            padding = {"padding": "max_length", "max_length": int(self.config.max_audio_seconds * SAMPLING_RATE)}
+        if self.pad_audio_to_max_length:
+            padding = {"padding": "max_length", "max_length": int(self.max_audio_seconds * SAMPLING_RATE)}
         else:
             padding = {"padding": "longest"}
         features = self.feature_extractor(
@@ -407,7 +461,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         if task == "asr":
             instruction = ASR_PROMPT
         else:
-            instruction = self.config.prompt.format(labels=", ".join(self.config.labels))
+            instruction = self.prompt.format(labels=", ".join(self.config.labels))
             if transcript:
                 lines.append(f'Transcript: "{self.prompt_text(transcript, "transcript").strip()}"')
             for key, value in (text_features or {}).items():
@@ -415,7 +469,7 @@ class EmoSLLMProcessor(ProcessorMixin):
                              f"{self.prompt_text(value, f'text_features[{key!r}]')}.")
         lines.append("Speech:")
         user = "\n".join(lines)
-        audio = self.config.audio_token * self.config.num_audio_embeddings(num_samples)
+        audio = self.audio_token * self.config.num_audio_embeddings(num_samples)
         if not self.tokenizer.chat_template:
             return f"System: {instruction}\nUser: {user}\nAssistant:{audio}"
         messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
@@ -438,7 +492,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Number)):
             raise ValueError(f"{name}: expected a str, got {type(value).__name__} ({value!r:.80}); pass text.")
         text = str(value)
-        special = {*self.tokenizer.all_special_tokens, self.config.audio_token,
+        special = {*self.tokenizer.all_special_tokens, self.audio_token,
                    *(token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)}
         found = sorted(token for token in special if token and token in text)
         if found:
@@ -551,20 +605,20 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     def resolve_transcripts(self, audios: list[np.ndarray], transcripts: list[str | None]) -> list[str | None]:
         """
-        The transcript each clip's prompt shows, by `config.use_transcript`: given transcripts win; with `"auto"` the
+        The transcript each clip's prompt shows, by `use_transcript`: given transcripts win; with `"auto"` the
         missing ones come from the bundled Whisper; with `"none"` there are none.
         """
-        if self.config.use_transcript == "none":
+        if self.use_transcript == "none":
             return [None] * len(audios)
         missing = [i for i, t in enumerate(transcripts) if t is None]
-        if self.config.use_transcript == "auto" and missing:
+        if self.use_transcript == "auto" and missing:
             try:
                 from .backbones_emosllm import transcribe
             except ImportError:
                 if __package__:  # loaded from a saved folder: the sibling failed on its own
                     raise
                 from backbones_emosllm import transcribe
-            for i, text in zip(missing, transcribe([audios[i] for i in missing], self.config.asr_model)):
+            for i, text in zip(missing, transcribe([audios[i] for i in missing], self.asr_model)):
                 transcripts[i] = text
         return transcripts
 
@@ -585,7 +639,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         Args:
             audio: one clip (an array: 1-D, or 2-D multi-channel), or a list of clips; float samples in [-1, 1].
             sampling_rate: rate of `audio` (default 16 kHz); other rates are resampled.
-            transcript: per-clip transcript (or None); see `config.use_transcript`.
+            transcript: per-clip transcript (or None); see `use_transcript`.
             text_features: per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
             labels: per-clip label names or ids, for training: the label word then follows each prompt as the answer.
 
@@ -644,6 +698,7 @@ class EmoSLLMProcessor(ProcessorMixin):
 EmoSLLMProcessor.register_for_auto_class()
 
 __all__ = [
+    "DEFAULT_PROMPT",
     "MAX_SAMPLE_PEAK",
     "MIN_AUDIO_SECONDS",
     "PROCESSOR_FILES",

@@ -239,7 +239,7 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
     dtypes = {part: {str(p.dtype) for n, p in model.named_parameters() if test(n)} for part, test in (
         ("llm_dtype", lambda n: n.startswith("language_model.") and "lora_" not in n),
         ("lora_dtype", lambda n: "lora_" in n), ("encoder_dtype", lambda n: n.startswith("audio_encoder.encoder.")),
-        ("interface_dtype", lambda n: n.startswith("adapter.")))}
+        ("interface_dtype", lambda n: n.startswith("mapper.")))}
     out.update({part: ",".join(sorted(found)) for part, found in dtypes.items()})
 
     clips = audio_batch(args)

@@ -22,8 +22,8 @@ from transformers import (  # noqa: E402
     WhisperModel,
 )
 
-from configuration_emosllm import DEFAULT_PROMPT  # noqa: E402
-from processing_emosllm import EmoSLLMProcessor  # noqa: E402
+from configuration_emosllm import MAPPER_SETTINGS  # noqa: E402
+from processing_emosllm import DEFAULT_PROMPT, EmoSLLMProcessor  # noqa: E402
 
 LABELS = ["neutral", "happy", "sad", "angry"]
 CHAT_TEMPLATE = (
@@ -70,15 +70,28 @@ def tiny_audio(encoder: str):
     return config, Wav2Vec2FeatureExtractor(return_attention_mask=True)
 
 
-ADAPTER_SIZES = {"adapter_hidden_size": 32, "adapter_num_heads": 2, "num_queries": 4, "window_size": 5,
-                 "queries_per_window": 2, "stack_factor": 4}
+# Tiny sizes of every mapper's settings; each mapper takes the ones it has.
+MAPPER_SIZES = {"hidden_size": 32, "num_heads": 2, "num_queries": 4, "window_size": 5, "queries_per_window": 2,
+                "stack_factor": 4}
+# The settings the tiny models are tested with where a test names none (the config's defaults are the recipe's).
+TINY_DEFAULTS = {"encoder_layer_combination": "weighted_average", "audio_loss_weight": 0.0, "use_transcript": "given"}
 
 
-def tiny_processor(encoder: str = "whisper", adapter: str = "qpmapper", **config_kwargs) -> EmoSLLMProcessor:
+def tiny_mapper_config(mapper: str = "qpmapper", **settings) -> dict:
+    """`mapper_config` of a tiny `mapper`: its settings from `MAPPER_SIZES`, then `settings` as given."""
+    sizes = {key: value for key, value in MAPPER_SIZES.items() if key in MAPPER_SETTINGS[mapper]}
+    return {"mapper_type": mapper, **sizes, **settings}
+
+
+def tiny_processor(encoder: str = "whisper", mapper: str = "qpmapper", **kwargs) -> EmoSLLMProcessor:
+    """
+    A processor (and its config, `processor.config`) of the tiny random backbones. `kwargs`: processor settings and
+    config fields; `num_queries=`/`mix_weight=` are the mapper's settings.
+    """
     audio_config, feature_extractor = tiny_audio(encoder)
     tokenizer = tiny_tokenizer()
-    kwargs = {**ADAPTER_SIZES, "adapter_type": adapter, "lora_rank": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-              **config_kwargs}
+    settings = {key: kwargs.pop(key) for key in ("num_queries", "mix_weight") if key in kwargs}
+    kwargs = {**TINY_DEFAULTS, "mapper_config": tiny_mapper_config(mapper, **settings), **kwargs}
     return EmoSLLMProcessor.build(
         feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)), labels=LABELS, **kwargs
     )

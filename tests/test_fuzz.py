@@ -898,7 +898,7 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     (it named a class id); a corpus of one label is refused before anything is fitted."""
     from test_modeling import tone_batches
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
     batches, groups = tone_batches(processor)  # 4 speakers, every label

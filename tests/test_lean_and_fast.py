@@ -142,7 +142,7 @@ def test_lean_folder_holds_only_what_trained_and_loads_elsewhere(tiny, tmp_path)
     with safe_open(lean / "model.safetensors", framework="pt") as handle:
         keys = set(handle.keys())
     assert keys and not keys & set(model.backbone_keys()) and not any("lora_" in k for k in keys)
-    assert "audio_encoder.feature_mean" in keys and any(k.startswith("adapter.") for k in keys)
+    assert "audio_encoder.feature_mean" in keys and any(k.startswith("mapper.") for k in keys)
     config = json.loads((lean / "config.json").read_text())
     assert config["audio_model_id"] == TINY_IDS["audio_model_id"] and config["text_model_id"] == TINY_IDS["text_model_id"]
     saved_text = "".join(p.read_text(errors="ignore") for p in lean.rglob("*.json"))
@@ -517,7 +517,7 @@ def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewher
         assert new_state[name].dtype == old_state[name].dtype and torch.equal(new_state[name], old_state[name]), name
     for name, tensor in old_state.items():  # EmoSLLM's own parts: the same shapes, dtypes and spread of init
         assert new_state[name].shape == tensor.shape and new_state[name].dtype == tensor.dtype, name
-        if name.startswith("adapter.") and name.endswith("weight") and tensor.numel() > 64:
+        if name.startswith("mapper.") and name.endswith("weight") and tensor.numel() > 64:
             assert torch.isclose(new_state[name].std(), tensor.std(), rtol=0.35), name
     # LoRA as peft makes it (A random, B zero; the old build drew B at random too).
     lora = {n: t for n, t in new_state.items() if "lora_" in n}
@@ -627,7 +627,7 @@ def test_a_bf16_head_is_read_in_float32_blocks_without_a_full_float32_copy(tiny,
     model.train()
     model.cast_language_model(torch.bfloat16)
     head = model.language_model.get_output_embeddings().weight
-    monkeypatch.setattr(modeling_emosllm._FrozenHeadLogits, "ROWS", 8)  # the tiny vocabulary in several blocks
+    monkeypatch.setattr(modeling_emosllm.FrozenHeadLogits, "ROWS", 8)  # the tiny vocabulary in several blocks
     assert head.shape[0] > 2 * 8
     hidden = torch.randn(5, head.shape[1], requires_grad=True)
     saved = []
@@ -666,6 +666,6 @@ def test_a_full_save_writes_each_backbone_in_its_declared_dtype_and_the_tied_hea
         assert dtypes["language_model.model.embed_tokens.weight"] == torch.bfloat16  # as its checkpoint declares
         encoder_dtype = torch.bfloat16 if kwargs else torch.float32  # declares float32 (or none), unless asked
         assert {d for k, d in dtypes.items() if k.startswith("audio_encoder.encoder.")} == {encoder_dtype}
-        assert {d for k, d in dtypes.items() if "lora_" in k or k.startswith("adapter.")} == {torch.float32}
+        assert {d for k, d in dtypes.items() if "lora_" in k or k.startswith("mapper.")} == {torch.float32}
         loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(folder)
         assert own_dtypes(loaded) == {torch.float32}

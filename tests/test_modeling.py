@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, tiny_processor, tone
+from conftest import LABELS, tiny_mapper_config, tiny_processor, tone
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from probe_fitting_emosllm import MIN_RELATIVE_STD, fit_linear_probe
 
 ENCODERS = ["whisper", "wav2vec2"]
 ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
 # The interface and the layer weights between encoder and interface (the class scores are the LLM's own head).
-TRAINABLE = ("adapter.", "audio_encoder.layer_weights")
+TRAINABLE = ("mapper.", "audio_encoder.layer_weights")
 
 
 def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
@@ -43,7 +44,7 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
     if adapter in ("qpmapper", "statistics"):
-        assert set(placeholders.tolist()) == {processor.config.num_queries}
+        assert set(placeholders.tolist()) == {processor.config.mapper_config["num_queries"]}
     elif adapter == "probe":  # one soft emotion word per clip
         assert set(placeholders.tolist()) == {1}
     else:  # grows with the audio
@@ -69,35 +70,33 @@ def test_gradients_reach_only_interface_and_lora(adapter):
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b)
     interface = {"mlp": None, "probe": "label_embeddings"}.get(adapter, "output_proj")
-    assert getattr(model.adapter, interface).weight.grad.abs().sum() > 0 if interface else True
+    assert getattr(model.mapper, interface).weight.grad.abs().sum() > 0 if interface else True
     trainable, total = model.trainable_parameters()
     expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAINABLE) or "lora_" in n)
     assert trainable == expected < total
 
 
 def test_no_lora_trains_only_the_interface():
-    processor, model = make(lora_rank=0)
+    processor, model = make(language_model_training="frozen")
     assert not any("lora_" in n for n, _ in model.named_parameters())
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trains == {n for n, _ in model.named_parameters() if n.startswith(TRAINABLE)}
-    assert any(n.startswith("adapter.") for n in trains)  # the interface does train: not an empty set
+    assert any(n.startswith("mapper.") for n in trains)  # the interface does train: not an empty set
 
 
 def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
-    processor, model = make(lora_rank=0, freeze_language_model=False)
+    processor, model = make(language_model_training="full")
     batch, _ = batch_of_lengths(processor)
     model(**batch).loss.backward()
     llm = dict(model.language_model.named_parameters())
     assert all(p.requires_grad and p.grad is not None for p in llm.values())
     assert not any(p.requires_grad for p in model.audio_encoder.encoder.parameters())
-    with pytest.raises(ValueError, match="exclude each other"):
-        make(lora_rank=4, freeze_language_model=False)
 
 
 def test_frozen_encoder_stays_in_eval_mode():
     _, model = make("wav2vec2")
     model.train()
-    assert not model.audio_encoder.encoder.training and model.adapter.training
+    assert not model.audio_encoder.encoder.training and model.mapper.training
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -189,22 +188,22 @@ def test_scores_do_not_depend_on_batch_company(adapter):
 
 def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
     processor, model = make("whisper", "statistics")
-    adapter = model.adapter
+    adapter = model.mapper
     frames = torch.randn(2, 7, adapter.output_proj.in_features // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     embeddings, mask = adapter(frames, frame_mask)
-    assert embeddings.shape == (2, processor.config.num_queries, processor.config.text_config.hidden_size)
+    assert embeddings.shape == (2, processor.config.mapper_config["num_queries"], processor.config.text_config.hidden_size)
     assert mask.all()
     short = frames[1, :3]
     statistics = torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)])
-    expected = adapter.output_proj(statistics).reshape(processor.config.num_queries, -1)
+    expected = adapter.output_proj(statistics).reshape(processor.config.mapper_config["num_queries"], -1)
     torch.testing.assert_close(embeddings[1], expected)
 
 
 def fit_random_probe(model, seed: int = 0) -> None:
     """Gives the probe interface random fitted values, as train.py's fit would (a zero probe scores every clip alike)."""
     generator = torch.Generator().manual_seed(seed)
-    adapter = model.adapter
+    adapter = model.mapper
     adapter.set_probe(*(torch.randn(b.shape, generator=generator) for b in (
         adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight, adapter.probe_bias)))
     adapter.statistics_std.abs_().add_(0.5)
@@ -213,7 +212,7 @@ def fit_random_probe(model, seed: int = 0) -> None:
 def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
     processor, model = make("whisper", "probe")
     fit_random_probe(model)
-    adapter = model.adapter
+    adapter = model.mapper
     frames = torch.randn(2, 7, adapter.probe_weight.shape[1] // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     embeddings, mask = adapter(frames, frame_mask)
@@ -254,9 +253,9 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn(caplog):
     assert chosen == {"probe_c": 0.1, "probe_selection_ua": None, "probe_selection": "given", "probe_cs": [0.1]}
     scaler = StandardScaler().fit(statistics)
     reference = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(statistics), labels)
-    torch.testing.assert_close(model.adapter.probe_weight, torch.tensor(reference.coef_).float(), atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(model.mapper.probe_weight, torch.tensor(reference.coef_).float(), atol=1e-4, rtol=1e-3)
     with torch.no_grad():
-        scores = model.adapter.class_scores(*model.audio_encoder(batches[0]["audio_lengths"], batches[0]["input_features"]))
+        scores = model.mapper.class_scores(*model.audio_encoder(batches[0]["audio_lengths"], batches[0]["input_features"]))
     expected = reference.decision_function(scaler.transform(statistics[: len(scores)]))
     torch.testing.assert_close(scores, torch.tensor(expected).float(), atol=1e-3, rtol=1e-3)
     # Several C: validation speakers choose, or else cross-validation over the training speakers (groups).
@@ -283,30 +282,30 @@ def test_fit_probe_gives_each_clip_the_scores_of_a_probe_that_never_saw_its_spea
     statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
     chosen = model.fit_probe(batches, 0.1, groups=groups)
-    kept = model.adapter.scores_of_statistics(statistics)
+    kept = model.mapper.scores_of_statistics(statistics)
     out_of_fold = chosen["out_of_fold_scores"]
     assert out_of_fold.shape == (len(labels), len(LABELS))
     speakers = np.asarray(groups)
     for speaker in sorted(set(groups)):  # 4 speakers, 4 folds: each fold holds out one speaker
         held = torch.from_numpy(speakers == speaker)
-        model.adapter.fit(statistics[~held], labels[~held], 0.1)
-        torch.testing.assert_close(out_of_fold[held], model.adapter.scores_of_statistics(statistics[held]))
+        fit_linear_probe(model.mapper, statistics[~held], labels[~held], 0.1)
+        torch.testing.assert_close(out_of_fold[held], model.mapper.scores_of_statistics(statistics[held]))
     assert not torch.allclose(out_of_fold, kept, atol=1e-3)
     assert "out_of_fold_scores" not in model.fit_probe(batches, 0.1)  # no groups, no folds
     with pytest.raises(ValueError, match="every class"):
         model.fit_probe([processor([tone(0.8, 150)] * 2, labels=["neutral", "happy"])], 0.1)
-    with pytest.raises(ValueError, match="adapter_type='probe'"):
+    with pytest.raises(ValueError, match="fit_probe is for the probe mapper"):
         make("whisper", "statistics")[1].fit_probe(batches, 0.1)
 
 
 def test_probe_standardization_has_a_floor_on_the_spread():
     """A statistic that hardly varies across the training clips must not turn rounding noise into the answer."""
     processor, model = make("whisper", "probe")
-    statistics = torch.randn(16, model.adapter.statistics_mean.shape[0], dtype=torch.float64)
+    statistics = torch.randn(16, model.mapper.statistics_mean.shape[0], dtype=torch.float64)
     statistics[:, 0] = 3.0 + 1e-9 * torch.randn(16, dtype=torch.float64)  # e.g. clips all of one length
-    model.adapter.fit(statistics, torch.arange(16) % len(LABELS), 0.1)
-    spread = model.adapter.statistics_std
-    assert spread[0] >= model.adapter.MIN_RELATIVE_STD * spread[1:].median() * 0.99
+    fit_linear_probe(model.mapper, statistics, torch.arange(16) % len(LABELS), 0.1)
+    spread = model.mapper.statistics_std
+    assert spread[0] >= MIN_RELATIVE_STD * spread[1:].median() * 0.99
 
 
 def test_cached_float16_states_and_live_audio_give_the_same_scores():
@@ -338,7 +337,7 @@ def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights(
     for layer in range(num_layers):
         torch.testing.assert_close(frames[..., layer * width:(layer + 1) * width], standardized[:, layer])
     assert not hasattr(encoder, "layer_weights")
-    assert model.adapter.output_proj.in_features == 2 * num_layers * width
+    assert model.mapper.output_proj.in_features == 2 * num_layers * width
 
 
 def test_asr_stage_gives_language_model_loss_on_the_answer_only():
@@ -352,7 +351,7 @@ def test_asr_stage_gives_language_model_loss_on_the_answer_only():
     output = model(**text, **features)
     assert output.loss > 0
     output.loss.backward()
-    assert model.adapter.output_proj.weight.grad.abs().sum() > 0
+    assert model.mapper.output_proj.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="transcript"):
         processor.text_inputs([16000], [None], [None], task="asr")
 
@@ -365,7 +364,7 @@ def test_a_frozen_wav2vec2_family_encoder_runs_with_folded_matmuls_and_stays_fro
     """
     import contextlib
 
-    import modeling_emosllm
+    import audio_embeddings_emosllm
 
     processor, model = make("wav2vec2")
     model.eval()
@@ -378,12 +377,12 @@ def test_a_frozen_wav2vec2_family_encoder_runs_with_folded_matmuls_and_stays_fro
         folded = encoder.layer_states(batch["input_features"], batch["audio_lengths"])
         assert seen and all(seen)  # marked during the call
         assert not any(p.requires_grad for p in encoder.encoder.parameters())  # and frozen again after
-        original = modeling_emosllm._folded_matmuls
-        modeling_emosllm._folded_matmuls = lambda module: contextlib.nullcontext()
+        original = audio_embeddings_emosllm._folded_matmuls
+        audio_embeddings_emosllm._folded_matmuls = lambda module: contextlib.nullcontext()
         try:
             plain = encoder.layer_states(batch["input_features"], batch["audio_lengths"])
         finally:
-            modeling_emosllm._folded_matmuls = original
+            audio_embeddings_emosllm._folded_matmuls = original
     torch.testing.assert_close(folded, plain, rtol=0, atol=0)
     seen.clear()
     encoder.layer_states(batch["input_features"], batch["audio_lengths"])  # with gradients on: left as they are
@@ -464,7 +463,7 @@ def wordy_processor(**kwargs):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from configuration_emosllm import DEFAULT_PROMPT
+    from processing_emosllm import DEFAULT_PROMPT
     from processing_emosllm import EmoSLLMProcessor
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -476,8 +475,7 @@ def wordy_processor(**kwargs):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
     audio_config, feature_extractor = tiny_audio("whisper")
-    config = {"adapter_hidden_size": 32, "adapter_num_heads": 2, "num_queries": 4, "lora_rank": 4, "lora_alpha": 8,
-              **kwargs}
+    config = {"mapper_config": tiny_mapper_config("qpmapper"), **kwargs}
     return EmoSLLMProcessor.build(feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)),
                                   labels=WORDY_LABELS, **config)
 
@@ -543,14 +541,14 @@ def test_labels_that_share_first_tokens_or_span_words_are_scored_trained_and_gen
 
 @pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
 def test_the_answer_mixes_the_llms_and_the_probes_class_log_probabilities(weight):
-    processor, model = make("whisper", "probe", probe_mix_weight=weight)
+    processor, model = make("whisper", "probe", mix_weight=weight)
     fit_random_probe(model)
     model.eval()
     batch, _ = batch_of_lengths(processor)
     with torch.no_grad():
         output = model(**batch)
         frames, mask = model.audio_encoder(batch["audio_lengths"], batch["input_features"])
-        probe = model.adapter.class_scores(frames.float(), mask).log_softmax(-1)
+        probe = model.mapper.class_scores(frames.float(), mask).log_softmax(-1)
     torch.testing.assert_close(output.probe_logits, probe)
     torch.testing.assert_close(output.logits, (1 - weight) * output.llm_logits + weight * probe)
     if weight in (0.0, 1.0):  # one side's log-probabilities alone
@@ -559,9 +557,9 @@ def test_the_answer_mixes_the_llms_and_the_probes_class_log_probabilities(weight
 
 def test_the_probe_mix_weight_is_checked():
     with pytest.raises(ValueError, match="must lie in"):
-        tiny_processor(adapter="probe", probe_mix_weight=1.5)
-    with pytest.raises(ValueError, match="has no probe"):
-        tiny_processor(adapter="qpmapper", probe_mix_weight=0.5)
+        tiny_processor(mapper="probe", mix_weight=1.5)
+    with pytest.raises(ValueError, match="no setting of the 'qpmapper' mapper"):
+        tiny_processor(mapper="qpmapper", mix_weight=0.5)
 
 
 def test_constrained_generate_refuses_generation_options():
@@ -586,10 +584,12 @@ def test_generate_names_the_class_the_scores_rank_first(adapter):
     assert [a.strip() for a in answers] == [LABELS[i] for i in ranked_first]
 
 
-@pytest.mark.parametrize("name", ["adapter_type", "encoder_layer_combination", "use_transcript"])
+@pytest.mark.parametrize("name", ["language_model_training", "encoder_layer_combination", "use_transcript"])
 def test_a_misspelt_choice_is_an_error_not_another_choice(name):
     with pytest.raises(ValueError, match=f"{name}='Verbalizer' is not one of"):
         tiny_processor(**{name: "Verbalizer"})
+    with pytest.raises(ValueError, match=r"mapper_config\['mapper_type'\]='Verbalizer' is not one of"):
+        tiny_processor(mapper_config={"mapper_type": "Verbalizer"})
 
 
 def test_generate_writes_free_text():
@@ -633,14 +633,14 @@ def test_model_needs_tokenizer_ids():
 
 
 def test_mismatched_checkpoint_raises(tmp_path):
-    processor, model = make(lora_rank=0)
+    processor, model = make(language_model_training="frozen")
     model.save_pretrained(tmp_path)
     config = processor.config
-    config.lora_rank = 4  # the folder has no LoRA weights for this config: they would start random
+    config.language_model_training = "lora"  # the folder has no LoRA weights for this config: they would start random
     with pytest.raises(ValueError, match="does not match this EmoSLLM config"):
         EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path, config=config)
     loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path)
-    assert loaded.config.lora_rank == 0
+    assert loaded.config.language_model_training == "frozen"
     # What trains after loading is what the config says, as in a fresh model (fine-tuning a loaded model).
     assert loaded.trainable_parameters() == model.trainable_parameters()
 
@@ -722,18 +722,18 @@ def test_the_shared_prompt_head_runs_once_and_changes_nothing():
     model.eval()
     batch, _ = batch_of_lengths(processor)
     prefix = model.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
-    assert prefix >= model.MIN_SHARED_PREFIX
+    assert prefix >= model.prompt_head.min_shared_prefix
     heads = [row[mask.bool()][:prefix] for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
     assert all(torch.equal(head, heads[0]) for head in heads)  # the same tokens in every prompt ...
     assert processor.config.audio_token_id not in heads[0]  # ... before any audio
     with torch.no_grad():
         shared = model(**batch)
-        model.MIN_SHARED_PREFIX = 10**6  # one full pass per prompt instead
+        model.prompt_head.min_shared_prefix = 10**6  # one full pass per prompt instead
         full = model(**batch)
     torch.testing.assert_close(shared.logits, full.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared.loss, full.loss, atol=1e-5, rtol=1e-5)
     # Gradients flow through the shared head's cache into LoRA.
-    model.MIN_SHARED_PREFIX = 8
+    model.prompt_head.min_shared_prefix = 8
     model.train()
     model(**batch).loss.backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n)

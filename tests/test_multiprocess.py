@@ -321,7 +321,7 @@ def _bf16_weights_step(adapter: str) -> torch.Tensor:
 
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor = tiny_processor(adapter=adapter, audio_loss_weight=1.0)
+    processor = tiny_processor(mapper=adapter, audio_loss_weight=1.0)
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).train()
     for param in model.parameters():  # as DeepSpeed's bf16 mode: the weights in bf16, the buffers as they were
@@ -384,7 +384,7 @@ def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
     result = torch.load(tmp_path / "ds.pt")
     # The loss is the bf16-weight model's (ZeRO-2 does not shard the weights), and the step moved what trains.
     torch.testing.assert_close(result["loss"], _bf16_weights_step("qpmapper").float(), rtol=2e-2, atol=0)
-    assert any("lora_" in n for n in result["moved"]) and any(n.startswith("adapter.") for n in result["moved"])
+    assert any("lora_" in n for n in result["moved"]) and any(n.startswith("mapper.") for n in result["moved"])
 
 
 def test_multiprocess_bench_passes_what_follows_the_separator_to_train_py():

@@ -12,7 +12,7 @@ def test_prompt_has_task_transcript_features_and_placeholders(processor):
     assert "talking" in text and "female" in text and "emotion" in text
     for label in LABELS:
         assert label in text
-    assert (batch["input_ids"][0] == processor.config.audio_token_id).sum() == processor.config.num_queries
+    assert (batch["input_ids"][0] == processor.config.audio_token_id).sum() == processor.config.mapper_config["num_queries"]
 
 
 def test_transcript_not_used_when_config_says_none():
@@ -93,7 +93,7 @@ def test_auto_transcripts_fill_only_missing_ones(monkeypatch):
 
     monkeypatch.setattr(backbones_emosllm, "transcribe", fake_transcribe)
     batch = processor([tone(1.0, 300), tone(1.0, 400)], transcript=["the door", None])
-    assert calls == [(1, processor.config.asr_model)]  # only the clip without a transcript was transcribed
+    assert calls == [(1, processor.asr_model)]  # only the clip without a transcript was transcribed
     texts = [processor.tokenizer.decode(ids) for ids in batch["input_ids"]]
     assert "door" in texts[0] and "kids" not in texts[0]
     assert "kids" in texts[1]

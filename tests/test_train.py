@@ -104,7 +104,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
     stage_args = torch.load(output / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert stage_args.load_best_model_at_end is True  # by default the best checkpoint by validation UA is kept
-    own = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
+    own = ("mapper.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
     assert checkpoint and all("lora_" in k or k.startswith(own) for k in checkpoint)
     assert "audio_encoder.feature_std" in checkpoint
 
@@ -231,14 +231,14 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from train import EmoSLLMTrainer, parse_args
 
-    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(adapter="statistics", audio_loss_weight=1.0).config)
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(mapper="statistics", audio_loss_weight=1.0).config)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
     by_id = {id(p): n for n, p in model.named_parameters()}
     groups = {group["lr"]: {by_id[id(p)] for p in group["params"]} for group in trainer.create_optimizer().param_groups}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(groups) == [5e-4, 1e-3, 1e-2] and set().union(*groups.values()) == trainable
-    assert all(n.startswith("adapter.") for n in groups[1e-2])
+    assert all(n.startswith("mapper.") for n in groups[1e-2])
     assert all(n.startswith(("audio_encoder.layer_weights", "audio_classifier.")) for n in groups[1e-3])
     assert groups[5e-4] and all("lora_" in n for n in groups[5e-4])
 
@@ -293,7 +293,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from train import PROBE_MIX_WEIGHTS, EmoSLLMTrainer, choose_probe_mix_weight, parse_args
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -323,7 +323,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from train import EmoSLLMCollator, fit_probe
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -372,7 +372,7 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from train import EmoSLLMCollator, EmoSLLMTrainer, parse_args
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
     model.adapter.set_probe(model.adapter.statistics_mean, model.adapter.statistics_std,

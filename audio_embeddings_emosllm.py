@@ -1,0 +1,425 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+Where audio becomes embeddings: the frozen audio encoder's standardized layers (`EmoSLLMAudioEncoder`), then the
+mapper into the LLM's embedding space (`MAPPERS`: the paper's Query Pooling Mapper, the fitted-probe mapper, and the
+ones measured for comparison). `EmoSLLMModel.get_audio_embeddings` runs the two.
+"""
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
+    from .configuration_emosllm import EmoSLLMConfig
+    from .dependencies_emosllm import missing_dependency
+except ImportError:
+    if __package__:  # loaded as a package: the sibling failed on its own
+        raise
+    from configuration_emosllm import EmoSLLMConfig
+    from dependencies_emosllm import missing_dependency
+try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
+    from .precision_emosllm import backbone_construction, bf16_is_native
+except ImportError:
+    if __package__:  # loaded as a package: the sibling failed on its own
+        raise
+    from precision_emosllm import backbone_construction, bf16_is_native
+try:  # a missing package is named with its pip command (dependencies_emosllm.py)
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from transformers import AutoModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+except ModuleNotFoundError as error:
+    raise missing_dependency(error, __name__) from error
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
+    """`(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions."""
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+@contextlib.contextmanager
+def _folded_matmuls(module: nn.Module) -> Iterator[None]:
+    """
+    Without gradients, `module`'s frozen weights are marked as requiring them for the duration of the call (nothing is
+    recorded: grad mode is off). Written by hand because torch's matmul folds a transposed 3-D input into one 2-D
+    product only when the weight requires gradients; for a frozen weight it runs a batched product on a copy of the
+    weight expanded over the batch. wav2vec2-family encoders (WavLM's attention reads its input transposed) spent 85%
+    of a bf16 pass copying weights that way: WavLM at 1024 wide, 4 layers, two 3-4 s clips, one CPU thread: 6.5 s
+    frozen, 0.4 s marked (BENCHMARKS.md, the paper's model). With gradients on, it does nothing.
+    """
+    frozen = [] if torch.is_grad_enabled() else [p for p in module.parameters() if not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+
+
+class EmoSLLMAudioEncoder(nn.Module):
+    """
+    The pretrained audio encoder and the combination of its layers (emotion lives in the middle layers as much as in
+    the last one): a learned softmax-weighted average (SUPERB-style, `encoder_layer_combination="weighted_average"`)
+    or every layer side by side (`"concatenate"`). Each layer is first standardized per dimension with statistics
+    of the training data (`set_feature_statistics`), as a linear probe's StandardScaler would: Whisper's hidden
+    states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (a pooled probe
+    trained like the interface reached validation UA 0.64 standardized, 0.55 with a LayerNorm: BENCHMARKS.md).
+
+    Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
+    for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
+    Output: frames `(batch, frames, output_size)` and their validity mask `(batch, frames)`; `output_size` is the
+    encoder's width, times its `num_layers + 1` outputs when they are concatenated.
+    """
+
+    def __init__(self, config: EmoSLLMConfig):
+        super().__init__()
+        self.config = config
+        audio_config = config.audio_config
+        if config.is_whisper_encoder:
+            with backbone_construction():
+                self.encoder = WhisperEncoder(audio_config)
+            num_layers = audio_config.encoder_layers
+        else:
+            audio_config.layerdrop = 0.0  # the layer-weighted average needs every layer's output
+            with backbone_construction():
+                self.encoder = AutoModel.from_config(audio_config)
+            num_layers = audio_config.num_hidden_layers
+        self.hidden_size = audio_config.d_model if config.is_whisper_encoder else audio_config.hidden_size
+        self.concatenate_layers = config.encoder_layer_combination == "concatenate"
+        if self.concatenate_layers:
+            self.output_size = (num_layers + 1) * self.hidden_size
+        else:
+            self.layer_weights = nn.Parameter(torch.zeros(num_layers + 1))
+            self.output_size = self.hidden_size
+        # Per-layer, per-dimension statistics of the encoder's outputs `(num_layers + 1, encoder_hidden)`; saved with
+        # the weights, so inference standardizes exactly as training did.
+        self.register_buffer("feature_mean", torch.zeros(num_layers + 1, self.hidden_size))
+        self.register_buffer("feature_std", torch.ones(num_layers + 1, self.hidden_size))
+        # Without gradients (inference, train.py's frozen-encoder cache) the encoder runs in bf16 autocast where the
+        # hardware runs bf16 natively: 2.5x faster on an avx512_bf16 CPU (BENCHMARKS.md). Its outputs are rounded to
+        # float16 afterwards either way, and the cache and the pipeline take the same path, so a model scores the same
+        # in training and through the pipeline. False: float32 everywhere.
+        self.bf16_inference = True
+
+    def _whisper_hidden_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> list[torch.Tensor]:
+        # Written by hand because WhisperEncoder.forward insists on exactly 30 s of mel frames; the same layers run
+        # here on the batch's own length, with the positional table cut to it (identical at full length, tested).
+        encoder = self.encoder
+        hidden = F.gelu(encoder.conv1(input_features))
+        hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        if hidden.shape[1] > encoder.embed_positions.num_embeddings:
+            raise ValueError(
+                f"{hidden.shape[1]} encoder frames exceed Whisper's {encoder.embed_positions.num_embeddings} positions;"
+                " cut the audio into segments of at most max_audio_seconds."
+            )
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        # Unlike Whisper's own forward, padding frames are masked, so a clip's frames do not depend on its batch.
+        valid = self.frame_mask(audio_lengths, hidden.shape[1])
+        attention_mask = torch.zeros(valid.shape, dtype=hidden.dtype, device=hidden.device)
+        attention_mask = attention_mask.masked_fill(~valid, torch.finfo(hidden.dtype).min)[:, None, None, :]
+        states = [hidden]
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask)
+            states.append(hidden)
+        states[-1] = encoder.layer_norm(hidden)
+        return states
+
+    def inference_dtype(self, device_type: str) -> torch.dtype:
+        """The dtype the encoder computes in without gradients on `device_type` (see `bf16_inference`)."""
+        return torch.bfloat16 if self.bf16_inference and bf16_is_native(device_type) else torch.float32
+
+    def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
+        """
+        Every layer's output of the pretrained encoder: `(batch, num_layers + 1, frames, encoder_hidden)`, in
+        `input_features`' dtype (computed in bf16 without gradients where bf16 is native: `bf16_inference`).
+        """
+        device_type = input_features.device.type
+        bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
+        held = next(self.encoder.parameters()).dtype  # bf16 where the policy holds the frozen encoder so
+        inputs = input_features.to(held) if held != torch.float32 else input_features
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            if self.config.is_whisper_encoder:
+                states = self._whisper_hidden_states(inputs, audio_lengths)
+            else:
+                attention_mask = lengths_to_mask(audio_lengths, input_features.shape[-1]).long()
+                with _folded_matmuls(self.encoder):
+                    states = self.encoder(inputs, attention_mask=attention_mask, output_hidden_states=True)
+                states = states.hidden_states
+        return torch.stack(states, dim=1).to(input_features.dtype)
+
+    def forward(
+        self,
+        audio_lengths: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        encoder_layer_states: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
+        if encoder_layer_states is None:
+            encoder_layer_states = self.layer_states(input_features, audio_lengths)
+        # Rounded to float16, the precision of train.py's encoder-state cache: a clip scores the same from the cache
+        # (training, the reported test score) and from audio (the pipeline). Without this, clips of one fixed length
+        # scored 0.76 from the cache and 0.26 live (a pooled statistic with a tiny spread amplified the rounding).
+        encoder_layer_states = encoder_layer_states.to(torch.float16).to(self.feature_mean.dtype)
+        standardized = (encoder_layer_states - self.feature_mean[:, None]) / self.feature_std[:, None]
+        if self.concatenate_layers:
+            frames = standardized.permute(0, 2, 1, 3).flatten(2)  # (batch, frames, layers * encoder_hidden)
+        else:
+            weights = torch.softmax(self.layer_weights, dim=0).to(standardized.dtype)
+            frames = torch.einsum("l,bltd->btd", weights, standardized)
+        return frames, self.frame_mask(audio_lengths, frames.shape[1])
+
+    @torch.no_grad()
+    def set_feature_statistics(self, clip_layer_states: Iterable[torch.Tensor]) -> None:
+        """
+        Sets `feature_mean`/`feature_std` from the training clips' valid frames, each clip's `layer_states`
+        `(num_layers + 1, frames, encoder_hidden)` (e.g. the frozen-encoder cache). Call before training.
+        """
+        count, total, squares = 0, 0.0, 0.0
+        for states in clip_layer_states:
+            states = states.double()
+            count += states.shape[1]
+            total = total + states.sum(dim=1)
+            squares = squares + states.square().sum(dim=1)
+        if count < 2:
+            raise ValueError("Feature statistics need the encoder outputs of at least one clip of audio.")
+        mean = total / count
+        std = (squares / count - mean.square()).clamp(min=0).sqrt()
+        self.feature_mean.copy_(mean.float())
+        self.feature_std.copy_(std.float().clamp(min=1e-5))
+
+    def frame_mask(self, audio_lengths: torch.Tensor, num_frames: int) -> torch.BoolTensor:
+        """`(batch, num_frames)`: True on each clip's valid encoder frames."""
+        lengths = [self.config.num_encoder_frames(int(n)) for n in audio_lengths]
+        return lengths_to_mask(torch.tensor(lengths, device=audio_lengths.device).clamp(max=num_frames), num_frames)
+
+
+class EmoSLLMQueryPoolingMapper(nn.Module):
+    """
+    The paper's Query Pooling Mapper: `num_queries` learned queries are concatenated to the encoder frames, a small
+    transformer encoder runs over the whole, and only the query positions are kept and projected to the LLM width.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        width = config.mapper_config["hidden_size"]
+        self.input_proj = nn.Linear(encoder_hidden, width)
+        self.queries = nn.Parameter(torch.zeros(1, config.mapper_config["num_queries"], width))
+        layer = nn.TransformerEncoderLayer(
+            width, config.mapper_config["num_heads"], 4 * width, dropout=0.1, activation="gelu", batch_first=True,
+            norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, config.mapper_config["num_layers"], enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.output_proj = nn.Linear(width, config.text_config.hidden_size)
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_queries = frames.shape[0], self.queries.shape[1]
+        hidden = torch.cat([self.queries.expand(batch, -1, -1), self.input_proj(frames)], dim=1)
+        query_mask = frame_mask.new_ones(batch, num_queries)
+        hidden = self.transformer(hidden, src_key_padding_mask=~torch.cat([query_mask, frame_mask], dim=1))
+        return self.output_proj(self.norm(hidden[:, :num_queries])), query_mask
+
+
+class EmoSLLMWindowQFormer(nn.Module):
+    """
+    Window-level Q-Former (SALMONN; transformers' Granite Speech projector): `queries_per_window` learned queries
+    cross-attend to each window of `window_size` encoder frames.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, windows * queries_per_window, llm_hidden)`; grows with the audio.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+        width = config.mapper_config["hidden_size"]
+        self.window_size = config.mapper_config["window_size"]
+        self.queries = nn.Parameter(torch.zeros(1, config.mapper_config["queries_per_window"], width))
+        qformer_config = Blip2QFormerConfig(
+            hidden_size=width, num_hidden_layers=config.mapper_config["num_layers"],
+            num_attention_heads=config.mapper_config["num_heads"], intermediate_size=4 * width,
+            encoder_hidden_size=encoder_hidden, cross_attention_frequency=1,
+        )
+        self.qformer = Blip2QFormerModel(qformer_config)
+        self.output_proj = nn.Linear(width, config.text_config.hidden_size)
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_frames, dim = frames.shape
+        num_windows = -(-num_frames // self.window_size)
+        pad = num_windows * self.window_size - num_frames
+        windows = F.pad(frames, (0, 0, 0, pad)).reshape(batch * num_windows, self.window_size, dim)
+        window_mask = F.pad(frame_mask, (0, pad)).reshape(batch * num_windows, self.window_size)
+        # An all-padding window still gets computed (its output is masked out below); keep its attention finite.
+        window_mask = window_mask | ~window_mask.any(dim=1, keepdim=True)
+        queries = self.queries.expand(batch * num_windows, -1, -1)
+        hidden = self.qformer(
+            query_embeds=queries, encoder_hidden_states=windows, encoder_attention_mask=window_mask.long()
+        ).last_hidden_state
+        embeddings = self.output_proj(hidden).reshape(batch, num_windows * queries.shape[1], -1)
+        valid_windows = F.pad(frame_mask, (0, pad)).reshape(batch, num_windows, self.window_size).any(dim=-1)
+        return embeddings, valid_windows.repeat_interleave(queries.shape[1], dim=1)
+
+
+class EmoSLLMFrameStackMLP(nn.Module):
+    """
+    Ultravox-style projector: `stack_factor` consecutive frames are stacked and mapped by an MLP.
+
+    `(batch, frames, encoder_hidden)` -> `(batch, ceil(frames / stack_factor), llm_hidden)`.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        self.stack_factor = config.mapper_config["stack_factor"]
+        self.norm = nn.LayerNorm(encoder_hidden * self.stack_factor)
+        self.mlp = nn.Sequential(
+            nn.Linear(encoder_hidden * self.stack_factor, config.mapper_config["hidden_size"]),
+            nn.GELU(),
+            nn.Linear(config.mapper_config["hidden_size"], config.text_config.hidden_size),
+        )
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_frames, dim = frames.shape
+        pad = -num_frames % self.stack_factor
+        stacked = F.pad(frames * frame_mask[..., None], (0, 0, 0, pad)).reshape(batch, -1, dim * self.stack_factor)
+        mask = F.pad(frame_mask, (0, pad)).reshape(batch, -1, self.stack_factor).any(dim=-1)
+        return self.mlp(self.norm(stacked)), mask
+
+
+def pooled_statistics(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """Mean and standard deviation over each clip's valid frames: `(batch, frames, dim)` -> `(batch, 2 * dim)`."""
+    weights = frame_mask[..., None].to(frames.dtype)
+    count = weights.sum(dim=1).clamp(min=1)
+    mean = (frames * weights).sum(dim=1) / count
+    variance = ((frames - mean[:, None]).square() * weights).sum(dim=1) / count
+    return torch.cat([mean, variance.clamp(min=1e-6).sqrt()], dim=-1)
+
+
+class EmoSLLMStatisticsPooling(nn.Module):
+    """
+    Statistics pooling (as in x-vectors): the mean and standard deviation of the clip's valid encoder frames, mapped
+    by one linear layer to `num_queries` LLM embeddings. Not in the paper: on RAVDESS it scored above the Query
+    Pooling Mapper in less time (BENCHMARKS.md), with 4 embeddings and the interface trained at 10x the heads' rate
+    (train.py: `--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3`).
+
+    `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        self.num_queries, self.llm_hidden = config.mapper_config["num_queries"], config.text_config.hidden_size
+        self.output_proj = nn.Linear(2 * encoder_hidden, self.num_queries * self.llm_hidden)
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.output_proj(pooled_statistics(frames, frame_mask))
+        embeddings = embeddings.reshape(-1, self.num_queries, self.llm_hidden)
+        return embeddings, frame_mask.new_ones(embeddings.shape[:2])
+
+
+class EmoSLLMStatisticsProbe(nn.Module):
+    """
+    Statistics pooling read by a linear emotion probe, whose class probabilities mix the label words' embeddings into
+    one audio embedding: a "soft emotion word" that the LLM reads like the word itself. Not in the paper. The probe
+    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: an L2-regularized logistic
+    regression (scikit-learn, `probe_fitting_emosllm`) on labelled clips' pooled statistics
+    (`EmoSLLMForSpeechEmotionRecognition.fit_probe` does it from model inputs), which on RAVDESS generalizes to new
+    voices better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`,
+    which starts as the LLM's input embeddings of the label words (`from_backbones`); LoRA then learns to read the
+    mixture together with the rest of the prompt (the transcript, other text features).
+
+    `(batch, frames, encoder_hidden)` -> `(batch, 1, llm_hidden)`, whatever the clip length.
+    """
+
+    def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        super().__init__()
+        num_statistics = 2 * encoder_hidden
+        self.register_buffer("statistics_mean", torch.zeros(num_statistics))
+        self.register_buffer("statistics_std", torch.ones(num_statistics))
+        self.register_buffer("probe_weight", torch.zeros(config.num_labels, num_statistics))
+        self.register_buffer("probe_bias", torch.zeros(config.num_labels))
+        self.label_embeddings = nn.Linear(config.num_labels, config.text_config.hidden_size, bias=False)
+        self.label_names = list(config.labels)  # (for errors)
+        self._given_scores = None
+
+    @contextlib.contextmanager
+    def given_scores(self, scores: torch.Tensor) -> Iterator[None]:
+        """
+        Within this block the probe's scores are `scores` `(batch, num_labels)` instead of its own, for the soft
+        emotion word and for the answer's mix: how train.py shows the LLM each training clip's out-of-fold evidence
+        (what a probe fitted without that clip's speakers says of it), as the probe will be on new voices.
+        """
+        self._given_scores = scores
+        try:
+            yield
+        finally:
+            self._given_scores = None
+
+    def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The probe's scores `(batch, num_labels)` (before softmax); inside `given_scores`, the given ones."""
+        if self._given_scores is not None:
+            if self._given_scores.shape != (frames.shape[0], self.probe_bias.shape[0]):
+                raise ValueError(f"given_scores has shape {tuple(self._given_scores.shape)}, but the batch has "
+                                 f"{frames.shape[0]} clips of {self.probe_bias.shape[0]} classes.")
+            return self._given_scores.to(frames.device, torch.float32)
+        return self.scores_of_statistics(pooled_statistics(frames, frame_mask))
+
+    def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
+        """
+        The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`, in float32 (the
+        fitted probe's precision, also where an engine has cast the whole model to bf16: DeepSpeed's bf16 mode).
+        """
+        standardized = (statistics.float() - self.statistics_mean.float()) / self.statistics_std.float()
+        return F.linear(standardized, self.probe_weight.float(), self.probe_bias.float())
+
+    def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`."""
+        probabilities = scores.float().softmax(dim=-1)
+        return self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed_with_scores(frames, frame_mask)[:2]
+
+    def embed_with_scores(
+        self, frames: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`'s soft emotion word `(batch, 1, llm_hidden)` and mask `(batch, 1)`, and the probe's scores
+        `(batch, num_labels)` it was made from."""
+        scores = self.class_scores(frames.float(), frame_mask)
+        embeddings = self.embed_class_scores(scores)
+        return embeddings, frame_mask.new_ones(embeddings.shape[:2]), scores
+
+    @torch.no_grad()
+    def set_probe(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """
+        The fitted probe: the pooled statistics' standardization `mean`, `std` `(2 * encoder_hidden,)`, then class
+        scores `statistics @ weight.T + bias`, `weight` `(num_labels, 2 * encoder_hidden)`, `bias` `(num_labels,)`.
+        """
+        for buffer, value in zip((self.statistics_mean, self.statistics_std, self.probe_weight, self.probe_bias),
+                                 (mean, std, weight, bias)):
+            if buffer.shape != value.shape:
+                raise ValueError(f"The probe expects a tensor of shape {tuple(buffer.shape)}, got {tuple(value.shape)}.")
+            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
+
+
+MAPPERS = {
+    "qpmapper": EmoSLLMQueryPoolingMapper,
+    "qformer": EmoSLLMWindowQFormer,
+    "mlp": EmoSLLMFrameStackMLP,
+    "statistics": EmoSLLMStatisticsPooling,
+    "probe": EmoSLLMStatisticsProbe,
+}
+
+
+__all__ = [
+    "MAPPERS",
+    "EmoSLLMAudioEncoder",
+    "EmoSLLMFrameStackMLP",
+    "EmoSLLMQueryPoolingMapper",
+    "EmoSLLMStatisticsPooling",
+    "EmoSLLMStatisticsProbe",
+    "EmoSLLMWindowQFormer",
+    "lengths_to_mask",
+    "pooled_statistics",
+]
