@@ -33,6 +33,7 @@ try:  # after the configuration (it checks the transformers version first)
     )
     from .precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
     from .probe_fitting_emosllm import PROBE_C_GRID, fit_probe
+    from .lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
     from .prompt_head_emosllm import SharedPromptHead
     from .saving_emosllm import EmoSLLMLeanSavingMixin
 except ImportError:
@@ -44,6 +45,7 @@ except ImportError:
     )
     from precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
     from probe_fitting_emosllm import PROBE_C_GRID, fit_probe
+    from lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
     from prompt_head_emosllm import SharedPromptHead
     from saving_emosllm import EmoSLLMLeanSavingMixin
 
@@ -51,17 +53,11 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
     import torch
     import torch.nn.functional as F
     from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.tuners_utils import BaseTunerLayer
     from torch import nn
     from transformers import AutoModelForCausalLM, PreTrainedModel
     from transformers.modeling_outputs import ModelOutput
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
-
-# LoRA's settings where nothing else gives them (peft's `LoraConfig` keyword arguments): the paper's rank 8. Dropout 0:
-# the LLM only learns to read one soft word here, and drawing the masks added 12% to a CPU training step.
-DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
-
 
 @dataclass
 class SpeechEmotionOutput(ModelOutput):
@@ -127,7 +123,7 @@ class EmoSLLMPreTrainedModel(EmoSLLMLeanSavingMixin, PreTrainedModel):
             nn.init.ones_(module.statistics_std)
 
 
-class EmoSLLMModel(EmoSLLMPreTrainedModel):
+class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
     """
     The base model: audio encoder -> mapper -> audio embeddings in place of the prompt's placeholders -> the LLM's
     hidden states (`forward`). `EmoSLLMForSpeechEmotionRecognition` adds the class scores, the loss and `generate`.
@@ -167,22 +163,6 @@ class EmoSLLMModel(EmoSLLMPreTrainedModel):
         module = __name__.split(".")[-1]
         self.config.auto_map = {**getattr(self.config, "auto_map", {}), "AutoModel": f"{module}.{type(self).__name__}"}
 
-    def _add_fresh_lora(self) -> None:
-        """
-        Injects a new LoRA (`self.lora_config`) into the LLM, in float32 whatever the LLM's dtype (peft would give it
-        the adapted layer's), initialised as peft initialises it (A random, B zero), so that the new model's LLM is
-        the pretrained one until training moves it. (A model made from a config, as the tests make them, draws B at
-        random in `post_init`.)
-        """
-        if self.lora_config is None:
-            return
-        inject_adapter_in_model(copy.deepcopy(self.lora_config), self.language_model)
-        for layer in self._lora_layers():
-            for adapters in (layer.lora_A, layer.lora_B):
-                for adapter in adapters.values():
-                    adapter.to(TRAINED_DTYPE)
-            layer.reset_lora_parameters("default", True)  # peft's own: A random, B zero (the LLM as it was)
-
     def backbone_keys(self) -> list[str]:
         """The state-dict keys of the frozen pretrained backbones, which a lean save leaves out."""
         keys = []
@@ -212,26 +192,6 @@ class EmoSLLMModel(EmoSLLMPreTrainedModel):
         if mode and self.lora_merged:
             self.unmerge_lora()  # a merged LoRA would not train: its update is already in the frozen weights
         return self
-
-    def _lora_layers(self) -> list[BaseTunerLayer]:
-        return [module for module in self.language_model.modules() if isinstance(module, BaseTunerLayer)]
-
-    @property
-    def lora_merged(self) -> bool:
-        """Whether LoRA's update is merged into the LLM's weights (`merge_lora`)."""
-        return any(layer.merged for layer in self._lora_layers())
-
-    @torch.no_grad()
-    def merge_lora(self) -> None:
-        """
-        Adds LoRA's update into the LLM's weights (peft's `merge`), for inference: the adapted layers then run one
-        matrix product instead of three, with the same outputs (to float rounding, tested). `unmerge_lora` (or
-        `train()`) undoes it. The pipeline merges on load.
-        """
-        for layer in self._lora_layers():
-            if not layer.merged:
-                layer.merge()
-        self.prompt_head.clear()
 
     @torch.no_grad()
     def apply_precision(self, backbone_dtype: torch.dtype | None = None) -> None:
@@ -263,14 +223,6 @@ class EmoSLLMModel(EmoSLLMPreTrainedModel):
         for name, param in self.language_model.named_parameters():
             if "lora_" not in name and param.dtype != dtype:
                 param.data = param.data.to(dtype)
-        self.prompt_head.clear()
-
-    @torch.no_grad()
-    def unmerge_lora(self) -> None:
-        """Takes LoRA's update back out of the LLM's weights (after `merge_lora`)."""
-        for layer in self._lora_layers():
-            if layer.merged:
-                layer.unmerge()
         self.prompt_head.clear()
 
     def trainable_parameters(self) -> tuple[int, int]:
@@ -627,7 +579,6 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
 EmoSLLMForSpeechEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
 
 __all__ = [
-    "DEFAULT_LORA",
     "EmoSLLMForSpeechEmotionRecognition",
     "EmoSLLMModel",
     "EmoSLLMModelOutput",

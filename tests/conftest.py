@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -73,6 +74,8 @@ def tiny_audio(encoder: str):
 # Tiny sizes of every mapper's settings; each mapper takes the ones it has.
 MAPPER_SIZES = {"hidden_size": 32, "num_heads": 2, "num_queries": 4, "window_size": 5, "queries_per_window": 2,
                 "stack_factor": 4}
+# The tiny models' LoRA, where a test gives one (`from_backbones(..., lora_config=TINY_LORA)`).
+TINY_LORA = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
 # The settings the tiny models are tested with where a test names none (the config's defaults are the recipe's).
 TINY_DEFAULTS = {"encoder_layer_combination": "weighted_average", "audio_loss_weight": 0.0, "use_transcript": "given"}
 

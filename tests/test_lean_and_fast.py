@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LABELS, save_tiny_backbones, tone
+from conftest import LABELS, TINY_DEFAULTS, TINY_LORA, save_tiny_backbones, tiny_mapper_config, tone
 from safetensors import safe_open
 
-from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition, bf16_is_native
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from precision_emosllm import bf16_is_native
 from processing_emosllm import EmoSLLMProcessor
 
 TINY_IDS = {"audio_model_id": "tiny-org/whisper-encoder", "text_model_id": "tiny-org/llama"}
@@ -41,11 +42,12 @@ def build_tiny(root: Path) -> tuple[EmoSLLMProcessor, EmoSLLMForSpeechEmotionRec
     backbones named by the Hub ids `TINY_IDS`, with what training leaves (`trained_like`)."""
     save_tiny_backbones(root)
     processor = EmoSLLMProcessor.from_backbones(
-        str(root / "encoder"), str(root / "llm"), labels=LABELS, adapter_hidden_size=32, adapter_num_heads=2,
-        num_queries=4, lora_rank=4, lora_alpha=8, **TINY_IDS,
+        str(root / "encoder"), str(root / "llm"), labels=LABELS, mapper_config=tiny_mapper_config("qpmapper"),
+        **TINY_DEFAULTS, **TINY_IDS,
     )
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"))
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"),
+                                                              lora_config=TINY_LORA)
     trained_like(model, processor(clips()))
     return processor, model.eval()
 
@@ -65,21 +67,21 @@ def test_prompt_cache_and_merged_lora_give_the_plain_scores(tiny):
     processor, model, _ = tiny
     audios = clips()
     texts = ["kids are talking by the door", None, "kids are talking"]
-    model.prompt_cache_enabled = False
+    model.prompt_head.enabled = False
     plain_batch = probabilities(model, processor, audios, texts)
     plain_single = [probabilities(model, processor, [a], [t]) for a, t in zip(audios, texts)]
 
-    model.prompt_cache_enabled = True
+    model.prompt_head.enabled = True
     model.merge_lora()
     assert model.lora_merged
     for _ in range(2):  # the second round reuses the head kept by the first
         fast_single = [probabilities(model, processor, [a], [t]) for a, t in zip(audios, texts)]
         for fast, plain in zip(fast_single, plain_single):
             torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
-        assert model._prompt_cache is not None
+        assert model.prompt_head.kept is not None
     torch.testing.assert_close(probabilities(model, processor, audios, texts), plain_batch, atol=1e-5, rtol=0)
     # The kept head is the prompt's constant part: one clip's own tokens are few.
-    kept_ids = model._prompt_cache[0]
+    kept_ids = model.prompt_head.kept[0]
     prompt = processor([audios[0]], transcript=[texts[0]])["input_ids"][0]
     assert torch.equal(prompt[: len(kept_ids)], kept_ids) and len(prompt) - len(kept_ids) < len(prompt) / 2
 
@@ -91,7 +93,7 @@ def test_training_takes_the_merge_and_the_cache_back(tiny):
         model.merge_lora()
         model(**batch)
     model.train()
-    assert not model.lora_merged and model._prompt_cache is None
+    assert not model.lora_merged and model.prompt_head.kept is None
     model(**batch).loss.backward()  # LoRA trains again
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
 
@@ -163,7 +165,7 @@ def test_lean_lora_is_peft_readable_and_adapts_the_plain_llm_alike(tiny, tmp_pat
     model.save_pretrained(tmp_path / "lean")
     adapter_dir = tmp_path / "lean" / "lora"
     config = PeftConfig.from_pretrained(adapter_dir)
-    assert config.peft_type == "LORA" and config.r == model.config.lora_rank
+    assert config.peft_type == "LORA" and config.r == model.lora_config.r == TINY_LORA.r
     assert config.base_model_name_or_path == TINY_IDS["text_model_id"]
     # peft loads the adapter onto the plain LLM: the same logits as EmoSLLM's own adapted LLM.
     llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "llm"), adapter_dir).eval()
@@ -213,7 +215,7 @@ def with_bf16_variant(llm_folder: Path, out: Path) -> Path:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny, tmp_path, monkeypatch, native):
-    import modeling_emosllm
+    import saving_emosllm
 
     processor, model, root = tiny
     model.audio_encoder.bf16_inference = False  # the LLM's dtype is the point here; the encoder's is tested below
@@ -221,7 +223,7 @@ def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny
     float32 = probabilities(model, processor, audios, [None] * 3)
     llm = with_bf16_variant(root / "llm", tmp_path / "llm_bf16")
     model.save_pretrained(tmp_path / "lean")
-    monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: native)
+    monkeypatch.setattr(saving_emosllm, "bf16_is_native", lambda device_type=None: native)
     ids = {"audio_model_id": str(root / "encoder"), "text_model_id": str(llm)}
     loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", **ids).eval()
     loaded.audio_encoder.bf16_inference = False
@@ -237,7 +239,7 @@ def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny
         assert torch.isfinite(loaded(**processor(audios, labels=LABELS[:3])).loss)
     torch.testing.assert_close(delivered, float32, atol=2e-2 if native else 1e-6, rtol=0)
     # What train.py scores its test clips with: the trained model in the loaded folder's form, exactly.
-    model.cast_language_model(modeling_emosllm.language_model_load_kwargs(str(llm))["dtype"])
+    model.cast_language_model(saving_emosllm.language_model_load_kwargs(str(llm))["dtype"])
     model.merge_lora()
     torch.testing.assert_close(probabilities(model, processor, audios, [None] * 3), delivered, atol=1e-6, rtol=0)
     # Asked for float32, a lean folder keeps every weight in float32 even where bf16 is native.
@@ -322,7 +324,6 @@ def real(tmp_path_factory):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     encoder, llm = resolve_pretrained(encoder_id), resolve_pretrained(llm_id)
     processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=["angry", "calm", "happy", "sad"],
-                                                adapter_type="probe", encoder_layer_combination="concatenate",
                                                 use_transcript="none")
     assert processor.config.audio_model_id == encoder_id and processor.config.text_model_id == llm_id
     torch.manual_seed(0)
@@ -338,10 +339,10 @@ def real(tmp_path_factory):
 @pytest.mark.slow
 def test_real_backbones_fast_path_gives_the_plain_scores(real):
     processor, model, audios, _ = real
-    model.prompt_cache_enabled = False
+    model.prompt_head.enabled = False
     model.unmerge_lora()
     plain = [probabilities(model, processor, [a], [None]) for a in audios]
-    model.prompt_cache_enabled = True
+    model.prompt_head.enabled = True
     model.merge_lora()
     try:
         for _ in range(2):
@@ -373,7 +374,7 @@ def test_real_backbones_lean_folder_scores_as_the_full_folder(real):
 
 @pytest.mark.slow
 def test_real_backbones_lean_folder_delivers_what_train_py_scores(real):
-    from modeling_emosllm import saved_language_model_dtype
+    from saving_emosllm import saved_language_model_dtype
 
     processor, model, audios, tmp_path = real
     lean = tmp_path / "lean_default"
@@ -453,10 +454,10 @@ class RandomInitCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def lean_processor(root: Path, **kwargs) -> EmoSLLMProcessor:
+def lean_processor(root: Path, mapper: str = "qpmapper") -> EmoSLLMProcessor:
     return EmoSLLMProcessor.from_backbones(
-        str(root / "encoder"), str(root / "llm"), labels=LABELS, adapter_hidden_size=32, adapter_num_heads=2,
-        num_queries=4, lora_rank=4, lora_alpha=8, **TINY_IDS, **kwargs,
+        str(root / "encoder"), str(root / "llm"), labels=LABELS, mapper_config=tiny_mapper_config(mapper),
+        **TINY_DEFAULTS, **TINY_IDS,
     )
 
 
@@ -467,7 +468,7 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
     from transformers import AutoModel, AutoModelForCausalLM
 
     save_tiny_backbones(tmp_path)
-    processor = lean_processor(tmp_path, adapter_type=adapter)
+    processor = lean_processor(tmp_path, adapter)
     loads = []
     for auto in (AutoModel, AutoModelForCausalLM):
         original = auto.from_pretrained
@@ -505,7 +506,7 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
 @pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
 def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewhere(tmp_path, adapter):
     save_tiny_backbones(tmp_path)
-    processor = lean_processor(tmp_path, adapter_type=adapter)
+    processor = lean_processor(tmp_path, adapter)
     encoder, llm = str(tmp_path / "encoder"), str(tmp_path / "llm")
     torch.manual_seed(0)
     new = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
@@ -526,7 +527,7 @@ def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewher
            [(n, p.requires_grad) for n, p in old.named_parameters()]
     assert [(n, m.training) for n, m in new.named_modules()] == [(n, m.training) for n, m in old.named_modules()]
     if adapter == "probe":  # the soft emotion word starts as the mixture of the label words
-        torch.testing.assert_close(new.adapter.label_embeddings.weight, new.label_vectors().T, rtol=0, atol=0)
+        torch.testing.assert_close(new.mapper.label_embeddings.weight, new.label_vectors().T, rtol=0, atol=0)
     batch = processor([tone(0.8, 300)], labels=["happy"])
     assert torch.isfinite(new(**batch).loss)
     from transformers import AutoModelForCausalLM
@@ -540,7 +541,7 @@ def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewher
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The precision policy (modeling_emosllm.PRECISION_POLICY)
+# The precision policy (precision_emosllm.PRECISION_POLICY)
 # --------------------------------------------------------------------------------------------------------------------
 def bf16_llm(root: Path) -> Path:
     """The tiny LLM saved in bf16, declaring it (as Llama 3.2 is on the Hub)."""
@@ -565,18 +566,17 @@ def own_dtypes(model) -> set:
 @pytest.mark.parametrize("cuda", [False, True])
 def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_interface_and_bf16_backbones_only_on_a_bf16_gpu(
         tmp_path, monkeypatch, cuda):
-    import modeling_emosllm
+    import precision_emosllm
 
     save_tiny_backbones(tmp_path)
     llm = str(bf16_llm(tmp_path))
     encoder = str(tmp_path / "encoder")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, adapter_hidden_size=32,
-                                                adapter_num_heads=2, num_queries=4, lora_rank=4, lora_alpha=8,
-                                                adapter_type="probe", audio_loss_weight=1.0, **TINY_IDS)
+    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
+                                                mapper_config=tiny_mapper_config("probe"), **TINY_IDS)
     # The device check, mocked: a CPU with native bf16 (avx512_bf16) still trains in float32; a bf16 GPU in bf16.
-    monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: True)
+    monkeypatch.setattr(precision_emosllm, "bf16_is_native", lambda device_type=None: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert modeling_emosllm.training_backbone_dtype("cpu") == torch.float32
+    assert precision_emosllm.training_backbone_dtype("cpu") == torch.float32
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
     frozen = torch.bfloat16 if cuda else torch.float32
     backbone = set(model.backbone_keys())
@@ -621,13 +621,13 @@ class Float32Copies(torch.utils._python_dispatch.TorchDispatchMode):
 
 
 def test_a_bf16_head_is_read_in_float32_blocks_without_a_full_float32_copy(tiny, monkeypatch):
-    import modeling_emosllm
+    import precision_emosllm
 
     processor, model, _ = tiny
     model.train()
     model.cast_language_model(torch.bfloat16)
     head = model.language_model.get_output_embeddings().weight
-    monkeypatch.setattr(modeling_emosllm.FrozenHeadLogits, "ROWS", 8)  # the tiny vocabulary in several blocks
+    monkeypatch.setattr(precision_emosllm.FrozenHeadLogits, "ROWS", 8)  # the tiny vocabulary in several blocks
     assert head.shape[0] > 2 * 8
     hidden = torch.randn(5, head.shape[1], requires_grad=True)
     saved = []
@@ -651,8 +651,8 @@ def test_a_bf16_head_is_read_in_float32_blocks_without_a_full_float32_copy(tiny,
 def test_a_full_save_writes_each_backbone_in_its_declared_dtype_and_the_tied_head_once(tmp_path, caplog):
     save_tiny_backbones(tmp_path)
     llm, encoder = str(bf16_llm(tmp_path)), str(tmp_path / "encoder")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, adapter_hidden_size=32,
-                                                adapter_num_heads=2, num_queries=4, lora_rank=4, lora_alpha=8)
+    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
+                                                mapper_config=tiny_mapper_config("qpmapper"))
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)  # float32 on the CPU
     assert model.config.text_model_id is None  # a local folder: no Hub id, so every weight is saved
     model.save_pretrained(tmp_path / "whole")
