@@ -1,5 +1,7 @@
 """Tiny random backbones and a tiny offline tokenizer, as transformers' own model tests use."""
 
+from __future__ import annotations  # (annotations name the model class, imported where it is used)
+
 import os
 import sys
 from pathlib import Path
@@ -153,3 +155,75 @@ def write_tone_corpus(folder: Path, speakers: int, takes: int = 2) -> Path:
                 rows.append(f"{name},{label},spk{speaker:02d},kids are talking by the door")
     (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
     return folder
+
+
+def tiny_model(encoder: str = "whisper", mapper: str = "qpmapper", seed: int = 0, **kwargs):
+    """A tiny random EmoSLLM (seeded) and its processor: `(processor, model)`; `kwargs` as `tiny_processor`'s."""
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    processor = tiny_processor(encoder, mapper, **kwargs)
+    torch.manual_seed(seed)
+    return processor, EmoSLLMForSpeechEmotionRecognition(processor.config)
+
+
+def batch_of_lengths(processor, seconds=(0.7, 1.9, 3.1)):
+    """Tones of the given lengths and their labels as one batch: `(batch, audios)`."""
+    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate(seconds)]
+    return processor(audios, labels=LABELS[: len(audios)]), audios
+
+
+def fit_random_probe(model, seed: int = 0) -> None:
+    """Gives the probe mapper random fitted values, as train.py's fit would (a zero probe scores every clip alike)."""
+    generator = torch.Generator().manual_seed(seed)
+    probe = model.mapper
+    probe.set_probe(*(torch.randn(b.shape, generator=generator) for b in (
+        probe.statistics_mean, probe.statistics_std, probe.probe_weight, probe.probe_bias)))
+    probe.statistics_std.abs_().add_(0.5)
+
+
+# A tiny EmoSLLM built from backbones saved as folders, named by Hub ids (lean saves, precision tests).
+TINY_IDS = {"audio_model_id": "tiny-org/whisper-encoder", "text_model_id": "tiny-org/llama"}
+
+
+def trained_like(model: EmoSLLMForSpeechEmotionRecognition, batch, seed: int = 0) -> None:
+    """What training leaves: feature statistics and a non-zero LoRA (a fresh LoRA's B is zero, so merging it would
+    test nothing)."""
+    with torch.no_grad():
+        states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
+        model.audio_encoder.set_feature_statistics(states)
+        generator = torch.Generator().manual_seed(seed)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+
+
+def clips(count: int = 3) -> list:
+    return [tone(0.8 + 0.45 * i, 200 * (i + 1), seed=i) for i in range(count)]
+
+
+def build_tiny(root: Path) -> tuple[EmoSLLMProcessor, EmoSLLMForSpeechEmotionRecognition]:
+    """A tiny EmoSLLM built from tiny backbones saved as folders under `root` (as Hub checkpoints would be), its
+    backbones named by the Hub ids `TINY_IDS`, with what training leaves (`trained_like`)."""
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+
+    save_tiny_backbones(root)
+    processor = EmoSLLMProcessor.from_backbones(
+        str(root / "encoder"), str(root / "llm"), labels=LABELS, mapper_config=tiny_mapper_config("qpmapper"),
+        **TINY_DEFAULTS, **TINY_IDS,
+    )
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"),
+                                                              lora_config=TINY_LORA)
+    trained_like(model, processor(clips()))
+    return processor, model.eval()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    processor, model = build_tiny(tmp_path / "backbones")
+    return processor, model, tmp_path / "backbones"
+
+
+def probabilities(model, processor, audios, transcripts) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**processor(audios, transcript=transcripts)).logits.softmax(-1)

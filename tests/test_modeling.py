@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, tiny_mapper_config, tiny_processor, tone
+from conftest import LABELS, batch_of_lengths, fit_random_probe, tiny_model, tiny_processor, tone
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
@@ -23,21 +23,10 @@ ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
 TRAINABLE = ("mapper.", "audio_encoder.layer_weights")
 
 
-def make(encoder="whisper", adapter="qpmapper", seed=0, **kwargs):
-    processor = tiny_processor(encoder, adapter, **kwargs)
-    torch.manual_seed(seed)
-    return processor, EmoSLLMForSpeechEmotionRecognition(processor.config)
-
-
-def batch_of_lengths(processor, seconds=(0.7, 1.9, 3.1)):
-    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate(seconds)]
-    return processor(audios, labels=LABELS[: len(audios)]), audios
-
-
 @pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_shapes_and_placeholders_match_interface(encoder, adapter):
-    processor, model = make(encoder, adapter)
+    processor, model = tiny_model(encoder, adapter)
     batch, audios = batch_of_lengths(processor)
     placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
     _, audio_mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
@@ -58,7 +47,7 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_gradients_reach_only_interface_and_lora(adapter):
-    processor, model = make("whisper", adapter)
+    processor, model = tiny_model("whisper", adapter)
     batch, _ = batch_of_lengths(processor)
     model.train()
     model(**batch).loss.backward()
@@ -77,7 +66,7 @@ def test_gradients_reach_only_interface_and_lora(adapter):
 
 
 def test_no_lora_trains_only_the_interface():
-    processor, model = make(language_model_training="frozen")
+    processor, model = tiny_model(language_model_training="frozen")
     assert not any("lora_" in n for n, _ in model.named_parameters())
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trains == {n for n, _ in model.named_parameters() if n.startswith(TRAINABLE)}
@@ -85,7 +74,7 @@ def test_no_lora_trains_only_the_interface():
 
 
 def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
-    processor, model = make(language_model_training="full")
+    processor, model = tiny_model(language_model_training="full")
     batch, _ = batch_of_lengths(processor)
     model(**batch).loss.backward()
     llm = dict(model.language_model.named_parameters())
@@ -94,14 +83,14 @@ def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
 
 
 def test_frozen_encoder_stays_in_eval_mode():
-    _, model = make("wav2vec2")
+    _, model = tiny_model("wav2vec2")
     model.train()
     assert not model.audio_encoder.encoder.training and model.mapper.training
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
 def test_overfits_eight_clips(encoder):
-    processor, model = make(encoder, "qpmapper", seed=1)
+    processor, model = tiny_model(encoder, "qpmapper", seed=1)
     frequencies = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
     audios, labels = [], []
     for i, label in enumerate(LABELS * 2):
@@ -122,7 +111,7 @@ def test_overfits_eight_clips(encoder):
 
 
 def test_cached_encoder_states_give_the_same_logits():
-    processor, model = make("wav2vec2", "qformer")
+    processor, model = tiny_model("wav2vec2", "qformer")
     model.eval()
     batch, _ = batch_of_lengths(processor)
     with torch.no_grad():
@@ -133,7 +122,7 @@ def test_cached_encoder_states_give_the_same_logits():
 
 
 def test_feature_statistics_standardize_each_layer_and_dimension():
-    processor, model = make("whisper", "mlp")
+    processor, model = tiny_model("whisper", "mlp")
     batch, audios = batch_of_lengths(processor)
     with torch.no_grad():
         states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
@@ -150,7 +139,7 @@ def test_feature_statistics_standardize_each_layer_and_dimension():
 
 @pytest.mark.parametrize("adapter", ["qpmapper", "qformer"])
 def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adapter):
-    processor, model = make("whisper", adapter, audio_loss_weight=0.5)
+    processor, model = tiny_model("whisper", adapter, audio_loss_weight=0.5)
     batch, _ = batch_of_lengths(processor)
     model.eval()  # no dropout, so the two passes below see the same embeddings
     output = model(**batch)
@@ -169,12 +158,12 @@ def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adap
         before = model(**batch).logits
         model.audio_classifier.weight.add_(1.0)
         torch.testing.assert_close(model(**batch).logits, before)
-    assert not hasattr(make()[1], "audio_classifier")  # off by default in the config
+    assert not hasattr(tiny_model()[1], "audio_classifier")  # off by default in the config
 
 
 @pytest.mark.parametrize("adapter", ["qpmapper", "mlp", "statistics"])
 def test_scores_do_not_depend_on_batch_company(adapter):
-    processor, model = make("whisper", adapter)
+    processor, model = tiny_model("whisper", adapter)
     model.eval()
     short, long = tone(1.0, 300), tone(3.0, 700, seed=2)
     # Exact in float32; the bf16 encoder (where bf16 is native) rounds a padded batch's matrix products differently.
@@ -187,7 +176,7 @@ def test_scores_do_not_depend_on_batch_company(adapter):
 
 
 def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
-    processor, model = make("whisper", "statistics")
+    processor, model = tiny_model("whisper", "statistics")
     adapter = model.mapper
     frames = torch.randn(2, 7, adapter.output_proj.in_features // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
@@ -200,17 +189,8 @@ def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
     torch.testing.assert_close(embeddings[1], expected)
 
 
-def fit_random_probe(model, seed: int = 0) -> None:
-    """Gives the probe interface random fitted values, as train.py's fit would (a zero probe scores every clip alike)."""
-    generator = torch.Generator().manual_seed(seed)
-    adapter = model.mapper
-    adapter.set_probe(*(torch.randn(b.shape, generator=generator) for b in (
-        adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight, adapter.probe_bias)))
-    adapter.statistics_std.abs_().add_(0.5)
-
-
 def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
-    processor, model = make("whisper", "probe")
+    processor, model = tiny_model("whisper", "probe")
     fit_random_probe(model)
     adapter = model.mapper
     frames = torch.randn(2, 7, adapter.probe_weight.shape[1] // 2)
@@ -245,7 +225,7 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn(caplog):
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    processor, model = make("whisper", "probe")
+    processor, model = tiny_model("whisper", "probe")
     batches, groups = tone_batches(processor)
     statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches]).double().numpy()
     labels = torch.cat([b["labels"] for b in batches]).numpy()
@@ -277,7 +257,7 @@ def test_fit_probe_is_the_models_own_and_matches_scikit_learn(caplog):
 def test_fit_probe_gives_each_clip_the_scores_of_a_probe_that_never_saw_its_speaker():
     """With groups, every clip's out-of-fold scores come from the probe fitted, at the chosen C, on the other
     speakers only; the probe the model keeps is still the one fitted on every clip."""
-    processor, model = make("whisper", "probe")
+    processor, model = tiny_model("whisper", "probe")
     batches, groups = tone_batches(processor)
     statistics = torch.cat([model.pooled_audio_statistics(b) for b in batches])
     labels = torch.cat([b["labels"] for b in batches])
@@ -295,12 +275,12 @@ def test_fit_probe_gives_each_clip_the_scores_of_a_probe_that_never_saw_its_spea
     with pytest.raises(ValueError, match="every class"):
         model.fit_probe([processor([tone(0.8, 150)] * 2, labels=["neutral", "happy"])], 0.1)
     with pytest.raises(ValueError, match="fit_probe is for the probe mapper"):
-        make("whisper", "statistics")[1].fit_probe(batches, 0.1)
+        tiny_model("whisper", "statistics")[1].fit_probe(batches, 0.1)
 
 
 def test_probe_standardization_has_a_floor_on_the_spread():
     """A statistic that hardly varies across the training clips must not turn rounding noise into the answer."""
-    processor, model = make("whisper", "probe")
+    processor, model = tiny_model("whisper", "probe")
     statistics = torch.randn(16, model.mapper.statistics_mean.shape[0], dtype=torch.float64)
     statistics[:, 0] = 3.0 + 1e-9 * torch.randn(16, dtype=torch.float64)  # e.g. clips all of one length
     fit_linear_probe(model.mapper, statistics, torch.arange(16) % len(LABELS), 0.1)
@@ -310,7 +290,7 @@ def test_probe_standardization_has_a_floor_on_the_spread():
 
 def test_cached_float16_states_and_live_audio_give_the_same_scores():
     """train.py caches encoder states in float16; the pipeline computes them live: both must score a clip alike."""
-    processor, model = make("whisper", "probe")
+    processor, model = tiny_model("whisper", "probe")
     fit_random_probe(model)
     model.eval()
     batch, _ = batch_of_lengths(processor)
@@ -323,7 +303,7 @@ def test_cached_float16_states_and_live_audio_give_the_same_scores():
 
 
 def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights():
-    processor, model = make("whisper", "statistics", encoder_layer_combination="concatenate")
+    processor, model = tiny_model("whisper", "statistics", encoder_layer_combination="concatenate")
     encoder = model.audio_encoder
     batch, _ = batch_of_lengths(processor)
     with torch.no_grad():
@@ -341,7 +321,7 @@ def test_concatenated_encoder_layers_sit_side_by_side_and_have_no_layer_weights(
 
 
 def test_asr_stage_gives_language_model_loss_on_the_answer_only():
-    processor, model = make()
+    processor, model = tiny_model()
     audios = [tone(1.0, 300), tone(1.5, 500, seed=1)]
     text = processor.text_inputs([len(a) for a in audios], ["kids are talking", "the door"], [None, None], task="asr")
     features = processor.audio_features(audios)
@@ -366,7 +346,7 @@ def test_a_frozen_wav2vec2_family_encoder_runs_with_folded_matmuls_and_stays_fro
 
     import audio_embeddings_emosllm
 
-    processor, model = make("wav2vec2")
+    processor, model = tiny_model("wav2vec2")
     model.eval()
     batch, _ = batch_of_lengths(processor)
     encoder = model.audio_encoder
@@ -390,7 +370,7 @@ def test_a_frozen_wav2vec2_family_encoder_runs_with_folded_matmuls_and_stays_fro
 
 
 def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
-    processor, model = make("whisper")
+    processor, model = tiny_model("whisper")
     model.eval()
     features = torch.randn(1, 16, 3000)
     every_frame_valid = torch.tensor([480000 + 640])  # HF masks nothing; neither do we when all frames count
@@ -403,229 +383,23 @@ def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
 
 
 def test_padding_to_max_length_gives_same_placeholders():
-    processor, _ = make("whisper", "mlp", pad_audio_to_max_length=True, max_audio_seconds=4.0)
+    processor, _ = tiny_model("whisper", "mlp", pad_audio_to_max_length=True, max_audio_seconds=4.0)
     batch, audios = batch_of_lengths(processor)
     assert batch["input_features"].shape[-1] == 400  # 4 s of 10 ms mel frames
     placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
     assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
 
 
-def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_position():
-    """Labels with first tokens of their own: the scores are the softmax over the labels of those tokens' logits."""
-    processor, model = make()
-    model.eval()
-    batch, audios = batch_of_lengths(processor)
-    first_tokens = [ids[0] for ids in processor.config.label_token_ids]
-    assert model.label_answer_paths() == [[token] for token in first_tokens]
-    with torch.no_grad():
-        output = model(**batch)
-        # The same clips without the answer appended: the prompt's last position is the answer position.
-        prompt_only = processor(audios)
-        llm_inputs = model._llm_inputs(prompt_only["input_ids"], prompt_only["attention_mask"],
-                                       *model.get_audio_embeddings(prompt_only["audio_lengths"],
-                                                                   prompt_only["input_features"]))
-        next_token = model.language_model(**llm_inputs).logits[:, -1]
-        without_answer = model(**prompt_only).logits
-    expected = next_token[:, first_tokens].log_softmax(-1)
-    torch.testing.assert_close(output.logits, expected, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(output.llm_logits, output.logits)  # no probe to mix in
-    assert output.probe_logits is None
-    torch.testing.assert_close(without_answer, output.logits, atol=1e-4, rtol=1e-4)
-    # The training target is the answer text: the LLM's next-token loss on the label word and the end of the turn.
-    answer = batch["lm_labels"] != -100
-    assert (batch["input_ids"][answer] == batch["lm_labels"][answer]).all()
-    assert answer.sum(1).tolist() == [len(processor.config.label_token_ids[i]) + 1 for i in batch["labels"].tolist()]
-    with torch.no_grad():
-        reference = model.language_model(**model._llm_inputs(
-            batch["input_ids"], batch["attention_mask"],
-            *model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])),
-            labels=batch["lm_labels"]).loss
-    torch.testing.assert_close(output.loss, reference, atol=1e-4, rtol=1e-4)
-    # Without an answer in the prompt, `labels` give the cross-entropy of the class scores.
-    with torch.no_grad():
-        loss = model(**prompt_only, labels=batch["labels"]).loss
-    torch.testing.assert_close(loss, F.cross_entropy(output.logits, batch["labels"]), atol=1e-4, rtol=1e-4)
-
-
-def test_labels_with_the_same_tokens_are_an_error():
-    with pytest.raises(ValueError, match="are the same tokens"):
-        tiny_processor(**{}).config.__class__(
-            **{**tiny_processor().config.to_dict(), "label_token_ids": [[5], [5], [6], [7]]})
-
-
-# Labels that share first tokens ("very ..."), span several words, and one that begins with another ("pleasant").
-WORDY_LABELS = ["neutral", "very happy", "very sad", "pleasant", "pleasant surprise"]
-
-
-def wordy_processor(**kwargs):
-    """The tiny backbones with `WORDY_LABELS`: a word-level tokenizer that knows their words."""
-    from conftest import CHAT_TEMPLATE, tiny_audio, tiny_llm_config
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from processing_emosllm import DEFAULT_PROMPT
-    from processing_emosllm import EmoSLLMProcessor
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(
-        [DEFAULT_PROMPT, " ".join(WORDY_LABELS)],
-        trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<|user|>", "<|end|>", "<|assistant|>"]),
-    )
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
-                                        eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
-    audio_config, feature_extractor = tiny_audio("whisper")
-    config = {"mapper_config": tiny_mapper_config("qpmapper"), **kwargs}
-    return EmoSLLMProcessor.build(feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)),
-                                  labels=WORDY_LABELS, **config)
-
-
-def brute_force_label_scores(model, processor, audios) -> torch.Tensor:
-    """Each label's answer path teacher-forced one prompt at a time: its tokens' log-probabilities, summed, then
-    renormalized over the labels."""
-    rows = []
-    for i in range(len(audios)):
-        one = processor([audios[i]])
-        audio = model.get_audio_embeddings(one["audio_lengths"], one["input_features"])
-        row = []
-        for path in model.label_answer_paths():
-            sequence = torch.cat([one["input_ids"], torch.tensor([path[:-1]], dtype=torch.long)], dim=1)
-            logits = model.language_model(**model._llm_inputs(sequence, torch.ones_like(sequence), *audio)).logits[0]
-            log_probs, start = logits.float().log_softmax(-1), one["input_ids"].shape[1] - 1
-            row.append(sum(log_probs[start + t, token] for t, token in enumerate(path)))
-        rows.append(torch.stack(row).log_softmax(-1))
-    return torch.stack(rows)
-
-
-def test_labels_that_share_first_tokens_or_span_words_are_scored_trained_and_generated():
-    processor = wordy_processor()
-    torch.manual_seed(2)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
-    ids = processor.config.label_token_ids
-    end = processor.tokenizer.eos_token_id
-    assert processor.config.answer_end_token_id == end
-    assert ids[1][0] == ids[2][0] and ids[4][: len(ids[3])] == ids[3]  # the cases this test is about
-    # Each path runs to the first token no other label has there; "pleasant" needs its end token.
-    assert model.label_answer_paths() == [ids[0][:1], ids[1][:2], ids[2][:2], ids[3] + [end], ids[4][:2]]
-
-    frequencies = [150, 450, 900, 1800, 3000]
-    audios = [tone(0.8 + 0.1 * take, frequencies[k], seed=7 * k + take) for take in range(2) for k in range(5)]
-    labels = [WORDY_LABELS[k] for _ in range(2) for k in range(5)]
-    prompts = processor(audios)
-
-    def brute_force_scores() -> torch.Tensor:
-        return brute_force_label_scores(model, processor, audios)
-
-    model.eval()
-    with torch.no_grad():
-        expected = brute_force_scores()
-        torch.testing.assert_close(model(**prompts).logits, expected, atol=1e-4, rtol=1e-4)
-        # With the answers appended (training and evaluation batches) the scores are the same.
-        torch.testing.assert_close(model(**processor(audios, labels=labels)).logits, expected, atol=1e-4, rtol=1e-4)
-
-    batch = processor(audios, labels=labels)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    for _ in range(150):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    with torch.no_grad():
-        scores = model(**prompts).logits
-        answers = processor.batch_decode(model.generate(**prompts), skip_special_tokens=True)
-        torch.testing.assert_close(scores, brute_force_scores(), atol=1e-4, rtol=1e-4)
-    assert [WORDY_LABELS[i] for i in scores.argmax(-1).tolist()] == labels  # trained: every clip right
-    assert [a.strip() for a in answers] == labels  # and the answer is the label the scores rank first
-
-
-@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
-def test_the_answer_mixes_the_llms_and_the_probes_class_log_probabilities(weight):
-    processor, model = make("whisper", "probe", mix_weight=weight)
-    fit_random_probe(model)
-    model.eval()
-    batch, _ = batch_of_lengths(processor)
-    with torch.no_grad():
-        output = model(**batch)
-        frames, mask = model.audio_encoder(batch["audio_lengths"], batch["input_features"])
-        probe = model.mapper.class_scores(frames.float(), mask).log_softmax(-1)
-    torch.testing.assert_close(output.probe_logits, probe)
-    torch.testing.assert_close(output.logits, (1 - weight) * output.llm_logits + weight * probe)
-    if weight in (0.0, 1.0):  # one side's log-probabilities alone
-        torch.testing.assert_close(output.logits.exp().sum(-1), torch.ones(3))
-
-
-def test_the_probe_mix_weight_is_checked():
-    with pytest.raises(ValueError, match="must lie in"):
-        tiny_processor(mapper="probe", mix_weight=1.5)
-    with pytest.raises(ValueError, match="no setting of the 'qpmapper' mapper"):
-        tiny_processor(mapper="qpmapper", mix_weight=0.5)
-
-
-def test_constrained_generate_refuses_generation_options():
-    processor, model = make()
-    batch = processor([tone(0.8, 300)])
-    with pytest.raises(ValueError, match="constrain_to_labels=False"):
-        model.generate(**batch, max_new_tokens=3)
-
-
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_generate_names_the_class_the_scores_rank_first(adapter):
-    """By construction: the answer is constrained to the label words and decoded greedily from the same logits."""
-    processor, model = make("whisper", adapter, seed=3)
-    if adapter == "probe":
-        fit_random_probe(model)
-    model.eval()
-    audios = [tone(0.5 + 0.3 * i, 150 * (i + 1), seed=i) for i in range(6)]
-    inputs = processor(audios)
-    with torch.no_grad():
-        ranked_first = model(**inputs).logits.argmax(-1).tolist()
-    answers = processor.batch_decode(model.generate(**inputs), skip_special_tokens=True)
-    assert [a.strip() for a in answers] == [LABELS[i] for i in ranked_first]
-
-
-@pytest.mark.parametrize("name", ["language_model_training", "encoder_layer_combination", "use_transcript"])
-def test_a_misspelt_choice_is_an_error_not_another_choice(name):
-    with pytest.raises(ValueError, match=f"{name}='Verbalizer' is not one of"):
-        tiny_processor(**{name: "Verbalizer"})
-    with pytest.raises(ValueError, match=r"mapper_config\['mapper_type'\]='Verbalizer' is not one of"):
-        tiny_processor(mapper_config={"mapper_type": "Verbalizer"})
-
-
-def test_generate_writes_free_text():
-    processor, model = make()
-    batch, _ = batch_of_lengths(processor, (1.0,))
-    batch.pop("labels")
-    for key in ("labels", "lm_labels"):
-        batch.pop(key, None)
-    tokens = model.generate(**batch, constrain_to_labels=False, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert tokens.shape == (1, 3)
-    # The same greedy answer, decoded by hand: the prompt's token embeddings with the audio embeddings in the
-    # placeholders' places, one full LLM pass per new token.
-    model.eval()
-    with torch.no_grad():
-        audio, _ = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
-        placeholder = batch["input_ids"] == processor.config.audio_token_id
-        embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(placeholder, 0))
-        embeds[placeholder] = audio.reshape(-1, audio.shape[-1])
-        expected = []
-        for _ in range(3):
-            logits = model.language_model(inputs_embeds=embeds).logits[0, -1]
-            expected.append(int(logits.argmax()))
-            embeds = torch.cat([embeds, model.get_input_embeddings()(torch.tensor([[expected[-1]]]))], dim=1)
-    assert tokens[0].tolist() == expected
-
-
 def test_mismatched_processor_and_model_raise():
-    processor, _ = make(num_queries=4)
-    _, model = make(num_queries=6)
+    processor, _ = tiny_model(num_queries=4)
+    _, model = tiny_model(num_queries=6)
     batch, _ = batch_of_lengths(processor)
     with pytest.raises(ValueError, match="processor and the model do not match"):
         model(**batch)
 
 
 def test_model_needs_tokenizer_ids():
-    processor, _ = make()
+    processor, _ = tiny_model()
     config = processor.config
     config.audio_token_id = None
     with pytest.raises(ValueError, match="from_backbones"):
@@ -633,7 +407,7 @@ def test_model_needs_tokenizer_ids():
 
 
 def test_mismatched_checkpoint_raises(tmp_path):
-    processor, model = make(language_model_training="frozen")
+    processor, model = tiny_model(language_model_training="frozen")
     model.save_pretrained(tmp_path)
     config = processor.config
     config.language_model_training = "lora"  # the folder has no LoRA weights for this config: they would start random
@@ -671,7 +445,7 @@ ROUND_TRIP = textwrap.dedent(
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_save_and_load_in_fresh_process(tmp_path, adapter):
-    processor, model = make("whisper", adapter)
+    processor, model = tiny_model("whisper", adapter)
     model.eval()
     audios = [tone(1.3, 300), tone(2.2, 600, seed=3)]
     batch = processor(audios, transcript=["kids are talking", None])
@@ -714,65 +488,3 @@ def test_wrapping_a_config_keeps_its_attention_implementation():
     audio_config, _ = tiny_audio("whisper")
     audio_config._attn_implementation = "sdpa"
     assert EmoSLLMConfig(audio_config=audio_config).audio_config._attn_implementation == "sdpa"
-
-
-def test_the_shared_prompt_head_runs_once_and_changes_nothing():
-    """The system turn every prompt shares is computed once as a key/value cache; scores and loss stay the same."""
-    processor, model = make("whisper", "qpmapper", seed=1)
-    model.eval()
-    batch, _ = batch_of_lengths(processor)
-    prefix = model.shared_prefix_length(batch["input_ids"], batch["attention_mask"])
-    assert prefix >= model.prompt_head.min_shared_prefix
-    heads = [row[mask.bool()][:prefix] for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    assert all(torch.equal(head, heads[0]) for head in heads)  # the same tokens in every prompt ...
-    assert processor.config.audio_token_id not in heads[0]  # ... before any audio
-    with torch.no_grad():
-        shared = model(**batch)
-        model.prompt_head.min_shared_prefix = 10**6  # one full pass per prompt instead
-        full = model(**batch)
-    torch.testing.assert_close(shared.logits, full.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared.loss, full.loss, atol=1e-5, rtol=1e-5)
-    # Gradients flow through the shared head's cache into LoRA.
-    model.prompt_head.min_shared_prefix = 8
-    model.train()
-    model(**batch).loss.backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n)
-
-
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(adapter):
-    """The shared prompt head's cache would be dropped by checkpointed decoder layers: it must change nothing."""
-    processor, model = make("whisper", adapter)
-    if adapter == "probe":
-        fit_random_probe(model)
-    batch, _ = batch_of_lengths(processor)
-    assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) > 0
-
-    def loss_and_gradients():
-        torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in both runs
-        model.zero_grad()
-        model.train()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    plain_loss, plain = loss_and_gradients()
-    model.gradient_checkpointing_enable()  # as the Trainer's --gradient_checkpointing does
-    assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
-    loss, gradients = loss_and_gradients()
-    # Tolerance: float32 rounding of the same computation in another order (measured: 1e-6 relative).
-    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
-    assert gradients.keys() == plain.keys() and any("lora_" in n for n in plain)
-    for name in plain:
-        torch.testing.assert_close(gradients[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-def test_the_shared_head_stops_before_the_answer():
-    """Prompts without audio that are the same up to the end (an ablation) must keep their answers out of the head."""
-    processor, model = make(seed=1)
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 3]] * 2)
-    lm_labels = torch.full_like(ids, -100)
-    lm_labels[:, -3:] = ids[:, -3:]
-    mask = torch.ones_like(ids)
-    assert model.shared_prefix_length(ids, mask) == ids.shape[1] - 1
-    assert model.shared_prefix_length(ids, mask, lm_labels) == ids.shape[1] - 3
