@@ -27,30 +27,30 @@ from typing import Any
 
 # The processing module first: its configuration checks the transformers version before anything else is imported.
 try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
-    from .dependencies_emosllm import missing_dependency
-    from .processing_emosllm import (
+    from .processing_emosllm import EmoSLLMProcessor
+    from .audio_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
         SILENCE_PEAK,
-        EmoSLLMProcessor,
         check_sampling_rate,
         decode_audio,
         read_audio_file,
     )
+    from .dependencies_emosllm import missing_dependency
     from .vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
-    from dependencies_emosllm import missing_dependency
-    from processing_emosllm import (
+    from processing_emosllm import EmoSLLMProcessor
+    from audio_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
         SILENCE_PEAK,
-        EmoSLLMProcessor,
         check_sampling_rate,
         decode_audio,
         read_audio_file,
     )
+    from dependencies_emosllm import missing_dependency
     from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)

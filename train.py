@@ -35,6 +35,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 from transformers.utils import logging as hf_logging
 
 import backbones_emosllm
+from audio_emosllm import decode_audio, prepare_clip, read_audio_file
 from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
@@ -59,7 +60,7 @@ from integrity_emosllm import write_json_atomically
 from modeling_emosllm import (
     EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
 )
-from processing_emosllm import EmoSLLMProcessor, decode_audio, prepare_clip, read_audio_file
+from processing_emosllm import EmoSLLMProcessor
 from resume_emosllm import (
     check_resume_matches,
     check_run_record,

@@ -29,7 +29,7 @@ import resume_emosllm
 import train
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
-from processing_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
+from audio_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
 
 CLIP = tone(1.0, 300)
 
@@ -875,9 +875,9 @@ def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_namin
     import socket
     import threading
 
-    import processing_emosllm
+    import audio_emosllm
 
-    monkeypatch.setattr(processing_emosllm, "URL_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(audio_emosllm, "URL_TIMEOUT_SECONDS", 0.5)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -886,11 +886,11 @@ def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_namin
     url = f"http://127.0.0.1:{server.getsockname()[1]}/clip.wav"
     started = time.monotonic()
     with pytest.raises(OSError, match=r"could not download .*clip\.wav.*0\.5 s to answer"):
-        processing_emosllm.read_audio_file(url, "inputs[0]")
+        audio_emosllm.read_audio_file(url, "inputs[0]")
     assert time.monotonic() - started < 10  # the timeout, not a hang
     server.close()
     with pytest.raises(OSError, match="inputs\\[1\\]: could not download"):  # now nothing listens there
-        processing_emosllm.read_audio_file(url, "inputs[1]")
+        audio_emosllm.read_audio_file(url, "inputs[1]")
 
 
 def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them():
