@@ -37,6 +37,7 @@ try:  # a saved folder is loaded as a package (relative import); `python -m pipe
         read_audio_file,
     )
     from .dependencies_emosllm import missing_dependency
+    from .transcription_emosllm import resolve_transcripts
     from .vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
@@ -51,6 +52,7 @@ except ImportError:
         read_audio_file,
     )
     from dependencies_emosllm import missing_dependency
+    from transcription_emosllm import resolve_transcripts
     from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -171,8 +173,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             best first (at most the model's number of classes); `None` returns all.
         function_to_apply (`"softmax"`, `"sigmoid"` or `"none"`, defaults to `"softmax"`): scores from the logits.
         transcript (`str`, or a list with one per input): the transcript, for models whose config uses one
-            (`use_transcript`); a dict input's `"transcript"` wins. Without one, the processor's configured behaviour
-            applies (`"auto"` transcribes). A clip cut into segments ignores it (it cannot be split in time).
+            (`use_transcript`); a dict input's `"transcript"` wins. Without one, a model with `use_transcript="auto"`
+            has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut into segments ignores it (it cannot be split in time).
         text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
         segment_seconds (`float` or `None`, defaults to 10 s, at most `config.max_audio_seconds`): longer clips are
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
@@ -383,7 +385,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 )
             segment, hop = round(segment_seconds * SAMPLING_RATE), max(1, round(hop_seconds * SAMPLING_RATE))
         bounds = segment_bounds(len(audio), segment, hop)
-        use_transcript = self.processor.config.use_transcript  # what the processor will do with a missing one
+        # The processor's transcript settings: "auto" has Whisper transcribe each window without a transcript below.
+        use_transcript, asr_model = self.processor.config.use_transcript, self.processor.config.asr_model
         if len(bounds) > 1 and transcript is not None:
             instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
                        else "the windows are classified without one")
@@ -406,10 +409,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if clip_speech < MIN_SPEECH_SECONDS:
             logger.warning(f"{name}: no speech detected ({clip_speech:.2f} s), so no emotion is given for it. Pass "
                            "detect_speech=False to classify it anyway.")
+        windows = []
         for i, ((start, end), weight) in enumerate(zip(bounds, weights)):
             window = audio[start:end]
             speech = speech_seconds(mask, start, end) if detect_speech else (end - start) / SAMPLING_RATE
-            yield {
+            windows.append({
                 "audio": window,
                 "silent": bool(np.abs(window).max() < SILENCE_PEAK) or speech < MIN_SPEECH_SECONDS,
                 "speech": round(speech, 3),
@@ -421,7 +425,15 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 "weight": float(weight),
                 "duration": len(audio) / SAMPLING_RATE,
                 "is_last": i == len(bounds) - 1,
-            }
+            })
+        # Automatic transcripts, before the processor (which only uses those it is given): the windows that are
+        # classified, in one Whisper call.
+        classified = [w for w in windows if not w["silent"]]
+        texts = resolve_transcripts([w["audio"] for w in classified], [transcript] * len(classified), use_transcript,
+                                    asr_model)
+        for window, text in zip(classified, texts):
+            window["transcript"] = text
+        yield from windows
 
     def _forward(self, model_inputs: dict) -> dict:
         """
@@ -510,10 +522,10 @@ CUSTOM_PIPELINES = {
 
 
 __all__ = [
+    "CUSTOM_PIPELINES",
+    "DEFAULT_SEGMENT_SECONDS",
     "EmoSLLMAudioClassificationPipeline",
     "check_device",
-    "CUSTOM_PIPELINES",
-    "decode_audio",
-    "read_audio_file",
     "segment_bounds",
+    "segment_weights",
 ]

@@ -320,25 +320,6 @@ class EmoSLLMProcessor(ProcessorMixin):
                 )
         return torch.tensor(ids)
 
-    def resolve_transcripts(self, audios: list[np.ndarray], transcripts: list[str | None]) -> list[str | None]:
-        """
-        The transcript each clip's prompt shows, by `config.use_transcript`: given transcripts win; with `"auto"` the
-        missing ones come from the bundled Whisper; with `"none"` there are none.
-        """
-        if self.config.use_transcript == "none":
-            return [None] * len(audios)
-        missing = [i for i, t in enumerate(transcripts) if t is None]
-        if self.config.use_transcript == "auto" and missing:
-            try:
-                from .backbones_emosllm import transcribe
-            except ImportError:
-                if __package__:  # loaded from a saved folder: the sibling failed on its own
-                    raise
-                from backbones_emosllm import transcribe
-            for i, text in zip(missing, transcribe([audios[i] for i in missing], self.config.asr_model)):
-                transcripts[i] = text
-        return transcripts
-
     # ----------------------------------------------------------------------------------------------------------------
     # The call
     # ----------------------------------------------------------------------------------------------------------------
@@ -356,7 +337,8 @@ class EmoSLLMProcessor(ProcessorMixin):
         Args:
             audio: one clip (an array: 1-D, or 2-D multi-channel), or a list of clips; float samples in [-1, 1].
             sampling_rate: rate of `audio` (default 16 kHz); other rates are resampled.
-            transcript: per-clip transcript (or None); see `config.use_transcript`.
+            transcript: per-clip transcript (or None), used as given (`"none"` models read none); automatic
+                transcripts are a step before the processor (`transcription_emosllm.resolve_transcripts`).
             text_features: per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
             labels: per-clip label names or ids, for training: the label word then follows each prompt as the answer.
 
@@ -383,7 +365,8 @@ class EmoSLLMProcessor(ProcessorMixin):
         features = self._per_clip(text_features, len(audios), "text_features")
         for text, feature, name in zip(transcripts, features, names):
             self.check_text_inputs(text, feature, name)
-        transcripts = self.resolve_transcripts(audios, transcripts)
+        if self.config.use_transcript == "none":  # a model trained without transcripts reads none
+            transcripts = [None] * len(audios)
         for clip, text, feature, name in zip(audios, transcripts, features, names):  # the prompt fits the LLM
             self.check_text_inputs(text, feature, name, num_samples=len(clip))
         label_ids, answers = None, None

@@ -34,7 +34,7 @@ from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
-import backbones_emosllm
+import transcription_emosllm
 from audio_emosllm import decode_audio, prepare_clip, read_audio_file
 from backbones_emosllm import default_cache_dir, resolve_pretrained
 from configuration_emosllm import DEFAULT_PROMPT
@@ -69,6 +69,7 @@ from resume_emosllm import (
     run_record,
 )
 from smoke_corpus_emosllm import make_smoke_corpus
+from transcription_emosllm import resolve_transcripts
 
 logger = logging.getLogger("emosllm.train")
 
@@ -925,7 +926,8 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
     missing ones, `none` drops them all (the collator builds prompts from `clip["transcript"]`).
     """
     given = [c["transcript"] or None for c in clips]
-    for clip, text in zip(clips, processor.resolve_transcripts([c["audio"] for c in clips], given)):
+    audios, settings = [c["audio"] for c in clips], (processor.config.use_transcript, processor.config.asr_model)
+    for clip, text in zip(clips, resolve_transcripts(audios, given, *settings)):
         clip["transcript"] = text
 
 
@@ -982,7 +984,7 @@ TRANSCRIPT_SAMPLE_SHARE, TRANSCRIPT_SAMPLE_CLIPS = 0.1, 48
 
 def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> list[tuple[int, float]]:
     """
-    Whisper (`backbones_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
+    Whisper (`transcription_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
     progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns each chunk's
     samples and seconds.
     """
@@ -991,7 +993,7 @@ def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, 
         for start in range(0, len(clips), TRANSCRIBE_CHUNK):
             chunk = clips[start:start + TRANSCRIBE_CHUNK]
             started = time.time()
-            for clip, text in zip(chunk, backbones_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
+            for clip, text in zip(chunk, transcription_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
                 clip["transcript"] = text
             timings.append((sum(len(c["audio"]) for c in chunk), time.time() - started))
             cache.add(chunk)

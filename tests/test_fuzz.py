@@ -27,9 +27,11 @@ import encoder_cache_emosllm
 import pipeline_emosllm
 import resume_emosllm
 import train
+from audio_emosllm import (
+    MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip, read_audio_file,
+)
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
-from audio_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
 
 CLIP = tone(1.0, 300)
 
@@ -472,7 +474,7 @@ def test_training_decodes_a_file_as_the_pipeline_does(tmp_path):
     dataset = data_emosllm.load_corpus(data_dir)
     clips = train.decoded_clips(dataset, split="train")
     for index in (0, [row["path"] for row in dataset].index("s01_sad_0.wav")):
-        samples, rate = pipeline_emosllm.read_audio_file(data_dir / dataset[index]["path"], "x")
+        samples, rate = read_audio_file(data_dir / dataset[index]["path"], "x")
         np.testing.assert_array_equal(clips[index]["audio"], prepare_clip(samples, rate))
 
 
@@ -1163,7 +1165,7 @@ def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(
 def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_words_help(
     backbones, tmp_path, monkeypatch, caplog, scripted
 ):
-    import backbones_emosllm
+    import transcription_emosllm
 
     data_dir = write_tone_corpus(tmp_path / "corpus", speakers=4, takes=7)  # training: 2 speakers, 56 clips
     write_rows(data_dir, [row.rsplit(",", 1)[0] + "," for row in manifest_rows(data_dir)])  # no transcripts
@@ -1174,7 +1176,7 @@ def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_word
         return ["kids are talking by the door" if scripted else f"take {len(heard) - len(audios) + i}"
                 for i in range(len(audios))]
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", transcribe)
+    monkeypatch.setattr(transcription_emosllm, "transcribe", transcribe)
     with caplog.at_level(logging.INFO, logger="emosllm.train"), pytest.raises(ReachedTraining):
         run_until_training(backbones, data_dir, tmp_path, monkeypatch, "--speed_perturbation", "",
                            "--transcript_cache_dir", str(tmp_path / "transcripts"))

@@ -201,11 +201,11 @@ def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_canno
 
 def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
     from conftest import tiny_processor
     from train import attach_transcripts
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
+    monkeypatch.setattr(transcription_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
     for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
         clips = [{"audio": tone(1.0, 300), "transcript": "the door"}, {"audio": tone(1.0, 400), "transcript": ""}]
         attach_transcripts(clips, tiny_processor(use_transcript=setting))
@@ -496,7 +496,7 @@ def untranscribed_clips(count: int = 120) -> list[dict]:
 def fake_whisper(monkeypatch):
     """Whisper replaced by a recorder; `words(clip_audio) -> text` decides what it hears."""
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
 
     heard: list[int] = []
     fake = {"words": lambda audio: "kids are talking by the door"}  # scripted: one sentence in every emotion
@@ -505,7 +505,7 @@ def fake_whisper(monkeypatch):
         heard.extend(len(a) for a in audios)
         return [fake["words"](a) for a in audios]
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", transcribe)
+    monkeypatch.setattr(transcription_emosllm, "transcribe", transcribe)
     fake["heard"] = heard
     return fake
 
@@ -598,7 +598,7 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     import soundfile as sf
 
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
     from conftest import tiny_processor
     from train import TranscriptCache, transcribe_training_clips
 
@@ -611,7 +611,7 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     cache = TranscriptCache(processor.config.asr_model, tmp_path)
     transcribe_training_clips(clips, processor, LABELS, cache, seed=0, force=True)
     assert "fail" in clips[0]["transcript"].lower()
-    monkeypatch.setattr(backbones_emosllm, "transcribe", None)  # a second run needs no ASR
+    monkeypatch.setattr(transcription_emosllm, "transcribe", None)  # a second run needs no ASR
     again = [dict(c, transcript=None) for c in clips]
     assert TranscriptCache(processor.config.asr_model, tmp_path).fill(again) == []
     assert again[0]["transcript"] == clips[0]["transcript"]
