@@ -167,12 +167,10 @@ class EmoSLLMProcessor(ProcessorMixin):
         transcript and text features as sentences, then the assistant's turn, opened by the audio placeholders.
         `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
 
-        The audio comes last, right before the answer (the paper puts it first): with it there, EmoSLLM's loss left
-        chance sooner on RAVDESS (BENCHMARKS.md), as the answer position sits next to the audio it has to read. It
-        opens the assistant's turn, after the template's constant tokens: everything before it is the same for every
-        clip without a transcript and is computed once (the model's prompt cache), so a clip costs the LLM only its
-        audio embeddings (the probe's one: 8x less than with the audio inside the user turn, at the same accuracy on
-        actors 13-16, BENCHMARKS.md).
+        The audio comes last, right before the answer (the paper puts it first), so that the answer position sits next
+        to the audio it has to read. It opens the assistant's turn, after the template's constant tokens: everything
+        before it is the same for every clip without a transcript and is computed once (the model's prompt cache), so
+        a clip costs the LLM only its audio embeddings. Why, measured: docs/architecture.md, "The steps in words".
         """
         lines = []
         if task == "asr":

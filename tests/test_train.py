@@ -57,7 +57,7 @@ def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
-COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py", "label_dataset.py",
+COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py",
                  *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py"))]
 
 
