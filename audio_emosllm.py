@@ -50,6 +50,13 @@ def check_sampling_rate(sampling_rate, name: str = "audio") -> int:
     """
     The rate of a clip as a whole number of Hz: None means 16 kHz (the model's rate); anything else must be a real,
     whole number of Hz in [`MIN_SAMPLING_RATE`, `MAX_SAMPLING_RATE`]. Raises `ValueError` naming `name` otherwise.
+
+    Args:
+        sampling_rate: The rate in Hz (an int, a whole float, a one-element tensor), or None for 16 kHz.
+        name: What the error names (the clip, or the argument).
+
+    Returns:
+        The rate as an int.
     """
     if sampling_rate is None:
         return SAMPLING_RATE
@@ -76,6 +83,15 @@ def check_audio(audio, sampling_rate=None, name: str = "audio") -> tuple[np.ndar
     float samples, 1-D or 2-D (channels first or last, mixed down here), not empty, finite, not silent, at least
     `MIN_AUDIO_SECONDS` long, at a sane sampling rate (`check_sampling_rate`). Returns (mono float samples, rate);
     raises `ValueError` naming `name` with what to do.
+
+    Args:
+        audio: Float samples: `(samples,)`, or `(channels, samples)` / `(samples, channels)` (mixed down); an
+            `np.ndarray` or a `torch.Tensor`.
+        sampling_rate: Their rate in Hz; None means 16 kHz.
+        name: What the error names.
+
+    Returns:
+        The mono samples `(samples,)` and the rate, unchanged.
     """
     rate = check_sampling_rate(sampling_rate, name)
     if isinstance(audio, torch.Tensor):
@@ -120,6 +136,15 @@ def prepare_clip(audio, sampling_rate=None, name: str = "audio", max_seconds: fl
     One clip -> checked (`check_audio`) float32 mono samples at 16 kHz (other rates resampled with scipy's polyphase
     resampler). With `max_seconds`, a longer clip raises `ValueError` (checked before resampling it). What
     `EmoSLLMProcessor.prepare_audio` and train.py's data loading both run.
+
+    Args:
+        audio: Float samples: `(samples,)`, or 2-D with channels first or last.
+        sampling_rate: Their rate in Hz; None means 16 kHz.
+        name: What the error names.
+        max_seconds: The longest clip accepted, or None for no limit.
+
+    Returns:
+        float32 mono samples `(samples_at_16_kHz,)`.
     """
     audio, sampling_rate = check_audio(audio, sampling_rate, name)
 
@@ -180,6 +205,13 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
     An encoded file's bytes -> (float32 mono samples, sampling rate). soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...)
     first; torchcodec (FFmpeg) for formats libsndfile does not know. A damaged or truncated file (one that does not
     decode to the length its header, or for Ogg its page structure, states) raises `ValueError` naming `name`.
+
+    Args:
+        data: The file's content.
+        name: What the error names.
+
+    Returns:
+        float32 mono samples `(samples,)` and their rate in Hz.
     """
     if len(data) == 0:
         raise ValueError(f"{name}: the file is empty (0 bytes); pass a recording.")
@@ -232,7 +264,20 @@ URL_TIMEOUT_SECONDS = 30.0
 
 
 def read_audio_file(path: str | os.PathLike, name: str) -> tuple[np.ndarray, int]:
-    """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate)."""
+    """A path (or an http(s) URL, as transformers accepts) -> (float32 mono samples, sampling rate).
+
+    Args:
+        path: A local file, or an http(s) URL (each read waits `URL_TIMEOUT_SECONDS` at most).
+        name: What the error names.
+
+    Returns:
+        float32 mono samples `(samples,)` and their rate in Hz.
+
+    Raises:
+        FileNotFoundError: No such file.
+        OSError: The URL cannot be read.
+        ValueError: A folder, or a file that does not decode (`decode_audio`).
+    """
     path = os.fspath(path)
     if path.startswith(("http://", "https://")):
         import urllib.error

@@ -274,7 +274,11 @@ def _hf_cache_snapshot(repo_id: str) -> Optional[str]:
 
 def hub_id_of(name_or_path: str) -> Optional[str]:
     """The Hub id a backbone name stands for: a Hub id itself, the id of a bundled copy (its marker file) or of an
-    HF cache snapshot (`.../models--org--name/snapshots/<commit>`), or None for any other local folder."""
+    HF cache snapshot (`.../models--org--name/snapshots/<commit>`), or None for any other local folder.
+
+    Args:
+        name_or_path: A Hub id, or a local folder (a bundled copy, a Hub cache snapshot).
+    """
     path = Path(name_or_path)
     if not path.is_dir():
         return str(name_or_path)
@@ -326,7 +330,11 @@ def resolve_pretrained(name_or_path: str, cache_dir: Optional[str] = None) -> st
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Convert bundled backbones (default: all installed) into the cache and print ``hub_id<TAB>path`` lines."""
+    """Convert bundled backbones (default: all installed) into the cache and print ``hub_id<TAB>path`` lines.
+
+    Args:
+        argv: The arguments; None reads ``sys.argv``.
+    """
     parser = argparse.ArgumentParser(
         description="Convert bundled backbones (default: all installed) into the cache; print 'hub_id<TAB>path' lines."
     )

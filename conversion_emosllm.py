@@ -53,6 +53,12 @@ def read_ctranslate2_model(data: bytes) -> tuple[str, dict[str, torch.Tensor]]:
 
     where ``str`` is ``u16 length_including_nul`` followed by the UTF-8 bytes and a NUL.
     Aliases (e.g. Whisper's output projection tied to the decoder embedding) map to the same tensor.
+
+    Args:
+        data: The content of a ``model.bin``.
+
+    Returns:
+        The spec name and the tensors by name, each in its stored shape (bfloat16 ones as ``torch.bfloat16``).
     """
     import torch
 
@@ -308,7 +314,12 @@ def convert_ctranslate2_whisper(model_dir_or_files: Union[PathLike, Sequence[Pat
 
 def save_bf16_variant(model, out_dir: str) -> None:
     """Writes a float32 `model`'s weights rounded to bf16 as its `bf16` variant, `out_dir/model.bf16.safetensors`
-    (`from_pretrained(out_dir, dtype=torch.bfloat16, variant="bf16")` loads it); the model stays float32."""
+    (`from_pretrained(out_dir, dtype=torch.bfloat16, variant="bf16")` loads it); the model stays float32.
+
+    Args:
+        model: A float32 ``PreTrainedModel``.
+        out_dir: The folder it is saved to.
+    """
     import torch
 
     bf16, seen = {}, set()
@@ -327,6 +338,10 @@ def convert_gguf_llm(gguf_path: str, out_dir: str) -> str:
     copy as it is stored (`modeling_emosllm.language_model_load_kwargs`): half the memory, where converting the
     float32 file at load would map it whole first. The tokenizer, including its chat template, is saved next to the
     weights.
+
+    Args:
+        gguf_path: The ``.gguf`` file.
+        out_dir: The folder to write.
 
     Returns:
         ``out_dir``.

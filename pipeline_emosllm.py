@@ -89,6 +89,10 @@ def check_device(device, name: str = "device") -> None:
     """
     `device` (None, an int, a str such as "cpu" or "cuda:1", or a `torch.device`) names a device this machine has;
     `ValueError` naming `name` otherwise, before any weights move.
+
+    Args:
+        device: The device, as `pipeline()` takes it.
+        name: What the error names (the argument, e.g. `--device`).
     """
     if device is None:
         return
@@ -134,6 +138,14 @@ def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> li
     `(start, end)` sample bounds of the windows a clip is classified in. A clip no longer than `segment` (or with
     `segment=None`) is one window; a longer one gets windows of exactly `segment` samples whose starts are evenly
     spread at most `hop` apart, from 0 to `num_samples - segment`: no gaps, overlaps of at least `segment - hop`.
+
+    Args:
+        num_samples: The clip's length in samples.
+        segment: The window length in samples, or None to classify the clip whole.
+        hop: The largest distance between window starts in samples (None: `segment`).
+
+    Returns:
+        One `(start, end)` pair per window, in order.
     """
     if segment is None or num_samples <= segment:
         return [(0, num_samples)]
@@ -145,7 +157,14 @@ def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> li
 
 def segment_weights(bounds: list[tuple[int, int]]) -> np.ndarray:
     """Each window weighs the stretch of the clip it owns: overlaps are split in their middle; the weights sum to the
-    clip's length."""
+    clip's length.
+
+    Args:
+        bounds: The windows' `(start, end)` sample bounds (`segment_bounds`).
+
+    Returns:
+        The windows' weights `(num_windows,)`, float64.
+    """
     cuts = [bounds[0][0]] + [(bounds[i + 1][0] + bounds[i][1]) / 2 for i in range(len(bounds) - 1)] + [bounds[-1][1]]
     return np.diff(np.asarray(cuts, dtype=np.float64))
 
