@@ -1,20 +1,44 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-The command line for EmoSLLM inference on a few files: the `audio-classification` pipeline of a saved folder, one
-line per file.
+The command line for EmoSLLM inference: the `audio-classification` pipeline of a saved folder on a few files, a
+folder, a table or a `datasets` dataset; one line per clip.
 
     python -m cli_emosllm --model path/to/emosllm a.wav b.flac [--format table|jsonl] [--top_k K] [--timeline]
     ffmpeg -i talk.mp4 -f wav - | python -m cli_emosllm --model path/to/emosllm -     # - : standard input
+    python -m cli_emosllm --model M --input ../shared/data/ravdess --output labels.jsonl  # a folder, recursively
+    python -m cli_emosllm --model M --input clips.csv --output labels.jsonl              # a table's path column
+    python -m cli_emosllm --model M --dataset user/corpus --split test --output labels.jsonl      # datasets
+    torchrun --nproc_per_node 2 cli_emosllm.py --model M --input FOLDER --output labels.jsonl    # 2 processes
 
-Inside a saved model folder (it is copied there), `python cli_emosllm.py FILES` uses that folder. For whole datasets
-(folders, tables, `datasets`; batched, resumable, several processes) use `label_dataset.py`.
+Inside a saved model folder (it is copied there), `python cli_emosllm.py FILES` uses that folder.
+
+Inputs: audio files (or `-`); with `--input`, a folder (searched recursively for audio files) or a CSV/TSV/JSON(L)
+table whose `--audio_column` (default: `path`, else `file_name` or `audio`) holds file paths relative to the table's
+folder (an optional `transcript` column is used); with `--dataset`, a `datasets` dataset: a `save_to_disk` folder or
+a Hub id (its `--split`), its `--audio_column` an `Audio` column. `--batch_size` clips go through the model at once,
+so that a batch is spread over files.
+
+Output: one JSON object per clip (`--format jsonl`, always with `--output`), in input order per process: `file` (the
+path as given, relative to the folder or table, or the dataset's row index), `label`, `score`, `scores` (best first;
+`label` None and no scores for a clip without speech), `duration` and `speech` (seconds), and for recordings longer
+than one window (`--segment_seconds`, default 10 s) the `timeline` of windows; a clip that cannot be classified gets
+`{"file", "error"}` instead and the others go on (exit status 1 if any failed, in this run or an earlier one it
+resumed). `--format table` (the default on the terminal) prints the same as aligned columns.
+
+With `--output`: resumable, clips already in it (and in the part files of a killed multi-process run) are not
+classified again; a line cut by a kill is dropped and its clip redone. Lines are flushed and synced every
+`--batch_size` clips. Several processes (`torchrun`, `accelerate launch`): each takes every N-th clip, writes
+`<output>.rank<R>`, and the first process merges the parts into `--output` in input order once all are done. Each
+process uses its own GPU where there is one (`cuda:<LOCAL_RANK>`), else the CPU.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 try:  # inside a saved folder loaded as a package; `python -m cli_emosllm` imports top-level modules
@@ -24,6 +48,161 @@ except ImportError:
         raise
     from pipeline_emosllm import DEFAULT_SEGMENT_SECONDS, check_device
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm")
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------------------------------
+class Clip:
+    """
+    One clip to label.
+
+    Args:
+        key: Its name in the output (`file`).
+        source: What the pipeline reads: a path, the bytes of a file, or a `datasets` audio value (a torchcodec
+            decoder or `{"array": samples (samples,), "sampling_rate": rate}`).
+        transcript: Its transcript, or None.
+    """
+
+    def __init__(self, key: str, source, transcript: str | None = None):
+        self.key, self.source, self.transcript = key, source, transcript
+
+
+def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
+    """
+    The clips of a folder, a table, or a `datasets` dataset, in a stable order (see the module docstring).
+
+    Args:
+        input_path: A folder of audio files, or a CSV/TSV/JSON(L) table of audio paths (None with `dataset`).
+        dataset: A `datasets` dataset: a `save_to_disk` folder or a Hub id (None with `input_path`).
+        split: The dataset's split.
+        audio_column: The table's path column or the dataset's `Audio` column; None picks a usual name.
+
+    Returns:
+        The clips, keyed by their path relative to the folder or table, or by the dataset's row index.
+    """
+    if dataset:
+        import datasets
+
+        local = Path(dataset)
+        data = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(dataset, split=split)
+        if isinstance(data, datasets.DatasetDict):
+            if split not in data:
+                raise ValueError(f"--dataset {dataset!r} has the splits {list(data)}; name one with --split.")
+            data = data[split]
+        column = audio_column or next((c for c in ("audio", "path", "file_name") if c in data.column_names), None)
+        if column not in data.column_names:
+            raise ValueError(f"--dataset {dataset!r} has no audio column {column!r} (columns: {data.column_names}); "
+                             "name it with --audio_column.")
+        transcripts = data["transcript"] if "transcript" in data.column_names else [None] * len(data)
+        return [Clip(str(i), row[column], text) for i, (row, text) in enumerate(zip(data, transcripts))]
+    path = Path(input_path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise ValueError(f"--input {input_path!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)}).")
+        return [Clip(str(p.relative_to(path)), str(p)) for p in files]
+    if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
+        import pandas as pd
+
+        separator = TABLE_SUFFIXES[path.suffix.lower()]
+        table = pd.read_csv(path, sep=separator) if separator else pd.read_json(
+            path, lines=path.suffix.lower() == ".jsonl")
+        column = audio_column or next((c for c in ("path", "file_name", "audio") if c in table.columns), None)
+        if column not in table.columns:
+            raise ValueError(f"--input {input_path!r} has no audio path column {column!r} (columns: "
+                             f"{list(table.columns)}); name it with --audio_column.")
+        transcripts = table["transcript"] if "transcript" in table.columns else [None] * len(table)
+        return [Clip(str(f), str(path.parent / str(f)), None if not isinstance(t, str) else t)
+                for f, t in zip(table[column], transcripts)]
+    if not path.exists():
+        raise FileNotFoundError(f"--input {input_path!r} does not exist; pass a folder of audio files, a CSV/TSV/JSON "
+                                "table of audio paths, or --dataset for a datasets dataset.")
+    raise ValueError(f"--input {input_path!r} is neither a folder nor a table ({', '.join(TABLE_SUFFIXES)}).")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Labelling
+# ----------------------------------------------------------------------------------------------------------------------
+def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> Iterator[dict]:
+    """
+    One output object per clip, in order: the pipeline on `batch_size` clips at a time; a batch with a bad clip is
+    redone clip by clip, so that only the bad one gets an error line.
+
+    Args:
+        classifier: The model's `audio-classification` pipeline.
+        clips: The clips to label.
+        batch_size: Clips per pipeline call (and windows per forward pass).
+        call: The pipeline's call parameters; `return_timeline=True` gives the output described in the module
+            docstring.
+
+    Returns:
+        An iterator of `{"file": clip.key, **result}` or `{"file": clip.key, "error": message}`.
+    """
+    for start in range(0, len(clips), batch_size):
+        batch = clips[start:start + batch_size]
+        texts = {"transcript": [c.transcript for c in batch]} if any(c.transcript for c in batch) else {}
+        try:
+            results = classifier([c.source for c in batch], batch_size=batch_size, **texts, **call)
+        except (ValueError, OSError):
+            results = None
+        for index, clip in enumerate(batch):
+            if results is not None:
+                result = results[index]
+            else:
+                try:
+                    result = classifier(clip.source, **({"transcript": clip.transcript} if texts else {}), **call)
+                except (ValueError, OSError) as error:
+                    yield {"file": clip.key, "error": str(error)}
+                    continue
+            if len(result.get("timeline", ())) <= 1:  # a timeline only for recordings longer than one window
+                result.pop("timeline", None)
+            yield {"file": clip.key, **result}
+
+
+def done_files(path: Path) -> dict[str, bool]:
+    """
+    What an earlier run finished: `{file: whether its line is an error}` of every complete line of a JSONL output; a
+    last line cut by a kill is cut off the file.
+
+    Args:
+        path: The JSONL output (or a part file); missing means nothing is done.
+    """
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):  # a partial last line: its clip is done again
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+    lines = (json.loads(line) for line in data[:end].decode().splitlines() if line.strip())
+    return {line["file"]: "error" in line for line in lines}
+
+
+def merge_parts(output: Path, clips: list[Clip]) -> None:
+    """
+    `output` and the part files `<output>.rank<R>` merged into `output`, in input order; written beside it and
+    renamed, so that a kill leaves either the old output with its parts or the merged one.
+
+    Args:
+        output: The JSONL output.
+        clips: Every clip of the run (all processes'), in input order.
+    """
+    lines = {}
+    for source in [output, *sorted(output.parent.glob(f"{output.name}.rank*"))]:
+        if source.exists():
+            for text in source.read_text(encoding="utf-8").splitlines():
+                if text.strip():
+                    lines[json.loads(text)["file"]] = text
+    merged = output.with_name(output.name + ".merging")
+    merged.write_text("".join(lines[c.key] + "\n" for c in clips if c.key in lines), encoding="utf-8")
+    os.replace(merged, output)
+    for part in output.parent.glob(f"{output.name}.rank*"):
+        part.unlink()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
@@ -31,25 +210,52 @@ def _format_scores(scores: list[dict]) -> str:
     return ", ".join(f"{s['label']} {s['score']:.3f}" for s in scores)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _table_rows(line: dict, width: int, timeline: bool) -> list[str]:
+    """A result line as table rows: the clip, then with `timeline` each window of a long recording."""
+    if line.get("label") is None:
+        return [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {'(no speech)':<12}"]
+    rows = [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {line['label']:<12} {line['score']:>6.3f}  "
+            f"{_format_scores(line['scores'])}"]
+    for entry in line.get("timeline", []) if timeline else []:
+        span = f"{entry['start']:.1f}-{entry['end']:.1f} s"
+        score = "" if entry["score"] is None else f"{entry['score']:>6.3f}"
+        rows.append(f"{'':<{width}}  {span:>14}  {entry['label'] or '(no speech)':<12} {score}  "
+                    f"{_format_scores(entry['scores'])}")
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cli_emosllm", description="Emotion labels of audio files with an EmoSLLM model."
+        prog="python -m cli_emosllm", description="Emotion labels of audio files or datasets with an EmoSLLM model."
     )
     parser.add_argument("--model", default=None,
                         help="a saved EmoSLLM folder (or Hub id); default: the folder this file is in, if it is one")
-    parser.add_argument("files", nargs="+", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec); "
+    parser.add_argument("files", nargs="*", help="audio files: WAV, FLAC, OGG, MP3 (others through torchcodec); "
                         "- reads one file's content from standard input")
-    parser.add_argument("--format", choices=["table", "jsonl"], default="table")
-    parser.add_argument("--top_k", type=int, default=None, help="classes to show per file (default: all)")
+    parser.add_argument("--input", help="a folder of audio files, or a CSV/TSV/JSON(L) table of audio paths")
+    parser.add_argument("--dataset", help="a datasets dataset: a save_to_disk folder or a Hub id")
+    parser.add_argument("--split", default="train", help="the --dataset split (default: %(default)s)")
+    parser.add_argument("--audio_column", default=None, help="table: the path column; dataset: the Audio column")
+    parser.add_argument("--output", default=None, help="a JSONL file to write (resumed if it exists; several "
+                        "processes write it together); default: standard output")
+    parser.add_argument("--format", choices=["table", "jsonl"], default=None,
+                        help="standard output's format (default: table); --output is always JSONL")
+    parser.add_argument("--top_k", type=int, default=None, help="classes to show per clip (default: all)")
     parser.add_argument("--segment_seconds", type=float, default=DEFAULT_SEGMENT_SECONDS,
                         help="window length for long files (default: 10); 0 classifies files whole")
     parser.add_argument("--hop_seconds", type=float, default=None, help="largest distance between window starts")
     parser.add_argument("--timeline", action="store_true", help="table: print each window of long files too")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: an accelerator if there is one)")
+    parser.add_argument("--batch_size", type=int, default=8, help="clips per forward pass (default: %(default)s)")
+    parser.add_argument("--device", default=None,
+                        help="e.g. cpu, cuda:0 (default: this process's GPU if there is one, else the CPU)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar (shown with --output)")
     parser.add_argument("--no_speech_detection", action="store_true",
-                        help="classify every file (default: a file or window without speech gets no emotion)")
-    args = parser.parse_args(argv)
+                        help="classify every clip (default: a clip or window without speech gets no emotion)")
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world: int) -> None:
+    """Refuses bad arguments (exit status 2, naming the fix) before anything is loaded."""
     if args.model is None:
         here = Path(__file__).resolve().parent
         try:
@@ -60,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--model is required: pass a saved EmoSLLM folder or Hub id, e.g. --model outputs/emosllm "
                          "(or run the cli_emosllm.py inside a saved model folder).")
         args.model = str(here)
+    if sum(map(bool, (args.files, args.input, args.dataset))) != 1:
+        parser.error("give the data once: audio files, --input (a folder or table) or --dataset (a datasets "
+                     "dataset).")
+    if args.files.count("-") > 1:
+        parser.error("- (standard input) can be given once: it holds one file's content.")
     for flag, value, low in (("--top_k", args.top_k, 1), ("--batch_size", args.batch_size, 1)):
         if value is not None and value < low:
             parser.error(f"{flag} must be at least {low}, got {value}.")
@@ -68,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.segment_seconds}.")
     if args.hop_seconds is not None and not 0 < args.hop_seconds < math.inf:
         parser.error(f"--hop_seconds must be a positive number of seconds, got {args.hop_seconds}.")
+    if args.output and args.format == "table":
+        parser.error("--output writes JSONL; leave --format out (or pass --format jsonl).")
+    if world > 1 and not args.output:
+        parser.error(f"{world} processes write one file: pass --output.")
     try:
         check_device(args.device, "--device")
     except ValueError as error:
@@ -76,49 +291,106 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--model {args.model!r}: no such model folder; pass a folder written by save_pretrained "
                      "(train.py's --output_dir) or a Hub id.")
 
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Runs the command line (see the module docstring).
+
+    Args:
+        argv: The arguments; None reads `sys.argv`.
+
+    Returns:
+        The exit status: 0, 1 when a clip could not be classified, 2 when the model cannot be loaded (bad arguments
+        exit with 2 through argparse).
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    _check_args(parser, args, world)
+    if args.files:
+        clips = [Clip(path, sys.stdin.buffer.read() if path == "-" else path) for path in args.files]
+    else:
+        try:
+            clips = clips_of(args.input, args.dataset, args.split, args.audio_column)
+        except (ValueError, OSError) as error:
+            parser.error(str(error))
+    mine, failed = clips[rank::world], 0
+    todo = mine
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        done = done_files(output)
+        for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
+            done.update(done_files(part))
+        todo = [clip for clip in mine if clip.key not in done]
+        failed = sum(done.get(clip.key, False) for clip in mine)  # clips an earlier run could not classify count too
+
+    import torch
+    from tqdm.auto import tqdm
     from transformers import pipeline
 
+    device = args.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else None)
     try:
-        classifier = pipeline(model=args.model, trust_remote_code=True, device=args.device)
+        classifier = pipeline(model=args.model, trust_remote_code=True, device=device)
     except (OSError, ValueError) as error:
         print(f"error: could not load --model {args.model!r}: {error}", file=sys.stderr)
         return 2
     call = {"top_k": args.top_k, "segment_seconds": args.segment_seconds or None, "hop_seconds": args.hop_seconds,
-            "return_timeline": True, "batch_size": args.batch_size, "detect_speech": not args.no_speech_detection}
-    failed = 0
-    if args.format == "table":
-        width = max(len(f) for f in args.files)
+            "return_timeline": True, "detect_speech": not args.no_speech_detection}
+    table = not args.output and args.format != "jsonl"
+    width = max(len(clip.key) for clip in clips)
+    if table:
         print(f"{'file':<{width}}  {'seconds':>8}  {'label':<12} {'score':>6}  scores")
-    if args.files.count("-") > 1:
-        parser.error("- (standard input) can be given once: it holds one file's content.")
-    for path in args.files:
-        try:
-            result = classifier(sys.stdin.buffer.read() if path == "-" else path, **call)
-        except (ValueError, OSError) as error:
-            failed += 1
-            print(f"error: {error}", file=sys.stderr)
-            if args.format == "jsonl":
-                print(json.dumps({"file": path, "error": str(error)}), flush=True)
-            continue
-        if args.format == "jsonl":
-            print(json.dumps({"file": path, **result}), flush=True)
-            continue
-        if result["label"] is None:
-            print(f"{path:<{width}}  {result['duration']:>8.2f}  {'(no speech)':<12}", flush=True)
-            continue
-        print(f"{path:<{width}}  {result['duration']:>8.2f}  {result['label']:<12} {result['score']:>6.3f}  "
-              f"{_format_scores(result['scores'])}", flush=True)
-        if args.timeline and len(result["timeline"]) > 1:
-            for entry in result["timeline"]:
-                span = f"{entry['start']:.1f}-{entry['end']:.1f} s"
-                label = entry["label"] or "(no speech)"
-                score = "" if entry["score"] is None else f"{entry['score']:>6.3f}"
-                print(f"{'':<{width}}  {span:>14}  {label:<12} {score}  {_format_scores(entry['scores'])}")
+    progress = tqdm(total=len(todo), disable=args.no_progress or not args.output, unit="clip", position=rank,
+                    desc=f"rank {rank}" if world > 1 else "clips")
+    part = None if not args.output else output if world == 1 else output.with_name(f"{output.name}.rank{rank}")
+    with open(part, "a", encoding="utf-8") if part else contextlib.nullcontext() as handle:
+        for count, line in enumerate(label_clips(classifier, todo, args.batch_size, call), start=1):
+            if "error" in line:
+                failed += 1
+                tqdm.write(f"error: {line['error']}", file=sys.stderr)
+            if part:
+                handle.write(json.dumps(line) + "\n")
+                if count % args.batch_size == 0 or count == len(todo):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            elif table:
+                if "error" not in line:
+                    print("\n".join(_table_rows(line, width, args.timeline)), flush=True)
+            else:
+                print(json.dumps(line), flush=True)
+            progress.update()
+    progress.close()
+    if world > 1:
+        failed = _meet(failed, rank, output, clips)
+    elif args.output and any(output.parent.glob(f"{output.name}.rank*")):  # an earlier multi-process run's parts
+        merge_parts(output, clips)
     return 1 if failed else 0
+
+
+def _meet(failed: int, rank: int, output: Path, clips: list[Clip]) -> int:
+    """
+    The processes meet once their shares are done (gloo, also beside GPUs: only a barrier): the first merges the
+    parts and reports every share's failures in its exit status. Returns this process's count of failures.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    # A long timeout: a process whose share was quicker waits for the slowest at the barrier.
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=48))
+    total = torch.tensor([failed])
+    dist.all_reduce(total)
+    if rank == 0:
+        merge_parts(output, clips)
+    dist.barrier()
+    dist.destroy_process_group()
+    return int(total) if rank == 0 else 0
+
+
+__all__ = ["Clip", "clips_of", "done_files", "label_clips", "main", "merge_parts"]
 
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["main"]

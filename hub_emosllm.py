@@ -176,7 +176,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
 
 - Audio encoder: {card_backbone(model_args.audio_encoder)}, frozen (layers:
-  `{processor.config.encoder_layer_combination}`); interface: `{processor.config.adapter_type}`{probe};
+  `{processor.config.encoder_layer_combination}`); interface: `{processor.config.mapper_type}`{probe};
   LLM: {card_backbone(model_args.llm)} with LoRA rank {processor.config.lora_rank}.
 - Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
 - {split_line}.

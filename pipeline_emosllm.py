@@ -27,30 +27,32 @@ from typing import Any
 
 # The processing module first: its configuration checks the transformers version before anything else is imported.
 try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
-    from .dependencies_emosllm import missing_dependency
-    from .processing_emosllm import (
+    from .processing_emosllm import EmoSLLMProcessor
+    from .audio_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
         SILENCE_PEAK,
-        EmoSLLMProcessor,
         check_sampling_rate,
         decode_audio,
         read_audio_file,
     )
+    from .dependencies_emosllm import missing_dependency
+    from .transcription_emosllm import resolve_transcripts
     from .vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
-    from dependencies_emosllm import missing_dependency
-    from processing_emosllm import (
+    from processing_emosllm import EmoSLLMProcessor
+    from audio_emosllm import (
         MIN_AUDIO_SECONDS,
         SAMPLING_RATE,
         SILENCE_PEAK,
-        EmoSLLMProcessor,
         check_sampling_rate,
         decode_audio,
         read_audio_file,
     )
+    from dependencies_emosllm import missing_dependency
+    from transcription_emosllm import resolve_transcripts
     from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -87,6 +89,10 @@ def check_device(device, name: str = "device") -> None:
     """
     `device` (None, an int, a str such as "cpu" or "cuda:1", or a `torch.device`) names a device this machine has;
     `ValueError` naming `name` otherwise, before any weights move.
+
+    Args:
+        device: The device, as `pipeline()` takes it.
+        name: What the error names (the argument, e.g. `--device`).
     """
     if device is None:
         return
@@ -132,6 +138,14 @@ def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> li
     `(start, end)` sample bounds of the windows a clip is classified in. A clip no longer than `segment` (or with
     `segment=None`) is one window; a longer one gets windows of exactly `segment` samples whose starts are evenly
     spread at most `hop` apart, from 0 to `num_samples - segment`: no gaps, overlaps of at least `segment - hop`.
+
+    Args:
+        num_samples: The clip's length in samples.
+        segment: The window length in samples, or None to classify the clip whole.
+        hop: The largest distance between window starts in samples (None: `segment`).
+
+    Returns:
+        One `(start, end)` pair per window, in order.
     """
     if segment is None or num_samples <= segment:
         return [(0, num_samples)]
@@ -143,7 +157,14 @@ def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> li
 
 def segment_weights(bounds: list[tuple[int, int]]) -> np.ndarray:
     """Each window weighs the stretch of the clip it owns: overlaps are split in their middle; the weights sum to the
-    clip's length."""
+    clip's length.
+
+    Args:
+        bounds: The windows' `(start, end)` sample bounds (`segment_bounds`).
+
+    Returns:
+        The windows' weights `(num_windows,)`, float64.
+    """
     cuts = [bounds[0][0]] + [(bounds[i + 1][0] + bounds[i][1]) / 2 for i in range(len(bounds) - 1)] + [bounds[-1][1]]
     return np.diff(np.asarray(cuts, dtype=np.float64))
 
@@ -171,8 +192,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             best first (at most the model's number of classes); `None` returns all.
         function_to_apply (`"softmax"`, `"sigmoid"` or `"none"`, defaults to `"softmax"`): scores from the logits.
         transcript (`str`, or a list with one per input): the transcript, for models whose config uses one
-            (`use_transcript`); a dict input's `"transcript"` wins. Without one, the processor's configured behaviour
-            applies (`"auto"` transcribes). A clip cut into segments ignores it (it cannot be split in time).
+            (`use_transcript`); a dict input's `"transcript"` wins. Without one, a model with `use_transcript="auto"`
+            has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut into segments ignores it (it cannot be split in time).
         text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
         segment_seconds (`float` or `None`, defaults to 10 s, at most `config.max_audio_seconds`): longer clips are
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
@@ -255,7 +276,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             for value in text_features if isinstance(text_features, (list, tuple)) else [text_features]:
                 self.processor.check_text_inputs(text_features=value, name="")
             preprocess["text_features"] = text_features
-        max_seconds = self.model.config.max_audio_seconds
+        max_seconds = self.processor.max_audio_seconds
         if segment_seconds is not _UNSET:
             _check_seconds(segment_seconds, "segment_seconds")
             if segment_seconds is not None and not 0 < segment_seconds <= max_seconds:
@@ -360,7 +381,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         index = inputs.index
         name = "inputs" if index is None else f"inputs[{index}]"
         audio, rate, text, name = self._load(inputs.value, name)
-        max_seconds = self.model.config.max_audio_seconds
+        max_seconds = self.processor.max_audio_seconds
         if segment_seconds is not None:
             segment_seconds = min(segment_seconds, max_seconds)
         audio = self.processor.prepare_audio(audio, rate, name, check_length=segment_seconds is None)
@@ -383,7 +404,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 )
             segment, hop = round(segment_seconds * SAMPLING_RATE), max(1, round(hop_seconds * SAMPLING_RATE))
         bounds = segment_bounds(len(audio), segment, hop)
-        use_transcript = self.processor.config.use_transcript  # what the processor will do with a missing one
+        # The processor's transcript settings: "auto" has Whisper transcribe each window without a transcript below.
+        use_transcript, asr_model = self.processor.use_transcript, self.processor.asr_model
         if len(bounds) > 1 and transcript is not None:
             instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
                        else "the windows are classified without one")
@@ -406,10 +428,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if clip_speech < MIN_SPEECH_SECONDS:
             logger.warning(f"{name}: no speech detected ({clip_speech:.2f} s), so no emotion is given for it. Pass "
                            "detect_speech=False to classify it anyway.")
+        windows = []
         for i, ((start, end), weight) in enumerate(zip(bounds, weights)):
             window = audio[start:end]
             speech = speech_seconds(mask, start, end) if detect_speech else (end - start) / SAMPLING_RATE
-            yield {
+            windows.append({
                 "audio": window,
                 "silent": bool(np.abs(window).max() < SILENCE_PEAK) or speech < MIN_SPEECH_SECONDS,
                 "speech": round(speech, 3),
@@ -421,7 +444,15 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 "weight": float(weight),
                 "duration": len(audio) / SAMPLING_RATE,
                 "is_last": i == len(bounds) - 1,
-            }
+            })
+        # Automatic transcripts, before the processor (which only uses those it is given): the windows that are
+        # classified, in one Whisper call.
+        classified = [w for w in windows if not w["silent"]]
+        texts = resolve_transcripts([w["audio"] for w in classified], [transcript] * len(classified), use_transcript,
+                                    asr_model)
+        for window, text in zip(classified, texts):
+            window["transcript"] = text
+        yield from windows
 
     def _forward(self, model_inputs: dict) -> dict:
         """
@@ -510,10 +541,10 @@ CUSTOM_PIPELINES = {
 
 
 __all__ = [
+    "CUSTOM_PIPELINES",
+    "DEFAULT_SEGMENT_SECONDS",
     "EmoSLLMAudioClassificationPipeline",
     "check_device",
-    "CUSTOM_PIPELINES",
-    "decode_audio",
-    "read_audio_file",
     "segment_bounds",
+    "segment_weights",
 ]

@@ -34,9 +34,10 @@ from scipy.signal import resample_poly
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.utils import logging as hf_logging
 
-import backbones_emosllm
+import transcription_emosllm
+from audio_emosllm import decode_audio, prepare_clip, read_audio_file
 from backbones_emosllm import default_cache_dir, resolve_pretrained
-from configuration_emosllm import DEFAULT_PROMPT
+from processing_emosllm import DEFAULT_PROMPT
 from data_emosllm import (
     SAMPLING_RATE,
     clip_folds,
@@ -59,7 +60,7 @@ from integrity_emosllm import write_json_atomically
 from modeling_emosllm import (
     EmoSLLMForSpeechEmotionRecognition, backbones_left_out, bf16_is_native, saved_language_model_dtype,
 )
-from processing_emosllm import EmoSLLMProcessor, decode_audio, prepare_clip, read_audio_file
+from processing_emosllm import EmoSLLMProcessor
 from resume_emosllm import (
     check_resume_matches,
     check_run_record,
@@ -68,6 +69,7 @@ from resume_emosllm import (
     run_record,
 )
 from smoke_corpus_emosllm import make_smoke_corpus
+from transcription_emosllm import resolve_transcripts
 
 logger = logging.getLogger("emosllm.train")
 
@@ -477,7 +479,7 @@ def decoded_clips(
     `group`: the clip's value of `group_column` (what the probe's cross-validation keeps together), or, where it
     has none, the clip's own id.
     """
-    max_seconds = processor.config.max_audio_seconds if processor is not None else None
+    max_seconds = processor.max_audio_seconds if processor is not None else None
     clips = []
     for index, row in enumerate(dataset.cast_column("audio", datasets.Audio(decode=False))):
         source = row["audio"] or {}
@@ -591,7 +593,7 @@ def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArgum
         check_split_labels({name: [c["label"] for c in split] for name, split in clips.items()}, labels,
                            data_args.min_clips_per_label)
     check_duplicate_audio(clips)
-    if processor.config.use_transcript != "none":
+    if processor.use_transcript != "none":
         for split_clips in clips.values():
             for clip in split_clips:
                 processor.check_text_inputs(clip["transcript"], clip["text_features"], clip["file"],
@@ -752,7 +754,7 @@ class EmoSLLMTrainer(Trainer):
         scores = inputs.pop("probe_scores", None)
         if scores is None:
             return super().compute_loss(model, inputs, *args, **kwargs)
-        with self.accelerator.unwrap_model(model).adapter.given_scores(scores):
+        with self.accelerator.unwrap_model(model).mapper.given_scores(scores):
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -849,11 +851,11 @@ def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
     How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
     trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
     the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the weight with the best UA
-    (ties: the smaller, the LLM's answer) becomes `config.probe_mix_weight`. Logs the LLM's and the probe's UA there,
+    (ties: the smaller, the LLM's answer) becomes `config.mapper_config["mix_weight"]`. Logs the LLM's and the probe's UA there,
     and warns when the LLM alone scores below its probe. Returns the figures for the report and the model card.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.probe_mix_weight = 0.0
+    model.config.mapper_config["mix_weight"] = 0.0
     prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
     llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
     names = model.config.labels
@@ -863,7 +865,7 @@ def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
 
     mixes = {weight: ua((1 - weight) * llm + weight * probe) for weight in PROBE_MIX_WEIGHTS}
     weight = max(mixes, key=lambda w: (mixes[w], -w))
-    model.config.probe_mix_weight = weight
+    model.config.mapper_config["mix_weight"] = weight
     report = {"held_out": where, "held_out_clips": len(held_out), "held_out_llm_ua": round(mixes[0.0], 4),
               "held_out_probe_ua": round(mixes[1.0], 4), "held_out_answer_ua": round(mixes[weight], 4),
               "probe_mix_weight": weight}
@@ -924,7 +926,8 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
     missing ones, `none` drops them all (the collator builds prompts from `clip["transcript"]`).
     """
     given = [c["transcript"] or None for c in clips]
-    for clip, text in zip(clips, processor.resolve_transcripts([c["audio"] for c in clips], given)):
+    audios, settings = [c["audio"] for c in clips], (processor.use_transcript, processor.asr_model)
+    for clip, text in zip(clips, resolve_transcripts(audios, given, *settings)):
         clip["transcript"] = text
 
 
@@ -981,7 +984,7 @@ TRANSCRIPT_SAMPLE_SHARE, TRANSCRIPT_SAMPLE_CLIPS = 0.1, 48
 
 def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> list[tuple[int, float]]:
     """
-    Whisper (`backbones_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
+    Whisper (`transcription_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
     progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns each chunk's
     samples and seconds.
     """
@@ -990,7 +993,7 @@ def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, 
         for start in range(0, len(clips), TRANSCRIBE_CHUNK):
             chunk = clips[start:start + TRANSCRIBE_CHUNK]
             started = time.time()
-            for clip, text in zip(chunk, backbones_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
+            for clip, text in zip(chunk, transcription_emosllm.transcribe([c["audio"] for c in chunk], asr_model)):
                 clip["transcript"] = text
             timings.append((sum(len(c["audio"]) for c in chunk), time.time() - started))
             cache.add(chunk)
@@ -1034,7 +1037,7 @@ def transcribe_training_clips(clips: list[dict], processor: EmoSLLMProcessor, la
     otherwise the time the rest will take is logged first. `force`: every clip is transcribed and the answer is
     True.
     """
-    asr_model = processor.config.asr_model
+    asr_model = processor.asr_model
     todo = cache.fill(clips)
     target = max(TRANSCRIPT_SAMPLE_CLIPS, math.ceil(TRANSCRIPT_SAMPLE_SHARE * len(clips)))
     need = target - (len(clips) - len(todo))  # given and cached transcripts count towards the sample
@@ -1235,15 +1238,15 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                      data_args.resume, write=training_args.process_index == 0)
     cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
     with training_args.main_process_first(desc="encoder cache"):
-        if processor.config.use_transcript == "auto":
-            transcripts = TranscriptCache(processor.config.asr_model, data_args.transcript_cache_dir)
+        if processor.use_transcript == "auto":
+            transcripts = TranscriptCache(processor.asr_model, data_args.transcript_cache_dir)
             if transcribe_training_clips(clips["train"], processor, labels, transcripts, training_args.seed,
                                          data_args.force_transcripts):
                 for name, split_clips in clips.items():  # scored as the saved model answers: with transcripts
                     if name != "train" and (todo := transcripts.fill(split_clips)):
-                        transcribe_clips(todo, processor.config.asr_model, transcripts, f"{len(todo)} {name} clips")
+                        transcribe_clips(todo, processor.asr_model, transcripts, f"{len(todo)} {name} clips")
             else:  # the model reads no transcript, and the saved one never runs ASR
-                processor.config.use_transcript = model.config.use_transcript = "none"
+                processor.use_transcript = "none"
         for name, split_clips in clips.items():
             attach_transcripts(split_clips, processor)  # 'none' drops every transcript
         # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
@@ -1253,7 +1256,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     model.audio_encoder.set_feature_statistics(cached_states(clip) for clip in clips["train"])
     versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
     if speeds or snrs_db:
-        max_samples = int(processor.config.max_audio_seconds * SAMPLING_RATE)
+        max_samples = int(processor.max_audio_seconds * SAMPLING_RATE)
         with training_args.main_process_first(desc="encoder cache (augmented copies)"):
             for clip_versions in versions:
                 clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
@@ -1263,7 +1266,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         clip["num_samples"] = len(clip.pop("audio"))
     unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
     probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
-    if model.config.adapter_type == "probe":  # fitted on the training clips and their augmented copies
+    if model.config.mapper_type == "probe":  # fitted on the training clips and their augmented copies
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
                           clips.get("validation"), parse_floats(model_args.probe_c, "probe_c"))
         if not held_out:
@@ -1281,7 +1284,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     train_seconds = time.time() - started
-    if model.config.adapter_type == "probe" and held_out:
+    if model.config.mapper_type == "probe" and held_out:
         probe.update(choose_probe_mix_weight(trainer, held_out, where))
     if unit:  # what no two splits share: speakers, or the --group_column's values
         split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)

@@ -15,7 +15,7 @@ score. A calibrated model's mean top probability is close to its accuracy and it
 after dividing the log-probabilities by a temperature T is listed for a few T: T is not fitted (these clips are the
 only held-out ones), so that column shows the size of the miscalibration, not a recipe. For a model with the probe
 interface (train.py's default), a second row gives the same figures for the fitted probe's own probabilities on the
-same clips (`model.adapter.scores_of_statistics` of `model.pooled_audio_statistics`): the class evidence the LLM
+same clips (`model.mapper.scores_of_statistics` of `model.pooled_audio_statistics`): the class evidence the LLM
 reads, before the LLM answers.
 """
 
@@ -99,10 +99,10 @@ def main(argv=None) -> dict:
     targets = np.array([labels.index(c["label"]) for c in clips])
     rows = {"the LLM's answer (the pipeline)": calibration(probabilities, targets)}
     model = classifier.model
-    if model.config.adapter_type == "probe":
+    if model.config.mapper_type == "probe":
         with torch.no_grad():
             probe = torch.cat([
-                model.adapter.scores_of_statistics(model.pooled_audio_statistics(
+                model.mapper.scores_of_statistics(model.pooled_audio_statistics(
                     classifier.processor.audio_features([c["audio"] for c in clips[i:i + args.batch_size]])
                 )).softmax(-1)
                 for i in range(0, len(clips), args.batch_size)

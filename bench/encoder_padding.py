@@ -61,7 +61,8 @@ from data_emosllm import (  # noqa: E402
     compute_ser_metrics, load_corpus, resolve_speakers, speaker_ids, split_by_speakers,
 )
 from modeling_emosllm import EmoSLLMAudioEncoder  # noqa: E402
-from processing_emosllm import SAMPLING_RATE, EmoSLLMProcessor  # noqa: E402
+from audio_emosllm import SAMPLING_RATE  # noqa: E402
+from processing_emosllm import EmoSLLMProcessor  # noqa: E402
 
 MODES = ("padded_30s", "own_length")
 MFCC_RECIPES = ("mfcc_librosa", "mfcc_speech")

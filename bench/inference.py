@@ -193,7 +193,7 @@ def apply_variant(classifier, variant: str):
 
     model = classifier.model
     if variant.endswith("_with_asr"):
-        classifier.processor.config.use_transcript = "auto"
+        classifier.processor.use_transcript = "auto"
 
     model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder", "bf16_llm")
     model.audio_encoder.bf16_inference = variant in ("bf16_encoder", "fast", "fast_with_asr", "int8_llm",
@@ -240,7 +240,7 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     timers = {
         "model": StageTimer(model),
         "audio_encoder": StageTimer(model.audio_encoder),
-        "interface": StageTimer(model.adapter),
+        "interface": StageTimer(model.mapper),
         "llm_body": StageTimer(model.language_model.model),
     }
     durations = [soundfile.info(p).frames / soundfile.info(p).samplerate for p in paths]
@@ -312,7 +312,7 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
         "split_fraction": {k: v / split_total for k, v in parts.items()},
         "probabilities": probabilities,
         "labels": classifier.model.config.labels,
-        "use_transcript": classifier.model.config.use_transcript,
+        "use_transcript": classifier.processor.use_transcript,
         "import_seconds": import_seconds,
         "load_seconds": load_seconds,
         "rss_after_import_mib": rss_after_import,

@@ -1,11 +1,11 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
-"""Labelling many files: one pipeline call per file against label_dataset.py's batches, side by side in one process.
+"""Labelling many files: one pipeline call per file against the command line's batches, side by side in one process.
 
     python bench/label_speed.py --model outputs/emosllm --input ../shared/data/ravdess --clips 100
 
 The first `--clips` audio files of `--input` (sorted, recursively) are labelled twice with the same pipeline: one
-`classifier(path)` call per file (what a loop over the pipeline CLI's files does), then `label_dataset.label_clips` in
-batches of `--batch_size` (what `label_dataset.py` runs), after one untimed warm-up call. Speech detection on in
+`classifier(path)` call per file (a loop over the files, calling the pipeline), then `cli_emosllm.label_clips` in
+batches of `--batch_size` (what `python -m cli_emosllm` runs), after one untimed warm-up call. Speech detection on in
 both. Prints both wall times, their ratio, and whether the two gave the same labels. One torch thread.
 """
 
@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     import torch
     from transformers import pipeline
 
-    from label_dataset import clips_of, label_clips
+    from cli_emosllm import clips_of, label_clips
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)

@@ -12,7 +12,7 @@ trains, as in the issue that reported the LLM below its probe). Then the saved f
 three ways: its answer (what the pipeline returns), the LLM alone (``llm_logits``) and its probe alone
 (``probe_logits``). With ``--code`` pointing at another checkout (e.g. a ``git worktree`` of an older commit), the
 same cases run on that code; where its model has no ``llm_logits``/``probe_logits`` the script reads the probe from
-``model.adapter`` and the answer stands for the LLM.
+``model.mapper`` and the answer stands for the LLM.
 
 Cases (training actors -> test actors ``--test_actors``; choices on 13-16, reported numbers on 17-20):
 
@@ -99,7 +99,7 @@ for start in range(0, len(rows), 16):
     with torch.no_grad():
         output = model(**inputs)
         frames, mask = model.audio_encoder(inputs["audio_lengths"], inputs.get("input_features"))
-        probe = model.adapter.class_scores(frames.float(), mask)
+        probe = model.mapper.class_scores(frames.float(), mask)
     scores["answer"] += output.logits.argmax(-1).tolist()
     scores["llm"] += getattr(output, "llm_logits", None).argmax(-1).tolist() if getattr(output, "llm_logits", None) \\
         is not None else output.logits.argmax(-1).tolist()
@@ -133,7 +133,7 @@ def read_back(label_sets: dict[str, list[str]], data_dir: Path) -> None:
         for k in range(len(labels)):
             one_hot = torch.full((len(audios), len(labels)), -10.0)
             one_hot[:, k] = 10.0
-            with torch.no_grad(), model.adapter.given_scores(one_hot):
+            with torch.no_grad(), model.mapper.given_scores(one_hot):
                 right += int((model(**inputs).llm_logits.argmax(-1) == k).sum())
         print(f"| {name} | {', '.join(labels)} | {right / (len(labels) * len(audios)):.3f} | {1 / len(labels):.3f} |")
 

@@ -79,7 +79,7 @@ def cross_validated_ua(model, features: dict[str, torch.Tensor], y: np.ndarray, 
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import GroupKFold
 
-    probe, labels = model.adapter, torch.from_numpy(y)
+    probe, labels = model.mapper, torch.from_numpy(y)
     uas = []
     for fit, held in GroupKFold(n_splits=4).split(y, y, groups):
         probe.fit(torch.cat([features[k][fit] for k in fit_set]), labels[fit].repeat(len(fit_set)), c)

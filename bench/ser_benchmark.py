@@ -482,7 +482,7 @@ def transcript_only_classes():
         def build_prompt(self, num_samples, transcript=None, text_features=None, task="ser") -> str:
             prompt = super().build_prompt(num_samples, transcript, text_features, task)
             # Drop the run of placeholders (they open the answer) and the user turn's "Speech:" line.
-            prompt = re.sub(rf"(?:{re.escape(self.config.audio_token)})+", "", prompt, count=1)
+            prompt = re.sub(rf"(?:{re.escape(self.audio_token)})+", "", prompt, count=1)
             return prompt.replace("\nSpeech:", "", 1)
 
     class TranscriptOnlyEmoSLLM(EmoSLLMForSpeechEmotionRecognition):
@@ -580,7 +580,7 @@ def answer_checks(model, processor, clips: list[dict], labels: list[str]) -> dic
     from calibration import calibration
 
     ranked, free, ranked_without, probabilities = [], [], [], []
-    use_transcript = processor.config.use_transcript
+    use_transcript = processor.use_transcript
     with torch.inference_mode():
         for start in range(0, len(clips), BATCH_SIZE):
             batch = clips[start:start + BATCH_SIZE]
@@ -590,11 +590,11 @@ def answer_checks(model, processor, clips: list[dict], labels: list[str]) -> dic
             probabilities.append(logits.softmax(-1).double().numpy())
             tokens = model.generate(**inputs, constrain_to_labels=False, max_new_tokens=8, do_sample=False)
             free += [text.strip().lower() for text in processor.batch_decode(tokens, skip_special_tokens=True)]
-            processor.config.use_transcript = "none"
+            processor.use_transcript = "none"
             try:
                 ranked_without += model(**processor([c["audio"] for c in batch])).logits.argmax(-1).tolist()
             finally:
-                processor.config.use_transcript = use_transcript
+                processor.use_transcript = use_transcript
     names = model.config.labels
     agreement = float(np.mean([answer == names[i] for answer, i in zip(free, ranked)]))
     references = [c["label"] for c in clips]

@@ -47,10 +47,10 @@ def main(argv=None) -> dict:
     clips = decoded_clips(test)
     classifier = pipeline("audio-classification", model=args.model, trust_remote_code=True, device="cpu")
     labels = classifier.model.config.labels
-    configured = classifier.processor.config.use_transcript
+    configured = classifier.processor.use_transcript
 
     def score(transcripts: list | None, use_transcript: str) -> dict:
-        classifier.processor.config.use_transcript = use_transcript
+        classifier.processor.use_transcript = use_transcript
         inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE} for c in clips]
         if transcripts is not None:
             inputs = [dict(i, transcript=t) for i, t in zip(inputs, transcripts)]

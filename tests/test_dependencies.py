@@ -202,7 +202,7 @@ def test_an_import_that_fails_inside_a_package_names_the_package_and_its_pip_com
     assert run.returncode == 0, run.stderr[-3000:]
     name, message = run.stdout.strip().splitlines()[-2:]
     assert name == "_soundfile"  # error.name is kept for code that looks at it
-    assert message.startswith("EmoSLLM's processing_emosllm.py imports soundfile, which needs the Python module "
+    assert message.startswith("EmoSLLM's audio_emosllm.py imports soundfile, which needs the Python module "
                               "'_soundfile', and it is missing"), message
     assert "pip install --force-reinstall soundfile." in message
 

@@ -27,9 +27,11 @@ import encoder_cache_emosllm
 import pipeline_emosllm
 import resume_emosllm
 import train
+from audio_emosllm import (
+    MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip, read_audio_file,
+)
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
-from processing_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
 
 CLIP = tone(1.0, 300)
 
@@ -472,7 +474,7 @@ def test_training_decodes_a_file_as_the_pipeline_does(tmp_path):
     dataset = data_emosllm.load_corpus(data_dir)
     clips = train.decoded_clips(dataset, split="train")
     for index in (0, [row["path"] for row in dataset].index("s01_sad_0.wav")):
-        samples, rate = pipeline_emosllm.read_audio_file(data_dir / dataset[index]["path"], "x")
+        samples, rate = read_audio_file(data_dir / dataset[index]["path"], "x")
         np.testing.assert_array_equal(clips[index]["audio"], prepare_clip(samples, rate))
 
 
@@ -820,7 +822,7 @@ for step in range(10000):  # two versions of the model (its LoRA and its probe d
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(other[name] * (1 if step % 2 else -1))
-        model.adapter.output_proj.bias.fill_(step % 2)
+        model.mapper.output_proj.bias.fill_(step % 2)
     model.save_pretrained(sys.argv[2])
     time.sleep(0.03)  # between saves too, so that kills land in both
 """
@@ -859,7 +861,7 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_folder_or_one_that_refuses(l
             outcomes.append(f"refused: {str(error)[:300]}")
             continue
         with torch.no_grad():
-            bias = float(model.adapter.output_proj.bias[0])
+            bias = float(model.mapper.output_proj.bias[0])
             scores = model(**processor(audios)).logits
         # Whole: one version's LoRA with that version's probe bias, never a mix.
         key = round(bias)
@@ -875,9 +877,9 @@ def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_namin
     import socket
     import threading
 
-    import processing_emosllm
+    import audio_emosllm
 
-    monkeypatch.setattr(processing_emosllm, "URL_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(audio_emosllm, "URL_TIMEOUT_SECONDS", 0.5)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -886,11 +888,11 @@ def test_an_http_input_whose_server_never_answers_or_refuses_is_an_oserror_namin
     url = f"http://127.0.0.1:{server.getsockname()[1]}/clip.wav"
     started = time.monotonic()
     with pytest.raises(OSError, match=r"could not download .*clip\.wav.*0\.5 s to answer"):
-        processing_emosllm.read_audio_file(url, "inputs[0]")
+        audio_emosllm.read_audio_file(url, "inputs[0]")
     assert time.monotonic() - started < 10  # the timeout, not a hang
     server.close()
     with pytest.raises(OSError, match="inputs\\[1\\]: could not download"):  # now nothing listens there
-        processing_emosllm.read_audio_file(url, "inputs[1]")
+        audio_emosllm.read_audio_file(url, "inputs[1]")
 
 
 def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them():
@@ -908,7 +910,7 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     with pytest.raises(ValueError, match=r"every clip of \['angry'\] is in one fold's speakers"):
         model.fit_probe([only_one, *others], [0.1, 1.0], groups=["a"] * 2 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3)
     with pytest.raises(ValueError, match=r"it got none of \['angry'\]"):
-        model.adapter.fit(torch.randn(3, model.adapter.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
+        model.mapper.fit(torch.randn(3, model.mapper.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
     model.fit_probe(batches, [0.1, 1.0], groups=groups)  # every label in every fold's training speakers: fitted
     with pytest.raises(ValueError, match="The data has one label \\(sad\\)"):
         train.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])
@@ -1163,7 +1165,7 @@ def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(
 def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_words_help(
     backbones, tmp_path, monkeypatch, caplog, scripted
 ):
-    import backbones_emosllm
+    import transcription_emosllm
 
     data_dir = write_tone_corpus(tmp_path / "corpus", speakers=4, takes=7)  # training: 2 speakers, 56 clips
     write_rows(data_dir, [row.rsplit(",", 1)[0] + "," for row in manifest_rows(data_dir)])  # no transcripts
@@ -1174,7 +1176,7 @@ def test_train_py_transcribes_a_sample_first_and_every_split_only_where_the_word
         return ["kids are talking by the door" if scripted else f"take {len(heard) - len(audios) + i}"
                 for i in range(len(audios))]
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", transcribe)
+    monkeypatch.setattr(transcription_emosllm, "transcribe", transcribe)
     with caplog.at_level(logging.INFO, logger="emosllm.train"), pytest.raises(ReachedTraining):
         run_until_training(backbones, data_dir, tmp_path, monkeypatch, "--speed_perturbation", "",
                            "--transcript_cache_dir", str(tmp_path / "transcripts"))

@@ -1,4 +1,4 @@
-"""label_dataset.py: a whole folder, table or datasets dataset labelled into JSONL, resumable, in two processes."""
+"""cli_emosllm.py on datasets: a whole folder, table or datasets dataset labelled into JSONL, resumable, in two processes."""
 
 import json
 import os
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory):
 
 def label(corpus, output: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(output.parent / "m")}
-    return subprocess.run([*(launcher or (sys.executable,)), str(REPO / "label_dataset.py"), "--model",
+    return subprocess.run([*(launcher or (sys.executable,)), str(REPO / "cli_emosllm.py"), "--model",
                            str(corpus["model"]), "--output", str(output), "--no_progress", "--no_speech_detection",
                            *extra],  # tones: not speech
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -108,7 +108,7 @@ def test_two_processes_write_one_output_in_input_order(corpus, labelled, tmp_pat
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     result = label(corpus, output, "--input", str(corpus["folder"]), launcher=launcher)
     # The first process reports the broken clip (exit status 1, so torchrun's too); nothing of ours crashed.
-    assert result.returncode == 1 and f'File "{REPO / "label_dataset.py"}"' not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1 and f'File "{REPO / "cli_emosllm.py"}"' not in result.stderr, result.stderr[-3000:]
     assert not list(tmp_path.glob("labels.jsonl.rank*"))  # the parts were merged and removed
     assert_same_results(lines_of(output), lines_of(single))
 

@@ -159,10 +159,10 @@ def test_full_weights_are_bf16_unless_float32_is_asked(tiny, tmp_path):
 
 def with_bf16_variant(llm_folder: Path, out: Path) -> Path:
     """A copy of the LLM checkpoint `llm_folder` with a bf16 copy of its weights (the `bf16` variant), as the
-    bundled SmolLM2 is converted (backbones_emosllm.convert_gguf_llm)."""
+    bundled SmolLM2 is converted (conversion_emosllm.convert_gguf_llm)."""
     from transformers import AutoModelForCausalLM
 
-    from backbones_emosllm import save_bf16_variant
+    from conversion_emosllm import save_bf16_variant
 
     shutil.copytree(llm_folder, out)
     save_bf16_variant(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), str(out))

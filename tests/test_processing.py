@@ -80,8 +80,8 @@ def test_labels(processor):
         processor([tone(1.0, 300), tone(1.0, 400)], labels=["sad"])
 
 
-def test_auto_transcripts_fill_only_missing_ones(monkeypatch):
-    import backbones_emosllm
+def test_auto_transcripts_fill_only_missing_ones_and_the_processor_runs_no_asr(monkeypatch):
+    import transcription_emosllm
     from conftest import tiny_processor
 
     processor = tiny_processor(use_transcript="auto")
@@ -91,12 +91,20 @@ def test_auto_transcripts_fill_only_missing_ones(monkeypatch):
         calls.append((len(audios), model_name))
         return ["kids are talking"] * len(audios)
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", fake_transcribe)
-    batch = processor([tone(1.0, 300), tone(1.0, 400)], transcript=["the door", None])
+    monkeypatch.setattr(transcription_emosllm, "transcribe", fake_transcribe)
+    audios = [tone(1.0, 300), tone(1.0, 400)]
+    without = processor(audios, transcript=["the door", None])
+    assert calls == []  # the processor uses the transcripts it is given, and transcribes nothing
+    settings = processor.use_transcript, processor.asr_model
+    transcripts = transcription_emosllm.resolve_transcripts(audios, ["the door", None], *settings)
     assert calls == [(1, processor.asr_model)]  # only the clip without a transcript was transcribed
+    assert transcripts == ["the door", "kids are talking"]
+    batch = processor(audios, transcript=transcripts)
     texts = [processor.tokenizer.decode(ids) for ids in batch["input_ids"]]
     assert "door" in texts[0] and "kids" not in texts[0]
-    assert "kids" in texts[1]
+    assert "kids" in texts[1] and "kids" not in processor.tokenizer.decode(without["input_ids"][1])
+    assert transcription_emosllm.resolve_transcripts(audios, ["the door", None], "none", "unused") == [None, None]
+    assert transcription_emosllm.resolve_transcripts(audios, ["the door", None], "given", "unused") == ["the door", None]
 
 
 @pytest.mark.slow
@@ -107,10 +115,13 @@ def test_auto_transcript_from_bundled_whisper_on_real_speech():
     import soundfile as sf
     from conftest import tiny_processor
 
+    from transcription_emosllm import resolve_transcripts
+
     wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
     audio, rate = sf.read(wav, dtype="float32")
     processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
-    (transcript,) = processor.resolve_transcripts([processor.prepare_audio(audio, rate)], [None])
+    settings = processor.use_transcript, processor.asr_model
+    (transcript,) = resolve_transcripts([processor.prepare_audio(audio, rate)], [None], *settings)
     assert "fail" in transcript.lower()  # Beckett: "Ever tried. Ever failed. No matter. Try again. Fail again..."
 
 

@@ -57,7 +57,7 @@ def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(str(checkpoint / "model.safetensors"))
 
 
-COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py", "label_dataset.py",
+COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py",
                  *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py"))]
 
 
@@ -98,7 +98,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     assert str(tmp_path) not in card and str(tiny_setup) not in card  # and no local paths
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
     assert model.config.labels == sorted(LABELS)
-    assert model.config.adapter_hidden_size == 32 and model.adapter.input_proj.out_features == 32
+    assert model.config.mapper_config["hidden_size"] == 32 and model.mapper.input_proj.out_features == 32
     # Checkpoints keep everything but the frozen backbones, which never change: what trains, and the fitted
     # statistics, so that a checkpoint also loads with from_pretrained.
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
@@ -201,11 +201,11 @@ def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_canno
 
 def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
     from conftest import tiny_processor
     from train import attach_transcripts
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
+    monkeypatch.setattr(transcription_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
     for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
         clips = [{"audio": tone(1.0, 300), "transcript": "the door"}, {"audio": tone(1.0, 400), "transcript": ""}]
         attach_transcripts(clips, tiny_processor(use_transcript=setting))
@@ -220,9 +220,9 @@ def test_soft_emotion_word_starts_as_the_llms_label_words(tiny_setup):
     processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, lora_rank=2, adapter_type="probe")
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
     input_embeddings = model.get_input_embeddings().weight
-    for column, ids in zip(model.adapter.label_embeddings.weight.T, processor.config.label_token_ids):
+    for column, ids in zip(model.mapper.label_embeddings.weight.T, processor.config.label_token_ids):
         torch.testing.assert_close(column, input_embeddings[ids].mean(dim=0))
-    assert model.adapter.label_embeddings.weight.requires_grad
+    assert model.mapper.label_embeddings.weight.requires_grad
 
 
 def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_path):
@@ -251,17 +251,17 @@ def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup,
     assert report["probe_c"] in (0.01, 1.0) and 0 <= report["probe_selection_ua"] <= 1
     assert f"probe C={report['probe_c']:g}, validation UA" in (output / "README.md").read_text()
     model = AutoModelForAudioClassification.from_pretrained(output, trust_remote_code=True)
-    assert model.config.adapter_type == "probe" and model.config.encoder_layer_combination == "concatenate"
-    assert model.adapter.probe_weight.abs().sum() > 0 and (model.adapter.statistics_std != 1).any()
+    assert model.config.mapper_type == "probe" and model.config.encoder_layer_combination == "concatenate"
+    assert model.mapper.probe_weight.abs().sum() > 0 and (model.mapper.statistics_std != 1).any()
     # Checkpoints keep what trains and what was fitted (the probe is refitted, deterministically, when a run
     # resumes, and then equals the checkpoint's).
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
-    assert "adapter.label_embeddings.weight" in checkpoint
-    torch.testing.assert_close(checkpoint["adapter.probe_weight"], model.adapter.probe_weight)
+    assert "mapper.label_embeddings.weight" in checkpoint
+    torch.testing.assert_close(checkpoint["mapper.probe_weight"], model.mapper.probe_weight)
     # The answer is never below the probe on the validation speakers: the mix weight is chosen there and saved.
     assert report["held_out"] == "the validation speakers" and report["held_out_clips"] == 8
     assert report["held_out_answer_ua"] >= max(report["held_out_probe_ua"], report["held_out_llm_ua"])
-    assert model.config.probe_mix_weight == report["probe_mix_weight"]
+    assert model.config.mapper_config["mix_weight"] == report["probe_mix_weight"]
     assert {"llm_ua", "probe_ua"} <= set(report)  # the test clips scored by each alone, too
     card = (output / "README.md").read_text()
     assert f"{report['held_out_llm_ua']:.4f} (LLM alone), {report['held_out_probe_ua']:.4f} (probe" in card
@@ -310,7 +310,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     # The tiny LLM is untrained (near chance); the probe names every tone: the answer takes the probe's side.
     assert report["held_out_probe_ua"] == 1.0 and report["held_out_llm_ua"] < 0.75
     assert report["probe_mix_weight"] in PROBE_MIX_WEIGHTS[1:] and report["held_out_answer_ua"] == 1.0
-    assert model.config.probe_mix_weight == report["probe_mix_weight"]
+    assert model.config.mapper_config["mix_weight"] == report["probe_mix_weight"]
     assert "scores below the probe it reads" in caplog.text
     with torch.no_grad():  # and the model answers so from now on
         held = processor([c["audio"] for c in clips(range(10, 13))])
@@ -345,7 +345,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     assert chosen["probe_c"] == 1.0 and chosen["probe_selection_ua"] == 1.0
     batch = processor([c["audio"] for c in validation])
     with torch.no_grad():  # the fitted probe itself names the held-out tones (the tiny LLM is untrained)
-        scores = model.adapter.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
+        scores = model.mapper.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
     assert scores.argmax(-1).tolist() == processor.label_ids([c["label"] for c in validation]).tolist()
     # No validation speakers: cross-validation over the training speakers chooses.
     chosen = fit_probe(model, processor, train, None, [1e-8, 1.0])
@@ -358,7 +358,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     assert {c["probe_fold"] for c in train} == {0, 1, 2, 3}  # the fold that held each clip's speaker out
     assert len({c["probe_fold"] for c in train if c["speaker"] == "spk1"}) == 1
     batch = EmoSLLMCollator(processor)(train)
-    kept = model.adapter.scores_of_statistics(model.pooled_audio_statistics(batch))
+    kept = model.mapper.scores_of_statistics(model.pooled_audio_statistics(batch))
     assert not torch.allclose(batch["probe_scores"], kept, atol=1e-3)  # not those of the probe the model keeps
     with pytest.raises(ValueError, match="--probe_c needs at least one value"):
         fit_probe(model, processor, train, validation, [])
@@ -375,15 +375,15 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
-    model.adapter.set_probe(model.adapter.statistics_mean, model.adapter.statistics_std,
-                            torch.randn_like(model.adapter.probe_weight), torch.randn(len(LABELS)))
+    model.mapper.set_probe(model.mapper.statistics_mean, model.mapper.statistics_std,
+                            torch.randn_like(model.mapper.probe_weight), torch.randn(len(LABELS)))
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
     batch = EmoSLLMCollator(processor)([{"audio": tone(0.8, 200 + 50 * i, seed=i), "label": label, "transcript": None,
                                          "text_features": {}} for i, label in enumerate(LABELS[:3])])
     with torch.no_grad():
         plain = trainer.compute_loss(model, dict(batch))
-        in_sample = model.adapter.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
+        in_sample = model.mapper.class_scores(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]))
         same = trainer.compute_loss(model, {**batch, "probe_scores": in_sample})
         other = trainer.compute_loss(model, {**batch, "probe_scores": in_sample.flip(0)})
         after = trainer.compute_loss(model, dict(batch))
@@ -496,7 +496,7 @@ def untranscribed_clips(count: int = 120) -> list[dict]:
 def fake_whisper(monkeypatch):
     """Whisper replaced by a recorder; `words(clip_audio) -> text` decides what it hears."""
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
 
     heard: list[int] = []
     fake = {"words": lambda audio: "kids are talking by the door"}  # scripted: one sentence in every emotion
@@ -505,7 +505,7 @@ def fake_whisper(monkeypatch):
         heard.extend(len(a) for a in audios)
         return [fake["words"](a) for a in audios]
 
-    monkeypatch.setattr(backbones_emosllm, "transcribe", transcribe)
+    monkeypatch.setattr(transcription_emosllm, "transcribe", transcribe)
     fake["heard"] = heard
     return fake
 
@@ -516,7 +516,7 @@ def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_wh
 
     clips = untranscribed_clips()
     processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.config.asr_model, tmp_path / "transcripts")
+    cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
         assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42) is False
     assert len(fake_whisper["heard"]) == 48  # the sample only (10% of 120 is less than 48)
@@ -526,11 +526,11 @@ def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_wh
     assert "The other 72 clips are not transcribed" in caplog.text and "--force_transcripts true" in caplog.text
     assert "Transcribing a sample of 48 training clips" in capsys.readouterr().err  # the progress bar
     stored = json.loads(cache.path.read_text())
-    assert stored["asr_model"] == processor.config.asr_model and len(stored["transcripts"]) == 48
+    assert stored["asr_model"] == processor.asr_model and len(stored["transcripts"]) == 48
     assert not [p for p in cache.path.parent.iterdir() if p != cache.path]  # no temporary file left
     again = untranscribed_clips()
     fake_whisper["heard"].clear()
-    reloaded = TranscriptCache(processor.config.asr_model, tmp_path / "transcripts")
+    reloaded = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
     assert transcribe_training_clips(again, processor, LABELS, reloaded, seed=42) is False
     assert fake_whisper["heard"] == []  # the sample is read from the cache
     assert sum(bool(c["transcript"]) for c in again) == 48
@@ -544,7 +544,7 @@ def test_auto_transcripts_estimate_the_rest_then_transcribe_and_cache_every_clip
     clips = untranscribed_clips()
     clips[0]["transcript"] = "given words"
     processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.config.asr_model, tmp_path / "transcripts")
+    cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
         assert transcribe_training_clips(clips, processor, LABELS, cache, seed=0) is True
     assert len(fake_whisper["heard"]) == 119  # every clip without a transcript, once
@@ -565,7 +565,7 @@ def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisp
 
     clips = untranscribed_clips()
     processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.config.asr_model, tmp_path)
+    cache = TranscriptCache(processor.asr_model, tmp_path)
     assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42, force=True) is True
     assert len(fake_whisper["heard"]) == 120
     with pytest.raises(ValueError, match="--force_transcripts true .* with --use_transcript none nothing"):
@@ -598,7 +598,7 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     import soundfile as sf
 
     sys.path.insert(0, str(REPO))
-    import backbones_emosllm
+    import transcription_emosllm
     from conftest import tiny_processor
     from train import TranscriptCache, transcribe_training_clips
 
@@ -608,12 +608,12 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     speech = processor.prepare_audio(audio, rate)
     clips = [{"audio": speech, "label": "sad", "transcript": None}, {"audio": speech[::-1].copy(), "label": "happy",
                                                                      "transcript": None}]
-    cache = TranscriptCache(processor.config.asr_model, tmp_path)
+    cache = TranscriptCache(processor.asr_model, tmp_path)
     transcribe_training_clips(clips, processor, LABELS, cache, seed=0, force=True)
     assert "fail" in clips[0]["transcript"].lower()
-    monkeypatch.setattr(backbones_emosllm, "transcribe", None)  # a second run needs no ASR
+    monkeypatch.setattr(transcription_emosllm, "transcribe", None)  # a second run needs no ASR
     again = [dict(c, transcript=None) for c in clips]
-    assert TranscriptCache(processor.config.asr_model, tmp_path).fill(again) == []
+    assert TranscriptCache(processor.asr_model, tmp_path).fill(again) == []
     assert again[0]["transcript"] == clips[0]["transcript"]
 
 
