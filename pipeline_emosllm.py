@@ -195,9 +195,9 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             (`use_transcript`); a dict input's `"transcript"` wins. Without one, a model with `use_transcript="auto"`
             has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut into segments ignores it (it cannot be split in time).
         text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
-        segment_seconds (`float` or `None`, defaults to 10 s, at most `config.max_audio_seconds`): longer clips are
+        segment_seconds (`float` or `None`, defaults to 10 s, at most `processor.max_audio_seconds`): longer clips are
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
-            `config.max_audio_seconds` raises `ValueError`.
+            `processor.max_audio_seconds` raises `ValueError`.
         hop_seconds (`float`, defaults to `segment_seconds`): the largest distance between window starts; smaller
             values make overlapping windows (a smoother timeline, more compute).
         return_timeline (`bool`, defaults to `False`): return a dict instead of the list (see below).
@@ -418,7 +418,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             # A model that reads transcripts, asked without one and told not to transcribe: say so once.
             logger.warning(
                 f"{name}: this model reads a transcript (use_transcript='given') but none was given, so it "
-                "classifies from the audio alone. Pass transcript=..., or set model.config.use_transcript='auto' "
+                "classifies from the audio alone. Pass transcript=..., or set processor.use_transcript='auto' "
                 "to transcribe the audio."
             )
             self._warned_no_transcript = True
