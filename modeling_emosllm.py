@@ -1047,7 +1047,7 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
         checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
         backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
         gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
-        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written as given.
+        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written lean, without the backbones.
         """
         # A relative import is what transformers follows to copy code files into the folder (and back out of it):
         # the pipeline's file goes with the model so that `pipeline(model=folder, trust_remote_code=True)` finds it.
@@ -1058,7 +1058,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMPreTrainedModel):
                 raise
             from pipeline_emosllm import CUSTOM_PIPELINES
         self.config.custom_pipelines = CUSTOM_PIPELINES
-        if kwargs.get("state_dict") is not None:
+        if kwargs.get("state_dict") is not None:  # lean: the frozen backbones left out
+            backbone = set(self.backbone_keys())
+            kwargs["state_dict"] = {k: v for k, v in kwargs["state_dict"].items() if k not in backbone}
             return super().save_pretrained(save_directory, *args, **kwargs)
         # The command line (`python cli_emosllm.py FILES` inside the folder) is no import of the model's: copied as a
         # file, where this code has it (a folder loaded by AutoModel alone has only the model's own imports).

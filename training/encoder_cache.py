@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backbones_emosllm import default_cache_dir
-from data_emosllm import SAMPLING_RATE
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from processing_emosllm import EmoSLLMProcessor, check_audio
+from training.corpora import SAMPLING_RATE
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 

@@ -11,13 +11,17 @@ from pathlib import Path
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
+__all__ = ["BACKBONE_LICENSES", "CORPUS_LICENSES", "KNOWN_CORPORA", "PUSH_IGNORE_PATTERNS", "RESTRICTING_TERMS",
+           "SMOKE_CORPUS_NAME", "card_backbone", "card_dataset", "card_licenses", "hub_repo_id", "push_command",
+           "push_to_hub", "write_model_card"]
+
 
 # Licences of the default backbones' families, named in the model card (other backbones: see their own cards).
 BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache-2.0"}
-# Speaker-id prefixes of the corpora data_emosllm recognises by their file names.
+# Speaker-id prefixes of the corpora training.corpora recognises by their file names.
 KNOWN_CORPORA = {"ravdess_": "RAVDESS", "cremad_": "CREMA-D", "tess_": "TESS", "emodb_": "EmoDB"}
 SMOKE_CORPUS_NAME = "EmoSLLM smoke corpus (generated with espeak-ng)"
-# Licences of the corpora data_emosllm recognises, as their distributors state them (Hub licence ids); EmoDB's is
+# Licences of the corpora training.corpora recognises, as their distributors state them (Hub licence ids); EmoDB's is
 # not listed here: pass train.py --license.
 CORPUS_LICENSES = {"RAVDESS": "cc-by-nc-sa-4.0", "CREMA-D": "odbl", "TESS": "cc-by-nc-nd-4.0"}
 # Creative Commons terms that weights trained on the data keep (non-commercial, no derivatives, share-alike).
