@@ -22,11 +22,15 @@ import torch
 from conftest import LABELS, save_tiny_backbones, tiny_processor, tone, write_tone_corpus
 
 import cli_emosllm
-import data_emosllm
-import encoder_cache_emosllm
 import pipeline_emosllm
-import resume_emosllm
-import train
+import training.arguments
+import training.clips
+import training.corpora
+import training.data
+import training.encoder_cache
+import training.recipe
+import training.resume
+import training.splits
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
 from processing_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
@@ -378,7 +382,7 @@ class ReachedTraining(Exception):
 
 
 def train_args(backbones: Path, data_dir: Path, tmp_path: Path, *extra: str):
-    return train.parse_args([
+    return training.arguments.parse_args([
         "--data_dir", str(data_dir), "--audio_encoder", str(backbones / "encoder"), "--llm", str(backbones / "llm"),
         "--output_dir", str(tmp_path / "out"), "--encoder_cache_dir", str(tmp_path / "cache"),
         "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--adapter_hidden_size", "32",
@@ -392,11 +396,11 @@ def run_until_training(backbones, data_dir, tmp_path, monkeypatch, *extra):
     def no_training(*args, **kwargs):
         raise ReachedTraining
 
-    monkeypatch.setattr(train, "run_stage", no_training)
+    monkeypatch.setattr(training.recipe, "run_stage", no_training)
     model_args, data_args, training_args = train_args(backbones, data_dir, tmp_path, *extra)
-    dataset = train.load_data(data_args)
-    splits = data_emosllm.split_by_speakers(dataset, data_args.test_speakers, data_args.eval_speakers)
-    train.train_one_split(model_args, data_args, training_args, splits, Path(training_args.output_dir))
+    dataset = training.data.load_data(data_args)
+    splits = training.splits.split_by_speakers(dataset, data_args.test_speakers, data_args.eval_speakers)
+    training.recipe.train_one_split(model_args, data_args, training_args, splits, Path(training_args.output_dir))
 
 
 def bad_file(folder: Path, name: str, kind: str) -> None:
@@ -450,14 +454,14 @@ def test_skip_bad_clips_leaves_them_out_and_lists_them(backbones, tmp_path, monk
     bad_file(data_dir, "s01_sad_1.wav", "nan")
     bad_file(data_dir, "s02_angry_0.wav", "zeros")
     loaded = []
-    original = train.load_checked_clips
+    original = training.clips.load_checked_clips
 
     def keep(*args, **kwargs):  # a copy: train.py drops the training clips' samples once they are cached
         clips = original(*args, **kwargs)
         loaded.append({name: [dict(c) for c in split] for name, split in clips.items()})
         return clips
 
-    monkeypatch.setattr(train, "load_checked_clips", keep)
+    monkeypatch.setattr(training.recipe, "load_checked_clips", keep)
     with caplog.at_level(logging.WARNING, logger="emosllm.train"), pytest.raises(ReachedTraining):
         run_until_training(backbones, data_dir, tmp_path, monkeypatch, "--skip_bad_clips", "true")
     assert "left out 2 clip(s)" in caplog.text
@@ -469,8 +473,8 @@ def test_skip_bad_clips_leaves_them_out_and_lists_them(backbones, tmp_path, monk
 def test_training_decodes_a_file_as_the_pipeline_does(tmp_path):
     data_dir = corpus(tmp_path)
     sf.write(data_dir / "s01_sad_0.wav", tone(0.8, 900, rate=44100), 44100)  # another rate: resampled alike
-    dataset = data_emosllm.load_corpus(data_dir)
-    clips = train.decoded_clips(dataset, split="train")
+    dataset = training.data.load_corpus(data_dir)
+    clips = training.clips.decoded_clips(dataset, split="train")
     for index in (0, [row["path"] for row in dataset].index("s01_sad_0.wav")):
         samples, rate = pipeline_emosllm.read_audio_file(data_dir / dataset[index]["path"], "x")
         np.testing.assert_array_equal(clips[index]["audio"], prepare_clip(samples, rate))
@@ -478,7 +482,7 @@ def test_training_decodes_a_file_as_the_pipeline_does(tmp_path):
 
 def test_the_encoder_cache_checks_what_it_is_given(tiny, tmp_path):
     model, processor = tiny
-    cache = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path)
+    cache = training.encoder_cache.EncoderStateCache(model, processor, tmp_path)
     with pytest.raises(ValueError, match="copy 3: the clip has NaN"):
         cache.fill([{"audio": with_nan(CLIP), "file": "copy 3"}])
     assert not list(cache.root.iterdir())
@@ -486,13 +490,13 @@ def test_the_encoder_cache_checks_what_it_is_given(tiny, tmp_path):
 
 def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     model, processor = tiny
-    cache = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path)
+    cache = training.encoder_cache.EncoderStateCache(model, processor, tmp_path)
 
     def killed(tensors, filename):  # the run is killed halfway through writing a clip's states
         Path(filename).write_bytes(b"half a safetensors file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(encoder_cache_emosllm, "save_file", killed)
+    monkeypatch.setattr(training.encoder_cache, "save_file", killed)
     with pytest.raises(KeyboardInterrupt):
         cache.fill([{"audio": CLIP, "file": "clip"}])
     assert not cache.path(CLIP).exists()  # a run side by side, or the next one, encodes the clip again
@@ -502,14 +506,14 @@ def test_the_encoder_cache_writes_whole_files_only(tiny, tmp_path, monkeypatch):
     whole = [p.name for p in cache.root.iterdir() if not p.name.endswith(".partial")]
     assert whole == [cache.path(CLIP).name]
     assert not isinstance(clips[0]["states"], torch.Tensor)  # read from disk batch by batch, not held in memory
-    states = encoder_cache_emosllm.cached_states(clips[0])
+    states = training.encoder_cache.cached_states(clips[0])
     assert states.dtype == torch.float16 and states.shape[1] == model.config.num_encoder_frames(len(CLIP))
     cache.path(CLIP).write_bytes(b"cut")  # the cache folder changed under a running training
     with pytest.raises(RuntimeError, match="encoder cache file .* gone or damaged.*--resume true"):
-        encoder_cache_emosllm.cached_states(clips[0])
+        training.encoder_cache.cached_states(clips[0])
     cache.path(CLIP).unlink()
     with pytest.raises(RuntimeError, match="gone or damaged"):
-        encoder_cache_emosllm.cached_states(clips[0])
+        training.encoder_cache.cached_states(clips[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -521,8 +525,8 @@ def test_label_case_and_whitespace_are_one_class(tmp_path):
     rows[1] = rows[1].replace(",neutral,", ", Neutral ,")
     rows[2] = rows[2].replace(",neutral,", ",NEUTRAL,")
     write_rows(data_dir, rows)
-    assert sorted(set(data_emosllm.load_corpus(data_dir)["label"])) == sorted(LABELS)
-    assert data_emosllm.load_corpus(data_dir, [" Happy", "SAD", "neutral", "angry"])["label"][0] == "neutral"
+    assert sorted(set(training.data.load_corpus(data_dir)["label"])) == sorted(LABELS)
+    assert training.data.load_corpus(data_dir, [" Happy", "SAD", "neutral", "angry"])["label"][0] == "neutral"
 
 
 def test_a_label_typo_is_an_error_naming_the_closest_label(tmp_path, backbones):
@@ -531,21 +535,21 @@ def test_a_label_typo_is_an_error_naming_the_closest_label(tmp_path, backbones):
     rows[3] = rows[3].replace(",happy,", ",hapy,")
     write_rows(data_dir, rows)
     with pytest.raises(ValueError, match=r"labels 'hapy' \(1 clip\(s\)\) and 'happy' .*did you mean 'happy'.*--labels"):
-        data_emosllm.load_corpus(data_dir)
+        training.data.load_corpus(data_dir)
     with pytest.raises(ValueError, match=r"line 4 .*unknown label 'hapy'.*did you mean 'happy'"):
-        data_emosllm.load_corpus(data_dir, LABELS)
+        training.data.load_corpus(data_dir, LABELS)
     _, data_args, _ = train_args(backbones, data_dir, tmp_path, "--labels", "neutral,happy,hapy,sad,angry")
-    assert "hapy" in train.load_data(data_args)["label"]  # listed: a class of its own, as asked
+    assert "hapy" in training.data.load_data(data_args)["label"]  # listed: a class of its own, as asked
     import datasets
 
     hub = datasets.Dataset.from_dict({"audio": ["a.wav"] * 3, "label": ["Happy ", "hapy", "happy"]})
     with pytest.raises(ValueError, match="did you mean 'happy'"):
-        data_emosllm.check_dataset_labels(hub)
+        training.data.check_dataset_labels(hub)
     with pytest.raises(ValueError, match=r"'hapy' \(did you mean 'happy'\?\) are not in the label set"):
-        data_emosllm.check_dataset_labels(hub, ["happy", "sad"])
-    assert data_emosllm.check_dataset_labels(hub, ["happy", "hapy"])["label"] == ["happy", "hapy", "happy"]
+        training.data.check_dataset_labels(hub, ["happy", "sad"])
+    assert training.data.check_dataset_labels(hub, ["happy", "hapy"])["label"] == ["happy", "hapy", "happy"]
     with pytest.raises(ValueError, match="names \\['happy'\\] more than once"):
-        train.parse_labels("happy,sad,Happy")
+        training.arguments.parse_labels("happy,sad,Happy")
 
 
 def test_duplicate_rows_and_one_file_under_two_speakers_are_errors(tmp_path):
@@ -553,12 +557,12 @@ def test_duplicate_rows_and_one_file_under_two_speakers_are_errors(tmp_path):
     rows = manifest_rows(data_dir)
     write_rows(data_dir, rows + [rows[3]])
     with pytest.raises(ValueError, match=r"line 34 .*the same file as .*line 4 .*a duplicate row"):
-        data_emosllm.load_corpus(data_dir)
+        training.data.load_corpus(data_dir)
     moved = rows[3].replace(",spk01,", ",spk04,")
     write_rows(data_dir, rows + [moved])
     with pytest.raises(ValueError, match=r"line 34 .*same file as .*line 4.*speaker 'spk01' where this row gives "
                                          r"'spk04'"):
-        data_emosllm.load_corpus(data_dir)
+        training.data.load_corpus(data_dir)
 
 
 def test_the_same_audio_under_two_speakers_is_an_error_before_training(backbones, tmp_path, monkeypatch):
@@ -574,10 +578,11 @@ def test_the_same_audio_under_two_speakers_is_an_error_before_training(backbones
 def test_the_same_audio_twice_under_one_speaker_is_only_a_warning(caplog):
     clip = {"audio": CLIP, "speaker": "a", "label": "happy"}
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        train.check_duplicate_audio({"train": [dict(clip, file="x.wav"), dict(clip, file="y.wav")]})
+        training.clips.check_duplicate_audio({"train": [dict(clip, file="x.wav"), dict(clip, file="y.wav")]})
     assert "y.wav holds the same audio as x.wav" in caplog.text
     with pytest.raises(ValueError, match="under two labels"):
-        train.check_duplicate_audio({"train": [dict(clip, file="x.wav"), dict(clip, file="y.wav", label="sad")]})
+        training.clips.check_duplicate_audio(
+            {"train": [dict(clip, file="x.wav"), dict(clip, file="y.wav", label="sad")]})
 
 
 def test_labels_missing_from_training(backbones, tmp_path, monkeypatch, caplog):
@@ -592,9 +597,9 @@ def test_labels_missing_from_training(backbones, tmp_path, monkeypatch, caplog):
     with pytest.raises(ValueError, match=r"label 'angry' has no training clips \(2 in validation\)"):
         run_until_training(backbones, data_dir, tmp_path, monkeypatch)
     with pytest.raises(ValueError, match=r"label 'bored' has no training clips \(no clips at all\)"):
-        train.check_split_labels({"train": LABELS}, LABELS + ["bored"])
+        training.splits.check_split_labels({"train": LABELS}, LABELS + ["bored"])
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        train.check_split_labels({"train": LABELS * 2, "test": LABELS[:3]}, LABELS, min_clips=5)
+        training.splits.check_split_labels({"train": LABELS * 2, "test": LABELS[:3]}, LABELS, min_clips=5)
     assert "Label 'angry' has only 2 training clip(s)" in caplog.text
     assert "The test split has no clip of label(s) ['angry'], which training has: its scores (UA) cover 3 of 4" \
         in caplog.text
@@ -621,18 +626,18 @@ def test_encoder_cache_folder_follows_the_encoder_weights_and_preprocessing(tmp_
     processor = tiny_processor()
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config)
-    root = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root
-    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root == root  # stable
+    root = training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root
+    assert training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root == root  # stable
     with torch.no_grad():
         model.audio_encoder.layer_weights += 1.0  # trains; not part of the encoder
         model.audio_encoder.feature_mean += 1.0  # set from the cache itself
-    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root == root
+    assert training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root == root
     with torch.no_grad():
         model.audio_encoder.encoder.layers[0].fc1.weight[0, 0] += 1e-3  # one weight of the encoder
-    changed = encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root
+    changed = training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root
     assert changed != root
     processor.feature_extractor.dither = 0.5  # the same weights, other preprocessing
-    assert encoder_cache_emosllm.EncoderStateCache(model, processor, tmp_path).root not in (root, changed)
+    assert training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root not in (root, changed)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -672,7 +677,7 @@ def test_resume_falls_back_to_the_last_checkpoint_that_loads(tiny, tmp_path, dam
         (newest / target).write_bytes(data[: len(data) // 2])
     (tmp_path / "checkpoint-x").mkdir()  # not a step: ignored
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
-        assert resume_emosllm.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+        assert training.resume.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     assert f"Skipping checkpoint {newest}" in caplog.text and target.split(".")[0] in caplog.text
     assert f"Resuming from {tmp_path / 'checkpoint-2'}" in caplog.text
 
@@ -682,16 +687,16 @@ def test_resume_with_flags_that_change_the_models_shape_says_so(tmp_path, caplog
     saved = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4).config)
     saved.freeze_backbones()
     checkpoint = write_checkpoint(tmp_path, saved, 2)
-    resume_emosllm.check_checkpoint_matches(checkpoint, saved)  # the same flags: fine
+    training.resume.check_checkpoint_matches(checkpoint, saved)  # the same flags: fine
     wider = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=8).config)
     wider.freeze_backbones()
     with pytest.raises(ValueError, match=r"--resume: .*checkpoint-2 was saved by a model of another shape.*"
                                          r"num_queries \(4 -> 8\).*adapter\.queries.*new --output_dir"):
-        resume_emosllm.check_checkpoint_matches(checkpoint, wider)
+        training.resume.check_checkpoint_matches(checkpoint, wider)
     reworded = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4, prompt="Name the emotion.").config)
     reworded.freeze_backbones()
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        resume_emosllm.check_checkpoint_matches(checkpoint, reworded)  # same shapes: a warning, not an error
+        training.resume.check_checkpoint_matches(checkpoint, reworded)  # same shapes: a warning, not an error
     assert "saved with other settings" in caplog.text and "prompt" in caplog.text
 
 
@@ -701,7 +706,7 @@ def test_train_py_on_a_nan_clip_exits_non_zero_before_training(backbones, tmp_pa
 
     data_dir = corpus(tmp_path)
     bad_file(data_dir, "s02_happy_1.wav", "nan")
-    command = [sys.executable, str(Path(train.__file__)), "--data_dir", str(data_dir),
+    command = [sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--data_dir", str(data_dir),
                "--audio_encoder", str(backbones / "encoder"), "--llm", str(backbones / "llm"),
                "--output_dir", str(tmp_path / "out"), "--encoder_cache_dir", str(tmp_path / "cache"),
                "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--adapter_hidden_size", "32",
@@ -911,7 +916,7 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
         model.adapter.fit(torch.randn(3, model.adapter.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
     model.fit_probe(batches, [0.1, 1.0], groups=groups)  # every label in every fold's training speakers: fitted
     with pytest.raises(ValueError, match="The data has one label \\(sad\\)"):
-        train.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])
+        training.splits.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1005,7 +1010,7 @@ def test_a_folder_saved_before_this_version_loads_and_answers_the_same(lean_fold
 # Your data, read as you laid it out (issue #39): the layout wins over corpus-style file names
 # ----------------------------------------------------------------------------------------------------------------------
 def ravdess_name(emotion: str, actor: int, statement: int = 1) -> str:
-    code = {v: k for k, v in data_emosllm.RAVDESS_EMOTIONS.items()}[emotion]
+    code = {v: k for k, v in training.corpora.RAVDESS_EMOTIONS.items()}[emotion]
     return f"03-01-{code}-01-0{statement}-01-{actor:02d}.wav"
 
 
@@ -1039,9 +1044,9 @@ def test_an_audiofolder_of_ravdess_named_files_takes_its_labels_from_the_subfold
             write_clip(folder / emotion / ravdess_name(emotion, actor), seed=actor)
     moved = ravdess_name("angry", 3)
     write_clip(folder / "happy" / moved, seed=3)
-    assert data_emosllm.source_kind(folder) == "folder"
+    assert training.data.source_kind(folder) == "folder"
     with caplog.at_level(logging.INFO, logger="emosllm.data"):
-        dataset = data_emosllm.load_source(folder, hub=False)
+        dataset = training.data.load_source(folder, hub=False)
     rows = rows_by_file(dataset)
     assert rows[moved]["label"] == "happy"
     assert rows[moved]["speaker"] == "ravdess_03" and rows[ravdess_name("sad", 1)]["speaker"] == "ravdess_01"
@@ -1050,7 +1055,7 @@ def test_an_audiofolder_of_ravdess_named_files_takes_its_labels_from_the_subfold
     assert re.search(r"1 of 7 files have a label from the label subfolders that differs from the one their RAVDESS "
                      rf"file name gives \('happy' where the name says 'angry': 1; e\.g\. '.*{moved}'", caplog.text)
     assert "speakers and transcript, gender, intensity, repetition from the RAVDESS file names" in caplog.text
-    corpus = data_emosllm.load_corpus(folder)  # load_corpus (train.py's smoke path) reads the same layout
+    corpus = training.data.load_corpus(folder)  # load_corpus (train.py's smoke path) reads the same layout
     assert rows_by_file(corpus)[moved]["label"] == "happy"
 
 
@@ -1058,9 +1063,9 @@ def test_folder_names_that_are_not_emotion_words_are_labels_when_the_label_set_n
     folder = tmp_path / "af"
     for i, group in enumerate(("positive", "negative")):
         write_clip(folder / group / ravdess_name("angry" if i else "happy", 1 + i))
-    assert data_emosllm.source_kind(folder) == "corpus"  # not emotion words: the names' labels, as before
-    assert data_emosllm.source_kind(folder, ["positive", "negative"]) == "folder"
-    dataset = data_emosllm.load_source(folder, labels=["positive", "negative"], hub=False)
+    assert training.data.source_kind(folder) == "corpus"  # not emotion words: the names' labels, as before
+    assert training.data.source_kind(folder, ["positive", "negative"]) == "folder"
+    dataset = training.data.load_source(folder, labels=["positive", "negative"], hub=False)
     assert sorted(dataset["label"]) == ["negative", "positive"]
 
 
@@ -1068,9 +1073,9 @@ def test_ravdess_in_its_own_actor_folders_still_reads_by_file_name(tmp_path, cap
     for actor in (1, 2):
         for emotion in ("happy", "sad"):
             write_clip(tmp_path / "rav" / f"Actor_{actor:02d}" / ravdess_name(emotion, actor))
-    assert data_emosllm.source_kind(tmp_path / "rav") == "corpus"
+    assert training.data.source_kind(tmp_path / "rav") == "corpus"
     with caplog.at_level(logging.INFO, logger="emosllm.data"):
-        dataset = data_emosllm.load_corpus(tmp_path / "rav")
+        dataset = training.data.load_corpus(tmp_path / "rav")
     assert dataset["label"] == ["happy", "sad", "happy", "sad"]
     assert dataset["speaker"] == ["ravdess_01"] * 2 + ["ravdess_02"] * 2
     assert "read as RAVDESS by its file names" in caplog.text
@@ -1090,7 +1095,7 @@ def test_a_label_column_wins_over_file_names_and_the_disagreement_is_counted(tmp
     lines = [f"{column},label,speaker"] + [f"{n},{lab},spk{i % 2}" for i, (n, lab) in enumerate(zip(names, labels))]
     (folder / table).write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING, logger="emosllm.data"):
-        dataset = data_emosllm.load_source(folder, hub=False)
+        dataset = training.data.load_source(folder, hub=False)
     rows = rows_by_file(dataset)
     assert [rows[n]["label"] for n in names] == labels
     assert [rows[n]["speaker"] for n in names] == ["spk0", "spk1"] * 2  # the given speakers, not the names'
@@ -1120,26 +1125,26 @@ def talk_show(num_speakers: int = 29, single: str | None = None):
 
 def test_the_default_split_keeps_every_label_in_test_and_validation_where_the_data_allows(caplog):
     dataset = talk_show()
-    args = train.DataArguments()
+    args = training.arguments.DataArguments()
     speakers = sorted(set(dataset["speaker"]))
     last = [s for s, label in zip(dataset["speaker"], dataset["label"]) if s in speakers[-6:]]
     assert len(last) == 36  # the old rule (last 20% of speakers) would test on sad and neutral only:
     assert {label for s, label in zip(dataset["speaker"], dataset["label"]) if s in speakers[-6:]} == {"sad", "neutral"}
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
-        (splits,) = train.make_splits(dataset, args, seed=42)
+        (splits,) = training.splits.make_splits(dataset, args, seed=42)
     for name in ("train", "validation", "test"):
         assert sorted(set(splits[name]["label"])) == sorted(LABELS), name
-    data_emosllm.check_speaker_disjoint(splits)
+    training.splits.check_speaker_disjoint(splits)
     assert 0.1 <= len(splits["test"]) / len(dataset) <= 0.3 and len(splits["validation"]) < len(splits["test"])
     assert "leaves ['angry', 'happy'] out of test" in caplog.text and "StratifiedGroupKFold, seed 42" in caplog.text
     assert "No split of these speakers" not in caplog.text
-    (again,) = train.make_splits(dataset, args, seed=42)  # deterministic
+    (again,) = training.splits.make_splits(dataset, args, seed=42)  # deterministic
     assert again["test"]["speaker"] == splits["test"]["speaker"]
     assert again["validation"]["speaker"] == splits["validation"]["speaker"]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):  # a label of one speaker: it must train
-        (splits,) = train.make_splits(talk_show(single="angry"), args, seed=42)
-        train.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
+        (splits,) = training.splits.make_splits(talk_show(single="angry"), args, seed=42)
+        training.splits.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
     assert "angry" in splits["train"]["label"]
     assert re.search(r"\['angry'\] missing from (test|validation).*held by fewer than 3 speakers: 'angry' \(1\)",
                      caplog.text)
@@ -1149,11 +1154,11 @@ def test_the_default_split_keeps_every_label_in_test_and_validation_where_the_da
 
 def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(caplog):
     dataset = talk_show()
-    args = train.DataArguments(test_speakers="24-29", eval_speakers="21-23")
-    (splits,) = train.make_splits(dataset, args, seed=42)  # named speakers are kept as named
+    args = training.arguments.DataArguments(test_speakers="24-29", eval_speakers="21-23")
+    (splits,) = training.splits.make_splits(dataset, args, seed=42)  # named speakers are kept as named
     assert sorted(set(splits["test"]["speaker"])) == [f"guest{n}" for n in range(24, 30)]
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        train.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
+        training.splits.check_split_labels({name: split["label"] for name, split in splits.items()}, LABELS)
     assert "The test split has no clip of label(s) ['angry', 'happy'], which training has: its scores (UA) cover " \
            "2 of 4 labels" in caplog.text
     assert "The validation split has no clip of label(s) ['angry', 'happy', 'sad']" in caplog.text
@@ -1191,7 +1196,7 @@ def test_cremad_names_in_capitalised_label_folders_are_read_by_folder_with_names
     write_clip(folder / "Happy" / "1001_DFA_HAP_XX.wav")
     write_clip(folder / "Happy" / "1002_DFA_SAD_XX.wav", seed=1)  # the name says sad
     write_clip(folder / "Sad" / "1001_IEO_SAD_HI.wav", seed=2)
-    rows = rows_by_file(data_emosllm.load_source(folder, hub=False))
+    rows = rows_by_file(training.data.load_source(folder, hub=False))
     assert {name: (row["label"], row["speaker"]) for name, row in rows.items()} == {
         "1001_DFA_HAP_XX.wav": ("happy", "cremad_1001"), "1002_DFA_SAD_XX.wav": ("happy", "cremad_1002"),
         "1001_IEO_SAD_HI.wav": ("sad", "cremad_1001")}
@@ -1205,7 +1210,7 @@ def test_label_folders_where_only_some_names_follow_a_corpus_give_no_speakers_an
     write_clip(folder / "sad" / ravdess_name("sad", 2), seed=1)
     write_clip(folder / "sad" / "my_own_take.wav", seed=2)
     with caplog.at_level(logging.INFO, logger="emosllm.data"):
-        dataset = data_emosllm.load_source(folder, hub=False)
+        dataset = training.data.load_source(folder, hub=False)
     assert sorted(dataset["label"]) == ["happy", "sad", "sad"] and set(dataset["speaker"]) == {None}
     assert "only 2 of 3 file names follow RAVDESS's naming, so speakers are not read from them" in caplog.text
 
@@ -1213,9 +1218,9 @@ def test_label_folders_where_only_some_names_follow_a_corpus_give_no_speakers_an
 def test_label_like_folders_beside_loose_files_are_not_read_as_labels_and_that_is_a_warning(tmp_path, caplog):
     write_clip(tmp_path / "data" / ravdess_name("angry", 1))
     write_clip(tmp_path / "data" / "happy" / ravdess_name("angry", 2), seed=1)
-    assert data_emosllm.source_kind(tmp_path / "data") == "corpus"
+    assert training.data.source_kind(tmp_path / "data") == "corpus"
     with caplog.at_level(logging.WARNING, logger="emosllm.data"):
-        dataset = data_emosllm.load_corpus(tmp_path / "data")
+        dataset = training.data.load_corpus(tmp_path / "data")
     assert dataset["label"] == ["angry", "angry"]
     assert "the subfolder(s) ['happy'] look like labels but are not read as labels" in caplog.text
 
@@ -1225,7 +1230,7 @@ def test_an_emotion_folder_outside_the_label_set_is_an_unknown_label_error(tmp_p
     for emotion in ("happy", "sad", "calm"):
         write_clip(folder / emotion / ravdess_name(emotion, 1))
     with pytest.raises(ValueError, match=r"label\(s\) 'calm' are not in the label set \['happy', 'sad'\]"):
-        data_emosllm.load_source(folder, labels=["happy", "sad"], hub=False)
+        training.data.load_source(folder, labels=["happy", "sad"], hub=False)
 
 
 def test_a_table_without_speakers_takes_them_from_corpus_file_names(tmp_path, datasets_cache, caplog):
@@ -1236,7 +1241,7 @@ def test_a_table_without_speakers_takes_them_from_corpus_file_names(tmp_path, da
     (folder / "clips.csv").write_text("path,label\n" + "".join(f"{n},{n.split('-')[2] == '03' and 'happy' or 'sad'}\n"
                                                                for n in names))
     with caplog.at_level(logging.INFO, logger="emosllm.data"):
-        rows = rows_by_file(data_emosllm.load_source(folder / "clips.csv", hub=False))
+        rows = rows_by_file(training.data.load_source(folder / "clips.csv", hub=False))
     assert [rows[n]["speaker"] for n in names] == ["ravdess_01", "ravdess_01", "ravdess_02", "ravdess_02"]
     assert rows[names[0]]["transcript"] == "Kids are talking by the door"
     assert "labels from the label column 'label'; speakers and transcript" in caplog.text
@@ -1245,10 +1250,10 @@ def test_a_table_without_speakers_takes_them_from_corpus_file_names(tmp_path, da
 
 def test_the_default_split_by_a_group_column_also_keeps_every_label(caplog):
     dataset = talk_show().rename_column("speaker", "session").add_column("speaker", [None] * 174)
-    (splits,) = train.make_splits(dataset, train.DataArguments(group_column="session"), seed=0)
+    (splits,) = training.splits.make_splits(dataset, training.arguments.DataArguments(group_column="session"), seed=0)
     for name in ("validation", "test"):
         assert sorted(set(splits[name]["label"])) == sorted(LABELS), name
-    data_emosllm.check_speaker_disjoint(splits, "session")
+    training.splits.check_speaker_disjoint(splits, "session")
 
 
 @pytest.mark.parametrize("content", ["nothing", "empty label folders", "text files only"])
@@ -1262,4 +1267,4 @@ def test_a_folder_without_audio_is_a_value_error_saying_how_to_lay_it_out(tmp_pa
         (folder / "notes.txt").write_text("to do\n")
     found = r"no audio or data files found" if content != "text files only" else r"no column\(s\) \['audio', 'label'\]"
     with pytest.raises(ValueError, match=rf"data.*{found}.*labels from subfolder names \(happy/a\.wav"):
-        train.load_data(train.DataArguments(data_dir=str(folder)))
+        training.data.load_data(training.arguments.DataArguments(data_dir=str(folder)))

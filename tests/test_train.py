@@ -66,7 +66,7 @@ def test_help_lists_the_options(script):
     """`--help` must print every option (argparse formats help strings with %, so a bare % breaks it)."""
     result = run([sys.executable, str(REPO / script), "--help"], cwd=REPO)
     if script == "train.py":
-        from train import DataArguments, ModelArguments
+        from training.arguments import DataArguments, ModelArguments
 
         options = [f"--{field.name}" for args in (ModelArguments, DataArguments) for field in fields(args)]
         options += ["--output_dir", "--learning_rate", "--resume_from_checkpoint"]  # the Trainer's, too
@@ -160,7 +160,7 @@ def test_resume_refuses_other_data_another_split_or_other_flags(tiny_setup, tmp_
 
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     sys.path.insert(0, str(REPO))
-    from resume_emosllm import last_complete_checkpoint
+    from training.resume import last_complete_checkpoint
 
     from safetensors.torch import save_file
 
@@ -181,7 +181,7 @@ def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_canno
     sys.path.insert(0, str(REPO))
     from safetensors.torch import save_file
 
-    from train import parse_args
+    from training.arguments import parse_args
 
     _, data_args, training_args = parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"])
     assert data_args.resume and training_args.resume_from_checkpoint is None  # as --resume: the newest complete one
@@ -203,7 +203,7 @@ def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     sys.path.insert(0, str(REPO))
     import backbones_emosllm
     from conftest import tiny_processor
-    from train import attach_transcripts
+    from training.transcripts import attach_transcripts
 
     monkeypatch.setattr(backbones_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
     for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
@@ -229,7 +229,8 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     sys.path.insert(0, str(REPO))
     from conftest import tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMTrainer, parse_args
+    from training.arguments import parse_args
+    from training.trainer import EmoSLLMTrainer
 
     model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(adapter="statistics", audio_loss_weight=1.0).config)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
@@ -291,7 +292,9 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import PROBE_MIX_WEIGHTS, EmoSLLMTrainer, choose_probe_mix_weight, parse_args
+    from training.arguments import parse_args
+    from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
+    from training.trainer import EmoSLLMTrainer
 
     processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
@@ -321,7 +324,8 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMCollator, fit_probe
+    from training.probe import fit_probe
+    from training.trainer import EmoSLLMCollator
 
     processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
@@ -370,7 +374,8 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     sys.path.insert(0, str(REPO))
     from conftest import tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMCollator, EmoSLLMTrainer, parse_args
+    from training.arguments import parse_args
+    from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
     processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
@@ -394,7 +399,7 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
 
 def test_transcript_dropout_hides_a_share_of_transcripts_reproducibly():
     sys.path.insert(0, str(REPO))
-    from train import AugmentedClips
+    from training.augmentation import AugmentedClips
 
     versions = [[{"audio": tone(0.5, 200, seed=i), "transcript": "the door", "label": "sad"}] for i in range(400)]
     dataset = AugmentedClips(versions, seed=1, transcript_dropout=0.5)
@@ -437,7 +442,7 @@ def test_saved_folder_through_the_pipeline_reproduces_the_reported_score_on_fixe
 
 def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
     sys.path.insert(0, str(REPO))
-    from train import augmented_copies, parse_floats
+    from training.augmentation import augmented_copies, parse_floats
 
     clip = {"audio": tone(1.0, 300), "label": "angry", "states": torch.zeros(1)}
     original = clip["audio"].copy()
@@ -466,7 +471,7 @@ def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
     sys.path.insert(0, str(REPO))
     from transformers import TrainerState
 
-    from train import AugmentedClips, EpochCallback
+    from training.augmentation import AugmentedClips, EpochCallback
 
     versions = [[{"clip": i, "version": v} for v in range(4)] for i in range(16)]
     dataset = AugmentedClips(versions, seed=0)
@@ -512,7 +517,7 @@ def fake_whisper(monkeypatch):
 
 def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_whisper, tmp_path, caplog, capsys):
     from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
+    from training.transcripts import TranscriptCache, transcribe_training_clips
 
     clips = untranscribed_clips()
     processor = tiny_processor(use_transcript="auto")
@@ -538,7 +543,7 @@ def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_wh
 
 def test_auto_transcripts_estimate_the_rest_then_transcribe_and_cache_every_clip(fake_whisper, tmp_path, caplog):
     from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
+    from training.transcripts import TranscriptCache, transcribe_training_clips
 
     fake_whisper["words"] = lambda audio: f"words number {int(np.argmax(np.abs(np.fft.rfft(audio))))}"  # unscripted
     clips = untranscribed_clips()
@@ -561,7 +566,8 @@ def test_auto_transcripts_estimate_the_rest_then_transcribe_and_cache_every_clip
 
 def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisper, tmp_path):
     from conftest import tiny_processor
-    from train import TranscriptCache, parse_args, transcribe_training_clips
+    from training.arguments import parse_args
+    from training.transcripts import TranscriptCache, transcribe_training_clips
 
     clips = untranscribed_clips()
     processor = tiny_processor(use_transcript="auto")
@@ -573,9 +579,9 @@ def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisp
 
 
 def test_the_transcript_cache_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    import train
+    import training.transcripts
 
-    cache = train.TranscriptCache("some/asr", tmp_path)
+    cache = training.transcripts.TranscriptCache("some/asr", tmp_path)
     clip = {"audio": tone(0.5, 300), "transcript": "first"}
     cache.add([clip])
     before = cache.path.read_text()
@@ -583,12 +589,12 @@ def test_the_transcript_cache_is_replaced_whole_or_not_at_all(tmp_path, monkeypa
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train.os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)  # as integrity_emosllm.write_json_atomically renames
     with pytest.raises(KeyboardInterrupt):
         cache.add([{"audio": tone(0.5, 400), "transcript": "second"}])
     assert cache.path.read_text() == before and list(tmp_path.iterdir()) == [cache.path]
     cache.path.write_text("{not json")  # damaged: read as empty, with a warning, and rewritten on the next add
-    assert train.TranscriptCache("some/asr", tmp_path).fill([dict(clip, transcript=None)]) != []
+    assert training.transcripts.TranscriptCache("some/asr", tmp_path).fill([dict(clip, transcript=None)]) != []
 
 
 @pytest.mark.slow
@@ -600,7 +606,7 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     sys.path.insert(0, str(REPO))
     import backbones_emosllm
     from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
+    from training.transcripts import TranscriptCache, transcribe_training_clips
 
     wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
     audio, rate = sf.read(wav, dtype="float32")
@@ -623,7 +629,8 @@ def test_build_model_holds_the_frozen_backbones_in_the_policy_dtype_of_the_train
     """On a bf16 GPU (mocked) the frozen backbones are bf16; with --use_cpu (or on a CPU) float32, as the reported
     CPU scores were trained; LoRA and the interface are float32 either way."""
     import modeling_emosllm
-    from train import ModelArguments, build_model
+    from training.arguments import ModelArguments
+    from training.recipe import build_model
 
     monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
