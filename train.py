@@ -37,6 +37,8 @@ __all__ = ["main"]
 
 
 def main() -> None:
+    """Runs train.py from the command line (`training.arguments.parse_args`): the data, its splits, one run per
+    split (`--folds`: one per fold, their scores averaged), then all_results.json and the Hub upload."""
     model_args, data_args, training_args = parse_args()
     check_engine(training_args)  # before any data is read: FSDP/DeepSpeed asked for where they would not run
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

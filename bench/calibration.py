@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["TEMPERATURES", "calibration", "main", "parse_args"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)

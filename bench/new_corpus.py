@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["CASES", "NOUNS", "main", "parse_actors", "read_back", "score_folder", "write_case"]
+
 ROOT = Path(__file__).resolve().parent.parent
 NOUNS = {"angry": "anger", "calm": "calmness", "disgust": "disgust", "fearful": "fear", "happy": "happiness",
          "neutral": "neutral", "sad": "sadness", "surprised": "surprise"}

@@ -50,6 +50,10 @@ from training.data import load_corpus  # noqa: E402
 from training.recipe import build_model  # noqa: E402
 from training.splits import resolve_speakers, speaker_ids  # noqa: E402
 
+__all__ = ["CS", "EXTRA_STATISTICS", "SCREENS", "SHRINKAGES", "clip_statistics", "cross_validated_ua",
+           "extra_statistics", "main", "nonlinear_read_outs", "read_outs", "speed_copies", "split_extra_statistics",
+           "training_clips"]
+
 CS = (0.003, 0.01, 0.03)
 SCREENS = {"linear", "extra_statistics", "nonlinear"}
 SHRINKAGES = ("auto", 0.5, 0.8, 0.95)
