@@ -56,7 +56,8 @@ def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py", "label_dataset.py",
-                 *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py"))]
+                 *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py")  # scripts, not their modules
+                         if 'if __name__ == "__main__":' in p.read_text())]
 
 
 @pytest.mark.parametrize("script", COMMAND_LINES)
@@ -292,7 +293,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from training.arguments import parse_args
     from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
-    from training.trainer import EmoSLLMTrainer
+    from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
     processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
@@ -305,7 +306,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     model.fit_probe([processor([c["audio"] for c in clips(range(4))], labels=LABELS * 4)], 1.0)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3,
-                             data_collator=__import__("train").EmoSLLMCollator(processor))
+                             data_collator=EmoSLLMCollator(processor))
     with caplog.at_level("INFO"):
         report = choose_probe_mix_weight(trainer, clips(range(10, 13)), "the validation speakers")
     # The tiny LLM is untrained (near chance); the probe names every tone: the answer takes the probe's side.

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 Everything only training needs, apart from the model itself (configuration_emosllm.py, modeling_emosllm.py,
 processing_emosllm.py at the top level, which a saved model folder holds): train.py's arguments, the data (sources,

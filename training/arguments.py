@@ -1,9 +1,9 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 train.py's command line: the model and data flags (`ModelArguments`, `DataArguments`) beside the Trainer's
 own `TrainingArguments`, with this script's defaults (`parse_args`), and `--resume_from_checkpoint` read as `--resume`.
 """
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +14,6 @@ from configuration_emosllm import DEFAULT_PROMPT
 from modeling_emosllm import bf16_is_native
 from training.corpora import normalize_labels
 from training.resume import checkpoint_problem
-
-logger = logging.getLogger("emosllm.train")
 
 __all__ = ["BEST_MODEL_ADVICE", "DataArguments", "ModelArguments", "parse_args", "parse_labels",
            "resume_from_checkpoint"]

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 Training-time augmentation: speed-perturbed and noisy copies of each training clip (`augmented_copies`), and the
 dataset that reads one version of each clip per epoch (`AugmentedClips`, told the epoch by `EpochCallback`).
@@ -5,7 +6,6 @@ dataset that reads one version of each clip per epoch (`AugmentedClips`, told th
 
 import hashlib
 import json
-import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,8 +13,6 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 from transformers import TrainerCallback
-
-logger = logging.getLogger("emosllm.train")
 
 __all__ = ["AugmentedClips", "EpochCallback", "augmented_copies", "parse_floats"]
 

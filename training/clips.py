@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The training data's clips decoded and checked exactly as the pipeline decodes and checks an input file, before
 anything trains: bad audio, duplicate recordings, transcripts that do not fit the prompt.

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 Corpus folders, the lowest layer of the training data: the audio feature every loader casts to, label
 normalization and typo checks, ``manifest.csv`` reading, the RAVDESS/CREMA-D/TESS/EmoDB file-name parsers, label

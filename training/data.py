@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The training data's sources: corpus folders (``load_corpus``: a ``manifest.csv`` or corpus-style file names, see
 ``training.corpora``) and any ``datasets`` source (``load_source``: a Hub id, an audiofolder, a CSV/JSON table of

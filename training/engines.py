@@ -1,14 +1,12 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 FSDP and DeepSpeed: which one a run asks for (`requested_engine`), and a stop where Accelerate would not run it
 (`check_engine`).
 """
 
-import logging
 import os
 
 from transformers import TrainingArguments
-
-logger = logging.getLogger("emosllm.train")
 
 __all__ = ["check_engine", "requested_engine"]
 

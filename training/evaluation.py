@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The test report, scored as the saved folder answers through the pipeline (`evaluate_and_report`,
 `predict_as_delivered`), and the check that the saved folder itself scores what the run reports

@@ -11,10 +11,6 @@ from pathlib import Path
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
-__all__ = ["BACKBONE_LICENSES", "CORPUS_LICENSES", "KNOWN_CORPORA", "PUSH_IGNORE_PATTERNS", "RESTRICTING_TERMS",
-           "SMOKE_CORPUS_NAME", "card_backbone", "card_dataset", "card_licenses", "hub_repo_id", "push_command",
-           "push_to_hub", "write_model_card"]
-
 
 # Licences of the default backbones' families, named in the model card (other backbones: see their own cards).
 BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache-2.0"}

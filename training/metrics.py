@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The SER scores (unweighted and weighted accuracy, F1, per-class recall, confusion matrix) by the metric module
 metrics/ser_accuracy, the confusion-matrix plot and the JSON report.

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The probe interface's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
 speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`).
@@ -6,7 +7,6 @@ speakers (`hold_out_probe_fold`), and how far the answer may depart from the pro
 import logging
 
 import torch
-
 
 from training.metrics import compute_ser_metrics
 from training.trainer import EmoSLLMCollator

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 One training run on one split, in order: the model from its backbones (`build_model`), the checked clips, the
 encoder cache, the probe, the training stages, the saved folder, its test report and model card

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 Speaker-independent splits: speaker ids, the train/validation/test split by speaker (or by another grouping
 column), speaker folds, and, for data without speaker ids, splits and folds by clip (not speaker-independent);

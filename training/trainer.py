@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The `Trainer` side of a run: the collator (clips -> model inputs), `EmoSLLMTrainer` (three learning rates, the
 probe's out-of-fold scores in the loss), and one training stage's arguments and run (`stage_arguments`,

@@ -1,3 +1,4 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 Transcripts of the training data for `--use_transcript auto`: whether they tell the emotions apart
 (`transcripts_inform_labels`), Whisper's transcripts of the clips without one (`transcribe_training_clips`), kept
