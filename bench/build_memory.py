@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+__all__ = ["CASES", "LABELS", "LLAMA_SHAPES", "build_one", "main", "model_bytes", "old_from_backbones", "parse_args",
+           "peak_rss_bytes", "save_backbones"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["TEMPERATURES", "calibration", "main", "parse_args"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 TEMPERATURES = (1.0, 2.0, 4.0, 8.0)
@@ -47,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def calibration(probabilities: np.ndarray, targets: np.ndarray) -> dict:
     """Calibration figures of `probabilities` `(clips, classes)` (rows sum to 1) against class ids `targets`, with
     UA and WA as the project computes them everywhere (`compute_ser_metrics`)."""
-    from data_emosllm import compute_ser_metrics
+    from training.metrics import compute_ser_metrics
 
     confidence, predictions = probabilities.max(axis=1), probabilities.argmax(axis=1)
     correct = predictions == targets
@@ -85,8 +87,10 @@ def main(argv=None) -> dict:
     import torch
     from transformers import pipeline
 
-    from data_emosllm import SAMPLING_RATE, load_corpus, split_by_speakers
-    from train import decoded_clips
+    from training.clips import decoded_clips
+    from training.corpora import SAMPLING_RATE
+    from training.data import load_corpus
+    from training.splits import split_by_speakers
 
     torch.set_num_threads(args.threads)
     clips = decoded_clips(split_by_speakers(load_corpus(args.data_dir), test_speakers=args.speakers)["test"])

@@ -45,6 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["BF16_LLM_VARIANTS", "DEFAULT_AUDIO_ENCODER", "DEFAULT_LLM", "MIB", "TEST_ACTORS", "VARIANTS", "StageTimer",
+           "apply_variant", "build_default_model", "busy_processes", "choose_clips", "main", "markdown", "maxrss_mib",
+           "measure", "proc_status_kib", "reset_peak_rss"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_AUDIO_ENCODER = "openai/whisper-tiny.en"
 DEFAULT_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"

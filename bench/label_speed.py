@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = ["main"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

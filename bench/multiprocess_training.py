@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+__all__ = ["main", "parse_args", "run"]
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

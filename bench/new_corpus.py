@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["CASES", "NOUNS", "main", "parse_actors", "read_back", "score_folder", "write_case"]
+
 ROOT = Path(__file__).resolve().parent.parent
 NOUNS = {"angry": "anger", "calm": "calmness", "disgust": "disgust", "fearful": "fear", "happy": "happiness",
          "neutral": "neutral", "sad": "sadness", "surprised": "surprise"}
@@ -86,7 +88,10 @@ import json, sys, numpy as np, pandas as pd, soundfile as sf, torch
 sys.path.insert(0, {str(code)!r})
 torch.set_num_threads({threads})
 from transformers import AutoModelForAudioClassification, AutoProcessor
-from data_emosllm import compute_ser_metrics
+try:
+    from training.metrics import compute_ser_metrics
+except ImportError:  # a checkout from before the training package (the code before #37)
+    from data_emosllm import compute_ser_metrics
 model = AutoModelForAudioClassification.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained({str(model_dir)!r}, trust_remote_code=True)
 rows = pd.read_csv({str(case_dir / "manifest.csv")!r})

@@ -55,6 +55,11 @@ import threading
 import time
 from pathlib import Path
 
+__all__ = ["GIB", "LABELS", "LLAMA_3B", "PAGE", "QPMAPPER", "TINY_LLAMA", "TINY_QPMAPPER", "TINY_WAVLM", "TOKENIZER",
+           "WAVLM_FEATURE_EXTRACTOR", "WAVLM_LARGE", "PeakRSS", "audio_batch", "fit", "full_depth_counts", "gib",
+           "machine_note", "main", "markdown", "max_rss", "measure_case", "parse_args", "rss", "run_child",
+           "save_backbone", "saved_activation_bytes", "shapes", "summarize", "trim"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

@@ -24,9 +24,9 @@ failed, and the others still run.
         --encoders openai/whisper-tiny.en,openai/whisper-base --screens linear,extra_statistics,nonlinear \
         --out /tmp/probe_readout.json
 
-The features are the probe's own (`model.pooled_audio_statistics` through bench/probe_augmentation.py's
-`clip_statistics`; train.py's `augmented_copies`), standardized as the probe's fit does
-(`EmoSLLMStatisticsProbe.fit_standardization`). Only the speakers of --train_speakers are read.
+The features are the probe's own (`model.pooled_audio_statistics` through `clip_statistics`;
+`training.augmentation.augmented_copies`), standardized as the probe's fit does
+(`probe_fitting_emosllm.fit_standardization`). Only the speakers of --train_speakers are read.
 """
 
 from __future__ import annotations
@@ -41,15 +41,58 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from modeling_emosllm import EmoSLLMStatisticsProbe  # noqa: E402
-from probe_augmentation import clip_statistics, speed_copies, training_clips  # noqa: E402
-from train import ModelArguments, build_model  # noqa: E402
+from probe_fitting_emosllm import fit_standardization  # noqa: E402
+from training.arguments import ModelArguments  # noqa: E402
+from training.augmentation import augmented_copies  # noqa: E402
+from training.clips import decoded_clips  # noqa: E402
+from training.data import load_corpus  # noqa: E402
+from training.recipe import build_model  # noqa: E402
+from training.splits import resolve_speakers, speaker_ids  # noqa: E402
+
+__all__ = ["CS", "EXTRA_STATISTICS", "SCREENS", "SHRINKAGES", "clip_statistics", "cross_validated_ua",
+           "extra_statistics", "main", "nonlinear_read_outs", "read_outs", "speed_copies", "split_extra_statistics",
+           "training_clips"]
 
 CS = (0.003, 0.01, 0.03)
 SCREENS = {"linear", "extra_statistics", "nonlinear"}
 SHRINKAGES = ("auto", 0.5, 0.8, 0.95)
+
+
+@torch.no_grad()
+def clip_statistics(model, processor, audios: list[np.ndarray], batch_size: int = 16, pool=None) -> torch.Tensor:
+    """
+    `(clips, 2 * (layers + 1) * hidden)`: the probe's input, `model.pooled_audio_statistics` of each clip; with
+    `pool`, `pool(frames, frame_mask, batch)` `(batch, width)` of the encoder's standardized frames instead.
+    """
+    order = np.argsort([-len(a) for a in audios])  # longest first, as train.py's cache
+    out = [None] * len(audios)
+    for start in range(0, len(audios), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = processor.audio_features([audios[i] for i in chunk])
+        if pool is None:
+            statistics = model.pooled_audio_statistics(batch)
+        else:
+            statistics = pool(*model.audio_encoder(batch["audio_lengths"], batch["input_features"]), batch)
+        for row, i in enumerate(chunk):
+            out[i] = statistics[row]
+    return torch.stack(out)
+
+
+def training_clips(data_dir: str, train_speakers: str) -> tuple[list[str], list[np.ndarray], np.ndarray, np.ndarray]:
+    """The clips of `train_speakers` only: (labels, decoded audio, class ids `(clips,)`, speaker of each `(clips,)`)."""
+    corpus = load_corpus(data_dir)
+    chosen = resolve_speakers(train_speakers, speaker_ids(corpus))
+    corpus = corpus.filter(lambda row: row["speaker"] in chosen)
+    labels = sorted(set(corpus["label"]))
+    clips = decoded_clips(corpus)
+    y = np.array([labels.index(c["label"]) for c in clips])
+    return labels, [c["audio"] for c in clips], y, np.array([c["speaker"] for c in clips])
+
+
+def speed_copies(audios: list[np.ndarray], speed: float) -> list[np.ndarray]:
+    """Each clip speed-perturbed by `speed` (`training.augmentation.augmented_copies`, as train.py's probe is fitted)."""
+    return [augmented_copies({"audio": a}, [speed], [], len(a) * 2)[0]["audio"] for a in audios]
 
 
 def _valid(frames: torch.Tensor, frame_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -133,7 +176,7 @@ def cross_validated_ua(originals: np.ndarray, copies: np.ndarray, y: np.ndarray,
     uas = []
     for fit, held in GroupKFold(n_splits=4).split(y, y, groups):
         x = np.concatenate([originals[fit], copies[fit]])
-        scaler = EmoSLLMStatisticsProbe.fit_standardization(x)
+        scaler = fit_standardization(x)
         classifier = make().fit(scaler.transform(x), np.concatenate([y[fit], y[fit]]))
         uas.append(float(balanced_accuracy_score(y[held], classifier.predict(scaler.transform(originals[held])))))
     return uas

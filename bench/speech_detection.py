@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["main", "non_speech", "ua_with_and_without_detection", "webrtc_speech_seconds"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = ["LABELS", "main", "parse_args"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = ["main", "parse_args"]
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -39,8 +41,11 @@ def main(argv=None) -> dict:
     import torch
     from transformers import pipeline
 
-    from data_emosllm import SAMPLING_RATE, compute_ser_metrics, load_corpus, split_by_speakers
-    from train import decoded_clips
+    from training.clips import decoded_clips
+    from training.corpora import SAMPLING_RATE
+    from training.data import load_corpus
+    from training.metrics import compute_ser_metrics
+    from training.splits import split_by_speakers
 
     torch.set_num_threads(args.threads)
     test = split_by_speakers(load_corpus(args.data_dir), test_speakers=args.test_speakers)["test"]

@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 from audio_emosllm import SAMPLING_RATE, read_audio_file  # noqa: E402
 from vad_emosllm import CHUNK, speech_mask  # noqa: E402
 
+__all__ = ["main", "speaker_number", "speech_bounds"]
+
 
 def speech_bounds(samples: np.ndarray, margin: int) -> tuple[int, int]:
     """The samples `start:end` from the first to the last chunk of speech, `margin` samples wider on each side."""

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import ser_benchmark  # noqa: E402
+import ser_benchmark_systems  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
@@ -28,27 +29,27 @@ def tiny_setup(tmp_path_factory):
 
 def test_split_never_shares_a_speaker_and_subsets_every_group(tiny_setup):
     corpus = str(tiny_setup / "corpus")
-    splits = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10")
+    splits = ser_benchmark_systems.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10")
     speakers = {name: set(split["speaker"]) for name, split in splits.items()}
     assert speakers == {"train": {f"spk{i:02d}" for i in range(1, 7)}, "validation": {"spk07", "spk08"},
                         "test": {"spk09", "spk10"}}
-    half = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
+    half = ser_benchmark_systems.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
     assert {name: len(split) for name, split in half.items()} == {"train": 24, "validation": 8, "test": 8}
     for name, split in half.items():
         speakers_of_half = set(split["speaker"])
         assert speakers_of_half == speakers[name]  # every speaker keeps every label, one clip each
         assert sorted(zip(split["speaker"], split["label"])) == sorted(
             (s, label) for s in speakers_of_half for label in LABELS)
-    again = ser_benchmark.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
+    again = ser_benchmark_systems.load_splits(corpus, eval_speakers="7-8", test_speakers="9-10", fraction=0.5)
     assert again["train"]["path"] == half["train"]["path"]  # fixed, not drawn anew
     with pytest.raises(ValueError, match="both test and validation"):
-        ser_benchmark.load_splits(corpus, eval_speakers="7-9", test_speakers="9-10")
+        ser_benchmark_systems.load_splits(corpus, eval_speakers="7-9", test_speakers="9-10")
 
 
 def test_transcript_only_prompt_has_no_audio():
     from conftest import tiny_processor
 
-    processor_class, _ = ser_benchmark.transcript_only_classes()
+    processor_class, _ = ser_benchmark_systems.transcript_only_classes()
     base = tiny_processor()
     processor = processor_class(base.feature_extractor, base.tokenizer, config=base.config)
     prompt = processor.build_prompt(16000, transcript="kids are talking by the door")
@@ -62,7 +63,7 @@ def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_
 
     from processing_emosllm import EmoSLLMProcessor
 
-    model, runner, feature_extractor = ser_benchmark.build_whisper_classifier(
+    model, runner, feature_extractor = ser_benchmark_systems.build_whisper_classifier(
         str(tiny_setup / "encoder"), LABELS, freeze_encoder=True)
     pretrained = WhisperModel.from_pretrained(tiny_setup / "encoder").encoder.state_dict()
     assert all(torch.equal(value, pretrained[name]) for name, value in model.encoder.state_dict().items())
@@ -74,8 +75,9 @@ def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_
     runner.bf16_inference = False  # exact in float32 (a padded batch rounds differently in bf16)
     short, long = tone(0.5, 300), tone(1.2, 900, seed=1)
     with torch.no_grad():
-        alone = model(encoder_outputs=(ser_benchmark.pooled_encoder_output(runner, feature_extractor, [short]),))
-        batch = model(encoder_outputs=(ser_benchmark.pooled_encoder_output(runner, feature_extractor, [short, long]),))
+        pooled = ser_benchmark_systems.pooled_encoder_output
+        alone = model(encoder_outputs=(pooled(runner, feature_extractor, [short]),))
+        batch = model(encoder_outputs=(pooled(runner, feature_extractor, [short, long]),))
         # HF's order on the short clip's own frames: projector on every frame, mean over them, classifier.
         owner = SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
         features = EmoSLLMProcessor.audio_features(owner, [short])
@@ -124,10 +126,11 @@ def test_modes_state_their_reductions(tmp_path):
 
 
 def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp_path, monkeypatch):
-    import train
+    import training.arguments
 
     settings = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
-    assert settings["recipe"]["train_py"]["adapter_hidden_size"] == train.ModelArguments.adapter_hidden_size
+    default_width = training.arguments.ModelArguments.adapter_hidden_size
+    assert settings["recipe"]["train_py"]["adapter_hidden_size"] == default_width
     ran = []
 
     def fake_run(command, **kwargs):  # stands for the child process: writes the result file it was given
@@ -141,13 +144,13 @@ def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp
     ser_benchmark.run_all(["emosllm_qpmapper"], [0], settings)
     assert len(ran) == 1  # same settings and recipe: the finished run is reused
 
-    parse_args = train.parse_args
+    parse_args = training.arguments.parse_args
 
     def parse_args_with_another_default(argv=None):  # as if train.py's default interface width changed
         model_args, data_args, training_args = parse_args(argv)
         return dataclasses.replace(model_args, adapter_hidden_size=768), data_args, training_args
 
-    monkeypatch.setattr(train, "parse_args", parse_args_with_another_default)
+    monkeypatch.setattr(training.arguments, "parse_args", parse_args_with_another_default)
     changed = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
     assert changed["recipe"] != settings["recipe"]
     ser_benchmark.run_all(["emosllm_qpmapper"], [0], changed)
@@ -179,12 +182,12 @@ def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_se
 
 @pytest.mark.slow
 def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
-    import train
+    import training.arguments
 
     # Every row but emosllm_qformer / emosllm_mlp / emosllm_statistics, which differ from emosllm_qpmapper only by
     # train.py flags (the interfaces have their own tests); that keeps this test near a minute.
     systems = [s for s in ser_benchmark.SYSTEMS if s not in ("emosllm_qformer", "emosllm_mlp", "emosllm_statistics")]
-    if "freeze_language_model" not in {f.name for f in dataclasses.fields(train.ModelArguments)}:
+    if "freeze_language_model" not in {f.name for f in dataclasses.fields(training.arguments.ModelArguments)}:
         systems.remove("emosllm_full_finetune")  # needs train.py's --freeze_language_model, not there yet
     out = tmp_path / "serbench"
     argv = ["--mode", "quick", "--out", str(out), "--data_dir", str(tiny_setup / "corpus"), "--eval_speakers", "7-8",
@@ -223,7 +226,7 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     # ... and how far its class probabilities can be trusted, from that same pass over the test clips.
     assert 1 / len(LABELS) <= default["mean_top_probability"] <= 1 and default["nll"] > 0 and 0 <= default["ece"] <= 1
     assert report["rows"]["emosllm_default"]["nll"]["values"] == [default["nll"]] and "| NLL | ECE |" in report["table"]
-    assert runs["whisper_layers_lr"]["selection"]["C"] in ser_benchmark.LAYERS_LR_CS
+    assert runs["whisper_layers_lr"]["selection"]["C"] in ser_benchmark_systems.LAYERS_LR_CS
     markdown = (out / "results.md").read_text()
     assert all(f"| {system} |" in markdown for system in systems) and "Command:" in markdown
     assert not list((out / "runs").rglob("*.safetensors"))  # EmoSLLM weights are removed after measuring
@@ -232,29 +235,6 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     assert ser_benchmark.main(argv) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["rows"]["emosllm_qpmapper"]["ua"] == report["rows"]["emosllm_qpmapper"]["ua"]
-
-
-def test_audio_head_diagnostic_scores_the_answer_and_the_audio_head_separately():
-    import audio_head
-    from conftest import tiny_processor
-    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-
-    processor = tiny_processor(audio_loss_weight=1.0)
-    torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
-    clips = [{"audio": tone(1.0 + 0.1 * i, 150 + 40 * i, seed=i), "label": LABELS[i % len(LABELS)],
-              "transcript": None, "text_features": {}} for i in range(8)]
-    with torch.no_grad():
-        model.audio_classifier.weight.zero_()
-        model.audio_classifier.bias.copy_(torch.arange(len(LABELS)) == 0)  # the audio head always says class 0
-        scores = audio_head.answer_and_audio_head_ua(model, processor, clips, batch_size=3)
-    assert scores["audio_head"] == pytest.approx(1 / len(LABELS))  # one class right, the others never
-    batch = processor([c["audio"] for c in clips], labels=[c["label"] for c in clips])
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        predicted = model(**batch).logits.float().argmax(-1)
-    expected = np.mean([(predicted[batch["labels"] == k] == k).float().mean().item()
-                        for k in batch["labels"].unique()])
-    assert scores["answer"] == pytest.approx(expected)
 
 
 def test_calibration_figures_match_hand_computed_values():

@@ -1,4 +1,5 @@
-"""Tests for data_emosllm (corpus loading and validation, speaker splits, metrics) and smoke_corpus_emosllm."""
+"""Tests for training.corpora, training.data, training.splits and training.metrics (corpus loading and validation,
+speaker splits, metrics) and training.smoke_corpus."""
 
 import json
 import os
@@ -12,8 +13,10 @@ import soundfile as sf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import data_emosllm as data  # noqa: E402
-import smoke_corpus_emosllm as smoke  # noqa: E402
+from training import corpora, data  # noqa: E402
+from training import metrics as ser_metrics  # noqa: E402
+from training import smoke_corpus as smoke  # noqa: E402
+from training import splits as splitting  # noqa: E402
 
 RAVDESS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
 
@@ -110,11 +113,11 @@ def test_corpus_file_names_are_recognised(tmp_path, name, label, speaker, transc
 
 def test_corpus_extras_from_file_names():
     ravdess_extras = {"gender": "male", "intensity": "strong", "repetition": 1}
-    assert data.parse_ravdess_name("03-01-05-02-01-01-17")[3] == ravdess_extras
-    assert data.parse_cremad_name("1001_DFA_ANG_LO")[3] == {"intensity": "low"}
-    assert data.parse_emodb_name("08a02Wa")[3] == {"gender": "female"}
-    assert data.parse_ravdess_name("03-02-05-02-01-01-17") is None  # song, not speech
-    assert data.parse_cremad_name("1001_XXX_ANG_XX") is None  # unknown sentence code
+    assert corpora.parse_ravdess_name("03-01-05-02-01-01-17")[3] == ravdess_extras
+    assert corpora.parse_cremad_name("1001_DFA_ANG_LO")[3] == {"intensity": "low"}
+    assert corpora.parse_emodb_name("08a02Wa")[3] == {"gender": "female"}
+    assert corpora.parse_ravdess_name("03-02-05-02-01-01-17") is None  # song, not speech
+    assert corpora.parse_cremad_name("1001_XXX_ANG_XX") is None  # unknown sentence code
 
 
 def test_folder_with_a_misfit_file_is_refused(tmp_path):
@@ -166,7 +169,7 @@ def test_plain_audiofolder_loads_labels_from_subfolders_without_speakers(tmp_pat
     assert data.source_kind(tmp_path / "af") == "folder"
     corpus = data.load_corpus(tmp_path / "af")  # once refused: "no manifest.csv ... follow none of the corpora"
     assert sorted(corpus["label"]) == ["happy", "happy", "sad", "sad"]
-    assert corpus["speaker"] == [None] * 4 and data.has_speaker_ids(corpus) is False
+    assert corpus["speaker"] == [None] * 4 and splitting.has_speaker_ids(corpus) is False
     assert corpus[0]["audio"].get_all_samples().sample_rate == 16000
     with pytest.raises(ValueError, match=r"label\(s\) 'happy' \(did you mean 'hapy'\?\) are not in the label set"):
         data.load_corpus(tmp_path / "af", labels=["hapy", "sad"])  # checked against --labels as every source is
@@ -195,7 +198,7 @@ def test_json_lines_table_in_a_folder_of_audio(tmp_path, datasets_cache):
     (tmp_path / "clips.jsonl").write_text("\n".join(lines) + "\n")
     corpus = data.load_source(tmp_path, audio_column="file_path")
     assert len(corpus) == 4 and corpus["session"] == [0, 0, 1, 1]
-    assert data.split_by_speakers(corpus, "1", column="session")["test"]["session"] == [1, 1]
+    assert splitting.split_by_speakers(corpus, "1", column="session")["test"]["session"] == [1, 1]
 
 
 def saved_rows(folder: Path) -> datasets.Dataset:
@@ -238,26 +241,27 @@ def test_a_hub_id_goes_to_load_dataset_and_an_absent_folder_is_named(tmp_path, m
 
 def test_split_by_clips_is_stratified_seeded_and_disjoint():
     corpus = datasets.Dataset.from_dict({"label": ["a"] * 20 + ["b"] * 10, "id": list(range(30))})
-    splits = data.split_by_clips(corpus, seed=1)
+    splits = splitting.split_by_clips(corpus, seed=1)
     assert [len(splits[name]) for name in ("train", "validation", "test")] == [21, 3, 6]
     assert sorted(splits["test"]["label"]) == ["a"] * 4 + ["b"] * 2  # 20% of each label
     ids = [set(splits[name]["id"]) for name in splits]
     assert set().union(*ids) == set(range(30)) and sum(map(len, ids)) == 30
-    assert data.split_by_clips(corpus, seed=1)["test"]["id"] == splits["test"]["id"]  # the same seed, the same split
-    assert data.split_by_clips(corpus, seed=2)["test"]["id"] != splits["test"]["id"]
+    same = splitting.split_by_clips(corpus, seed=1)
+    assert same["test"]["id"] == splits["test"]["id"]  # the same seed, the same split
+    assert splitting.split_by_clips(corpus, seed=2)["test"]["id"] != splits["test"]["id"]
     with pytest.raises(ValueError, match="too few to hold out"):
-        data.split_by_clips(corpus.select([0, 20]))
+        splitting.split_by_clips(corpus.select([0, 20]))
 
 
 def test_clip_folds_test_every_clip_once_stratified():
     corpus = datasets.Dataset.from_dict({"label": ["a"] * 8 + ["b"] * 4, "id": list(range(12))})
-    folds = data.clip_folds(corpus, 4, seed=0)
+    folds = splitting.clip_folds(corpus, 4, seed=0)
     tested = [i for fold in folds for i in fold["test"]["id"]]
     assert sorted(tested) == list(range(12))
     assert all(sorted(fold["test"]["label"]) == ["a", "a", "b"] for fold in folds)
     assert all(not set(fold["train"]["id"]) & set(fold["test"]["id"]) for fold in folds)
     with pytest.raises(ValueError, match="number of clips"):
-        data.clip_folds(corpus, 13)
+        splitting.clip_folds(corpus, 13)
 
 
 # ---- speaker splits --------------------------------------------------------------------------------------------
@@ -270,47 +274,47 @@ def speaker_dataset(speakers: list[str], clips: int = 2) -> datasets.Dataset:
 
 def test_split_by_speakers_short_forms_and_disjointness():
     corpus = speaker_dataset([f"ravdess_{i:02d}" for i in range(1, 21)])
-    splits = data.split_by_speakers(corpus, test_speakers="17-20", eval_speakers=[15, "ravdess_16"])
+    splits = splitting.split_by_speakers(corpus, test_speakers="17-20", eval_speakers=[15, "ravdess_16"])
     assert set(splits) == {"train", "validation", "test"}
     assert set(splits["test"]["speaker"]) == {"ravdess_17", "ravdess_18", "ravdess_19", "ravdess_20"}
     assert set(splits["validation"]["speaker"]) == {"ravdess_15", "ravdess_16"}
     assert len(set(splits["train"]["speaker"])) == 14
     assert sum(len(split) for split in splits.values()) == len(corpus)
     actors = speaker_dataset([f"Actor_{i:02d}" for i in range(1, 5)])
-    assert set(data.split_by_speakers(actors, "3")["test"]["speaker"]) == {"Actor_03"}
-    assert set(data.split_by_speakers(actors, None, "Actor_01")) == {"train", "validation"}
+    assert set(splitting.split_by_speakers(actors, "3")["test"]["speaker"]) == {"Actor_03"}
+    assert set(splitting.split_by_speakers(actors, None, "Actor_01")) == {"train", "validation"}
 
 
 def test_split_by_speakers_refuses_bad_specs():
     corpus = speaker_dataset(["ravdess_01", "ravdess_02", "ravdess_03"])
     with pytest.raises(ValueError, match="'ravdess_02' is named for both test and validation"):
-        data.split_by_speakers(corpus, "2", "ravdess_02")
+        splitting.split_by_speakers(corpus, "2", "ravdess_02")
     with pytest.raises(ValueError, match="'7' matches no speaker"):
-        data.split_by_speakers(corpus, "7")
+        splitting.split_by_speakers(corpus, "7")
     with pytest.raises(ValueError, match="no speakers left for training"):
-        data.split_by_speakers(corpus, "1-3")
+        splitting.split_by_speakers(corpus, "1-3")
 
 
 def test_check_speaker_disjoint_names_the_shared_speaker():
     splits = {"train": speaker_dataset(["a", "b"]), "test": speaker_dataset(["c", "b"])}
     with pytest.raises(ValueError, match="speaker 'b' is in both 'train' and 'test'"):
-        data.check_speaker_disjoint(splits)
-    data.check_speaker_disjoint({"train": speaker_dataset(["a", "b"]), "test": speaker_dataset(["c"])})
+        splitting.check_speaker_disjoint(splits)
+    splitting.check_speaker_disjoint({"train": speaker_dataset(["a", "b"]), "test": speaker_dataset(["c"])})
 
 
 def test_speaker_folds_cover_every_speaker_once_as_test():
     speakers = [f"ravdess_{i}" for i in range(1, 8)]  # 7 speakers, 3 folds: sizes 3, 2, 2
     corpus = speaker_dataset(speakers)
-    folds = data.speaker_folds(corpus, 3)
-    test_groups = [sorted(set(fold["test"]["speaker"]), key=data.speaker_sort_key) for fold in folds]
+    folds = splitting.speaker_folds(corpus, 3)
+    test_groups = [sorted(set(fold["test"]["speaker"]), key=splitting.speaker_sort_key) for fold in folds]
     assert test_groups == [speakers[0:3], speakers[3:5], speakers[5:7]]
     for fold in folds:
         assert not set(fold["train"]["speaker"]) & set(fold["test"]["speaker"])
         assert len(fold["train"]) + len(fold["test"]) == len(corpus)
-    again = data.speaker_folds(corpus, 3)
+    again = splitting.speaker_folds(corpus, 3)
     assert [list(f["test"]["speaker"]) for f in again] == [list(f["test"]["speaker"]) for f in folds]
     with pytest.raises(ValueError, match="k=8"):
-        data.speaker_folds(corpus, 8)
+        splitting.speaker_folds(corpus, 8)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
@@ -334,7 +338,7 @@ def test_metrics_match_hand_computed_values(as_ids):
     if as_ids:
         predictions = [LABELS.index(p) for p in PREDICTIONS]
         references = np.array([LABELS.index(r) for r in REFERENCES])
-    metrics = data.compute_ser_metrics(predictions, references, LABELS)
+    metrics = ser_metrics.compute_ser_metrics(predictions, references, LABELS)
     assert metrics["ua"] == pytest.approx(7 / 12)
     assert metrics["wa"] == pytest.approx(5 / 8)
     assert metrics["macro_f1"] == pytest.approx(13 / 28)
@@ -346,16 +350,16 @@ def test_metrics_match_hand_computed_values(as_ids):
 
 def test_metrics_refuse_unknown_labels_and_length_mismatch():
     with pytest.raises(ValueError, match="'bored' is not one of the labels"):
-        data.compute_ser_metrics(["bored"], ["sad"], LABELS)
+        ser_metrics.compute_ser_metrics(["bored"], ["sad"], LABELS)
     with pytest.raises(ValueError, match="as many predictions"):
-        data.compute_ser_metrics(["sad"], ["sad", "happy"], LABELS)
+        ser_metrics.compute_ser_metrics(["sad"], ["sad", "happy"], LABELS)
 
 
 def test_confusion_matrix_png_and_report(tmp_path):
-    png = data.save_confusion_matrix(PREDICTIONS, REFERENCES, LABELS, tmp_path / "plots" / "cm.png")
+    png = ser_metrics.save_confusion_matrix(PREDICTIONS, REFERENCES, LABELS, tmp_path / "plots" / "cm.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = data.compute_ser_metrics(PREDICTIONS, REFERENCES, LABELS)
-    report = data.write_report({**metrics, "extra": np.float32(0.5)}, tmp_path / "out" / "report.json")
+    metrics = ser_metrics.compute_ser_metrics(PREDICTIONS, REFERENCES, LABELS)
+    report = ser_metrics.write_report({**metrics, "extra": np.float32(0.5)}, tmp_path / "out" / "report.json")
     loaded = json.loads(report.read_text())
     assert loaded["ua"] == pytest.approx(7 / 12) and loaded["extra"] == 0.5
 
@@ -412,5 +416,5 @@ def test_load_real_ravdess():
     assert len(corpus) == 1200
     assert len(set(corpus["label"])) == 8
     assert len(set(corpus["speaker"])) == 20
-    folds = data.speaker_folds(corpus, 5)
+    folds = splitting.speaker_folds(corpus, 5)
     assert sorted(s for fold in folds for s in set(fold["test"]["speaker"])) == sorted(set(corpus["speaker"]))

@@ -248,7 +248,7 @@ def test_a_training_checkpoint_loads_and_an_old_one_says_how_to_resume(tiny, tmp
 
 
 def test_transcripts_inform_labels_only_where_the_words_differ_by_emotion():
-    from train import transcripts_inform_labels
+    from training.transcripts import transcripts_inform_labels
 
     scripted = [{"label": label, "transcript": sentence}  # every sentence in every emotion (RAVDESS)
                 for sentence in ("Kids are talking by the door.", "Dogs are sitting by the door")

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-import data_emosllm
 import dependencies_emosllm as deps
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-import hub_emosllm  # noqa: E402
-import train  # noqa: E402
+import training.evaluation  # noqa: E402
+import training.hub  # noqa: E402
+import training.metrics  # noqa: E402
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 
@@ -48,7 +48,7 @@ def test_the_ser_metric_is_an_evaluate_module_that_loads_from_its_folder_without
     env.update(HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                HF_ENDPOINT="http://127.0.0.1:9", OMP_NUM_THREADS="1")
     (tmp_path / "load.py").write_text(OFFLINE_LOAD)
-    run = subprocess.run([sys.executable, "load.py", str(data_emosllm.SER_METRIC_PATH)], cwd=tmp_path, env=env,
+    run = subprocess.run([sys.executable, "load.py", str(training.metrics.SER_METRIC_PATH)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
@@ -66,26 +66,26 @@ def test_the_scores_come_from_the_evaluate_module_and_match_scikit_learn():
     for size in (5, 40):
         predictions, references = rng.integers(0, 4, size), rng.integers(0, 4, size)
         references[:4] = range(4)  # every class present, so UA is scikit-learn's balanced accuracy
-        scores = data_emosllm.compute_ser_metrics(predictions, references, LABELS)
+        scores = training.metrics.compute_ser_metrics(predictions, references, LABELS)
         assert scores["ua"] == pytest.approx(balanced_accuracy_score(references, predictions))
         assert scores["wa"] == pytest.approx(accuracy_score(references, predictions))
         assert scores["macro_f1"] == pytest.approx(f1_score(references, predictions, average="macro"))
-        names = data_emosllm.compute_ser_metrics([LABELS[i] for i in predictions], [LABELS[i] for i in references],
+        names = training.metrics.compute_ser_metrics([LABELS[i] for i in predictions], [LABELS[i] for i in references],
                                                  LABELS)
         assert names == scores
-    assert isinstance(data_emosllm._ser_metric, evaluate.Metric)  # what compute_ser_metrics used
-    assert train.compute_ser_metrics is data_emosllm.compute_ser_metrics
+    assert isinstance(training.metrics._ser_metric, evaluate.Metric)  # what compute_ser_metrics used
+    assert training.evaluation.compute_ser_metrics is training.metrics.compute_ser_metrics
     assert set(scores) == {"ua", "wa", "macro_f1", "weighted_f1", "per_class_recall", "confusion_matrix", "labels",
                            "num_samples"}
     # a class never true counts in the macro F1 with 0, not at all in UA
-    scores = data_emosllm.compute_ser_metrics(["sad", "sad", "happy"], ["sad", "happy", "happy"], LABELS)
+    scores = training.metrics.compute_ser_metrics(["sad", "sad", "happy"], ["sad", "happy", "happy"], LABELS)
     assert scores["ua"] == pytest.approx(0.75) and scores["per_class_recall"] == {"happy": 0.5, "sad": 1.0}
     assert scores["macro_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
     for bad, references, match in (([9], [0], "class id 9 is outside 0..3"),
                                    (["bored"], ["sad"], "'bored' is not one of the labels"),
                                    ([0, 1], [0], "as many predictions as references")):
         with pytest.raises(ValueError, match=match):
-            data_emosllm.compute_ser_metrics(bad, references, LABELS)
+            training.metrics.compute_ser_metrics(bad, references, LABELS)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def data_args(**given) -> SimpleNamespace:
 def write_card(tmp_path: Path, model_args, data, split, hub_model_id=None) -> tuple[ModelCard, str]:
     output = tmp_path / "outputs" / "emosllm-ravdess"
     output.mkdir(parents=True)
-    hub_emosllm.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
+    training.hub.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
                                  hub_model_id=hub_model_id)
     path = output / "README.md"
     return ModelCard.load(path), path.read_text()

@@ -55,7 +55,7 @@ def torchrun(command: list[str], cwd, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_processes_train_on_disjoint_shares_and_save_once(tiny_setup, tmp_path):
-    from train import RECORD_CLIPS_ENV
+    from training.trainer import RECORD_CLIPS_ENV
 
     output = tmp_path / "ddp"
     # 16 training clips (speakers 1-2), 4 per process and step: one epoch is 2 steps of 2 x 4 clips.
@@ -115,7 +115,7 @@ def test_two_processes_report_what_their_folder_delivers_and_match_one_process(t
 def _score_on_ranks(rank: int, world: int, out: str) -> None:
     from accelerate import PartialState
 
-    from train import predict_as_delivered
+    from training.evaluation import predict_as_delivered
 
     processor = tiny_processor()
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
     """
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
-    from train import DELIVERED_BATCH_SIZE, predict_as_delivered
+    from training.evaluation import DELIVERED_BATCH_SIZE, predict_as_delivered
 
     run_ranks(_score_on_ranks, str(tmp_path))
     processor = tiny_processor()
@@ -229,7 +229,8 @@ def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path
                                         ([], {"ACCELERATE_USE_DEEPSPEED": "true"})])
 def test_fsdp_or_deepspeed_on_the_cpu_stops_instead_of_running_ddp(asked, env, monkeypatch, tmp_path):
     """Accelerate runs neither on the CPU (it falls back to DDP without a word): train.py says so and stops."""
-    from train import check_engine, parse_args
+    from training.arguments import parse_args
+    from training.engines import check_engine
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)

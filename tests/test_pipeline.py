@@ -39,7 +39,7 @@ CHECK = textwrap.dedent(
     except ImportError:
         pass
     results = {}
-    # Tones are not speech: the speech detector is off here (tests/test_fuzz.py tests it).
+    # Tones are not speech: the speech detector is off here (tests/test_fuzz_inference.py tests it).
     clf = pipeline(model=folder, trust_remote_code=True, detect_speech=False)
     named = pipeline("audio-classification", model=folder, trust_remote_code=True, top_k=2, detect_speech=False)
     # The plumbing is checked exactly, in float32; the bf16 encoder's tolerance is tested in test_lean_and_fast.py.
@@ -321,7 +321,7 @@ def check_timeline(result, duration, segment, hop):
     for entry in timeline:
         assert entry["end"] - entry["start"] == pytest.approx(segment, abs=1e-3)
         assert list(entry) == ["start", "end", "label", "score", "scores", "speech"]
-        # Speech detection is off here: a window's speech is its length (tests/test_fuzz.py: detection on).
+        # Speech detection is off here: a window's speech is its length (tests/test_fuzz_inference.py: detection on).
         assert entry["speech"] == pytest.approx(segment, abs=1e-3)
     assert len(timeline) == math.ceil((duration - segment) / hop) + 1
 

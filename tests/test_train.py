@@ -1,14 +1,12 @@
 """train.py end to end on tiny random backbones: a Hub folder comes out, and a killed run resumes losing nothing."""
 
 import json
-import logging
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -58,7 +56,8 @@ def trainable_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 COMMAND_LINES = ["train.py", "cli_emosllm.py", "backbones_emosllm.py",
-                 *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py"))]
+                 *sorted(f"bench/{p.name}" for p in (REPO / "bench").glob("*.py")  # scripts, not their modules
+                         if 'if __name__ == "__main__":' in p.read_text())]
 
 
 @pytest.mark.parametrize("script", COMMAND_LINES)
@@ -66,7 +65,7 @@ def test_help_lists_the_options(script):
     """`--help` must print every option (argparse formats help strings with %, so a bare % breaks it)."""
     result = run([sys.executable, str(REPO / script), "--help"], cwd=REPO)
     if script == "train.py":
-        from train import DataArguments, ModelArguments
+        from training.arguments import DataArguments, ModelArguments
 
         options = [f"--{field.name}" for args in (ModelArguments, DataArguments) for field in fields(args)]
         options += ["--output_dir", "--learning_rate", "--resume_from_checkpoint"]  # the Trainer's, too
@@ -104,7 +103,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
     stage_args = torch.load(output / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert stage_args.load_best_model_at_end is True  # by default the best checkpoint by validation UA is kept
-    own = ("mapper.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
+    own = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
     assert checkpoint and all("lora_" in k or k.startswith(own) for k in checkpoint)
     assert "audio_encoder.feature_std" in checkpoint
 
@@ -160,7 +159,7 @@ def test_resume_refuses_other_data_another_split_or_other_flags(tiny_setup, tmp_
 
 def test_incomplete_checkpoint_is_skipped(tmp_path):
     sys.path.insert(0, str(REPO))
-    from resume_emosllm import last_complete_checkpoint
+    from training.resume import last_complete_checkpoint
 
     from safetensors.torch import save_file
 
@@ -181,7 +180,7 @@ def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_canno
     sys.path.insert(0, str(REPO))
     from safetensors.torch import save_file
 
-    from train import parse_args
+    from training.arguments import parse_args
 
     _, data_args, training_args = parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"])
     assert data_args.resume and training_args.resume_from_checkpoint is None  # as --resume: the newest complete one
@@ -203,7 +202,7 @@ def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     sys.path.insert(0, str(REPO))
     import transcription_emosllm
     from conftest import tiny_processor
-    from train import attach_transcripts
+    from training.transcripts import attach_transcripts
 
     monkeypatch.setattr(transcription_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
     for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
@@ -229,16 +228,17 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     sys.path.insert(0, str(REPO))
     from conftest import tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMTrainer, parse_args
+    from training.arguments import parse_args
+    from training.trainer import EmoSLLMTrainer
 
-    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(mapper="statistics", audio_loss_weight=1.0).config)
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(adapter="statistics", audio_loss_weight=1.0).config)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
     by_id = {id(p): n for n, p in model.named_parameters()}
     groups = {group["lr"]: {by_id[id(p)] for p in group["params"]} for group in trainer.create_optimizer().param_groups}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(groups) == [5e-4, 1e-3, 1e-2] and set().union(*groups.values()) == trainable
-    assert all(n.startswith("mapper.") for n in groups[1e-2])
+    assert all(n.startswith("adapter.") for n in groups[1e-2])
     assert all(n.startswith(("audio_encoder.layer_weights", "audio_classifier.")) for n in groups[1e-3])
     assert groups[5e-4] and all("lora_" in n for n in groups[5e-4])
 
@@ -291,9 +291,11 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import PROBE_MIX_WEIGHTS, EmoSLLMTrainer, choose_probe_mix_weight, parse_args
+    from training.arguments import parse_args
+    from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
+    from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(mapper="probe")
+    processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -304,7 +306,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     model.fit_probe([processor([c["audio"] for c in clips(range(4))], labels=LABELS * 4)], 1.0)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3,
-                             data_collator=__import__("train").EmoSLLMCollator(processor))
+                             data_collator=EmoSLLMCollator(processor))
     with caplog.at_level("INFO"):
         report = choose_probe_mix_weight(trainer, clips(range(10, 13)), "the validation speakers")
     # The tiny LLM is untrained (near chance); the probe names every tone: the answer takes the probe's side.
@@ -321,9 +323,10 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMCollator, fit_probe
+    from training.probe import fit_probe
+    from training.trainer import EmoSLLMCollator
 
-    processor = tiny_processor(mapper="probe")
+    processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -370,9 +373,10 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     sys.path.insert(0, str(REPO))
     from conftest import tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-    from train import EmoSLLMCollator, EmoSLLMTrainer, parse_args
+    from training.arguments import parse_args
+    from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(mapper="probe")
+    processor = tiny_processor(adapter="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
     model.mapper.set_probe(model.mapper.statistics_mean, model.mapper.statistics_std,
@@ -394,7 +398,7 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
 
 def test_transcript_dropout_hides_a_share_of_transcripts_reproducibly():
     sys.path.insert(0, str(REPO))
-    from train import AugmentedClips
+    from training.augmentation import AugmentedClips
 
     versions = [[{"audio": tone(0.5, 200, seed=i), "transcript": "the door", "label": "sad"}] for i in range(400)]
     dataset = AugmentedClips(versions, seed=1, transcript_dropout=0.5)
@@ -437,7 +441,7 @@ def test_saved_folder_through_the_pipeline_reproduces_the_reported_score_on_fixe
 
 def test_augmented_copies_change_speed_and_add_noise_at_the_asked_snr():
     sys.path.insert(0, str(REPO))
-    from train import augmented_copies, parse_floats
+    from training.augmentation import augmented_copies, parse_floats
 
     clip = {"audio": tone(1.0, 300), "label": "angry", "states": torch.zeros(1)}
     original = clip["audio"].copy()
@@ -466,7 +470,7 @@ def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
     sys.path.insert(0, str(REPO))
     from transformers import TrainerState
 
-    from train import AugmentedClips, EpochCallback
+    from training.augmentation import AugmentedClips, EpochCallback
 
     versions = [[{"clip": i, "version": v} for v in range(4)] for i in range(16)]
     dataset = AugmentedClips(versions, seed=0)
@@ -484,151 +488,19 @@ def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
     assert dataset.epoch == 2
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# --use_transcript auto on data without transcripts (issue #39): a sample first, progress, a cache
-# ----------------------------------------------------------------------------------------------------------------------
-def untranscribed_clips(count: int = 120) -> list[dict]:
-    return [{"audio": tone(0.5, 100 + 7 * i, seed=i), "label": LABELS[i % 4], "transcript": None}
-            for i in range(count)]
-
-
-@pytest.fixture
-def fake_whisper(monkeypatch):
-    """Whisper replaced by a recorder; `words(clip_audio) -> text` decides what it hears."""
-    sys.path.insert(0, str(REPO))
-    import transcription_emosllm
-
-    heard: list[int] = []
-    fake = {"words": lambda audio: "kids are talking by the door"}  # scripted: one sentence in every emotion
-
-    def transcribe(audios, model_name):
-        heard.extend(len(a) for a in audios)
-        return [fake["words"](a) for a in audios]
-
-    monkeypatch.setattr(transcription_emosllm, "transcribe", transcribe)
-    fake["heard"] = heard
-    return fake
-
-
-def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_whisper, tmp_path, caplog, capsys):
-    from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
-
-    clips = untranscribed_clips()
-    processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
-    with caplog.at_level(logging.INFO, logger="emosllm.train"):
-        assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42) is False
-    assert len(fake_whisper["heard"]) == 48  # the sample only (10% of 120 is less than 48)
-    sample = [c for c in clips if c["transcript"]]
-    assert sorted(Counter(c["label"] for c in sample).values()) == [12, 12, 12, 12]  # stratified by label
-    assert "the transcripts of a sample of 48 training clips (48 of them transcribed by" in caplog.text
-    assert "The other 72 clips are not transcribed" in caplog.text and "--force_transcripts true" in caplog.text
-    assert "Transcribing a sample of 48 training clips" in capsys.readouterr().err  # the progress bar
-    stored = json.loads(cache.path.read_text())
-    assert stored["asr_model"] == processor.asr_model and len(stored["transcripts"]) == 48
-    assert not [p for p in cache.path.parent.iterdir() if p != cache.path]  # no temporary file left
-    again = untranscribed_clips()
-    fake_whisper["heard"].clear()
-    reloaded = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
-    assert transcribe_training_clips(again, processor, LABELS, reloaded, seed=42) is False
-    assert fake_whisper["heard"] == []  # the sample is read from the cache
-    assert sum(bool(c["transcript"]) for c in again) == 48
-
-
-def test_auto_transcripts_estimate_the_rest_then_transcribe_and_cache_every_clip(fake_whisper, tmp_path, caplog):
-    from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
-
-    fake_whisper["words"] = lambda audio: f"words number {int(np.argmax(np.abs(np.fft.rfft(audio))))}"  # unscripted
-    clips = untranscribed_clips()
-    clips[0]["transcript"] = "given words"
-    processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
-    with caplog.at_level(logging.INFO, logger="emosllm.train"):
-        assert transcribe_training_clips(clips, processor, LABELS, cache, seed=0) is True
-    assert len(fake_whisper["heard"]) == 119  # every clip without a transcript, once
-    assert clips[0]["transcript"] == "given words" and all(c["transcript"].startswith("words") for c in clips[1:])
-    assert re.search(r"a sample of 48 training clips \(47 of them .*\) show that the words can help .*Transcribing the "
-                     r"other 72 with \S+: about \d+ (s|min|h) here \(cached in ", caplog.text)
-    assert len(json.loads(cache.path.read_text())["transcripts"]) == 119
-    same_audio = [dict(c, transcript=None) for c in untranscribed_clips()]
-    fake_whisper["heard"].clear()
-    assert cache.fill(same_audio) == [same_audio[0]]  # keyed by the audio: clip 0's transcript was given, not cached
-    other_model = TranscriptCache("openai/whisper-base", tmp_path / "transcripts")
-    assert other_model.path != cache.path and len(other_model.fill(untranscribed_clips())) == 120  # and by the model
-
-
-def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisper, tmp_path):
-    from conftest import tiny_processor
-    from train import TranscriptCache, parse_args, transcribe_training_clips
-
-    clips = untranscribed_clips()
-    processor = tiny_processor(use_transcript="auto")
-    cache = TranscriptCache(processor.asr_model, tmp_path)
-    assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42, force=True) is True
-    assert len(fake_whisper["heard"]) == 120
-    with pytest.raises(ValueError, match="--force_transcripts true .* with --use_transcript none nothing"):
-        parse_args(["--output_dir", str(tmp_path), "--use_transcript", "none", "--force_transcripts", "true"])
-
-
-def test_the_transcript_cache_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
-    import train
-
-    cache = train.TranscriptCache("some/asr", tmp_path)
-    clip = {"audio": tone(0.5, 300), "transcript": "first"}
-    cache.add([clip])
-    before = cache.path.read_text()
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train.os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        cache.add([{"audio": tone(0.5, 400), "transcript": "second"}])
-    assert cache.path.read_text() == before and list(tmp_path.iterdir()) == [cache.path]
-    cache.path.write_text("{not json")  # damaged: read as empty, with a warning, and rewritten on the next add
-    assert train.TranscriptCache("some/asr", tmp_path).fill([dict(clip, transcript=None)]) != []
-
-
-@pytest.mark.slow
-def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(tmp_path, monkeypatch):
-    import importlib.util
-
-    import soundfile as sf
-
-    sys.path.insert(0, str(REPO))
-    import transcription_emosllm
-    from conftest import tiny_processor
-    from train import TranscriptCache, transcribe_training_clips
-
-    wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
-    audio, rate = sf.read(wav, dtype="float32")
-    processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
-    speech = processor.prepare_audio(audio, rate)
-    clips = [{"audio": speech, "label": "sad", "transcript": None}, {"audio": speech[::-1].copy(), "label": "happy",
-                                                                     "transcript": None}]
-    cache = TranscriptCache(processor.asr_model, tmp_path)
-    transcribe_training_clips(clips, processor, LABELS, cache, seed=0, force=True)
-    assert "fail" in clips[0]["transcript"].lower()
-    monkeypatch.setattr(transcription_emosllm, "transcribe", None)  # a second run needs no ASR
-    again = [dict(c, transcript=None) for c in clips]
-    assert TranscriptCache(processor.asr_model, tmp_path).fill(again) == []
-    assert again[0]["transcript"] == clips[0]["transcript"]
-
-
 @pytest.mark.parametrize("use_cpu", [True, False])
 def test_build_model_holds_the_frozen_backbones_in_the_policy_dtype_of_the_training_device(tiny_setup, monkeypatch,
                                                                                            use_cpu):
     """On a bf16 GPU (mocked) the frozen backbones are bf16; with --use_cpu (or on a CPU) float32, as the reported
     CPU scores were trained; LoRA and the interface are float32 either way."""
-    import modeling_emosllm
-    from train import ModelArguments, build_model
+    import precision_emosllm
+    from training.arguments import ModelArguments
+    from training.recipe import build_model
 
-    monkeypatch.setattr(modeling_emosllm, "bf16_is_native", lambda device_type=None: True)
+    monkeypatch.setattr(precision_emosllm, "bf16_is_native", lambda device_type=None: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = ModelArguments(audio_encoder=str(tiny_setup / "encoder"), llm=str(tiny_setup / "llm"), num_queries=4,
-                          adapter_hidden_size=32, lora_rank=4)
+                          mapper_hidden_size=32, mapper_type="qpmapper", lora_rank=4)
     model, _ = build_model(args, LABELS, "cpu" if use_cpu else None)
     backbone = set(model.backbone_keys())
     frozen = torch.float32 if use_cpu else torch.bfloat16

@@ -114,7 +114,7 @@ def test_push_to_hub_offline_trains_saves_and_prints_the_command_to_push_later(t
 def test_push_to_hub_uploads_the_final_folder_once_and_reports_a_failed_push(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
-    import hub_emosllm
+    import training.hub
 
     calls = []
 
@@ -133,17 +133,17 @@ def test_push_to_hub_uploads_the_final_folder_once_and_reports_a_failed_push(tmp
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
-    assert hub_emosllm.push_to_hub(tmp_path, "model", token="t", private=True)
+    assert training.hub.push_to_hub(tmp_path, "model", token="t", private=True)
     assert calls == [("token", "t"), ("create", "model", True),
                      ("upload", str(tmp_path), "user/model", ("*checkpoints/*", "*stage1_asr/*"))]
-    assert not hub_emosllm.push_to_hub(tmp_path, "broken")
+    assert not training.hub.push_to_hub(tmp_path, "broken")
     printed = capsys.readouterr().out
     assert "NOT pushed to the Hub (ConnectionError: no route to host)" in printed
     assert f"hf upload user/broken {tmp_path.resolve()} ." in printed
 
 
 def parsed(tmp_path, *flags):
-    from train import parse_args
+    from training.arguments import parse_args
 
     return parse_args(["--output_dir", str(tmp_path), *flags])[2]
 
@@ -160,7 +160,7 @@ def parsed(tmp_path, *flags):
     (["--load_best_model_at_end", "True"], "ser", False, False),  # no validation clips: warned, the last is kept
 ])
 def test_stage_arguments_follow_the_save_eval_and_best_model_flags(tmp_path, flags, task, evaluate, best):
-    from train import stage_arguments
+    from training.trainer import stage_arguments
 
     args = stage_arguments(parsed(tmp_path, *flags, "--push_to_hub", "true"), tmp_path / "stage", 3, task, evaluate)
     assert args.load_best_model_at_end is best
@@ -170,7 +170,7 @@ def test_stage_arguments_follow_the_save_eval_and_best_model_flags(tmp_path, fla
 
 
 def test_an_impossible_best_model_request_is_refused_naming_the_fix(tmp_path):
-    from train import stage_arguments
+    from training.trainer import stage_arguments
 
     for flags in (["--save_strategy", "no"], ["--eval_strategy", "no"], ["--save_strategy", "steps"]):
         with pytest.raises(ValueError, match="With --load_best_model_at_end true, evaluate during training"):

@@ -20,8 +20,9 @@ from integrity_emosllm import MANIFEST, check_saved_weights
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
-__all__ = ["check_checkpoint_matches", "check_resume_matches", "check_run_record", "last_complete_checkpoint",
-           "run_record"]
+__all__ = ["CHECKPOINT_STATE_FILES", "CHECKPOINT_WEIGHTS", "RUN_RECORD", "TRAINING_FLAGS", "UNRECORDED_DATA_FLAGS",
+           "check_checkpoint_matches", "check_resume_matches", "check_run_record", "checkpoint_problem",
+           "checkpoint_weight_files", "last_complete_checkpoint", "run_record"]
 
 
 CHECKPOINT_WEIGHTS = "model.safetensors"

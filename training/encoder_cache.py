@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from audio_emosllm import check_audio
 from backbones_emosllm import default_cache_dir
-from data_emosllm import SAMPLING_RATE
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from audio_emosllm import check_audio
 from processing_emosllm import EmoSLLMProcessor
+from training.corpora import SAMPLING_RATE
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 

@@ -5,6 +5,7 @@ What train.py hands the Hub: the model card of a trained output folder (`write_m
 later when there is no network). Imported by train.py only; a saved model folder does not need it.
 """
 
+import json
 import logging
 import shlex
 from pathlib import Path
@@ -14,10 +15,10 @@ logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's
 
 # Licences of the default backbones' families, named in the model card (other backbones: see their own cards).
 BACKBONE_LICENSES = {"openai/whisper-": "MIT", "HuggingFaceTB/SmolLM2-": "Apache-2.0"}
-# Speaker-id prefixes of the corpora data_emosllm recognises by their file names.
+# Speaker-id prefixes of the corpora training.corpora recognises by their file names.
 KNOWN_CORPORA = {"ravdess_": "RAVDESS", "cremad_": "CREMA-D", "tess_": "TESS", "emodb_": "EmoDB"}
 SMOKE_CORPUS_NAME = "EmoSLLM smoke corpus (generated with espeak-ng)"
-# Licences of the corpora data_emosllm recognises, as their distributors state them (Hub licence ids); EmoDB's is
+# Licences of the corpora training.corpora recognises, as their distributors state them (Hub licence ids); EmoDB's is
 # not listed here: pass train.py --license.
 CORPUS_LICENSES = {"RAVDESS": "cc-by-nc-sa-4.0", "CREMA-D": "odbl", "TESS": "cc-by-nc-nd-4.0"}
 # Creative Commons terms that weights trained on the data keep (non-commercial, no derivatives, share-alike).
@@ -167,6 +168,9 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         if not full_weights else
         "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
     )
+    lora_file = output_dir / "lora" / "adapter_config.json"
+    lora = (f"with LoRA rank {json.loads(lora_file.read_text())['r']}" if lora_file.is_file()
+            else f"({processor.config.language_model_training})")
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -176,8 +180,8 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
 
 - Audio encoder: {card_backbone(model_args.audio_encoder)}, frozen (layers:
-  `{processor.config.encoder_layer_combination}`); interface: `{processor.config.mapper_type}`{probe};
-  LLM: {card_backbone(model_args.llm)} with LoRA rank {processor.config.lora_rank}.
+  `{processor.config.encoder_layer_combination}`); mapper: `{processor.config.mapper_type}`{probe};
+  LLM: {card_backbone(model_args.llm)} {lora}.
 - Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
 - {split_line}.
 - Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},

@@ -1,7 +1,7 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """The smoke corpus: synthetic emotional speech made offline with espeak-ng, on which the README's main job
 (`python train.py` with no data argument) trains and tests in minutes. ``make_smoke_corpus`` writes it as a corpus
-folder (16 kHz mono WAV + ``manifest.csv``) that ``data_emosllm.load_corpus`` reads like any other.
+folder (16 kHz mono WAV + ``manifest.csv``) that ``training.data.load_corpus`` reads like any other.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any, Optional
 import numpy as np
 import soundfile as sf
 
-from data_emosllm import MANIFEST_NAME, SAMPLING_RATE, PathLike
+from training.corpora import MANIFEST_NAME, SAMPLING_RATE, PathLike
 
-__all__ = ["SMOKE_LABELS", "EspeakSynthesizer", "espeak_synthesizer", "make_smoke_corpus", "render_espeak_clips"]
+__all__ = ["SMOKE_AROUSAL", "SMOKE_INFO_NAME", "SMOKE_LABELS", "SMOKE_PROSODY", "SMOKE_SENTENCE_PAIRS",
+           "SMOKE_VALENCE", "SMOKE_VERSION", "SMOKE_VOICES", "EspeakSynthesizer", "espeak_synthesizer",
+           "make_smoke_corpus", "render_espeak_clips"]
 
 # Design: emotion = valence (carried by the words) x arousal (carried by the voice).
 #   neutral: positive/neutral words, low arousal     happy: positive words, high arousal
@@ -126,9 +128,9 @@ def _render_in_fresh_process(jobs: list[dict[str, Any]]) -> None:
     out slightly different depending on what the process said before. A fresh process per corpus makes
     the corpus byte-identical for the same arguments.
     """
-    module_dir = str(Path(__file__).resolve().parent)
+    module_dir = str(Path(__file__).resolve().parent.parent)  # the repository: `training` is a package in it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [module_dir, os.environ.get("PYTHONPATH")]))}
-    code = "import json, sys, smoke_corpus_emosllm as m; m.render_espeak_clips(json.load(sys.stdin))"
+    code = "import json, sys, training.smoke_corpus as m; m.render_espeak_clips(json.load(sys.stdin))"
     result = subprocess.run([sys.executable, "-c", code], input=json.dumps(jobs), text=True, env=env,
                             capture_output=True, check=False)
     if result.returncode != 0:

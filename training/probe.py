@@ -1,0 +1,103 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+The probe interface's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
+speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`).
+"""
+
+import logging
+
+import torch
+
+from training.metrics import compute_ser_metrics
+from training.trainer import EmoSLLMCollator
+
+logger = logging.getLogger("emosllm.train")
+
+__all__ = ["PROBE_MIX_WEIGHTS", "choose_probe_mix_weight", "fit_probe", "hold_out_probe_fold"]
+
+
+def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
+    """
+    The probe interface's fit (`model.fit_probe`, scikit-learn) on the training clips' cached encoder states (and
+    those of their augmented copies); C by validation UA, or, without validation speakers, by cross-validation over
+    the training speakers (a clip and its copies are always in the same fold). Each training clip also gets
+    `clip["probe_scores"]`, its scores from the probe fitted without its fold's speakers, which the LLM trains on
+    (`EmoSLLMTrainer.compute_loss`); with fewer than 2 speakers there are no folds, and it trains on the probe's
+    in-sample scores, with a warning.
+    """
+    collate = EmoSLLMCollator(processor)
+
+    def batches(clips):
+        return (collate(clips[i:i + 32]) for i in range(0, len(clips), 32))
+
+    if not cs:
+        raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
+    chosen = model.fit_probe(
+        batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
+        groups=[c.get("group", c["speaker"]) for c in train_clips],
+    )
+    selection_ua = chosen["probe_selection_ua"]
+    logger.info("Probe: C=%g (%s%s)", chosen["probe_c"], chosen["probe_selection"],
+                "" if selection_ua is None else f", UA {selection_ua:.4f}")
+    out_of_fold, folds = chosen.pop("out_of_fold_scores", None), chosen.pop("out_of_fold_folds", None)
+    if out_of_fold is None:
+        logger.warning("The training clips come from fewer than 2 speakers (groups): the LLM learns to read the "
+                       "probe's scores on the clips it was fitted on, surer than on new voices, so the model's class "
+                       "probabilities will be overconfident.")
+    else:
+        for clip, scores, fold in zip(train_clips, out_of_fold, folds.tolist()):
+            clip["probe_scores"], clip["probe_fold"] = scores, fold
+    return chosen
+
+
+def hold_out_probe_fold(versions: list[list[dict]]) -> tuple[list[list[dict]], list[dict]]:
+    """
+    Without validation speakers: the training speakers of the probe's first cross-validation fold are held out of
+    the LLM's training, as its validation speakers: `(the versions the LLM trains on, the held-out original clips)`.
+    Their out-of-fold probe scores come from a probe fitted without them, and the LLM never reads them, so they
+    score the LLM's answer and the probe's alike, as on new voices: the best epoch and `probe_mix_weight` are chosen
+    on them (`choose_probe_mix_weight`). Empty when the probe had no folds (fewer than 2 speakers).
+    """
+    if "probe_fold" not in versions[0][0]:
+        return versions, []
+    kept = [clip_versions for clip_versions in versions if clip_versions[0]["probe_fold"] != 0]
+    held_out = [clip_versions[0] for clip_versions in versions if clip_versions[0]["probe_fold"] == 0]
+    return kept, held_out
+
+
+# The weights of the probe's class log-probabilities in the answer that `choose_probe_mix_weight` tries: from the LLM's
+# answer alone (0) to the probe's alone (1), so the chosen answer scores at least the probe on the held-out speakers.
+PROBE_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
+    """
+    How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
+    trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
+    the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the weight with the best UA
+    (ties: the smaller, the LLM's answer) becomes `config.mapper_config["mix_weight"]`. Logs the LLM's and the probe's UA there,
+    and warns when the LLM alone scores below its probe. Returns the figures for the report and the model card.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.mapper_config["mix_weight"] = 0.0
+    prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
+    llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
+    names = model.config.labels
+
+    def ua(scores: torch.Tensor) -> float:
+        return float(compute_ser_metrics(scores.argmax(-1).numpy(), prediction.label_ids, names)["ua"])
+
+    mixes = {weight: ua((1 - weight) * llm + weight * probe) for weight in PROBE_MIX_WEIGHTS}
+    weight = max(mixes, key=lambda w: (mixes[w], -w))
+    model.config.mapper_config["mix_weight"] = weight
+    report = {"held_out": where, "held_out_clips": len(held_out), "held_out_llm_ua": round(mixes[0.0], 4),
+              "held_out_probe_ua": round(mixes[1.0], 4), "held_out_answer_ua": round(mixes[weight], 4),
+              "probe_mix_weight": weight}
+    logger.info("On %s (%d clips): the LLM's answer alone UA %.4f, its probe alone %.4f; the answer mixes in the "
+                "probe's scores with weight %g (UA %.4f).", where, len(held_out), mixes[0.0], mixes[1.0], weight,
+                mixes[weight])
+    if mixes[0.0] < mixes[1.0]:
+        logger.warning("The LLM's answer alone scores below the probe it reads on %s (UA %.4f < %.4f); the saved "
+                       "model mixes the probe's scores into its answer (probe_mix_weight=%g, UA %.4f there).",
+                       where, mixes[0.0], mixes[1.0], weight, mixes[weight])
+    return report

@@ -1,0 +1,183 @@
+# Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
+"""
+One training run on one split, in order: the model from its backbones (`build_model`), the checked clips, the
+encoder cache, the probe, the training stages, the saved folder, its test report and model card
+(`train_one_split`).
+"""
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from transformers import set_seed
+
+from backbones_emosllm import resolve_pretrained
+from peft import LoraConfig
+
+from configuration_emosllm import SAMPLING_RATE, MAPPER_SETTINGS, EmoSLLMConfig
+from lora_emosllm import DEFAULT_LORA
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+from probe_fitting_emosllm import PROBE_C_GRID
+from saving_emosllm import backbones_left_out
+from processing_emosllm import EmoSLLMProcessor
+from training.arguments import ModelArguments, parse_labels
+from training.augmentation import AugmentedClips, augmented_copies, parse_floats
+from training.clips import load_checked_clips
+from training.encoder_cache import EncoderStateCache, cached_states
+from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
+from training.hub import write_model_card
+from training.probe import choose_probe_mix_weight, fit_probe, hold_out_probe_fold
+from training.resume import check_resume_matches, check_run_record, run_record
+from training.splits import check_split_labels, has_speaker_ids, speaker_sort_key
+from training.trainer import run_stage
+from training.transcripts import TranscriptCache, attach_transcripts, transcribe_clips, transcribe_training_clips
+
+logger = logging.getLogger("emosllm.train")
+
+__all__ = ["build_model", "model_settings", "train_one_split"]
+
+
+def model_settings(model_args: ModelArguments) -> dict:
+    """
+    The config's fields and the processor's settings the flags set; a flag left unset is not passed, so the
+    config's (or processor's) own default applies.
+    """
+    settings = {name: getattr(model_args, name) for name in
+                ("encoder_layer_combination", "language_model_training", "audio_loss_weight", "use_transcript", "prompt")
+                if getattr(model_args, name) is not None}
+    if model_args.lora_rank == 0 and model_args.language_model_training is None:
+        settings["language_model_training"] = "frozen"  # no LoRA: only the mapper trains
+    mapper = {key: value for key, value in (("num_queries", model_args.num_queries),
+                                            ("hidden_size", model_args.mapper_hidden_size)) if value is not None}
+    if model_args.mapper_type is not None or mapper:
+        mapper_type = model_args.mapper_type or EmoSLLMConfig().mapper_type
+        unused = sorted(set(mapper) - set(MAPPER_SETTINGS[mapper_type]))
+        if unused:
+            raise ValueError(f"--{unused[0].replace('hidden_size', 'mapper_hidden_size')} is no setting of the "
+                             f"{mapper_type!r} mapper (its settings: {', '.join(MAPPER_SETTINGS[mapper_type])}).")
+        settings["mapper_config"] = {"mapper_type": mapper_type, **mapper}
+    return settings
+
+
+def build_model(model_args: ModelArguments, labels: list[str], device_type: str | None = None):
+    """
+    The processor and a new model from the backbones, built memory-lean (`from_backbones`): the frozen backbones in
+    the precision policy's dtype for `device_type` (None: the GPU if there is one, else the CPU; bf16 on a bf16 GPU,
+    float32 on the CPU), the parts that train in float32 (`modeling_emosllm.PRECISION_POLICY`).
+    """
+    cache = model_args.backbone_cache_dir
+    audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
+    llm = resolve_pretrained(model_args.llm, cache_dir=cache)
+    processor = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels, **model_settings(model_args))
+    lora = {key: value for key, value in (("r", model_args.lora_rank), ("lora_alpha", model_args.lora_alpha),
+                                          ("lora_dropout", model_args.lora_dropout)) if value is not None}
+    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora}) if processor.config.language_model_training == "lora" else None
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm, lora_config,
+                                                              device_type=device_type)
+    trainable, total = model.trainable_parameters()
+    logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
+    return model, processor
+
+
+def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
+    speeds = parse_floats(data_args.speed_perturbation, "speed_perturbation")
+    snrs_db = parse_floats(data_args.noise_snr_db, "noise_snr_db")
+    labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \
+        else parse_labels(data_args.labels)
+    check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
+    set_seed(training_args.seed)
+    model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
+    if data_args.resume:
+        check_resume_matches(model, output_dir)
+    clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
+    check_run_record(output_dir / "checkpoints", run_record(model_args, data_args, training_args, splits),
+                     data_args.resume, write=training_args.process_index == 0)
+    cache = EncoderStateCache(model, processor, data_args.encoder_cache_dir)
+    with training_args.main_process_first(desc="encoder cache"):
+        if processor.use_transcript == "auto":
+            transcripts = TranscriptCache(processor.asr_model, data_args.transcript_cache_dir)
+            if transcribe_training_clips(clips["train"], processor, labels, transcripts, training_args.seed,
+                                         data_args.force_transcripts):
+                for name, split_clips in clips.items():  # scored as the saved model answers: with transcripts
+                    if name != "train" and (todo := transcripts.fill(split_clips)):
+                        transcribe_clips(todo, processor.asr_model, transcripts, f"{len(todo)} {name} clips")
+            else:  # the model reads no transcript, and the saved one never runs ASR
+                processor.use_transcript = "none"
+        for name, split_clips in clips.items():
+            attach_transcripts(split_clips, processor)  # 'none' drops every transcript
+        # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
+        # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
+        cache.fill(clips["train"])
+    # The interface reads each encoder dimension standardized over the training clips (never validation or test).
+    model.audio_encoder.set_feature_statistics(cached_states(clip) for clip in clips["train"])
+    versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
+    if speeds or snrs_db:
+        max_samples = int(processor.max_audio_seconds * SAMPLING_RATE)
+        with training_args.main_process_first(desc="encoder cache (augmented copies)"):
+            for clip_versions in versions:
+                clip_versions += augmented_copies(clip_versions[0], speeds, snrs_db, max_samples)
+            cache.fill([copy for clip_versions in versions for copy in clip_versions[1:]])
+    # Training reads the cached states: the decoded samples of the training clips and their copies can go.
+    for clip in (copy for clip_versions in versions for copy in clip_versions):
+        clip["num_samples"] = len(clip.pop("audio"))
+    unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
+    probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
+    if model.config.mapper_type == "probe":  # fitted on the training clips and their augmented copies
+        probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
+                          clips.get("validation"), parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID))
+        if not held_out:
+            versions, held_out = hold_out_probe_fold(versions)
+            held_speakers = sorted({str(c.get("group", c["speaker"])) for c in held_out}, key=speaker_sort_key)
+            where = f"training {unit or 'clip'}s held out of the LLM's training ({', '.join(held_speakers)})"
+            if held_out:
+                logger.info("No validation speakers: the LLM trains without %s, which choose its epoch and how far "
+                            "its answer may depart from the probe.", where)
+    train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
+    started = time.time()
+    if data_args.asr_epochs > 0:
+        run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
+                  data_args.asr_epochs, data_args.resume)
+    trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
+                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
+    train_seconds = time.time() - started
+    if model.config.mapper_type == "probe" and held_out:
+        probe.update(choose_probe_mix_weight(trainer, held_out, where))
+    if unit:  # what no two splits share: speakers, or the --group_column's values
+        split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)
+                          for name, split in splits.items()}
+    else:
+        split_speakers = {name: [f"{len(split)} clips drawn at random (no speaker ids; not speaker-independent)"]
+                          for name, split in splits.items()}
+    split_speakers.setdefault("validation", [])
+    split_speakers["unit"] = unit or "clip"
+    if training_args.process_index == 0:
+        # Lean unless asked (or unless a backbone has no Hub id: then every weight, with a warning); code included.
+        model.save_pretrained(output_dir, full_weights=True if model_args.save_full_weights else None)
+        processor.save_pretrained(output_dir)
+        size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and "checkpoints" not in f.parts
+                   and "stage1_asr" not in f.parts) / 1e6
+        whole = not backbones_left_out(output_dir / "model.safetensors")  # also when a backbone has no Hub id
+        if whole:
+            logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
+        else:
+            logger.info(
+                "Saved %s as a lean folder (%.1f MB: the interface, statistics, probe and LoRA, in peft's layout "
+                "under lora/); it loads its backbones %s and %s by Hub id. For a folder with every weight pass "
+                "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
+                output_dir, size, model.config.audio_model_id, model.config.text_model_id,
+            )
+    trainer.accelerator.wait_for_everyone()  # the folder is saved: every process reads its LLM dtype from it
+    metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
+    metrics["train_seconds"] = round(train_seconds, 1)
+    metrics.update(probe)
+    if training_args.process_index == 0:
+        # The trained model and the encoder cache (which holds the model) are not needed any more: freed before the
+        # saved folder is loaded beside them.
+        del trainer, model, cache
+        gc.collect()
+        metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
+        metrics["test_clips_without_speech"] = clips_without_speech(clips["test"])
+        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,
+                         hub_model_id=training_args.hub_model_id, full_weights=whole)
+    return metrics
