@@ -79,7 +79,7 @@ def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_
         alone = model(encoder_outputs=(pooled(runner, feature_extractor, [short]),))
         batch = model(encoder_outputs=(pooled(runner, feature_extractor, [short, long]),))
         # HF's order on the short clip's own frames: projector on every frame, mean over them, classifier.
-        owner = SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
+        owner = SimpleNamespace(config=runner.config, feature_extractor=feature_extractor, pad_audio_to_max_length=False)
         features = EmoSLLMProcessor.audio_features(owner, [short])
         last = runner.layer_states(features["input_features"], features["audio_lengths"])[0, -1]
         frames = runner.config.num_encoder_frames(len(short))

@@ -93,7 +93,8 @@ def test_the_scores_come_from_the_evaluate_module_and_match_scikit_learn():
 # --------------------------------------------------------------------------------------------------------------------
 METRICS = {"ua": 0.7104, "wa": 0.7031, "macro_f1": 0.6987, "weighted_f1": 0.7012, "probe_c": 0.01,
            "probe_selection": "validation UA 0.69"}
-CONFIG = SimpleNamespace(encoder_layer_combination="concatenate", adapter_type="probe", lora_rank=8, labels=LABELS)
+CONFIG = SimpleNamespace(encoder_layer_combination="concatenate", mapper_type="probe", language_model_training="lora",
+                         labels=LABELS)
 
 
 def data_args(**given) -> SimpleNamespace:

@@ -60,7 +60,7 @@ class EncoderStateCache:
         self.model, self.processor = model, processor
         root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
         encoder_key = json.dumps(
-            [model.config.audio_config.to_dict(), model.config.pad_audio_to_max_length,
+            [model.config.audio_config.to_dict(), processor.pad_audio_to_max_length,
              processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder),
              str(model.audio_encoder.inference_dtype(model.device.type))],
             sort_keys=True, default=str,
