@@ -213,7 +213,8 @@ def run_whisper_layers_lr(clips: dict[str, list[dict]], labels: list[str], audio
     def features(batch: list[dict]) -> np.ndarray:
         from processing_emosllm import EmoSLLMProcessor
 
-        owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
+        owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor,
+                                  pad_audio_to_max_length=False)
         rows = []
         for start in range(0, len(batch), 16):
             audios = [c["audio"] for c in batch[start:start + 16]]
@@ -271,7 +272,8 @@ def pooled_encoder_output(runner, feature_extractor, audios: list[np.ndarray]):
     from processing_emosllm import EmoSLLMProcessor
 
     # The processor's own feature step; it reads only `config` and `feature_extractor` (no tokenizer needed).
-    owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor)
+    owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor,
+                                  pad_audio_to_max_length=False)
     features = EmoSLLMProcessor.audio_features(owner, audios)
     last = runner.layer_states(features["input_features"], features["audio_lengths"])[:, -1]
     mask = runner.frame_mask(features["audio_lengths"], last.shape[1]).to(last.dtype)[..., None]
