@@ -164,9 +164,8 @@ def build_one(case: str, encoder: str, llm: str, threads: int) -> dict:
     from processing_emosllm import EmoSLLMProcessor
 
     torch.set_num_threads(threads)
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, adapter_type="qpmapper",
-                                                num_queries=32, adapter_num_layers=2, adapter_num_heads=8,
-                                                adapter_hidden_size=768)
+    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={
+        "mapper_type": "qpmapper", "num_queries": 32, "num_layers": 2, "num_heads": 8, "hidden_size": 768})
     baseline = peak_rss_bytes()
     torch.manual_seed(0)
     if case == "old":

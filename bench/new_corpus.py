@@ -27,7 +27,7 @@ and the probe alone on the test actors, and the weight the run gave the probe in
 
 ``--read_back`` measures instead what the LLM brings before any training: for each case's label words (and
 RAVDESS's own), the untrained model (train.py's recipe built from the backbones, LoRA at zero) reads a soft emotion
-word that is one label's word alone (the probe's scores one-hot, through ``adapter.given_scores``) on 12 RAVDESS
+word that is one label's word alone (the probe's scores one-hot, through ``mapper.given_scores``) on 12 RAVDESS
 clips, and the share of its answers that name that label is printed (chance: 1 / number of labels).
 """
 
@@ -124,14 +124,15 @@ def read_back(label_sets: dict[str, list[str]], data_dir: Path) -> None:
 
     sys.path.insert(0, str(ROOT))
     from backbones_emosllm import resolve_pretrained
+    from configuration_emosllm import DEFAULT_AUDIO_MODEL_ID, DEFAULT_TEXT_MODEL_ID
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from processing_emosllm import EmoSLLMProcessor
 
-    encoder, llm = resolve_pretrained("openai/whisper-tiny.en"), resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+    encoder, llm = resolve_pretrained(DEFAULT_AUDIO_MODEL_ID), resolve_pretrained(DEFAULT_TEXT_MODEL_ID)
     paths = pd.read_csv(data_dir / "manifest.csv")["path"][:12]
     audios = [sf.read(data_dir / path, dtype="float32")[0] for path in paths]
     for name, labels in label_sets.items():
-        processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=labels, adapter_type="probe",
+        processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=labels, mapper_config={"mapper_type": "probe"},
                                                     encoder_layer_combination="concatenate", use_transcript="none")
         model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm).eval()
         inputs, right = processor(audios, sampling_rate=16000), 0

@@ -86,15 +86,15 @@ LLAMA_3B = dict(
     rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
                      "low_freq_factor": 1.0, "original_max_position_embeddings": 8192},
 )
-QPMAPPER = dict(adapter_type="qpmapper", num_queries=32, adapter_num_layers=2, adapter_num_heads=8,
-                adapter_hidden_size=768)
+QPMAPPER = dict(mapper_config={"mapper_type": "qpmapper", "num_queries": 32, "num_layers": 2, "num_heads": 8,
+                               "hidden_size": 768})
 
 # --tiny: the same code path at toy sizes (the test suite runs it).
 TINY_WAVLM = dict(WAVLM_LARGE, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 TINY_LLAMA = dict(LLAMA_3B, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
                   head_dim=16, vocab_size=49216, bos_token_id=1, eos_token_id=2)  # the stand-in tokenizer's ids fit
-TINY_QPMAPPER = dict(QPMAPPER, num_queries=4, adapter_num_heads=2, adapter_hidden_size=32)
+TINY_QPMAPPER = dict(mapper_config={**QPMAPPER["mapper_config"], "num_queries": 4, "num_heads": 2, "hidden_size": 32})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -31,12 +31,12 @@ Systems (``--systems``, default all):
   interface on every encoder layer). Besides the scores, its row measures the LLM's free answer
   (``generate(constrain_to_labels=False)``) against the class its scores rank first, the test UA with no transcript
   in the prompt, and the saved folder's test UA through the pipeline (train.py's own check).
-* ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: train.py's defaults with ``--adapter_type`` and the
+* ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: train.py's defaults with ``--mapper_type`` and the
   learned layer average (the paper's design); ``emosllm_statistics``: the statistics-pooling interface with its own
-  recipe (``--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3``).
+  recipe (``--num_queries 4 --mapper_learning_rate 1e-2 --head_learning_rate 1e-3``).
 * ``emosllm_transcript_only``: ablation without audio (the prompt keeps transcript and task, no audio
   placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (interface and head only); ``emosllm_full_finetune``:
-  ``--lora_rank 0 --freeze_language_model False --learning_rate 2e-5``.
+  ``--language_model_training full --learning_rate 2e-5``.
 
 Reported per system: test UA, WA, macro F1 (``compute_ser_metrics``); trainable and total parameters; training
 wall time (the fitting loop with its validation passes; precomputed features such as MFCCs or frozen-encoder states
@@ -64,6 +64,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -82,7 +83,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402
 
+import configuration_emosllm  # noqa: E402
 import training.arguments  # noqa: E402
+from lora_emosllm import DEFAULT_LORA  # noqa: E402
+from probe_fitting_emosllm import PROBE_C_GRID  # noqa: E402
+from processing_emosllm import EmoSLLMProcessor  # noqa: E402
 from training.splits import speaker_ids  # noqa: E402
 
 from ser_benchmark_systems import (  # noqa: E402
@@ -247,7 +252,8 @@ RECIPE_TRAINING_ARGUMENTS = (
 def recipe() -> dict:
     """
     What a run's result depends on besides this invocation's flags: train.py's defaults (all of its model and data
-    arguments, the training arguments above) and this script's own constants. It is part of the settings, so a
+    arguments, the training arguments above, and the defaults of the config, mappers, LoRA, processor and probe grid
+    that its unset model flags take) and this script's own constants. It is part of the settings, so a
     finished run is reused only while none of these changed; train.py's default interface width once went from 768
     to 256, and a resumed table must not mix the two.
     """
@@ -256,6 +262,13 @@ def recipe() -> dict:
     raw = {
         "train_py": {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args),
                      **{name: getattr(training_args, name) for name in RECIPE_TRAINING_ARGUMENTS}},
+        "model_defaults": {
+            "config": configuration_emosllm.EmoSLLMConfig().to_dict(), "mappers": configuration_emosllm.MAPPER_SETTINGS,
+            "lora": DEFAULT_LORA, "probe_c": PROBE_C_GRID,
+            "processor": {name: parameter.default
+                          for name, parameter in inspect.signature(EmoSLLMProcessor.__init__).parameters.items()
+                          if parameter.default is not inspect.Parameter.empty},
+        },
         "emosllm_flags": EMOSLLM_FLAGS, "mfcc_recipe": MFCC_RECIPE, "batch_size": BATCH_SIZE,
         "head_learning_rate": HEAD_LEARNING_RATE, "encoder_learning_rate": ENCODER_LEARNING_RATE,
     }
@@ -359,9 +372,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="train nothing: build the table from the runs already finished in --out (with the same "
                              "settings), listing the (system, seed) pairs not run yet")
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads of each run (default: 1)")
-    parser.add_argument("--audio_encoder", default="openai/whisper-tiny.en",
+    parser.add_argument("--audio_encoder", default=configuration_emosllm.DEFAULT_AUDIO_MODEL_ID,
                         help="Hub id or folder of every Whisper and EmoSLLM row's encoder (default: %(default)s)")
-    parser.add_argument("--llm", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+    parser.add_argument("--llm", default=configuration_emosllm.DEFAULT_TEXT_MODEL_ID,
                         help="Hub id or folder of the EmoSLLM rows' LLM (default: %(default)s)")
     parser.add_argument("--run_one", choices=list(SYSTEMS), default=None,
                         help="run one system in this process and write its result to --result (used by the parent)")

@@ -49,18 +49,17 @@ __all__ = ["BATCH_SIZE", "CALIBRATION_KEYS", "CROSS_VALIDATION_FOLDS", "DEFAULT_
 
 
 # train.py flags of each EmoSLLM row, on top of train.py's defaults.
-PAPER = ["--adapter_type", "qpmapper", "--encoder_layer_combination", "weighted_average"]
+PAPER = ["--mapper_type", "qpmapper", "--encoder_layer_combination", "weighted_average"]
 EMOSLLM_FLAGS = {
     "emosllm_default": [],
     "emosllm_qpmapper": PAPER,
-    "emosllm_qformer": ["--adapter_type", "qformer", "--encoder_layer_combination", "weighted_average"],
-    "emosllm_mlp": ["--adapter_type", "mlp", "--encoder_layer_combination", "weighted_average"],
-    "emosllm_statistics": ["--adapter_type", "statistics", "--encoder_layer_combination", "weighted_average",
-                           "--num_queries", "4", "--adapter_learning_rate", "1e-2", "--head_learning_rate", "1e-3"],
+    "emosllm_qformer": ["--mapper_type", "qformer", "--encoder_layer_combination", "weighted_average"],
+    "emosllm_mlp": ["--mapper_type", "mlp", "--encoder_layer_combination", "weighted_average"],
+    "emosllm_statistics": ["--mapper_type", "statistics", "--encoder_layer_combination", "weighted_average",
+                           "--num_queries", "4", "--mapper_learning_rate", "1e-2", "--head_learning_rate", "1e-3"],
     "emosllm_transcript_only": [*PAPER, "--audio_loss_weight", "0"],  # no audio, no audio loss
     "emosllm_no_lora": [*PAPER, "--lora_rank", "0"],
-    "emosllm_full_finetune": [*PAPER, "--lora_rank", "0", "--freeze_language_model", "False",
-                              "--learning_rate", "2e-5"],
+    "emosllm_full_finetune": [*PAPER, "--language_model_training", "full", "--learning_rate", "2e-5"],
 }
 
 
@@ -396,7 +395,7 @@ def transcript_only_classes():
 
         def freeze_backbones(self) -> None:
             super().freeze_backbones()
-            for param in [*self.audio_encoder.parameters(), *self.adapter.parameters()]:
+            for param in [*self.audio_encoder.parameters(), *self.mapper.parameters()]:
                 param.requires_grad_(False)
 
         def get_audio_embeddings(self, audio_lengths, input_features=None, encoder_layer_states=None,

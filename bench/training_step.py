@@ -39,14 +39,17 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     import numpy as np
     import torch
+    from peft import LoraConfig
 
     from backbones_emosllm import resolve_pretrained
+    from configuration_emosllm import DEFAULT_AUDIO_MODEL_ID, DEFAULT_TEXT_MODEL_ID
+    from lora_emosllm import DEFAULT_LORA
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from processing_emosllm import EmoSLLMProcessor
 
     torch.set_num_threads(args.threads)
-    encoder = resolve_pretrained("openai/whisper-tiny.en")
-    llm = resolve_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+    encoder = resolve_pretrained(DEFAULT_AUDIO_MODEL_ID)
+    llm = resolve_pretrained(DEFAULT_TEXT_MODEL_ID)
     rng = np.random.default_rng(0)
     audios = [(0.3 * np.sin(2 * np.pi * (150 + 50 * i) * np.arange(56000) / 16000)
                + 0.02 * rng.standard_normal(56000)).astype(np.float32) for i in range(args.batch_size)]
@@ -57,10 +60,11 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name, bf16, dropout, shared in variants:
         processor = EmoSLLMProcessor.from_backbones(
-            encoder, llm, labels=LABELS, adapter_type="probe", encoder_layer_combination="concatenate",
-            lora_dropout=dropout, audio_loss_weight=1.0)
+            encoder, llm, labels=LABELS, mapper_config={"mapper_type": "probe"}, encoder_layer_combination="concatenate",
+            audio_loss_weight=1.0)
         torch.manual_seed(0)
-        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm).train()
+        lora_config = LoraConfig(**{**DEFAULT_LORA, "lora_dropout": dropout})
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, lora_config).train()
         if not shared:
             model.MIN_SHARED_PREFIX = 10**9
         batch = processor(audios, transcript=["Kids are talking by the door"] * len(audios),

@@ -25,7 +25,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from audio_emosllm import SAMPLING_RATE, read_audio_file  # noqa: E402
+from audio_emosllm import read_audio_file  # noqa: E402
+from configuration_emosllm import SAMPLING_RATE  # noqa: E402
 from vad_emosllm import CHUNK, speech_mask  # noqa: E402
 
 __all__ = ["main", "speaker_number", "speech_bounds"]

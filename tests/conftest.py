@@ -5,6 +5,7 @@ from __future__ import annotations  # (annotations name the model class, importe
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -27,6 +28,9 @@ from transformers import (  # noqa: E402
 
 from configuration_emosllm import MAPPER_SETTINGS  # noqa: E402
 from processing_emosllm import DEFAULT_PROMPT, EmoSLLMProcessor  # noqa: E402
+
+if TYPE_CHECKING:
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
 LABELS = ["neutral", "happy", "sad", "angry"]
 CHAT_TEMPLATE = (

@@ -1,6 +1,5 @@
 """bench/ser_benchmark.py on tiny data: the split, the aggregation and an end-to-end quick run on tiny backbones."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -126,11 +125,11 @@ def test_modes_state_their_reductions(tmp_path):
 
 
 def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp_path, monkeypatch):
-    import training.arguments
+    import configuration_emosllm
 
     settings = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
-    default_width = training.arguments.ModelArguments.adapter_hidden_size
-    assert settings["recipe"]["train_py"]["adapter_hidden_size"] == default_width
+    default_width = configuration_emosllm.MAPPER_SETTINGS["qpmapper"]["hidden_size"]
+    assert settings["recipe"]["model_defaults"]["mappers"]["qpmapper"]["hidden_size"] == default_width
     ran = []
 
     def fake_run(command, **kwargs):  # stands for the child process: writes the result file it was given
@@ -144,13 +143,9 @@ def test_a_finished_run_is_reused_only_while_train_py_defaults_are_unchanged(tmp
     ser_benchmark.run_all(["emosllm_qpmapper"], [0], settings)
     assert len(ran) == 1  # same settings and recipe: the finished run is reused
 
-    parse_args = training.arguments.parse_args
-
-    def parse_args_with_another_default(argv=None):  # as if train.py's default interface width changed
-        model_args, data_args, training_args = parse_args(argv)
-        return dataclasses.replace(model_args, adapter_hidden_size=768), data_args, training_args
-
-    monkeypatch.setattr(training.arguments, "parse_args", parse_args_with_another_default)
+    # as if the qpmapper's default width (which train.py's unset --mapper_hidden_size takes) changed
+    monkeypatch.setitem(configuration_emosllm.MAPPER_SETTINGS, "qpmapper",
+                        {**configuration_emosllm.MAPPER_SETTINGS["qpmapper"], "hidden_size": 768})
     changed = ser_benchmark.resolve_settings(ser_benchmark.parse_args(["--mode", "full", "--out", str(tmp_path)]))
     assert changed["recipe"] != settings["recipe"]
     ser_benchmark.run_all(["emosllm_qpmapper"], [0], changed)
@@ -182,13 +177,9 @@ def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_se
 
 @pytest.mark.slow
 def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
-    import training.arguments
-
     # Every row but emosllm_qformer / emosllm_mlp / emosllm_statistics, which differ from emosllm_qpmapper only by
     # train.py flags (the interfaces have their own tests); that keeps this test near a minute.
     systems = [s for s in ser_benchmark.SYSTEMS if s not in ("emosllm_qformer", "emosllm_mlp", "emosllm_statistics")]
-    if "freeze_language_model" not in {f.name for f in dataclasses.fields(training.arguments.ModelArguments)}:
-        systems.remove("emosllm_full_finetune")  # needs train.py's --freeze_language_model, not there yet
     out = tmp_path / "serbench"
     argv = ["--mode", "quick", "--out", str(out), "--data_dir", str(tiny_setup / "corpus"), "--eval_speakers", "7-8",
             "--test_speakers", "9-10", "--subset_fraction", "0.5", "--audio_encoder", str(tiny_setup / "encoder"),

@@ -22,7 +22,7 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 @pytest.fixture(scope="module")
 def lean_folder(tmp_path_factory):
     """A lean tiny folder (LoRA in lora/, backbones by name) with a trained-looking LoRA, and how to load it."""
-    from test_lean_and_fast import build_tiny
+    from conftest import build_tiny
 
     root = tmp_path_factory.mktemp("integrity")
     processor, model = build_tiny(root)
@@ -134,7 +134,7 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_folder_or_one_that_refuses(l
     import signal
     import subprocess
 
-    from test_lean_and_fast import TINY_IDS, clips
+    from conftest import TINY_IDS, clips
 
     script = tmp_path / "save.py"
     script.write_text(KILLED_SAVE)
@@ -174,14 +174,14 @@ def test_a_save_killed_at_any_moment_leaves_a_whole_folder_or_one_that_refuses(l
 
 
 def test_a_folder_saved_before_this_version_loads_and_answers_the_same(lean_folder, tmp_path):
-    """What the code before the record and the answer paths wrote: no emosllm_weights.json, no answer_end_token_id,
-    no probe_mix_weight in config.json. It loads (with a warning) and scores as the model that was saved."""
-    from test_lean_and_fast import clips
+    """What the code before the record and the answer paths wrote: no emosllm_weights.json, no answer_end_token_id in
+    config.json. It loads (with a warning) and scores as the model that was saved. (Older flat configs:
+    tests/test_old_folders.py.)"""
+    from conftest import clips
 
     old = damaged_copy(lean_folder, tmp_path, lambda f: (f / "emosllm_weights.json").unlink())
     config = json.loads((old / "config.json").read_text())
-    for key in ("answer_end_token_id", "probe_mix_weight"):
-        config.pop(key)
+    config.pop("answer_end_token_id")  # (a qpmapper folder: its mapper_config never had the probe's mix weight)
     (old / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="carries no record"):
         loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(old, **lean_folder["ids"])

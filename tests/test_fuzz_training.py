@@ -20,7 +20,6 @@ from fuzz_helpers import (  # noqa: F401 (fixtures)
     train_args, with_nan, write_rows,
 )
 
-import pipeline_emosllm
 import training.arguments
 import training.clips
 import training.data
@@ -29,6 +28,7 @@ import training.resume
 import training.splits
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from audio_emosllm import prepare_clip, read_audio_file
+from probe_fitting_emosllm import fit_linear_probe
 
 def bad_file(folder: Path, name: str, kind: str) -> None:
     """Replace the file `name` of a tone corpus with a bad one of `kind`."""
@@ -318,12 +318,12 @@ def test_resume_with_flags_that_change_the_models_shape_says_so(tmp_path, caplog
     wider = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=8).config)
     wider.freeze_backbones()
     with pytest.raises(ValueError, match=r"--resume: .*checkpoint-2 was saved by a model of another shape.*"
-                                         r"num_queries \(4 -> 8\).*adapter\.queries.*new --output_dir"):
+                                         r"num_queries \(4 -> 8\).*mapper\.queries.*new --output_dir"):
         training.resume.check_checkpoint_matches(checkpoint, wider)
-    reworded = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4, prompt="Name the emotion.").config)
-    reworded.freeze_backbones()
+    tiny_processor(num_queries=4).save_pretrained(checkpoint)  # what the Trainer writes when given the processor
+    reworded = tiny_processor(num_queries=4, prompt="Name the emotion.")
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
-        training.resume.check_checkpoint_matches(checkpoint, reworded)  # same shapes: a warning, not an error
+        training.resume.check_checkpoint_matches(checkpoint, saved, reworded)  # same shapes: a warning, not an error
     assert "saved with other settings" in caplog.text and "prompt" in caplog.text
 
 
@@ -336,7 +336,7 @@ def test_train_py_on_a_nan_clip_exits_non_zero_before_training(backbones, tmp_pa
     command = [sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--data_dir", str(data_dir),
                "--audio_encoder", str(backbones / "encoder"), "--llm", str(backbones / "llm"),
                "--output_dir", str(tmp_path / "out"), "--encoder_cache_dir", str(tmp_path / "cache"),
-               "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--adapter_hidden_size", "32",
+               "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--mapper_hidden_size", "32",
                "--lora_rank", "4", "--bf16", "false", "--max_steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
                                                                                      "OMP_NUM_THREADS": "1"})
@@ -350,7 +350,7 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     (it named a class id); a corpus of one label is refused before anything is fitted."""
     from test_modeling import tone_batches
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
     batches, groups = tone_batches(processor)  # 4 speakers, every label
@@ -360,7 +360,7 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     with pytest.raises(ValueError, match=r"every clip of \['angry'\] is in one fold's speakers"):
         model.fit_probe([only_one, *others], [0.1, 1.0], groups=["a"] * 2 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3)
     with pytest.raises(ValueError, match=r"it got none of \['angry'\]"):
-        model.mapper.fit(torch.randn(3, model.mapper.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
+        fit_linear_probe(model.mapper, torch.randn(3, model.mapper.probe_weight.shape[1]), torch.tensor([0, 1, 2]), 1.0)
     model.fit_probe(batches, [0.1, 1.0], groups=groups)  # every label in every fold's training speakers: fitted
     with pytest.raises(ValueError, match="The data has one label \\(sad\\)"):
         training.splits.check_split_labels({"train": ["sad"] * 6, "test": ["sad"] * 2}, ["sad"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import LABELS, TINY_IDS, TINY_LORA, build_tiny, clips, probabilities, save_tiny_backbones, tone, trained_like
+from conftest import LABELS, TINY_IDS, TINY_LORA, clips, probabilities, tone, trained_like
 from safetensors import safe_open
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, batch_of_lengths, fit_random_probe, tiny_model, tiny_processor, tone
+from conftest import LABELS, batch_of_lengths, fit_random_probe, tiny_model, tone
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition

@@ -96,7 +96,7 @@ def test_two_processes_report_what_their_folder_delivers_and_match_one_process(t
     the pipeline (exactly: the report scores the clips in the pipeline's batches), as one process does; and the two
     runs' test UA agree within `TWO_PROCESS_UA_TOLERANCE`.
     """
-    steps = ["--adapter_type", "qpmapper", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"]
+    steps = ["--mapper_type", "qpmapper", "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     result = subprocess.run(train_command(tiny_setup, one, *steps), cwd=tmp_path, capture_output=True, text=True,

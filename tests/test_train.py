@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, save_tiny_backbones, tone, write_tone_corpus
+from conftest import LABELS, TINY_LORA, save_tiny_backbones, tone, write_tone_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForAudioClassification
 
@@ -38,7 +38,7 @@ def train_command(setup: Path, output: Path, *extra: str, data: list[str] | None
         "--audio_encoder", str(setup / "encoder"), "--llm", str(setup / "llm"), "--output_dir", str(output),
         "--encoder_cache_dir", str(setup / "encoder_cache"),
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--bf16", "false",
-        "--num_queries", "4", "--adapter_hidden_size", "32", "--lora_rank", "4", "--learning_rate", "3e-3",
+        "--num_queries", "4", "--mapper_hidden_size", "32", "--lora_rank", "4", "--learning_rate", "3e-3",
         "--logging_steps", "1", "--save_strategy", "steps", "--eval_strategy", "steps", *extra,
     ]
 
@@ -80,7 +80,7 @@ def test_help_lists_the_options(script):
 
 def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     output = tmp_path / "out"
-    run(train_command(tiny_setup, output, "--adapter_type", "qpmapper", "--encoder_layer_combination",
+    run(train_command(tiny_setup, output, "--mapper_type", "qpmapper", "--encoder_layer_combination",
                       "weighted_average", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
     for name in ("config.json", "model.safetensors", "modeling_emosllm.py", "processor_config.json",
                  "test_report.json", "test_confusion_matrix.png", "README.md"):
@@ -103,7 +103,7 @@ def test_two_steps_write_a_loadable_hub_folder(tiny_setup, tmp_path):
     checkpoint = trainable_weights(output / "checkpoints" / "checkpoint-2")
     stage_args = torch.load(output / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert stage_args.load_best_model_at_end is True  # by default the best checkpoint by validation UA is kept
-    own = ("adapter.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
+    own = ("mapper.", "audio_encoder.layer_weights", "audio_encoder.feature_", "audio_classifier.")
     assert checkpoint and all("lora_" in k or k.startswith(own) for k in checkpoint)
     assert "audio_encoder.feature_std" in checkpoint
 
@@ -166,7 +166,7 @@ def test_incomplete_checkpoint_is_skipped(tmp_path):
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        save_file({"adapter.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+        save_file({"mapper.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
         for name in ("optimizer.pt", "scheduler.pt"):
             torch.save({}, folder / name)
         if complete:
@@ -186,7 +186,7 @@ def test_the_trainers_resume_from_checkpoint_flag_resumes_and_refuses_what_canno
     assert data_args.resume and training_args.resume_from_checkpoint is None  # as --resume: the newest complete one
     folder = tmp_path / "checkpoints" / "checkpoint-4"
     folder.mkdir(parents=True)
-    save_file({"adapter.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+    save_file({"mapper.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
     for name in ("optimizer.pt", "scheduler.pt"):
         torch.save({}, folder / name)
     with pytest.raises(ValueError, match="cannot be resumed from: trainer_state.json"):  # cut: not complete
@@ -216,8 +216,8 @@ def test_soft_emotion_word_starts_as_the_llms_label_words(tiny_setup):
     from processing_emosllm import EmoSLLMProcessor
 
     encoder, llm = str(tiny_setup / "encoder"), str(tiny_setup / "llm")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, lora_rank=2, adapter_type="probe")
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={"mapper_type": "probe"})
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, TINY_LORA)
     input_embeddings = model.get_input_embeddings().weight
     for column, ids in zip(model.mapper.label_embeddings.weight.T, processor.config.label_token_ids):
         torch.testing.assert_close(column, input_embeddings[ids].mean(dim=0))
@@ -231,21 +231,21 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     from training.arguments import parse_args
     from training.trainer import EmoSLLMTrainer
 
-    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(adapter="statistics", audio_loss_weight=1.0).config)
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(mapper="statistics", audio_loss_weight=1.0).config)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
-    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
+    trainer = EmoSLLMTrainer(model=model, args=args, mapper_learning_rate=1e-2, head_learning_rate=1e-3)
     by_id = {id(p): n for n, p in model.named_parameters()}
     groups = {group["lr"]: {by_id[id(p)] for p in group["params"]} for group in trainer.create_optimizer().param_groups}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(groups) == [5e-4, 1e-3, 1e-2] and set().union(*groups.values()) == trainable
-    assert all(n.startswith("adapter.") for n in groups[1e-2])
+    assert all(n.startswith("mapper.") for n in groups[1e-2])
     assert all(n.startswith(("audio_encoder.layer_weights", "audio_classifier.")) for n in groups[1e-3])
     assert groups[5e-4] and all("lora_" in n for n in groups[5e-4])
 
 
 def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup, tmp_path):
     output = tmp_path / "out"
-    run(train_command(tiny_setup, output, "--adapter_type", "probe", "--encoder_layer_combination", "concatenate",
+    run(train_command(tiny_setup, output, "--mapper_type", "probe", "--encoder_layer_combination", "concatenate",
                       "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"), tmp_path)
     report = json.loads((output / "all_results.json").read_text())
     assert report["probe_c"] in (0.01, 1.0) and 0 <= report["probe_selection_ua"] <= 1
@@ -270,7 +270,7 @@ def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup,
 def test_without_validation_speakers_a_probe_fold_is_held_out_of_the_llms_training(tiny_setup, tmp_path):
     """The held-out fold's speakers choose the epoch and the mix weight; the LLM never trains on their clips."""
     output = tmp_path / "out"
-    result = run(train_command(tiny_setup, output, "--adapter_type", "probe", "--encoder_layer_combination",
+    result = run(train_command(tiny_setup, output, "--mapper_type", "probe", "--encoder_layer_combination",
                                "concatenate", "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2",
                                "--eval_steps", "2",
                                data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]),
@@ -295,7 +295,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
     from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -305,7 +305,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
 
     model.fit_probe([processor([c["audio"] for c in clips(range(4))], labels=LABELS * 4)], 1.0)
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
-    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3,
+    trainer = EmoSLLMTrainer(model=model, args=args, mapper_learning_rate=1e-2, head_learning_rate=1e-3,
                              data_collator=EmoSLLMCollator(processor))
     with caplog.at_level("INFO"):
         report = choose_probe_mix_weight(trainer, clips(range(10, 13)), "the validation speakers")
@@ -326,7 +326,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     from training.probe import fit_probe
     from training.trainer import EmoSLLMCollator
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
 
@@ -376,13 +376,13 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     from training.arguments import parse_args
     from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(adapter="probe")
+    processor = tiny_processor(mapper="probe")
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(processor.config, TINY_LORA).eval()
     model.mapper.set_probe(model.mapper.statistics_mean, model.mapper.statistics_std,
                             torch.randn_like(model.mapper.probe_weight), torch.randn(len(LABELS)))
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])
-    trainer = EmoSLLMTrainer(model=model, args=args, adapter_learning_rate=1e-2, head_learning_rate=1e-3)
+    trainer = EmoSLLMTrainer(model=model, args=args, mapper_learning_rate=1e-2, head_learning_rate=1e-3)
     batch = EmoSLLMCollator(processor)([{"audio": tone(0.8, 200 + 50 * i, seed=i), "label": label, "transcript": None,
                                          "text_features": {}} for i, label in enumerate(LABELS[:3])])
     with torch.no_grad():
@@ -506,3 +506,23 @@ def test_build_model_holds_the_frozen_backbones_in_the_policy_dtype_of_the_train
     frozen = torch.float32 if use_cpu else torch.bfloat16
     assert {t.dtype for n, t in model.state_dict().items() if n in backbone} == {frozen}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_renamed_flags_still_work_and_say_their_new_name(caplog):
+    """`--adapter_*` (the mapper's old name) sets the same option as `--mapper_*`, with a warning naming the new flag;
+    model options left unset stay None, so the config's own defaults apply."""
+    import logging
+
+    from training.arguments import RENAMED_FLAGS, parse_args
+
+    with caplog.at_level(logging.WARNING, logger="emosllm.train"):
+        old, _, _ = parse_args(["--adapter_type", "qpmapper", "--adapter_hidden_size=48", "--adapter_learning_rate",
+                                "0.01", "--output_dir", "unused"])
+    new, _, _ = parse_args(["--mapper_type", "qpmapper", "--mapper_hidden_size", "48", "--mapper_learning_rate", "0.01",
+                            "--output_dir", "unused"])
+    assert old == new and new.mapper_type == "qpmapper" and new.mapper_hidden_size == 48
+    for flag, renamed in RENAMED_FLAGS.items():
+        assert f"{flag} is now {renamed}" in caplog.text
+    default, _, _ = parse_args(["--output_dir", "unused"])
+    assert default.mapper_type is None and default.audio_loss_weight is None and default.probe_c is None
+

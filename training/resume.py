@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from integrity_emosllm import MANIFEST, check_saved_weights
+from processing_emosllm import PROCESSOR_SETTINGS
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
@@ -102,12 +103,13 @@ def _config_differences(saved: dict, current: dict, prefix: str = "") -> list[st
     return differences
 
 
-def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module) -> None:
+def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module, processor=None) -> None:
     """
     `--resume` with flags that change the model's shape would fail deep in `load_state_dict` (or, for a checkpoint
     of a different label set, load into the wrong classes): compare the checkpoint's weight shapes and config with
     the model built now, and raise `ValueError` naming the differing config fields and weights. Config differences
-    that leave every shape alike (e.g. the prompt) are a warning.
+    that leave every shape alike, and the processor's settings (e.g. the prompt; `processor_config.json`, which the
+    checkpoint holds when the Trainer was given the processor), are a warning.
     """
     checkpoint = Path(checkpoint)
     current = model.state_dict()
@@ -125,6 +127,11 @@ def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module) -> 
         fields = _config_differences(json.loads(saved_config), json.loads(model.config.to_json_string(use_diff=False)))
     except (OSError, ValueError):
         fields = []
+    saved_processor = checkpoint / "processor_config.json"
+    if processor is not None and saved_processor.is_file():
+        saved = json.loads(saved_processor.read_text())
+        fields += [f"{key} ({json.dumps(saved[key])[:60]} -> {json.dumps(getattr(processor, key))[:60]})"
+                   for key in PROCESSOR_SETTINGS if key in saved and saved[key] != getattr(processor, key)]
     if mismatched:
         raise ValueError(
             f"--resume: {checkpoint} was saved by a model of another shape than these flags build. Config fields that "
@@ -198,9 +205,12 @@ def check_run_record(folder: Path, record: dict, resume: bool, write: bool) -> N
         path.write_text(json.dumps(record, indent=1))
 
 
-def check_resume_matches(model: torch.nn.Module, output_dir: Path) -> None:
-    """Before anything runs, the checkpoints `--resume` would pick (ASR and SER stages) fit the model built now."""
+def check_resume_matches(model: torch.nn.Module, output_dir: Path, processor=None) -> None:
+    """
+    Before anything runs, the checkpoints `--resume` would pick (ASR and SER stages) fit the model (and processor)
+    built now.
+    """
     for folder in (output_dir / "stage1_asr", output_dir / "checkpoints"):
         checkpoint = last_complete_checkpoint(folder)
         if checkpoint is not None:
-            check_checkpoint_matches(checkpoint, model)
+            check_checkpoint_matches(checkpoint, model, processor)

@@ -129,6 +129,8 @@ class EmoSLLMTrainer(Trainer):
         os.makedirs(output_dir, exist_ok=True)  # written in place, as the Trainer's own save writes it
         model = self.accelerator.unwrap_model(self.model)
         model.save_pretrained(output_dir, state_dict=model.state_dict())
+        if self.processing_class is not None:  # as the Trainer does: the checkpoint's processor settings
+            self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as the Trainer does, for resuming
 
 
@@ -190,7 +192,7 @@ def run_stage(
 
     head_learning_rate = model_args.head_learning_rate
     trainer = EmoSLLMTrainer(
-        model=model, args=args, mapper_learning_rate=model_args.mapper_learning_rate,
+        model=model, args=args, processing_class=processor, mapper_learning_rate=model_args.mapper_learning_rate,
         head_learning_rate=model_args.mapper_learning_rate if head_learning_rate is None else head_learning_rate,
         train_dataset=train_clips,
         eval_dataset=eval_clips or None, data_collator=EmoSLLMCollator(processor, task),
