@@ -302,7 +302,7 @@ class EmoSLLMStatisticsPooling(nn.Module):
     Statistics pooling (as in x-vectors): the mean and standard deviation of the clip's valid encoder frames, mapped
     by one linear layer to `num_queries` LLM embeddings. Not in the paper: on RAVDESS it scored above the Query
     Pooling Mapper in less time (BENCHMARKS.md), with 4 embeddings and the interface trained at 10x the heads' rate
-    (train.py: `--num_queries 4 --adapter_learning_rate 1e-2 --head_learning_rate 1e-3`).
+    (train.py: `--num_queries 4 --mapper_learning_rate 1e-2 --head_learning_rate 1e-3`).
 
     `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
     """

@@ -12,10 +12,12 @@ import re
 from math import gcd
 
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
+    from .configuration_emosllm import SAMPLING_RATE
     from .dependencies_emosllm import missing_dependency
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own
         raise
+    from configuration_emosllm import SAMPLING_RATE
     from dependencies_emosllm import missing_dependency
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -26,7 +28,6 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
 
-SAMPLING_RATE = 16000
 # Peak below this (-80 dBFS) counts as silence: such a clip carries no emotion to classify.
 SILENCE_PEAK = 1e-4
 
@@ -304,7 +305,6 @@ __all__ = [
     "MAX_SAMPLING_RATE",
     "MIN_AUDIO_SECONDS",
     "MIN_SAMPLING_RATE",
-    "SAMPLING_RATE",
     "SILENCE_PEAK",
     "URL_TIMEOUT_SECONDS",
     "check_audio",

@@ -46,7 +46,7 @@ MAPPER_SETTINGS = {
     "mlp": {"stack_factor": 8, "hidden_size": 256},
     "statistics": {"num_queries": 32},
 }
-LANGUAGE_MODEL_TRAINING = ("lora", "frozen", "full")
+DEFAULT_MAPPER_TYPE = "probe"  # the recipe (BENCHMARKS.md)
 
 # Keys of folders saved before the config was slimmed (one setting each, flat), and where they went.
 _OLD_MAPPER_KEYS = {
@@ -206,7 +206,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     @staticmethod
     def checked_mapper_config(mapper_config: dict | None) -> dict:
         """`mapper_config` with its type's defaults filled in; an unknown type or setting is a `ValueError`."""
-        mapper_config = dict(mapper_config or {"mapper_type": "probe"})
+        mapper_config = dict(mapper_config or {"mapper_type": DEFAULT_MAPPER_TYPE})
         mapper_type = mapper_config.pop("mapper_type", None)
         if mapper_type not in MAPPER_SETTINGS:
             raise ValueError(f"mapper_config['mapper_type']={mapper_type!r} is not one of {', '.join(MAPPER_SETTINGS)}.")
@@ -299,6 +299,7 @@ EmoSLLMConfig.register_for_auto_class()
 __all__ = [
     "DEFAULT_AUDIO_MODEL_ID",
     "DEFAULT_LABELS",
+    "DEFAULT_MAPPER_TYPE",
     "DEFAULT_TEXT_MODEL_ID",
     "MAPPER_SETTINGS",
     "SAMPLING_RATE",

@@ -22,8 +22,8 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
 
-# LoRA's settings where nothing else gives them (peft's `LoraConfig` keyword arguments): the paper's rank 8. Dropout 0:
-# the LLM only learns to read one soft word here, and drawing the masks added 12% to a CPU training step.
+# LoRA's settings where nothing else gives them (peft's `LoraConfig` keyword arguments). Dropout 0: the LLM only learns
+# to read one soft word here, and drawing the masks costs training time (BENCHMARKS.md, "One training step").
 DEFAULT_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}
 
 

@@ -45,7 +45,7 @@ PRECISION_POLICY = """
 EmoSLLM's precision policy, the one place it is stated (`training_backbone_dtype`, `language_model_load_kwargs`,
 `TRAINED_DTYPE`; tested in tests/test_lean_and_fast.py):
 
-- The parts that train (the interface/adapter, the encoder's layer weights and feature statistics, the probe, LoRA and
+- The parts that train (the mapper, the encoder's layer weights and feature statistics, the probe, LoRA and
   the audio classifier) are held in float32 always, whatever dtype a backbone's checkpoint declares and whatever
   `dtype=` is asked for; bf16 autocast (the Trainer's `--bf16`) may still compute them in bf16.
 - The frozen backbones (the audio encoder and the LLM, each only while the config freezes it; a backbone that trains

@@ -84,7 +84,7 @@ def fit_probe(
     groups: Iterable | None = None,
 ) -> dict:
     """
-    Fits the probe interface (`adapter_type="probe"`) on labelled clips. `batches`: model inputs with `labels`
+    Fits the probe mapper (`mapper_config={"mapper_type": "probe"}`) on labelled clips. `batches`: model inputs with `labels`
     (e.g. `processor(clips, labels=...)`, or train.py's batches of cached encoder states). Each C in `cs` is
     scored by validation UA on `validation_batches`, or else, with `groups` (one speaker id per training clip),
     by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds). Where the best C is the grid's

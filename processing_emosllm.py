@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 # The configuration first: it checks the transformers version before anything else is imported from transformers.
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
-    from .audio_emosllm import SAMPLING_RATE, prepare_clip
-    from .configuration_emosllm import EmoSLLMConfig
+    from .audio_emosllm import prepare_clip
+    from .configuration_emosllm import SAMPLING_RATE, EmoSLLMConfig
     from .dependencies_emosllm import missing_dependency
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
-    from audio_emosllm import SAMPLING_RATE, prepare_clip
-    from configuration_emosllm import EmoSLLMConfig
+    from audio_emosllm import prepare_clip
+    from configuration_emosllm import SAMPLING_RATE, EmoSLLMConfig
     from dependencies_emosllm import missing_dependency
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)

@@ -11,6 +11,7 @@ import copy
 import os
 import re
 import shutil
+from typing import Self
 
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
     from .configuration_emosllm import EmoSLLMConfig
@@ -79,7 +80,7 @@ def copy_shipped_files(save_directory: str) -> None:
             continue
         for path in [source, *get_relative_import_files(source)]:
             target = os.path.join(save_directory, os.path.basename(path))
-            if not os.path.exists(target):
+            if not (os.path.exists(target) and os.path.samefile(path, target)):  # (saving into this code's folder)
                 shutil.copyfile(path, target)
 
 
@@ -225,7 +226,7 @@ class EmoSLLMLeanSavingMixin:
     """
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "EmoSLLMPreTrainedModel":
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> Self:
         """
         `PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random.
 
@@ -275,7 +276,7 @@ class EmoSLLMLeanSavingMixin:
         cls, name_or_path, weights_file: str, missing_parts: list[str], config: EmoSLLMConfig | None = None,
         audio_model_id: str | None = None, text_model_id: str | None = None, lora_config: LoraConfig | None = None,
         dtype=None, device_map=None, output_loading_info: bool = False, **kwargs,
-    ) -> "EmoSLLMPreTrainedModel":
+    ) -> Self:
         """
         A lean folder: the skeleton on the meta device (no memory, no random init), the pretrained backbones loaded
         by name and put in place, then EmoSLLM's own tensors (and LoRA) assigned from the folder; strict: a tensor
@@ -365,7 +366,7 @@ class EmoSLLMLeanSavingMixin:
     def from_backbones(
         cls, config: EmoSLLMConfig, audio_encoder: str, llm: str, lora_config: LoraConfig | None = None,
         dtype: torch.dtype | None = None, device_type: str | None = None,
-    ) -> "EmoSLLMPreTrainedModel":
+    ) -> Self:
         """
         A new EmoSLLM whose audio encoder and LLM carry the pretrained weights in the folders (or Hub ids)
         `audio_encoder` and `llm`; the interface and LoRA start fresh. Build `config` with

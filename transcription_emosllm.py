@@ -9,15 +9,17 @@ import functools
 from collections.abc import Sequence
 
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
-    from .audio_emosllm import SAMPLING_RATE
     from .backbones_emosllm import resolve_pretrained
+    from .configuration_emosllm import SAMPLING_RATE
     from .dependencies_emosllm import missing_dependency
+    from .processing_emosllm import DEFAULT_ASR_MODEL
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own
         raise
-    from audio_emosllm import SAMPLING_RATE
     from backbones_emosllm import resolve_pretrained
+    from configuration_emosllm import SAMPLING_RATE
     from dependencies_emosllm import missing_dependency
+    from processing_emosllm import DEFAULT_ASR_MODEL
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import numpy as np
@@ -60,7 +62,7 @@ def _generate_texts(model, processor, clips: list[np.ndarray], long_form: bool) 
 
 def transcribe(
     audios: list[np.ndarray],
-    model_name: str = "openai/whisper-tiny.en",
+    model_name: str = DEFAULT_ASR_MODEL,
     cache_dir: str | None = None,
     batch_size: int = 16,
 ) -> list[str]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from configuration_emosllm import DEFAULT_AUDIO_MODEL_ID, DEFAULT_TEXT_MODEL_ID, MAPPER_SETTINGS, EmoSLLMConfig
+from configuration_emosllm import (
+    DEFAULT_AUDIO_MODEL_ID, DEFAULT_MAPPER_TYPE, DEFAULT_TEXT_MODEL_ID, MAPPER_SETTINGS, EmoSLLMConfig,
+)
 from lora_emosllm import DEFAULT_LORA
 from precision_emosllm import bf16_is_native
 from probe_fitting_emosllm import PROBE_C_GRID
@@ -42,7 +44,7 @@ class ModelArguments:
     mapper_type: str | None = field(
         default=None,
         metadata={"help": f"The mapper between encoder and LLM: {' | '.join(MAPPER_SETTINGS)} (default: the config's, "
-                  f"{EmoSLLMConfig().mapper_type}; qpmapper is the paper's Query Pooling Mapper)."},
+                  f"{DEFAULT_MAPPER_TYPE}; qpmapper is the paper's Query Pooling Mapper)."},
     )
     num_queries: int | None = field(
         default=None, metadata={"help": "qpmapper: learned queries; statistics: audio embeddings (default: "
@@ -54,18 +56,18 @@ class ModelArguments:
     )
     encoder_layer_combination: str | None = field(
         default=None, metadata={"help": "concatenate | weighted_average (default: the config's, "
-                                f"{EmoSLLMConfig().encoder_layer_combination})."},
+                                f"{EmoSLLMConfig.encoder_layer_combination})."},
     )
     language_model_training: str | None = field(
         default=None, metadata={"help": "lora | frozen | full (default: the config's, "
-                                f"{EmoSLLMConfig().language_model_training})."},
+                                f"{EmoSLLMConfig.language_model_training})."},
     )
     lora_rank: int | None = field(default=None, metadata={"help": f"LoRA's rank (default {DEFAULT_LORA['r']})."})
     lora_alpha: int | None = field(default=None, metadata={"help": f"Default {DEFAULT_LORA['lora_alpha']}."})
     lora_dropout: float | None = field(default=None, metadata={"help": f"Default {DEFAULT_LORA['lora_dropout']}."})
     audio_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight of the auxiliary emotion loss on the mean audio embedding (0: off; "
-                                f"default: the config's, {EmoSLLMConfig().audio_loss_weight:g})."},
+                                f"default: the config's, {EmoSLLMConfig.audio_loss_weight:g})."},
     )
     probe_c: str | None = field(
         default=None,

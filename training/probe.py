@@ -8,6 +8,7 @@ import logging
 
 import torch
 
+from probe_fitting_emosllm import PROBE_C_GRID
 from training.metrics import compute_ser_metrics
 from training.trainer import EmoSLLMCollator
 
@@ -31,7 +32,7 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
         return (collate(clips[i:i + 32]) for i in range(0, len(clips), 32))
 
     if not cs:
-        raise ValueError("--probe_c needs at least one value of C, e.g. '0.001,0.003,0.01,0.03'.")
+        raise ValueError(f"--probe_c needs at least one value of C, e.g. '{','.join(f'{c:g}' for c in PROBE_C_GRID)}'.")
     chosen = model.fit_probe(
         batches(train_clips), cs, validation_batches=batches(eval_clips) if eval_clips else None,
         groups=[c.get("group", c["speaker"]) for c in train_clips],

@@ -15,7 +15,7 @@ from transformers import set_seed
 from backbones_emosllm import resolve_pretrained
 from peft import LoraConfig
 
-from configuration_emosllm import SAMPLING_RATE, MAPPER_SETTINGS, EmoSLLMConfig
+from configuration_emosllm import DEFAULT_MAPPER_TYPE, MAPPER_SETTINGS, SAMPLING_RATE
 from lora_emosllm import DEFAULT_LORA
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from probe_fitting_emosllm import PROBE_C_GRID
@@ -51,12 +51,10 @@ def model_settings(model_args: ModelArguments) -> dict:
     mapper = {key: value for key, value in (("num_queries", model_args.num_queries),
                                             ("hidden_size", model_args.mapper_hidden_size)) if value is not None}
     if model_args.mapper_type is not None or mapper:
-        mapper_type = model_args.mapper_type or EmoSLLMConfig().mapper_type
-        unused = sorted(set(mapper) - set(MAPPER_SETTINGS[mapper_type]))
-        if unused:
-            raise ValueError(f"--{unused[0].replace('hidden_size', 'mapper_hidden_size')} is no setting of the "
-                             f"{mapper_type!r} mapper (its settings: {', '.join(MAPPER_SETTINGS[mapper_type])}).")
-        settings["mapper_config"] = {"mapper_type": mapper_type, **mapper}
+        mapper_type = model_args.mapper_type or DEFAULT_MAPPER_TYPE
+        # Each flag sets the mappers that have it (its help says which); the others have no such setting.
+        own = {key: value for key, value in mapper.items() if key in MAPPER_SETTINGS[mapper_type]}
+        settings["mapper_config"] = {"mapper_type": mapper_type, **own}
     return settings
 
 
@@ -89,7 +87,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     set_seed(training_args.seed)
     model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
     if data_args.resume:
-        check_resume_matches(model, output_dir)
+        check_resume_matches(model, output_dir, processor)
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
     check_run_record(output_dir / "checkpoints", run_record(model_args, data_args, training_args, splits),
                      data_args.resume, write=training_args.process_index == 0)
