@@ -56,7 +56,8 @@ _OLD_MAPPER_KEYS = {
 }
 OLD_LORA_KEYS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
                  "lora_target_modules": "target_modules"}
-OLD_PROCESSOR_KEYS = ("prompt", "audio_token", "max_audio_seconds", "pad_audio_to_max_length", "use_transcript",
+# The processor's own settings (`EmoSLLMProcessor.__init__`, saved in processor_config.json), which older configs held.
+PROCESSOR_SETTINGS = ("prompt", "audio_token", "max_audio_seconds", "pad_audio_to_max_length", "use_transcript",
                       "asr_model")
 
 
@@ -185,7 +186,7 @@ class EmoSLLMConfig(PreTrainedConfig):
             self.language_model_training = "lora" if rank > 0 else ("frozen" if freeze in (None, True) else "full")
         if kwargs.pop("freeze_audio_encoder", True) is False:
             raise ValueError("freeze_audio_encoder=False is no longer supported: the audio encoder is always frozen.")
-        self._old_processor = {key: kwargs.pop(key) for key in OLD_PROCESSOR_KEYS if key in kwargs}
+        self._old_processor = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
 
     @property
     def old_lora_settings(self) -> dict:
@@ -256,7 +257,7 @@ class EmoSLLMConfig(PreTrainedConfig):
     def is_whisper_encoder(self) -> bool:
         return self.audio_config.model_type in WHISPER_LIKE
 
-    def max_audio_seconds(self) -> float | None:
+    def audio_window_seconds(self) -> float | None:
         """The longest clip the audio encoder can read at once (Whisper's window), or None where it has no limit."""
         if not self.is_whisper_encoder:
             return None
@@ -302,6 +303,7 @@ __all__ = [
     "DEFAULT_MAPPER_TYPE",
     "DEFAULT_TEXT_MODEL_ID",
     "MAPPER_SETTINGS",
+    "PROCESSOR_SETTINGS",
     "SAMPLING_RATE",
     "EmoSLLMConfig",
 ]

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 # The configuration first: it checks the transformers version before anything else is imported from transformers.
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
     from .audio_emosllm import prepare_clip
-    from .configuration_emosllm import SAMPLING_RATE, EmoSLLMConfig
+    from .configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig
     from .dependencies_emosllm import missing_dependency
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
     from audio_emosllm import prepare_clip
-    from configuration_emosllm import SAMPLING_RATE, EmoSLLMConfig
+    from configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig
     from dependencies_emosllm import missing_dependency
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -39,9 +39,6 @@ DEFAULT_PROMPT = (
 DEFAULT_AUDIO_TOKEN = "<|audio|>"
 DEFAULT_ASR_MODEL = "openai/whisper-tiny.en"
 USE_TRANSCRIPT = ("auto", "given", "none")
-# The processor's own settings (`EmoSLLMProcessor.__init__`), saved in processor_config.json.
-PROCESSOR_SETTINGS = ("prompt", "audio_token", "max_audio_seconds", "pad_audio_to_max_length", "use_transcript",
-                      "asr_model")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
 
 
@@ -86,7 +83,7 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     def check_config(self, config: EmoSLLMConfig) -> None:
         """The processor's settings fit the model's config: clips no longer than its audio encoder reads."""
-        window = config.max_audio_seconds()
+        window = config.audio_window_seconds()
         if window is not None and self.max_audio_seconds > window:
             raise ValueError(
                 f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window ({window:g} s)."
@@ -449,4 +446,4 @@ class EmoSLLMProcessor(ProcessorMixin):
 
 EmoSLLMProcessor.register_for_auto_class()
 
-__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "PROCESSOR_SETTINGS", "EmoSLLMProcessor"]
+__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "EmoSLLMProcessor"]

@@ -444,7 +444,8 @@ class EmoSLLMLeanSavingMixin:
         checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
         backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
         gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
-        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written as given.
+        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written without the backbones' tensors,
+        LoRA inline, with LoRA's settings in `lora/adapter_config.json`.
         """
         # `pipeline(model=folder, trust_remote_code=True)` (with or without the task) loads the pipeline named here
         # from the folder; the pipeline and the command line are no imports of the model's, so they are copied as

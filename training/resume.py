@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from configuration_emosllm import PROCESSOR_SETTINGS
 from integrity_emosllm import MANIFEST, check_saved_weights
-from processing_emosllm import PROCESSOR_SETTINGS
 
 logger = logging.getLogger("emosllm.train")  # its messages belong to train.py's run log
 
