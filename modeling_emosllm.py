@@ -14,7 +14,6 @@ Where things happen, each in one place:
 """
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 # The configuration first: it checks the transformers version before anything else is imported from transformers.
@@ -32,7 +31,7 @@ try:  # after the configuration (it checks the transformers version first)
         lengths_to_mask, pooled_statistics,
     )
     from .precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
-    from .probe_fitting_emosllm import PROBE_C_GRID, fit_probe
+    from .probe_fitting_emosllm import fit_probe
     from .lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
     from .prompt_head_emosllm import SharedPromptHead
     from .saving_emosllm import EmoSLLMLeanSavingMixin
@@ -44,7 +43,7 @@ except ImportError:
         lengths_to_mask, pooled_statistics,
     )
     from precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
-    from probe_fitting_emosllm import PROBE_C_GRID, fit_probe
+    from probe_fitting_emosllm import fit_probe
     from lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
     from prompt_head_emosllm import SharedPromptHead
     from saving_emosllm import EmoSLLMLeanSavingMixin
@@ -561,19 +560,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         )
         return pooled_statistics(frames.float(), mask)
 
-    def fit_probe(
-        self,
-        batches: Iterable[dict],
-        cs: float | Iterable[float] = PROBE_C_GRID,
-        validation_batches: Iterable[dict] | None = None,
-        groups: Iterable | None = None,
-    ) -> dict:
-        """
-        Fits the probe mapper on labelled clips (`probe_fitting_emosllm.fit_probe`, which documents the arguments
-        and what it returns): scikit-learn's L2 logistic regression on the pooled statistics of the standardized
-        encoder frames, its C chosen by validation UA or by cross-validation over speakers (`groups`).
-        """
-        return fit_probe(self, batches, cs, validation_batches, groups)
+    # Fits the probe mapper on labelled clips: `probe_fitting_emosllm.fit_probe` (which documents its arguments and
+    # what it returns) as the model's method, its public entry point.
+    fit_probe = fit_probe
 
 
 EmoSLLMForSpeechEmotionRecognition.register_for_auto_class("AutoModelForAudioClassification")
