@@ -16,7 +16,7 @@ Inputs: audio files (or `-`); with `--input`, a folder (searched recursively for
 table whose `--audio_column` (default: `path`, else `file_name` or `audio`) holds file paths relative to the table's
 folder (an optional `transcript` column is used); with `--dataset`, a `datasets` dataset: a `save_to_disk` folder or
 a Hub id (its `--split`), its `--audio_column` an `Audio` column. `--batch_size` clips go through the model at once,
-so that a batch is spread over files.
+so that a batch is spread over files, clips of similar length together (`label_clips`).
 
 Output: one JSON object per clip (`--format jsonl`, always with `--output`), in input order per process: `file` (the
 path as given, relative to the folder or table, or the dataset's row index), `label`, `score`, `scores` (best first;
@@ -126,10 +126,29 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
 # ----------------------------------------------------------------------------------------------------------------------
 # Labelling
 # ----------------------------------------------------------------------------------------------------------------------
+# Clips sorted by length within groups of this many batches before batching (`label_clips`), so that a batch holds
+# clips of similar length and the encoder computes little padding: 1.07x faster on RAVDESS in batches of 8 (3.6-5 s
+# clips; bench/label_speed.py), more where lengths vary more. A group's lines are written once it is done.
+SORTED_GROUP_BATCHES = 16
+
+
+def _size(clip: Clip) -> int:
+    """A clip's length, for sorting: its file's bytes or its samples (a file that cannot be read sorts first)."""
+    source = clip.source
+    if isinstance(source, (str, os.PathLike)):
+        with contextlib.suppress(OSError):
+            return os.path.getsize(source)
+        return 0
+    if isinstance(source, dict):
+        return len(source.get("array", source.get("raw", ())))
+    return len(source) if isinstance(source, (bytes, bytearray)) else 0
+
+
 def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> Iterator[dict]:
     """
-    One output object per clip, in order: the pipeline on `batch_size` clips at a time; a batch with a bad clip is
-    redone clip by clip, so that only the bad one gets an error line.
+    One output object per clip, in order: the pipeline on `batch_size` clips at a time, the clips of each group of
+    `SORTED_GROUP_BATCHES` batches sorted by length first; a batch with a bad clip is redone clip by clip, so that
+    only the bad one gets an error line.
 
     Args:
         classifier: The model's `audio-classification` pipeline.
@@ -141,25 +160,36 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
     Returns:
         An iterator of `{"file": clip.key, **result}` or `{"file": clip.key, "error": message}`.
     """
-    for start in range(0, len(clips), batch_size):
-        batch = clips[start:start + batch_size]
-        texts = {"transcript": [c.transcript for c in batch]} if any(c.transcript for c in batch) else {}
-        try:
-            results = classifier([c.source for c in batch], batch_size=batch_size, **texts, **call)
-        except (ValueError, OSError):
-            results = None
-        for index, clip in enumerate(batch):
-            if results is not None:
-                result = results[index]
-            else:
-                try:
-                    result = classifier(clip.source, **({"transcript": clip.transcript} if texts else {}), **call)
-                except (ValueError, OSError) as error:
-                    yield {"file": clip.key, "error": str(error)}
-                    continue
-            if len(result.get("timeline", ())) <= 1:  # a timeline only for recordings longer than one window
-                result.pop("timeline", None)
-            yield {"file": clip.key, **result}
+    group_size = batch_size * SORTED_GROUP_BATCHES
+    for group_start in range(0, len(clips), group_size):
+        group = clips[group_start:group_start + group_size]
+        order = sorted(range(len(group)), key=lambda i: _size(group[i]))
+        lines = {}
+        for start in range(0, len(order), batch_size):
+            batch = [group[i] for i in order[start:start + batch_size]]
+            lines.update(zip(order[start:start + batch_size], _label_batch(classifier, batch, batch_size, call)))
+        yield from (lines[i] for i in range(len(group)))
+
+
+def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> Iterator[dict]:
+    """`label_clips`' output objects for one batch, in its order."""
+    texts = {"transcript": [c.transcript for c in batch]} if any(c.transcript for c in batch) else {}
+    try:
+        results = classifier([c.source for c in batch], batch_size=batch_size, **texts, **call)
+    except (ValueError, OSError):
+        results = None
+    for index, clip in enumerate(batch):
+        if results is not None:
+            result = results[index]
+        else:
+            try:
+                result = classifier(clip.source, **({"transcript": clip.transcript} if texts else {}), **call)
+            except (ValueError, OSError) as error:
+                yield {"file": clip.key, "error": str(error)}
+                continue
+        if len(result.get("timeline", ())) <= 1:  # a timeline only for recordings longer than one window
+            result.pop("timeline", None)
+        yield {"file": clip.key, **result}
 
 
 def done_files(path: Path) -> dict[str, bool]:
@@ -245,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="window length for long files (default: 10); 0 classifies files whole")
     parser.add_argument("--hop_seconds", type=float, default=None, help="largest distance between window starts")
     parser.add_argument("--timeline", action="store_true", help="table: print each window of long files too")
-    parser.add_argument("--batch_size", type=int, default=8, help="clips per forward pass (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=16, help="clips per forward pass (default: %(default)s)")
     parser.add_argument("--device", default=None,
                         help="e.g. cpu, cuda:0 (default: this process's GPU if there is one, else the CPU)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (shown with --output)")

@@ -32,7 +32,7 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--input", default=str(ROOT.parent / "shared" / "data" / "ravdess"))
     parser.add_argument("--clips", type=int, default=100)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     clips = clips_of(args.input, None, "train", None)[: args.clips]

@@ -385,6 +385,33 @@ def test_speech_is_detected_and_only_its_windows_are_classified(tiny):
     assert timeline[-1]["speech"] < 0.25
 
 
+def test_the_speech_detector_runs_silero_vads_lstm_cell_recurrence_in_one_call():
+    """`SileroVAD` runs the package's LSTM cell as one `nn.LSTM` over the chunks: the same probabilities as stepping
+    the cell chunk by chunk, as the package's network does (tolerance 1e-5, float32 rounding)."""
+    import vad_emosllm
+
+    detector = vad_emosllm.load_speech_detector()
+    cell = torch.nn.LSTMCell(128, 128)
+    cell.load_state_dict({name.removeprefix("lstm_cell."): detector.state_dict()[ours]
+                          for name, ours in vad_emosllm.LSTM_WEIGHTS.items()})
+    samples = torch.from_numpy(np.ascontiguousarray(real_speech()[:48000], dtype=np.float32))
+    captured = {}
+    handle = detector.lstm.register_forward_hook(lambda module, args, out: captured.update(features=args[0]))
+    try:
+        ours = detector(samples)
+    finally:
+        handle.remove()
+    state = (torch.zeros(1, 128), torch.zeros(1, 128))
+    hidden = []
+    with torch.no_grad():
+        for feature in captured["features"]:
+            state = cell(feature[None], state)
+            hidden.append(state[0])
+        stepped = detector.final_conv(torch.cat(hidden).relu()[:, :, None]).sigmoid().flatten()
+    assert len(ours) == -(-len(samples) // vad_emosllm.CHUNK) and len(ours) > 50
+    torch.testing.assert_close(ours, stepped, rtol=0, atol=1e-5)
+
+
 def test_the_speech_detector_is_silero_vad_loaded_from_safetensors():
     """The package's weights (safetensors), not its TorchScript file: nothing runs code from a data file."""
     import vad_emosllm

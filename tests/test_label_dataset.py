@@ -161,3 +161,30 @@ def test_an_empty_folder_is_refused(corpus, tmp_path):
     result = label(corpus, tmp_path / "out.jsonl", "--input", str(tmp_path / "empty"))
     assert result.returncode == 2 and "holds no audio files" in result.stderr
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
+    """`label_clips` sorts each group of `SORTED_GROUP_BATCHES` batches by length (less padding), then gives the
+    lines back in the input order, the bad clip's batch redone clip by clip."""
+    from cli_emosllm import SORTED_GROUP_BATCHES, Clip, label_clips
+
+    lengths = [int(n) for n in np.random.default_rng(0).permutation(np.arange(1, 2 * 2 * SORTED_GROUP_BATCHES + 4))]
+    clips = [Clip(f"c{i}", {"array": np.zeros(n), "sampling_rate": 16000}) for i, n in enumerate(lengths)]
+    clips[5].source = {"array": np.zeros(lengths[5]), "sampling_rate": 16000, "bad": True}
+    calls = []
+
+    def classifier(inputs, **kwargs):  # stands in for the pipeline: the label is the clip's length
+        batch = inputs if isinstance(inputs, list) else [inputs]
+        calls.append([len(x["array"]) for x in batch])
+        if any(x.get("bad") for x in batch):
+            raise ValueError("bad clip")
+        return [{"label": str(len(x["array"]))} for x in batch] if isinstance(inputs, list) else {
+            "label": str(len(inputs["array"]))}
+
+    lines = list(label_clips(classifier, clips, 2, {}))
+    assert [line["file"] for line in lines] == [clip.key for clip in clips]
+    assert [line.get("label") for line in lines] == [None if i == 5 else str(n) for i, n in enumerate(lengths)]
+    assert lines[5]["error"] == "bad clip"
+    first_group = sorted(lengths[:2 * SORTED_GROUP_BATCHES])
+    batches = [call for call in calls if len(call) == 2]
+    assert batches[:SORTED_GROUP_BATCHES] == [first_group[i:i + 2] for i in range(0, len(first_group), 2)]
