@@ -77,12 +77,19 @@ def training_backbone_dtype(device_type: str | None = None) -> torch.dtype:
 
 # Set while `from_backbones` builds its skeleton: the pretrained backbones are then made on the meta device (no memory,
 # no random init), to be replaced by the loaded ones; EmoSLLM's own parts are made and initialised as usual.
+# "parameters": only the backbones' parameters on the meta device, their buffers made as usual, for a rank that FSDP
+# gives rank 0's weights (it broadcasts parameters and persistent buffers, not the rotary tables).
 BACKBONES_ON_META = contextvars.ContextVar("emosllm_backbones_on_meta", default=False)
 
 
 def backbone_construction():
     """The device context in which a pretrained backbone's skeleton is made (`BACKBONES_ON_META`)."""
-    return torch.device("meta") if BACKBONES_ON_META.get() else contextlib.nullcontext()
+    where = BACKBONES_ON_META.get()
+    if where == "parameters":
+        from accelerate import init_empty_weights
+
+        return init_empty_weights(include_buffers=False)
+    return torch.device("meta") if where else contextlib.nullcontext()
 
 
 class FrozenHeadLogits(torch.autograd.Function):

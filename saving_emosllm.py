@@ -218,6 +218,18 @@ def _backbone_config(name_or_path: str):
     return AutoConfig.from_pretrained(name_or_path)
 
 
+def weights_come_from_rank_0() -> bool:
+    """
+    Whether this process is a node's non-first rank under Accelerate's FSDP with `fsdp_cpu_ram_efficient_loading`:
+    there transformers' `from_pretrained` leaves the pretrained weights on the meta device (no memory) and FSDP
+    broadcasts the first rank's weights into the sharded model (`accelerator.prepare`), so `from_backbones` builds
+    this rank's backbones and LoRA empty instead of holding a whole copy of the model.
+    """
+    from transformers.integrations import is_fsdp_enabled
+
+    return is_fsdp_enabled() and int(os.environ.get("LOCAL_RANK", 0)) != 0
+
+
 class EmoSLLMLeanSavingMixin:
     """
     `from_pretrained`, `from_backbones` and `save_pretrained` of EmoSLLM models: lean folders, strict loading (a
@@ -380,6 +392,9 @@ class EmoSLLMLeanSavingMixin:
         (None: the GPU if there is one, else the CPU); the model itself is built on the CPU.
         """
         frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
+        llm_dtype = TRAINED_DTYPE if config.language_model_training == "full" else frozen
+        if weights_come_from_rank_0():
+            return cls._empty_for_broadcast(config, lora_config, frozen, llm_dtype)
         token = BACKBONES_ON_META.set(True)  # LoRA is injected into the loaded LLM, once
         try:
             model = cls(config, lora_config=lora_config)
@@ -389,7 +404,6 @@ class EmoSLLMLeanSavingMixin:
         # The config the old skeleton was made from (layerdrop off, the processor's view of it), the pretrained weights.
         encoder = _load_backbone(AutoModel, audio_encoder, config.audio_config, frozen)
         model.audio_encoder.encoder = encoder.get_encoder() if config.is_whisper_encoder else encoder
-        llm_dtype = TRAINED_DTYPE if config.language_model_training == "full" else frozen
         model.language_model = _load_backbone(AutoModelForCausalLM, llm, config.text_config, llm_dtype)
         model._add_fresh_lora()
         still_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -401,6 +415,31 @@ class EmoSLLMLeanSavingMixin:
                 model.mapper.label_embeddings.weight.copy_(model.label_vectors().T)
         model.freeze_backbones()
         model.train(training)  # the loaded backbones come in eval mode; the frozen encoder stays so (`train`)
+        return model
+
+    @classmethod
+    def _empty_for_broadcast(
+        cls, config: EmoSLLMConfig, lora_config: LoraConfig | None, frozen: torch.dtype, llm_dtype: torch.dtype
+    ) -> Self:
+        """
+        `from_backbones` on a rank that FSDP gives rank 0's weights (`weights_come_from_rank_0`): the backbones' and
+        LoRA's parameters on the meta device, in the dtype rank 0 holds them in (no memory, nothing read from disk),
+        their buffers made as usual (rotary tables are not broadcast); EmoSLLM's own parts made as on rank 0, so that
+        what runs before FSDP's broadcast (the probe's fit on cached encoder states) computes as there.
+        """
+        token = BACKBONES_ON_META.set("parameters")
+        try:
+            model = cls(config, lora_config=lora_config)
+        finally:
+            BACKBONES_ON_META.reset(token)
+        for backbone, dtype in ((model.audio_encoder.encoder, frozen), (model.language_model, llm_dtype)):
+            for param in backbone.parameters():  # (not the buffers: rank 0's keep the dtype they are made in)
+                param.data = param.data.to(dtype)
+        model._add_fresh_lora()
+        model.tie_weights()
+        model.freeze_backbones()
+        logger.info("Rank %s builds the backbones empty (meta device): FSDP broadcasts rank 0's weights into them when "
+                    "the model is prepared (fsdp_cpu_ram_efficient_loading).", os.environ.get("RANK"))
         return model
 
     def save_pretrained(
@@ -555,4 +594,5 @@ __all__ = [
     "copy_shipped_files",
     "language_model_load_kwargs",
     "saved_language_model_dtype",
+    "weights_come_from_rank_0",
 ]

@@ -228,6 +228,110 @@ def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path
         torch.testing.assert_close(sharded["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _fsdp_loaded_model(root: str):
+    """The processor and `from_backbones` model of the tiny backbones in `root` (probe mapper, LoRA)."""
+    from conftest import LABELS, TINY_DEFAULTS, TINY_LORA, tiny_mapper_config
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from processing_emosllm import EmoSLLMProcessor
+
+    processor = EmoSLLMProcessor.from_backbones(f"{root}/encoder", f"{root}/llm", labels=LABELS,
+                                                mapper_config=tiny_mapper_config("probe"), **TINY_DEFAULTS)
+    torch.manual_seed(0)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, f"{root}/encoder", f"{root}/llm",
+                                                              lora_config=TINY_LORA)
+    return processor, model
+
+
+def _fitted_on_cache(model, cache, clips: list[dict]) -> torch.Tensor:
+    """What train.py does before FSDP prepares the model: feature statistics and the probe's input from the encoder
+    cache (then a probe fit: `fit_random_probe`). Returns the probe's input statistics `(clips, 2 * width)`."""
+    from conftest import fit_random_probe
+
+    from training.encoder_cache import cached_states, padded_states
+
+    model.audio_encoder.set_feature_statistics(cached_states(clip) for clip in clips)
+    fit_random_probe(model)
+    lengths = torch.tensor([len(clip["audio"]) for clip in clips])
+    with torch.no_grad():
+        return model.pooled_audio_statistics({"audio_lengths": lengths, "encoder_layer_states": padded_states(clips)})
+
+
+def _build_on_ranks_as_fsdp_loads(rank: int, world: int, root: str, out: str) -> None:
+    """`from_backbones` under Accelerate's FSDP with `fsdp_cpu_ram_efficient_loading`, train.py's steps before FSDP
+    (the encoder cache, filled by rank 0 first; the probe's input from it), then what Accelerate's
+    `fsdp2_prepare_model` does: rank 0's weights kept, the model sharded (FSDP2) and rank 0's full state broadcast
+    into the shards (torch's `set_model_state_dict`); then each rank scores a batch."""
+    from conftest import clips
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from training.encoder_cache import EncoderStateCache
+
+    os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true")
+    processor, model = _fsdp_loaded_model(root)
+    on_meta = {name for name, param in model.named_parameters() if param.is_meta}
+    cache = EncoderStateCache(model, processor, f"{out}/cache")  # one folder, keyed on rank 0's encoder
+    audio = [{"audio": samples} for samples in clips()]
+    if rank != 0:
+        with pytest.raises(RuntimeError, match="holds no encoder weights"):
+            cache.fill(audio)  # before rank 0 has filled it
+    dist.barrier()
+    if rank == 0:
+        cache.fill(audio)
+    dist.barrier()
+    cache.fill(audio)
+    statistics = _fitted_on_cache(model, cache, audio)
+    persistent = set(model.state_dict())
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers() if name not in persistent}
+    full_state = model.state_dict() if rank == 0 else {}
+    model = model.to("meta")
+    model.tie_weights()  # as Accelerate re-ties them after the move to the meta device
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model.language_model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.to_empty(device="cpu")
+    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    with torch.no_grad():
+        for name, buffer in buffers.items():  # as Accelerate keeps the buffers that are not broadcast (rotary tables)
+            model.get_buffer(name).copy_(buffer)
+        logits = model.eval()(**processor(clips())).logits
+    torch.save({"logits": logits, "on_meta": sorted(on_meta), "statistics": statistics, "cache": str(cache.root)},
+               f"{out}/rank{rank}.pt")
+
+
+def test_fsdp_ranks_after_the_first_build_empty_and_get_the_first_ranks_weights(tmp_path):
+    """
+    Under FSDP with `fsdp_cpu_ram_efficient_loading`, ranks other than 0 build the backbones and LoRA without weights
+    (on the meta device: no copy of the backbones in host memory), read rank 0's encoder cache (refusing to encode
+    without an encoder) and fit the probe on the same input as rank 0; once FSDP2 has broadcast rank 0's weights, both
+    score a batch as one process with rank 0's model does (rtol 1e-5).
+    """
+    from conftest import clips, save_tiny_backbones
+
+    from training.encoder_cache import EncoderStateCache
+
+    save_tiny_backbones(tmp_path / "backbones")
+    run_ranks(_build_on_ranks_as_fsdp_loads, str(tmp_path / "backbones"), str(tmp_path))
+    processor, model = _fsdp_loaded_model(str(tmp_path / "backbones"))
+    audio = [{"audio": samples} for samples in clips()]
+    cache = EncoderStateCache(model, processor, tmp_path / "cache")
+    cache.fill(audio)
+    statistics = _fitted_on_cache(model, cache, audio)
+    with torch.no_grad():
+        expected = model.eval()(**processor(clips())).logits
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    backbones_and_lora = {name for name, _ in model.named_parameters()
+                          if name.startswith(("audio_encoder.encoder.", "language_model."))}
+    assert ranks[0]["on_meta"] == [] and ranks[1]["on_meta"] == sorted(backbones_and_lora)
+    assert ranks[0]["cache"] == ranks[1]["cache"] == str(cache.root)
+    for rank in ranks:
+        torch.testing.assert_close(rank["statistics"], statistics, rtol=0, atol=0)
+        torch.testing.assert_close(rank["logits"], expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("asked, env", [(["--fsdp", "full_shard"], {}), ([], {"ACCELERATE_USE_FSDP": "true"}),
                                         ([], {"ACCELERATE_USE_DEEPSPEED": "true"})])
 def test_fsdp_or_deepspeed_on_the_cpu_stops_instead_of_running_ddp(asked, env, monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -59,13 +60,16 @@ class EncoderStateCache:
         """`root`: the cache folder (`--encoder_cache_dir`); None: `encoder_states` under the backbone cache."""
         self.model, self.processor = model, processor
         root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
-        encoder_key = json.dumps(
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        encoder_key = [None if distributed and dist.get_rank() != 0 else json.dumps(
             [model.config.audio_config.to_dict(), processor.pad_audio_to_max_length,
              processor.feature_extractor.to_dict(), state_dict_hash(model.audio_encoder.encoder),
              str(model.audio_encoder.inference_dtype(model.device.type))],
             sort_keys=True, default=str,
-        )
-        self.root = root / hashlib.sha1(encoder_key.encode()).hexdigest()[:16]
+        )]
+        if distributed:  # rank 0's key for every rank: a rank that FSDP fills later holds no encoder weights to hash
+            dist.broadcast_object_list(encoder_key, src=0)
+        self.root = root / hashlib.sha1(encoder_key[0].encode()).hexdigest()[:16]
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, audio: np.ndarray) -> Path:
@@ -85,6 +89,12 @@ class EncoderStateCache:
         # needed larger blocks than any freed before, and glibc's heap grew by 1 GB on RAVDESS (BENCHMARKS.md).
         todo.sort(key=lambda c: len(c["audio"]), reverse=True)
         encoder = self.model.audio_encoder
+        if todo and any(param.is_meta for param in encoder.encoder.parameters()):
+            raise RuntimeError(
+                f"{len(todo)} clips are not in the encoder cache {self.root}, and this process holds no encoder "
+                "weights (FSDP gives them to it from rank 0 later): fill the cache on rank 0 first "
+                "(TrainingArguments.main_process_first), as train.py does."
+            )
         started = time.time()
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
