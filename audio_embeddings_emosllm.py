@@ -63,8 +63,8 @@ class EmoSLLMAudioEncoder(nn.Module):
     the last one): a learned softmax-weighted average (SUPERB-style, `encoder_layer_combination="weighted_average"`)
     or every layer side by side (`"concatenate"`). Each layer is first standardized per dimension with statistics
     of the training data (`set_feature_statistics`), as a linear probe's StandardScaler would: Whisper's hidden
-    states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (a pooled probe
-    trained like the interface reached validation UA 0.64 standardized, 0.55 with a LayerNorm: BENCHMARKS.md).
+    states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (measured in
+    docs/experiment-log.md, "Closing the gap to the frozen-feature bar").
 
     Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
     for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.

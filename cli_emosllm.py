@@ -127,8 +127,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
 # Labelling
 # ----------------------------------------------------------------------------------------------------------------------
 # Clips sorted by length within groups of this many batches before batching (`label_clips`), so that a batch holds
-# clips of similar length and the encoder computes little padding: 1.07x faster on RAVDESS in batches of 8 (3.6-5 s
-# clips; bench/label_speed.py), more where lengths vary more. A group's lines are written once it is done.
+# clips of similar length and the encoder computes little padding (BENCHMARKS.md, "Labelling a dataset"). A group's
+# lines are written once it is done.
 SORTED_GROUP_BATCHES = 16
 
 

@@ -44,8 +44,8 @@ class SileroVAD(nn.Module):
         self.conv3 = nn.Conv1d(64, 64, kernel_size=3, stride=2, padding=1)
         self.conv4 = nn.Conv1d(64, 128, kernel_size=3, padding=1)
         # The package's `lstm_cell` (an LSTMCell stepped chunk by chunk), run as one LSTM over all the chunks: the
-        # same recurrence in one call instead of a Python loop (6x faster on RAVDESS clips; the weights are renamed
-        # on loading, `LSTM_WEIGHTS`).
+        # same recurrence in one call instead of a Python loop (BENCHMARKS.md, "Labelling a dataset"; the weights are
+        # renamed on loading, `LSTM_WEIGHTS`).
         self.lstm = nn.LSTM(128, 128)
         self.final_conv = nn.Conv1d(128, 1, 1)
 

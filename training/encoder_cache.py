@@ -79,8 +79,12 @@ class EncoderStateCache:
     def fill(self, clips: list[dict], batch_size: int = 16) -> None:
         """
         Compute and store the states of every clip not cached yet; attach each clip's file as `clip["states"]`,
-        which `cached_states` reads (fp16). The states stay on disk, read batch by batch: held in memory, RAVDESS's
-        960 clips and their copies took 1.4 GB, and train.py peaked at 5.0 GB instead of 2.6 (BENCHMARKS.md).
+        which `cached_states` reads (fp16). The states stay on disk, read batch by batch, so that train.py's memory
+        does not grow with the corpus (BENCHMARKS.md, "train.py's peak memory").
+
+        Args:
+            clips: Training clips (`{"audio": samples (num_samples,) at 16 kHz, ...}`); each gets `"states"`.
+            batch_size: Clips per encoder pass.
         """
         todo = [c for c in clips if not self.path(c["audio"]).exists()]
         for clip in todo:  # the checks every clip passes (decoded_clips ran them on the originals; these are copies)
