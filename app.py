@@ -53,6 +53,13 @@ def resolve_model(model: str | os.PathLike | None = None) -> str:
     the working directory, then next to this file. A name that is not a folder is taken for a Hub id when it looks
     like one (`user/name`); the default, a name that exists but is not a folder, and a path (`./x`, `/x`, `~/x`,
     `a/b/c`) that does not exist raise `FileNotFoundError` saying to run train.py or pass a folder or Hub id.
+
+    Args:
+        model: A saved EmoSLLM folder (one without a config.json raises `FileNotFoundError` too) or a Hub id; None
+            or empty: `$EMOSLLM_MODEL`, else `outputs/emosllm`.
+
+    Returns:
+        The folder where it was found (as given, or next to this file), or the Hub id: what `pipeline()` loads.
     """
     model = os.fspath(model) if model else os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     path = Path(model).expanduser()
@@ -69,8 +76,19 @@ def resolve_model(model: str | os.PathLike | None = None) -> str:
 
 
 def load_classifier(model: str | os.PathLike | None = None, device=None, **pipeline_kwargs):
-    """The model's own audio-classification pipeline (its code comes from the model folder or Hub repo); other
-    keyword arguments go to `pipeline()` (e.g. `detect_speech=False`)."""
+    """
+    The model's own audio-classification pipeline (its code comes from the model folder or Hub repo). A Hub id that
+    cannot be loaded raises `FileNotFoundError`.
+
+    Args:
+        model: A saved EmoSLLM folder or Hub id, found by `resolve_model` (None: `$EMOSLLM_MODEL`, else
+            `outputs/emosllm`).
+        device: The pipeline's device, e.g. `"cpu"`, `"cuda:0"` or `0` (None: an accelerator if there is one).
+        **pipeline_kwargs: Other keyword arguments, for `pipeline()` (e.g. `detect_speech=False`).
+
+    Returns:
+        The `audio-classification` pipeline, loaded with `trust_remote_code=True`.
+    """
     from transformers import pipeline
 
     name = resolve_model(model)
@@ -92,13 +110,27 @@ class Prediction(NamedTuple):
 
 
 def labels_of(classifier) -> list[str]:
-    """The model's classes in id order (the timeline's colours keep this order)."""
+    """
+    The model's classes in id order (the timeline's colours keep this order).
+
+    Args:
+        classifier: An EmoSLLM `audio-classification` pipeline (its `model.config.id2label` is read).
+    """
     config = classifier.model.config
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
 def segment_seconds_of(classifier) -> float | None:
-    """The window length the pipeline cuts long recordings into (given when it was built, else its default)."""
+    """
+    The window length the pipeline cuts long recordings into (given when it was built, else its default).
+
+    Args:
+        classifier: An EmoSLLM `audio-classification` pipeline.
+
+    Returns:
+        The window length in seconds, at most the processor's `max_audio_seconds`; None when the pipeline was built
+        with `segment_seconds=None` (every clip is classified whole).
+    """
     default = getattr(sys.modules.get(type(classifier).__module__), "DEFAULT_SEGMENT_SECONDS", 10.0)
     seconds = getattr(classifier, "_preprocess_params", {}).get("segment_seconds", default)
     return None if seconds is None else min(seconds, classifier.processor.max_audio_seconds)
@@ -118,7 +150,15 @@ def _pipeline_input(audio) -> Any:
 
 
 def reported_transcript(result: dict) -> str | None:
-    """The transcript the pipeline reported, if any: the clip's, or each window's with its time span."""
+    """
+    The transcript the pipeline reported, if any: the clip's, or each window's with its time span.
+
+    Args:
+        result: The pipeline's output for one clip, with `return_timeline=True`.
+
+    Returns:
+        The clip's transcript, else one `[start-end s] text` line per window that has one; None when none has.
+    """
     text = result.get("transcript")
     if isinstance(text, str) and text.strip():
         return text.strip()
@@ -135,6 +175,14 @@ def timeline_figure(result: dict, labels: list[str]) -> Figure:
     The emotion timeline: one stacked bar per window, over the stretch of the recording it stands for (overlaps
     split in their middle, as the pipeline weighs them), each class's probability in its colour; silent windows
     hatched grey.
+
+    Args:
+        result: The pipeline's output for one clip, with `return_timeline=True` and `top_k=None`: its `timeline`
+            gives each window's `start` and `end` (seconds), `label` (None without speech) and every class's score.
+        labels: The model's classes in id order (`labels_of`); they fix each class's colour and stacking order.
+
+    Returns:
+        A matplotlib `Figure` (made without pyplot), time in seconds on the x axis.
     """
     timeline = result["timeline"]
     cuts = ([timeline[0]["start"]] + [(timeline[i + 1]["start"] + timeline[i]["end"]) / 2
@@ -172,10 +220,17 @@ def timeline_figure(result: dict, labels: list[str]) -> Figure:
 
 def classify(classifier, audio, transcript: str | None = None) -> Prediction:
     """
-    Classify one clip with the pipeline: `audio` is a file path (or gr.Audio's `(rate, samples)`), `transcript` an
-    optional transcript for models that read one (empty means none). Returns the whole-clip probabilities, the
-    timeline figure for a clip longer than one segment (None otherwise), the reported transcript and a summary line.
-    Bad audio raises the pipeline's `ValueError` or `FileNotFoundError`.
+    Classify one clip with the pipeline. Bad audio raises the pipeline's `ValueError` or `FileNotFoundError`.
+
+    Args:
+        classifier: An EmoSLLM `audio-classification` pipeline (`load_classifier`).
+        audio: A file path, or gr.Audio's `(rate, samples)`: integer or float samples of shape `(samples,)` or
+            `(samples, channels)` at `rate` Hz (the pipeline resamples to 16 kHz). None or `""` raises `ValueError`.
+        transcript: An optional transcript for models that read one (None or empty means none).
+
+    Returns:
+        A `Prediction`: the whole-clip probabilities, the timeline figure for a clip longer than one segment (None
+        otherwise), the reported transcript, a summary line and the pipeline's own output.
     """
     kwargs: dict[str, Any] = {"return_timeline": True, "top_k": None}
     if transcript is not None and transcript.strip():
@@ -201,8 +256,17 @@ def classify(classifier, audio, transcript: str | None = None) -> Prediction:
 # ----------------------------------------------------------------------------------------------------------------------
 def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks:
     """
-    The Gradio app for `model`: a saved folder or Hub id (see `resolve_model`; None: `$EMOSLLM_MODEL` or
-    outputs/emosllm), or an already built EmoSLLM pipeline.
+    The Gradio app for `model`.
+
+    Args:
+        model: A saved folder or Hub id (see `resolve_model`; None: `$EMOSLLM_MODEL` or outputs/emosllm), or an
+            already built EmoSLLM pipeline (used as it is: `device` and `detect_speech` then do nothing).
+        device: The device of the pipeline the app loads, e.g. `"cpu"` or `"cuda:0"` (None: an accelerator if there
+            is one).
+        detect_speech: Whether the pipeline the app loads gives no emotion to a recording (or window) without speech.
+
+    Returns:
+        The `gr.Blocks` app, not launched; its `classifier` attribute is the pipeline.
     """
     classifier = (load_classifier(model, device, detect_speech=detect_speech)
                   if model is None or isinstance(model, (str, os.PathLike)) else model)
@@ -250,6 +314,15 @@ def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    The command line: parse the arguments, build the app and serve it until it is stopped.
+
+    Args:
+        argv: The command-line arguments (None: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 after serving, 2 when the model cannot be loaded (the error is printed to stderr).
+    """
     parser = argparse.ArgumentParser(prog="python app.py", description="The EmoSLLM Gradio demo.")
     parser.add_argument("--model", default=None,
                         help=f"a saved EmoSLLM folder or Hub id (default: ${MODEL_ENV}, else {DEFAULT_MODEL})")

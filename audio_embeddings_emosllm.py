@@ -33,7 +33,16 @@ except ModuleNotFoundError as error:
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
-    """`(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions."""
+    """
+    `(batch,)` lengths -> `(batch, max_length)` mask, True on valid positions.
+
+    Args:
+        lengths: `(batch,)` integer lengths: each row's number of valid leading positions.
+        max_length: The mask's width.
+
+    Returns:
+        A bool `(batch, max_length)` mask, True at the positions below each row's length.
+    """
     return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
 
 
@@ -43,9 +52,9 @@ def _folded_matmuls(module: nn.Module) -> Iterator[None]:
     Without gradients, `module`'s frozen weights are marked as requiring them for the duration of the call (nothing is
     recorded: grad mode is off). Written by hand because torch's matmul folds a transposed 3-D input into one 2-D
     product only when the weight requires gradients; for a frozen weight it runs a batched product on a copy of the
-    weight expanded over the batch. wav2vec2-family encoders (WavLM's attention reads its input transposed) spent 85%
-    of a bf16 pass copying weights that way: WavLM at 1024 wide, 4 layers, two 3-4 s clips, one CPU thread: 6.5 s
-    frozen, 0.4 s marked (BENCHMARKS.md, the paper's model). With gradients on, it does nothing.
+    weight expanded over the batch. wav2vec2-family encoders (WavLM's attention reads its input transposed) spent
+    most of a bf16 pass copying weights that way (BENCHMARKS.md, "The paper's model at the paper's scale"). With
+    gradients on, it does nothing.
     """
     frozen = [] if torch.is_grad_enabled() else [p for p in module.parameters() if not p.requires_grad]
     for param in frozen:
@@ -73,6 +82,12 @@ class EmoSLLMAudioEncoder(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig):
+        """
+        Builds the encoder (without pretrained weights), its layer combination and its feature statistics.
+
+        Args:
+            config: The model's config; reads `audio_config`, `is_whisper_encoder` and `encoder_layer_combination`.
+        """
         super().__init__()
         self.config = config
         audio_config = config.audio_config
@@ -126,13 +141,29 @@ class EmoSLLMAudioEncoder(nn.Module):
         return states
 
     def inference_dtype(self, device_type: str) -> torch.dtype:
-        """The dtype the encoder computes in without gradients on `device_type` (see `bf16_inference`)."""
+        """
+        The dtype the encoder computes in without gradients on `device_type` (see `bf16_inference`).
+
+        Args:
+            device_type: A torch device type: "cpu", "cuda".
+
+        Returns:
+            `torch.bfloat16` where `bf16_inference` is on and bf16 is native (`bf16_is_native`), else `torch.float32`.
+        """
         return torch.bfloat16 if self.bf16_inference and bf16_is_native(device_type) else torch.float32
 
     def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
         """
-        Every layer's output of the pretrained encoder: `(batch, num_layers + 1, frames, encoder_hidden)`, in
-        `input_features`' dtype (computed in bf16 without gradients where bf16 is native: `bf16_inference`).
+        Every layer's output of the pretrained encoder, in `input_features`' dtype (computed in bf16 without
+        gradients where bf16 is native: `bf16_inference`).
+
+        Args:
+            input_features: `(batch, num_mel_bins, mel_frames)` log-mel features (Whisper) or `(batch, samples)`
+                waveforms at 16 kHz (wav2vec2 family).
+            audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
+
+        Returns:
+            `(batch, num_layers + 1, frames, encoder_hidden)`: the embeddings, then each layer's output.
         """
         device_type = input_features.device.type
         bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
@@ -154,7 +185,20 @@ class EmoSLLMAudioEncoder(nn.Module):
         input_features: torch.Tensor | None = None,
         encoder_layer_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`encoder_layer_states` (from `layer_states`, e.g. cached while the encoder is frozen) skip the encoder."""
+        """
+        The standardized, combined encoder frames of a batch of clips. `encoder_layer_states` (from `layer_states`,
+        e.g. cached while the encoder is frozen) skip the encoder.
+
+        Args:
+            audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family);
+                read only without `encoder_layer_states`.
+            encoder_layer_states: `(batch, num_layers + 1, frames, encoder_hidden)` from `layer_states`, or None.
+
+        Returns:
+            The frames `(batch, frames, output_size)` in `feature_mean`'s dtype (float32) and their bool validity
+            mask `(batch, frames)`.
+        """
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
         # Rounded to float16, the precision of train.py's encoder-state cache: a clip scores the same from the cache
@@ -172,8 +216,11 @@ class EmoSLLMAudioEncoder(nn.Module):
     @torch.no_grad()
     def set_feature_statistics(self, clip_layer_states: Iterable[torch.Tensor]) -> None:
         """
-        Sets `feature_mean`/`feature_std` from the training clips' valid frames, each clip's `layer_states`
-        `(num_layers + 1, frames, encoder_hidden)` (e.g. the frozen-encoder cache). Call before training.
+        Sets `feature_mean`/`feature_std` from the training clips' valid frames. Call before training.
+
+        Args:
+            clip_layer_states: Each training clip's `layer_states` `(num_layers + 1, frames, encoder_hidden)`, its
+                valid frames only (e.g. the frozen-encoder cache).
         """
         count, total, squares = 0, 0.0, 0.0
         for states in clip_layer_states:
@@ -189,7 +236,13 @@ class EmoSLLMAudioEncoder(nn.Module):
         self.feature_std.copy_(std.float().clamp(min=1e-5))
 
     def frame_mask(self, audio_lengths: torch.Tensor, num_frames: int) -> torch.BoolTensor:
-        """`(batch, num_frames)`: True on each clip's valid encoder frames."""
+        """
+        `(batch, num_frames)`: True on each clip's valid encoder frames.
+
+        Args:
+            audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
+            num_frames: The batch's number of encoder frames (the mask's width).
+        """
         lengths = [self.config.num_encoder_frames(int(n)) for n in audio_lengths]
         return lengths_to_mask(torch.tensor(lengths, device=audio_lengths.device).clamp(max=num_frames), num_frames)
 
@@ -203,6 +256,13 @@ class EmoSLLMQueryPoolingMapper(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        """
+        The mapper's layers, sized by `config.mapper_config` (`hidden_size`, `num_queries`, `num_layers`, `num_heads`).
+
+        Args:
+            config: The model's config: `mapper_config` and the LLM's width `text_config.hidden_size` (`llm_hidden`).
+            encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
+        """
         super().__init__()
         width = config.mapper_config["hidden_size"]
         self.input_proj = nn.Linear(encoder_hidden, width)
@@ -216,6 +276,16 @@ class EmoSLLMQueryPoolingMapper(nn.Module):
         self.output_proj = nn.Linear(width, config.text_config.hidden_size)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Maps each clip's valid frames to `num_queries` LLM embeddings.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The embeddings `(batch, num_queries, llm_hidden)` and their mask `(batch, num_queries)` (all True).
+        """
         batch, num_queries = frames.shape[0], self.queries.shape[1]
         hidden = torch.cat([self.queries.expand(batch, -1, -1), self.input_proj(frames)], dim=1)
         query_mask = frame_mask.new_ones(batch, num_queries)
@@ -232,6 +302,14 @@ class EmoSLLMWindowQFormer(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        """
+        The Q-Former (transformers' `Blip2QFormerModel`), its queries and output projection, sized by
+        `config.mapper_config` (`hidden_size`, `window_size`, `queries_per_window`, `num_layers`, `num_heads`).
+
+        Args:
+            config: The model's config: `mapper_config` and the LLM's width `text_config.hidden_size` (`llm_hidden`).
+            encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
+        """
         super().__init__()
         from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
@@ -247,6 +325,17 @@ class EmoSLLMWindowQFormer(nn.Module):
         self.output_proj = nn.Linear(width, config.text_config.hidden_size)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Maps each window of `window_size` frames (the last one padded) to `queries_per_window` LLM embeddings.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The embeddings `(batch, windows * queries_per_window, llm_hidden)`, `windows = ceil(frames / window_size)`,
+            and their mask `(batch, windows * queries_per_window)`: True for the windows with a valid frame.
+        """
         batch, num_frames, dim = frames.shape
         num_windows = -(-num_frames // self.window_size)
         pad = num_windows * self.window_size - num_frames
@@ -271,6 +360,13 @@ class EmoSLLMFrameStackMLP(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        """
+        The LayerNorm and two-layer MLP, sized by `config.mapper_config` (`stack_factor`, `hidden_size`).
+
+        Args:
+            config: The model's config: `mapper_config` and the LLM's width `text_config.hidden_size` (`llm_hidden`).
+            encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
+        """
         super().__init__()
         self.stack_factor = config.mapper_config["stack_factor"]
         self.norm = nn.LayerNorm(encoder_hidden * self.stack_factor)
@@ -281,6 +377,17 @@ class EmoSLLMFrameStackMLP(nn.Module):
         )
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Stacks each `stack_factor` consecutive frames (padding frames zeroed, the last group padded) and maps them.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The embeddings `(batch, ceil(frames / stack_factor), llm_hidden)` and their mask
+            `(batch, ceil(frames / stack_factor))`: True for the groups with a valid frame.
+        """
         batch, num_frames, dim = frames.shape
         pad = -num_frames % self.stack_factor
         stacked = F.pad(frames * frame_mask[..., None], (0, 0, 0, pad)).reshape(batch, -1, dim * self.stack_factor)
@@ -289,7 +396,16 @@ class EmoSLLMFrameStackMLP(nn.Module):
 
 
 def pooled_statistics(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-    """Mean and standard deviation over each clip's valid frames: `(batch, frames, dim)` -> `(batch, 2 * dim)`."""
+    """
+    Mean and standard deviation over each clip's valid frames: `(batch, frames, dim)` -> `(batch, 2 * dim)`.
+
+    Args:
+        frames: Frames `(batch, frames, dim)`.
+        frame_mask: `(batch, frames)` bool, True on valid frames.
+
+    Returns:
+        `(batch, 2 * dim)` in `frames`' dtype: the means, then the standard deviations (at least 1e-3).
+    """
     weights = frame_mask[..., None].to(frames.dtype)
     count = weights.sum(dim=1).clamp(min=1)
     mean = (frames * weights).sum(dim=1) / count
@@ -308,11 +424,28 @@ class EmoSLLMStatisticsPooling(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        """
+        One linear layer from the pooled statistics to `num_queries` (`config.mapper_config`) LLM embeddings.
+
+        Args:
+            config: The model's config: `mapper_config` and the LLM's width `text_config.hidden_size` (`llm_hidden`).
+            encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
+        """
         super().__init__()
         self.num_queries, self.llm_hidden = config.mapper_config["num_queries"], config.text_config.hidden_size
         self.output_proj = nn.Linear(2 * encoder_hidden, self.num_queries * self.llm_hidden)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Maps the mean and standard deviation of each clip's valid frames to `num_queries` LLM embeddings.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The embeddings `(batch, num_queries, llm_hidden)` and their mask `(batch, num_queries)` (all True).
+        """
         embeddings = self.output_proj(pooled_statistics(frames, frame_mask))
         embeddings = embeddings.reshape(-1, self.num_queries, self.llm_hidden)
         return embeddings, frame_mask.new_ones(embeddings.shape[:2])
@@ -333,6 +466,14 @@ class EmoSLLMStatisticsProbe(nn.Module):
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
+        """
+        The probe's buffers (a zero probe until `set_probe`) and `label_embeddings` (set by `from_backbones`).
+
+        Args:
+            config: The model's config: its labels (`num_labels`, `labels`) and the LLM's width
+                `text_config.hidden_size` (`llm_hidden`).
+            encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
+        """
         super().__init__()
         num_statistics = 2 * encoder_hidden
         self.register_buffer("statistics_mean", torch.zeros(num_statistics))
@@ -349,6 +490,9 @@ class EmoSLLMStatisticsProbe(nn.Module):
         Within this block the probe's scores are `scores` `(batch, num_labels)` instead of its own, for the soft
         emotion word and for the answer's mix: how train.py shows the LLM each training clip's out-of-fold evidence
         (what a probe fitted without that clip's speakers says of it), as the probe will be on new voices.
+
+        Args:
+            scores: Class scores `(batch, num_labels)` (before softmax) of the batch the block's calls read.
         """
         self._given_scores = scores
         try:
@@ -357,7 +501,16 @@ class EmoSLLMStatisticsProbe(nn.Module):
             self._given_scores = None
 
     def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """The probe's scores `(batch, num_labels)` (before softmax); inside `given_scores`, the given ones."""
+        """
+        The probe's scores `(batch, num_labels)` (before softmax); inside `given_scores`, the given ones.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            Float32 scores `(batch, num_labels)` on `frames`' device.
+        """
         if self._given_scores is not None:
             if self._given_scores.shape != (frames.shape[0], self.probe_bias.shape[0]):
                 raise ValueError(f"given_scores has shape {tuple(self._given_scores.shape)}, but the batch has "
@@ -369,23 +522,53 @@ class EmoSLLMStatisticsProbe(nn.Module):
         """
         The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`, in float32 (the
         fitted probe's precision, also where an engine has cast the whole model to bf16: DeepSpeed's bf16 mode).
+
+        Args:
+            statistics: Pooled statistics `(clips, 2 * encoder_hidden)` (`pooled_statistics`), in any float dtype.
         """
         standardized = (statistics.float() - self.statistics_mean.float()) / self.statistics_std.float()
         return F.linear(standardized, self.probe_weight.float(), self.probe_bias.float())
 
     def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`."""
+        """
+        The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`.
+
+        Args:
+            scores: Probe scores `(batch, num_labels)` (before softmax); their softmax weighs the label embeddings.
+
+        Returns:
+            `(batch, 1, llm_hidden)` in `label_embeddings`' dtype.
+        """
         probabilities = scores.float().softmax(dim=-1)
         return self.label_embeddings(probabilities.to(self.label_embeddings.weight.dtype))[:, None]
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Each clip's soft emotion word (`embed_with_scores` without the scores).
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)`.
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The soft emotion words `(batch, 1, llm_hidden)` and their mask `(batch, 1)` (all True).
+        """
         return self.embed_with_scores(frames, frame_mask)[:2]
 
     def embed_with_scores(
         self, frames: torch.Tensor, frame_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`forward`'s soft emotion word `(batch, 1, llm_hidden)` and mask `(batch, 1)`, and the probe's scores
-        `(batch, num_labels)` it was made from."""
+        """
+        `forward`'s soft emotion word and mask, and the probe's scores it was made from.
+
+        Args:
+            frames: Encoder frames `(batch, frames, encoder_hidden)` (read in float32).
+            frame_mask: `(batch, frames)` bool, True on valid frames.
+
+        Returns:
+            The soft emotion word `(batch, 1, llm_hidden)`, its mask `(batch, 1)` (all True), and the probe's float32
+            scores `(batch, num_labels)` (`class_scores`).
+        """
         scores = self.class_scores(frames.float(), frame_mask)
         embeddings = self.embed_class_scores(scores)
         return embeddings, frame_mask.new_ones(embeddings.shape[:2]), scores
@@ -393,8 +576,14 @@ class EmoSLLMStatisticsProbe(nn.Module):
     @torch.no_grad()
     def set_probe(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """
-        The fitted probe: the pooled statistics' standardization `mean`, `std` `(2 * encoder_hidden,)`, then class
-        scores `statistics @ weight.T + bias`, `weight` `(num_labels, 2 * encoder_hidden)`, `bias` `(num_labels,)`.
+        The fitted probe: the pooled statistics' standardization `mean`, `std`, then class scores
+        `statistics @ weight.T + bias` of the standardized statistics. Each value must have its buffer's shape.
+
+        Args:
+            mean: The standardization's mean `(2 * encoder_hidden,)`.
+            std: The standardization's scale `(2 * encoder_hidden,)`.
+            weight: The class weights `(num_labels, 2 * encoder_hidden)`.
+            bias: The class biases `(num_labels,)`.
         """
         for buffer, value in zip((self.statistics_mean, self.statistics_std, self.probe_weight, self.probe_bias),
                                  (mean, std, weight, bias)):

@@ -56,17 +56,16 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
 # Inputs
 # ----------------------------------------------------------------------------------------------------------------------
 class Clip:
-    """
-    One clip to label.
-
-    Args:
-        key: Its name in the output (`file`).
-        source: What the pipeline reads: a path, the bytes of a file, or a `datasets` audio value (a torchcodec
-            decoder or `{"array": samples (samples,), "sampling_rate": rate}`).
-        transcript: Its transcript, or None.
-    """
+    """One clip to label."""
 
     def __init__(self, key: str, source, transcript: str | None = None):
+        """
+        Args:
+            key: Its name in the output (`file`).
+            source: What the pipeline reads: a path, the bytes of a file, or a `datasets` audio value (a torchcodec
+                decoder or `{"array": samples (samples,), "sampling_rate": rate}`).
+            transcript: Its transcript, or None.
+        """
         self.key, self.source, self.transcript = key, source, transcript
 
 

@@ -206,7 +206,16 @@ class EmoSLLMConfig(PreTrainedConfig):
 
     @staticmethod
     def checked_mapper_config(mapper_config: dict | None) -> dict:
-        """`mapper_config` with its type's defaults filled in; an unknown type or setting is a `ValueError`."""
+        """
+        `mapper_config` with its type's defaults filled in; an unknown type or setting is a `ValueError`.
+
+        Args:
+            mapper_config: `{"mapper_type": ..., <some of that type's settings>}`, or None for the default mapper
+                (`DEFAULT_MAPPER_TYPE`); not modified.
+
+        Returns:
+            A new dict `{"mapper_type": ..., <every setting of that type>}`.
+        """
         mapper_config = dict(mapper_config or {"mapper_type": DEFAULT_MAPPER_TYPE})
         mapper_type = mapper_config.pop("mapper_type", None)
         if mapper_type not in MAPPER_SETTINGS:
@@ -264,7 +273,12 @@ class EmoSLLMConfig(PreTrainedConfig):
         return 2 * self.audio_config.max_source_positions * MEL_HOP_LENGTH / SAMPLING_RATE
 
     def num_encoder_frames(self, num_samples: int) -> int:
-        """Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames)."""
+        """
+        Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames).
+
+        Args:
+            num_samples: The clip's length in samples at 16 kHz.
+        """
         if self.is_whisper_encoder:
             # Two 3-wide convolutions (the second with stride 2) put mel frames 2j-2..2j+2 into encoder frame j; the
             # last mel frame's STFT window reaches past the clip. Frames that see it, or padding, are not counted,
@@ -283,6 +297,9 @@ class EmoSLLMConfig(PreTrainedConfig):
 
         This is the one place that decides it: the processor repeats the audio placeholder this many times and the
         model checks that its mapper produced as many.
+
+        Args:
+            num_samples: The clip's length in samples at 16 kHz (read only by the mappers whose output grows with it).
         """
         mapper = self.mapper_config
         if mapper["mapper_type"] in ("qpmapper", "statistics"):

@@ -50,12 +50,25 @@ HUB_OPTIONAL_REQUIREMENTS = ("torchcodec",)
 
 
 def pip_command(*requirements: str) -> str:
-    """`pip install ...`, each requirement quoted when the shell would misread it (`>`, `<`)."""
+    """
+    `pip install ...`, each requirement quoted when the shell would misread it (`>`, `<`).
+
+    Args:
+        *requirements: The pip requirements to install, e.g. `"transformers>=5.20,<5.25"`.
+    """
     return "pip install " + " ".join(f'"{r}"' if re.search(r"[<>=!~;\s]", r) else r for r in requirements)
 
 
 def distribution_name(requirement: str) -> str:
-    """'transformers>=5.20,<5.25' -> 'transformers'."""
+    """
+    'transformers>=5.20,<5.25' -> 'transformers'.
+
+    Args:
+        requirement: A pip requirement (a name with optional version specifiers, extras or markers).
+
+    Returns:
+        The distribution name: the requirement up to its first specifier, extra, marker or space.
+    """
     return re.split(r"[<>=!~;\[\s]", requirement, maxsplit=1)[0]
 
 
@@ -64,6 +77,9 @@ def check_transformers_version(installed: str | None = None) -> None:
     Raises `ImportError` when transformers `installed` (default: the imported one) is older than
     `TRANSFORMERS_MINIMUM`, naming both versions and the pip command; warns when it is `TRANSFORMERS_BELOW` or newer
     (untested: it may work).
+
+    Args:
+        installed: The transformers version to check, e.g. `"5.20.0"`; None checks the imported transformers.
     """
     from packaging.version import Version  # a dependency of transformers
 
@@ -99,6 +115,9 @@ def check_installed(modules: tuple[str, ...] = HUB_MODULES) -> None:
     Raises `ModuleNotFoundError` naming every one of `modules` (import names, keys of `DEPENDENCIES`) that is not
     installed, what each is for, and the pip command for them and for everything a saved folder needs. Finds the
     modules without importing them: it takes milliseconds.
+
+    Args:
+        modules: The import names to check (keys of `DEPENDENCIES`); default: `HUB_MODULES`.
     """
     missing = [module for module in modules if not _installed(module)]
     if not missing:
@@ -129,6 +148,13 @@ def missing_dependency(error: ModuleNotFoundError, importer: str) -> ModuleNotFo
     the pip command for it and for everything a saved EmoSLLM folder needs. A module that none of EmoSLLM's own
     dependencies is (a dependency's dependency, or a part of a broken install) is named with the package that
     imports it. `error.name` is kept, so code that looks at it still can.
+
+    Args:
+        error: The `ModuleNotFoundError` the import raised.
+        importer: The `__name__` of the EmoSLLM module whose import failed (its file is named in the message).
+
+    Returns:
+        A new `ModuleNotFoundError` with the explanation and the pip command, and `name=error.name`.
     """
     name = error.name or ""
     top = name.split(".")[0]

@@ -27,7 +27,16 @@ __all__ = ["MANIFEST", "check_saved_weights", "mark_save_started", "read_safeten
 
 
 def weight_files(folder: str) -> list[str]:
-    """The weights files of a saved folder, relative to it (`/`-separated): what its record lists."""
+    """
+    The weights files of a saved folder, relative to it (`/`-separated): what its record lists.
+
+    Args:
+        folder: The saved folder.
+
+    Returns:
+        The `model.safetensors` and `model-*.safetensors` files (sorted), then `lora/adapter_model.safetensors` if
+        present.
+    """
     found = []
     for name in sorted(os.listdir(folder)):
         if name.endswith(".safetensors") and (name == "model.safetensors" or name.startswith("model-")):
@@ -50,6 +59,10 @@ def write_json_atomically(path: str | os.PathLike, content: dict) -> None:
     """
     Written beside (a temporary file of its own in the same folder), then renamed: the file holds the new content
     whole or the previous one, whenever the process is stopped; the temporary file is removed if the write fails.
+
+    Args:
+        path: The JSON file to write.
+        content: What to write (JSON-serializable), indented by one space, non-ASCII characters kept.
     """
     folder, name = os.path.split(os.fspath(path))
     handle, partial = tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=".partial")
@@ -66,13 +79,26 @@ def write_json_atomically(path: str | os.PathLike, content: dict) -> None:
 
 
 def mark_save_started(folder: str) -> None:
-    """Before a save writes into `folder`: its record says the save is under way, so a killed save refuses to load."""
+    """
+    Before a save writes into `folder`: its record says the save is under way, so a killed save refuses to load.
+
+    Args:
+        folder: The folder about to be saved into (created if missing).
+    """
     os.makedirs(folder, exist_ok=True)
     write_json_atomically(os.path.join(folder, MANIFEST), {"complete": False})
 
 
 def write_manifest(folder: str) -> dict:
-    """The record of `folder`'s weights files (see the module docstring), written last; returns it."""
+    """
+    The record of `folder`'s weights files (see the module docstring), written last; returns it.
+
+    Args:
+        folder: The saved folder, with all its weights files written.
+
+    Returns:
+        `{"complete": True, "files": {file: {"bytes": ..., "sha256": ..., "tensors": {name: [shape, dtype]}}}}`.
+    """
     from safetensors import safe_open
 
     files = {}
@@ -93,6 +119,11 @@ def check_saved_weights(name: str, resolve: Callable[[str], str | None], local_f
     gives the local path of its file `f` (downloaded if need be), or None; `local_folder` is the folder itself when
     it is one (to find weights files the record does not list). A folder saved before records existed loads, with a
     warning.
+
+    Args:
+        name: The folder or Hub repo, as named in errors and warnings.
+        resolve: Maps a file of the folder (`/`-separated, relative to it) to its local path, or None if it is absent.
+        local_folder: The folder when `name` is a local one, else None.
 
     Raises:
         FileNotFoundError: a recorded weights file is missing.
@@ -131,7 +162,18 @@ def check_saved_weights(name: str, resolve: Callable[[str], str | None], local_f
 
 
 def read_safetensors(path: str) -> dict:
-    """`safetensors.torch.load_file`, with an error that names the file when it cannot be read."""
+    """
+    `safetensors.torch.load_file`, with an error that names the file when it cannot be read.
+
+    Args:
+        path: The `.safetensors` file.
+
+    Returns:
+        Its tensors by name, on the CPU.
+
+    Raises:
+        ValueError: the file is damaged or cut short.
+    """
     from safetensors.torch import load_file
 
     try:

@@ -132,6 +132,15 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
     """
 
     def __init__(self, config: EmoSLLMConfig, lora_config: LoraConfig | None = None):
+        """
+        Builds the model's modules from `config`; `from_backbones` and `from_pretrained` give it pretrained weights.
+
+        Args:
+            config: The model's `EmoSLLMConfig`, with `audio_token_id` and `label_token_ids` set
+                (`EmoSLLMProcessor.from_backbones`).
+            lora_config: LoRA's settings, used when `config.language_model_training == "lora"`; None: `DEFAULT_LORA`
+                (with `config.old_lora_settings` of folders saved before LoRA's settings moved to `lora/`).
+        """
         super().__init__(config)
         if config.audio_token_id is None or config.label_token_ids is None:
             raise ValueError(
@@ -185,6 +194,16 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         self._keys_to_ignore_on_save = sorted(backbone)
 
     def train(self, mode: bool = True) -> "EmoSLLMModel":
+        """
+        `nn.Module.train`, but the frozen audio encoder stays in eval mode, the kept prompt head is forgotten, and
+        training mode unmerges a merged LoRA.
+
+        Args:
+            mode: True for training mode, False for eval mode.
+
+        Returns:
+            The model itself.
+        """
         super().train(mode)
         self.audio_encoder.encoder.eval()  # a frozen encoder gives the same frames in training and inference
         self.prompt_head.clear()  # weights may change from here on
@@ -197,6 +216,9 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         """
         `PRECISION_POLICY` on this model: every part that trains (and EmoSLLM's own buffers) in float32; the frozen
         backbones' weights in `backbone_dtype` (None: as they are). Tied weights stay tied (one parameter, cast once).
+
+        Args:
+            backbone_dtype: The frozen backbones' dtype, e.g. `torch.bfloat16`; None leaves them as they are.
         """
         backbone = set(self.backbone_keys())
         for name, param in self.named_parameters():
@@ -218,6 +240,9 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         LoRA and EmoSLLM's own weights stay float32, and so do the LLM's buffers (rotary frequencies). A float32 LLM
         loaded from a bf16 checkpoint comes back to the checkpoint's exact values. LoRA merged into bf16 weights
         (`merge_lora`) rounds once; `unmerge_lora` then gives the weights back only to bf16 rounding.
+
+        Args:
+            dtype: The dtype of the LLM's pretrained weights, e.g. `torch.bfloat16` or `torch.float32`.
         """
         for name, param in self.language_model.named_parameters():
             if "lora_" not in name and param.dtype != dtype:
@@ -250,9 +275,20 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         return_probe_scores: bool = False,
     ) -> tuple[torch.Tensor, ...]:
         """
-        Audio -> LLM embeddings. Returns `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
-        `(batch, num_audio_embeddings)`; clip `i` owns its first `mask[i].sum()` embeddings. With
-        `return_probe_scores`, also the probe interface's class scores `(batch, num_labels)` (None for the others).
+        Audio -> LLM embeddings; clip `i` owns its first `mask[i].sum()` embeddings.
+
+        Args:
+            audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family);
+                read only without `encoder_layer_states`.
+            encoder_layer_states: `(batch, num_layers + 1, frames, encoder_hidden)`: the frozen encoder's outputs
+                computed beforehand (`audio_encoder.layer_states`), or None.
+            return_probe_scores: Also return the probe interface's class scores.
+
+        Returns:
+            The embeddings `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
+            `(batch, num_audio_embeddings)`; with `return_probe_scores`, also the probe interface's class scores
+            `(batch, num_labels)` (None for the others).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
         # Read in the interface's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
@@ -269,7 +305,20 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
     def merge_audio_embeddings(
         self, input_ids: torch.Tensor, audio_embeddings: torch.Tensor, audio_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Token embeddings `(batch, seq, llm_hidden)` with the audio placeholders replaced by the audio embeddings."""
+        """
+        Token embeddings with the audio placeholders replaced by the audio embeddings.
+
+        Args:
+            input_ids: `(batch, seq)` prompt token ids with audio placeholders (`config.audio_token_id`).
+            audio_embeddings: `(batch, num_audio_embeddings, llm_hidden)` from `get_audio_embeddings`.
+            audio_mask: `(batch, num_audio_embeddings)` bool; clip `i`'s valid embeddings fill its placeholders.
+
+        Returns:
+            `(batch, seq, llm_hidden)` in the LLM's embedding dtype.
+
+        Raises:
+            ValueError: a clip's placeholders and valid embeddings differ in number (processor and model do not match).
+        """
         placeholder = input_ids == self.config.audio_token_id
         expected, produced = placeholder.sum(dim=1), audio_mask.sum(dim=1)
         if not torch.equal(expected, produced):
@@ -290,13 +339,22 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "position_ids": position_ids}
 
     def clear_prompt_cache(self) -> None:
-        """Forgets the kept prompt head (`prompt_head`); needed after changing the LLM's weights by hand in eval mode."""
+        """
+        Forgets the kept prompt head (`prompt_head`); needed after changing the LLM's weights by hand in eval mode.
+        """
         self.prompt_head.clear()
 
     def shared_prefix_length(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor | None = None
     ) -> int:
-        """How many leading tokens the batch's prompts share and run once (`SharedPromptHead.shared_prefix_length`)."""
+        """
+        How many leading tokens the batch's prompts share and run once (`SharedPromptHead.shared_prefix_length`).
+
+        Args:
+            input_ids: `(batch, seq)` left-padded prompt token ids.
+            attention_mask: `(batch, seq)`, 0 on the left padding.
+            lm_labels: `(batch, seq)` answer token ids following the prompts (-100 elsewhere), or None.
+        """
         return self.prompt_head.shared_prefix_length(self, input_ids, attention_mask, lm_labels)
 
     def language_model_hidden(
@@ -304,8 +362,18 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         position_ids: torch.Tensor, lm_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """
-        The LLM's last hidden states of the prompt columns `start:` `(batch, seq - start, llm_hidden)`, and `start`
-        (`SharedPromptHead.hidden`: the head every prompt shares runs once).
+        The LLM's last hidden states of the prompt columns `start:`, and `start` (`SharedPromptHead.hidden`: the head
+        every prompt shares runs once).
+
+        Args:
+            input_ids: `(batch, seq)` left-padded prompt token ids (to find the shared head).
+            inputs_embeds: `(batch, seq, llm_hidden)` token embeddings with the audio embeddings merged in.
+            attention_mask: `(batch, seq)`, 0 on the left padding.
+            position_ids: `(batch, seq)` positions counting real tokens only.
+            lm_labels: `(batch, seq)` answer token ids following the prompts (-100 elsewhere), or None.
+
+        Returns:
+            The hidden states `(batch, seq - start, llm_hidden)` and `start`.
         """
         return self.prompt_head.hidden(self, input_ids, inputs_embeds, attention_mask, position_ids, lm_labels)
 
@@ -319,14 +387,21 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         lm_labels: torch.LongTensor | None = None,
     ) -> EmoSLLMModelOutput:
         """
+        Audio embeddings in place of the prompts' placeholders, then the LLM's last hidden states.
+
         Args:
-            input_ids, attention_mask (`(batch, seq)`): the left-padded prompts with audio placeholders.
+            input_ids (`(batch, seq)`): the left-padded prompts with audio placeholders.
+            attention_mask (`(batch, seq)`): 1 on the prompts' tokens, 0 on the left padding.
             audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
             input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
             encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
                 outputs computed beforehand, in place of `input_features`.
             lm_labels (`(batch, seq)`, optional): answer tokens following the prompts (-100 elsewhere); the shared
                 prompt head stops before them.
+
+        Returns:
+            An `EmoSLLMModelOutput`: the hidden states from `hidden_start` on, the audio embeddings and their mask, and
+            the probe's class scores (probe interface only).
         """
         audio_embeddings, audio_mask, probe_scores = self.get_audio_embeddings(
             audio_lengths, input_features, encoder_layer_states, return_probe_scores=True
@@ -429,11 +504,21 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         audio_embeddings: torch.Tensor, audio_mask: torch.Tensor, lm_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        The LLM's class log-probabilities `(batch, num_labels)`: each label's answer path (`label_answer_paths`)
-        scored by the LLM's log-probability of its tokens, teacher-forced, then renormalized over the labels.
-        `answer_hidden` `(batch, llm_hidden)` is the hidden state at the answer position; a path of several tokens
+        The LLM's class log-probabilities: each label's answer path (`label_answer_paths`) scored by the LLM's
+        log-probability of its tokens, teacher-forced, then renormalized over the labels. A path of several tokens
         reads the LLM again on the prompt followed by its first tokens (`_continuation_hidden`). Where every label
         has a first token of its own, this is the softmax over the labels of those tokens' logits.
+
+        Args:
+            answer_hidden: `(batch, llm_hidden)` the hidden state at the answer position.
+            input_ids: `(batch, seq)` the left-padded prompts, possibly followed by answers (`lm_labels`).
+            attention_mask: `(batch, seq)`, 0 on the left padding.
+            audio_embeddings: `(batch, num_audio_embeddings, llm_hidden)`, for the continuations' passes.
+            audio_mask: `(batch, num_audio_embeddings)` bool, their validity.
+            lm_labels: `(batch, seq)` the answers' token ids (-100 elsewhere), dropped for the continuations; or None.
+
+        Returns:
+            Class log-probabilities, float32 `(batch, num_labels)`.
         """
         paths = self.label_answer_paths()
         continuations = sorted({tuple(path[:t]) for path in paths for t in range(1, len(path))})
@@ -459,19 +544,27 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         **kwargs,
     ) -> SpeechEmotionOutput:
         r"""
-        input_ids, attention_mask (`(batch, seq)`): the left-padded prompt with audio placeholders, followed by the
-            answer's tokens when `lm_labels` mark them (`EmoSLLMProcessor(..., labels=...)` appends the label word).
-        input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
-        audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
-        encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
-            outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
-        labels (`(batch,)`, optional): class ids. Without `lm_labels`, the loss is the cross-entropy of the class
-            scores; with them, they feed only the auxiliary audio loss.
-        lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
-            next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's too).
-
         The class scores are read from the position right before the answer (the prompt's last position): the LLM's
         (`label_scores`), mixed with the probe's by `config.mapper_config["mix_weight"]` (`logits`).
+
+        Args:
+            input_ids (`(batch, seq)`): the left-padded prompt with audio placeholders, followed by the answer's tokens
+                when `lm_labels` mark them (`EmoSLLMProcessor(..., labels=...)` appends the label word).
+            attention_mask (`(batch, seq)`): 1 on the tokens, 0 on the left padding.
+            audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
+            encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
+                outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
+            labels (`(batch,)`, optional): class ids. Without `lm_labels`, the loss is the cross-entropy of the class
+                scores; with them, they feed only the auxiliary audio loss.
+            lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
+                next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's
+                too).
+            **kwargs: Ignored.
+
+        Returns:
+            A `SpeechEmotionOutput`: `loss` (with `labels` or `lm_labels`), `logits`, `llm_logits`, `probe_logits` and
+            `audio_logits`, each `(batch, num_labels)` where present.
         """
         outputs = super().forward(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states,
                                   lm_labels)
@@ -527,12 +620,25 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """
-        The answer's tokens `(batch, answer_length)` (new tokens only, padded with the end token;
+        The answer's tokens (new tokens only, padded with the end token;
         `processor.batch_decode(..., skip_special_tokens=True)` gives the text). `constrain_to_labels=True` (default)
         writes the label word the class scores (`forward`'s `logits`) rank first, then the end of the turn: the
         answer is a label, and always the one the scores name, whatever tokens the labels share. `False` lets the
         LLM write freely with `generate_kwargs` (`max_new_tokens=...`), which a trained model also answers with the
         label (BENCHMARKS.md measures how often it matches the scores).
+
+        Args:
+            input_ids (`(batch, seq)`): the left-padded prompts with audio placeholders, without answers.
+            attention_mask (`(batch, seq)`): 1 on the tokens, 0 on the left padding.
+            audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
+            encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
+                outputs computed beforehand, in place of `input_features`.
+            constrain_to_labels: Write the label the class scores rank first (True) or let the LLM write freely.
+            **generate_kwargs: The LLM's `generate` options; only with `constrain_to_labels=False`.
+
+        Returns:
+            The answer's token ids `(batch, answer_length)`.
         """
         if constrain_to_labels:
             if generate_kwargs:
@@ -554,7 +660,15 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
 
     @torch.no_grad()
     def pooled_audio_statistics(self, batch: dict) -> torch.Tensor:
-        """Mean and std over each clip's standardized encoder frames: `(batch, 2 * frame width)` of model inputs."""
+        """
+        Mean and std over each clip's standardized encoder frames.
+
+        Args:
+            batch: Model inputs: `audio_lengths` `(batch,)`, and `input_features` or `encoder_layer_states`.
+
+        Returns:
+            float32 `(batch, 2 * frame width)`: the means, then the standard deviations.
+        """
         frames, mask = self.audio_encoder(
             batch["audio_lengths"], batch.get("input_features"), batch.get("encoder_layer_states")
         )

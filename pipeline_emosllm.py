@@ -156,7 +156,8 @@ def segment_bounds(num_samples: int, segment: int | None, hop: int | None) -> li
 
 
 def segment_weights(bounds: list[tuple[int, int]]) -> np.ndarray:
-    """Each window weighs the stretch of the clip it owns: overlaps are split in their middle; the weights sum to the
+    """
+    Each window weighs the stretch of the clip it owns: overlaps are split in their middle; the weights sum to the
     clip's length.
 
     Args:
@@ -193,7 +194,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         function_to_apply (`"softmax"`, `"sigmoid"` or `"none"`, defaults to `"softmax"`): scores from the logits.
         transcript (`str`, or a list with one per input): the transcript, for models whose config uses one
             (`use_transcript`); a dict input's `"transcript"` wins. Without one, a model with `use_transcript="auto"`
-            has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut into segments ignores it (it cannot be split in time).
+            has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut
+            into segments ignores it (it cannot be split in time).
         text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
         segment_seconds (`float` or `None`, defaults to 10 s, at most `processor.max_audio_seconds`): longer clips are
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
@@ -218,6 +220,15 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
     """
 
     def __init__(self, model, processor: EmoSLLMProcessor | None = None, **kwargs):
+        """
+        Puts the model in eval mode with LoRA merged into the LLM's weights (the fast path, same scores).
+
+        Args:
+            model: The EmoSLLM model (`EmoSLLMForSpeechEmotionRecognition`).
+            processor: Its `EmoSLLMProcessor`; None (or what `pipeline()` gives when loading it failed): loaded from
+                `model.name_or_path`.
+            **kwargs: `ChunkPipeline`'s (`device`, `batch_size`, ...) and the call parameters as defaults.
+        """
         if not isinstance(processor, EmoSLLMProcessor) and not hasattr(processor, "prepare_audio"):
             if not model.name_or_path:
                 raise ValueError("Pass the model's EmoSLLMProcessor: processor=EmoSLLMProcessor.from_pretrained(...).")
@@ -377,6 +388,21 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         Yields the windows of one input: checked 16 kHz samples, the prompt's text, their place in the clip, and the
         seconds of speech in the window and in the clip (`vad_emosllm`; with `detect_speech=False`, all of it). A
         window with less than `MIN_SPEECH_SECONDS` of speech, or digital silence, is not classified.
+
+        Args:
+            inputs: One input of the call, with its index in the call's list (None for a single input).
+            transcript: The transcript, or a list with one per input; a dict input's own wins. Dropped for a clip cut
+                into several windows.
+            text_features: Other features as `{name: value}`, or a list with one per input; a dict input's own wins.
+            segment_seconds: The window length in seconds (at most `processor.max_audio_seconds`); None classifies
+                the clip whole.
+            hop_seconds: The largest distance between window starts in seconds; None: `segment_seconds`.
+            detect_speech: Run the speech detector; False counts all the audio as speech.
+
+        Yields:
+            One dict per window: `audio` (float32 `(samples,)` at 16 kHz), `silent`, `speech` and `clip_speech`
+            (seconds), `transcript`, `text_features`, `start`, `end` and `duration` (seconds), `weight`
+            (`segment_weights`) and `is_last`.
         """
         index = inputs.index
         name = "inputs" if index is None else f"inputs[{index}]"
@@ -483,6 +509,22 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         return {key: [output[key] for output in outputs] for key in ("is_last", *outputs[0])}
 
     def postprocess(self, model_outputs: list[dict], top_k=None, function_to_apply="softmax", return_timeline=False):
+        """
+        Turns one clip's window logits into its scores: a clip classified whole gets the model's scores; a longer one
+        the mean of its windows' scores, each weighted by the stretch it owns (`segment_weights`), windows without
+        speech left out.
+
+        Args:
+            model_outputs: The clip's windows as `_forward` returns them, each with `logits` `(num_labels,)` (None for
+                a window that is not classified).
+            top_k: How many classes to return, best first; None: all.
+            function_to_apply: `"softmax"`, `"sigmoid"` or `"none"`: how scores come from the logits.
+            return_timeline: Return the dict with the per-window timeline instead of the list.
+
+        Returns:
+            A list of `{"score", "label"}` (empty without speech), or with `return_timeline` the dict the class
+            documentation describes.
+        """
         config = self.model.config
         top_k = config.num_labels if top_k is None else top_k
 
@@ -524,7 +566,13 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs):
-        """The model (with this pipeline's file and `custom_pipelines`) and the processor, ready for `pipeline()`."""
+        """
+        The model (with this pipeline's file and `custom_pipelines`) and the processor, ready for `pipeline()`.
+
+        Args:
+            save_directory: The folder to save into.
+            **kwargs: Passed to both the model's and the processor's `save_pretrained`.
+        """
         self.model.save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory, **kwargs)
 

@@ -25,8 +25,11 @@ def bf16_is_native(device_type: str | None = None) -> bool:
     """
     Whether `device_type` ("cpu", "cuda"; None: the GPU if there is one, else the CPU) runs bf16 natively: a GPU
     with bf16, or a CPU with the `avx512_bf16` or `amx_bf16` instructions (read from /proc/cpuinfo: torch's public
-    `get_cpu_capability` does not report them). Elsewhere (an AVX2 CPU) bf16 is emulated and slower than float32 (a
-    training step took 14x; BENCHMARKS.md).
+    `get_cpu_capability` does not report them). Elsewhere (an AVX2 CPU) bf16 is emulated and slower than float32
+    (BENCHMARKS.md, "One training step").
+
+    Args:
+        device_type: A torch device type ("cpu", "cuda"; any other is not native), or None for the default device.
     """
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,7 +54,7 @@ EmoSLLM's precision policy, the one place it is stated (`training_backbone_dtype
 - The frozen backbones (the audio encoder and the LLM, each only while the config freezes it; a backbone that trains
   is a trained part) are held in bf16 where the device runs bf16 natively, else float32:
   - building a model to train (`from_backbones`, train.py): bf16 on a CUDA GPU with bf16 support, float32 on the CPU
-    (any CPU: the reported CPU scores come from float32 training, and an AVX2 CPU emulates bf16 at 14x the time);
+    (any CPU: the reported CPU scores come from float32 training, and an AVX2 CPU emulates bf16, far slower);
   - loading a lean folder for inference (`from_pretrained`): the LLM in bf16 where bf16 is native (a bf16 GPU, or a
     CPU with avx512_bf16/amx_bf16) and its checkpoint holds bf16 weights, else float32; the encoder in float32 (it
     computes in bf16 autocast without gradients where that is native: `EmoSLLMAudioEncoder.bf16_inference`);
@@ -69,6 +72,12 @@ def training_backbone_dtype(device_type: str | None = None) -> torch.dtype:
     """
     The dtype of the frozen backbones of a model built to train on `device_type` ("cuda", "cpu"; None: the GPU if
     there is one, else the CPU), as `PRECISION_POLICY` states: bf16 on a CUDA GPU with bf16 support, float32 elsewhere.
+
+    Args:
+        device_type: A torch device type ("cuda", "cpu"), or None for the default device.
+
+    Returns:
+        `torch.bfloat16` or `torch.float32`.
     """
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,6 +112,17 @@ class FrozenHeadLogits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """
+        The logits, reading the head `ROWS` rows at a time in float32.
+
+        Args:
+            ctx: Autograd's context; it keeps `weight` for backward.
+            hidden: Float32 hidden states `(..., hidden)`.
+            weight: The frozen head `(vocab, hidden)`, in a low precision (e.g. bf16).
+
+        Returns:
+            The logits `(..., vocab)` in `hidden`'s dtype.
+        """
         ctx.save_for_backward(weight)
         logits = hidden.new_empty(*hidden.shape[:-1], weight.shape[0])
         for start in range(0, weight.shape[0], FrozenHeadLogits.ROWS):
@@ -112,6 +132,16 @@ class FrozenHeadLogits(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        """
+        The gradient of `hidden`, reading the head again `ROWS` rows at a time in float32; none for the head.
+
+        Args:
+            ctx: Autograd's context, holding `weight`.
+            grad: The gradient of the logits `(..., vocab)` (float32).
+
+        Returns:
+            `(grad_hidden, None)`: the gradient of `hidden` `(..., hidden)`, and none for `weight`.
+        """
         (weight,) = ctx.saved_tensors
         grad_hidden = None
         for start in range(0, weight.shape[0], FrozenHeadLogits.ROWS):

@@ -40,6 +40,13 @@ def fit_standardization(x: np.ndarray, min_relative_std: float = MIN_RELATIVE_ST
     """
     scikit-learn's StandardScaler fitted on pooled statistics `x` `(clips, features)`, each feature's scale floored
     at `min_relative_std` times the median scale: the probe's standardization (`fit_linear_probe`).
+
+    Args:
+        x: Pooled statistics `(clips, features)`.
+        min_relative_std: The floor on each feature's scale, relative to the median scale (`MIN_RELATIVE_STD`).
+
+    Returns:
+        The fitted `StandardScaler` (`mean_`, and `scale_` floored).
     """
     try:
         from sklearn.preprocessing import StandardScaler
@@ -57,6 +64,12 @@ def fit_linear_probe(probe, statistics: torch.Tensor, labels: torch.Tensor, c: f
     Fits `probe` (an `EmoSLLMStatisticsProbe`): scikit-learn's StandardScaler and L2 LogisticRegression (inverse
     strength `c`) on pooled statistics `(clips, 2 * encoder_hidden)` (from `pooled_statistics` of the standardized
     frames) and class ids `labels` `(clips,)`. In float64: scikit-learn's lbfgs stops early on float32.
+
+    Args:
+        probe: The `EmoSLLMStatisticsProbe` to fit; its buffers are set (`set_probe`).
+        statistics: Pooled statistics `(clips, 2 * encoder_hidden)`.
+        labels: Class ids `(clips,)`; every class needs at least one clip (else a `ValueError`).
+        c: The inverse L2 strength (scikit-learn's C).
     """
     # In a try block, so that transformers' check of the remote code's imports (which imports each one, 1.1 s
     # for scikit-learn) leaves it out: only fitting needs scikit-learn, loading and inference do not.
@@ -84,19 +97,28 @@ def fit_probe(
     groups: Iterable | None = None,
 ) -> dict:
     """
-    Fits the probe mapper (`mapper_config={"mapper_type": "probe"}`) on labelled clips. `batches`: model inputs with `labels`
-    (e.g. `processor(clips, labels=...)`, or train.py's batches of cached encoder states). Each C in `cs` is
-    scored by validation UA on `validation_batches`, or else, with `groups` (one speaker id per training clip),
-    by cross-validation over speakers (scikit-learn's GroupKFold, up to 4 folds). Where the best C is the grid's
-    smallest or largest and scores above its neighbour, the grid is extended past that edge (by its own step, at
-    most 10x, up to `MAX_C_GRID_EXTENSIONS` times, logged) until a C inside it wins. The best C is then fitted on
-    every clip of `batches`. Returns `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how,
-    "probe_cs": the Cs tried}`, and with `groups` of at least 2 speakers also `"out_of_fold_scores"`
-    `(clips, num_labels)`: each clip's scores from the probe fitted at that C on the other folds' speakers, i.e.
-    what the probe says of voices it did not fit (train.py trains the LLM on them, so that it learns how far the
-    probe can be trusted), and `"out_of_fold_folds"` `(clips,)`: the fold each clip was held out in.
+    Fits the probe mapper (`mapper_config={"mapper_type": "probe"}`) on labelled clips. Each C in `cs` is scored by
+    validation UA on `validation_batches`, or else, with `groups`, by cross-validation over speakers (scikit-learn's
+    GroupKFold, up to 4 folds). Where the best C is the grid's smallest or largest and scores above its neighbour,
+    the grid is extended past that edge (by its own step, at most 10x, up to `MAX_C_GRID_EXTENSIONS` times, logged)
+    until a C inside it wins. The best C is then fitted on every clip of `batches`.
 
     Call `audio_encoder.set_feature_statistics` first (the probe reads the standardized frames).
+
+    Args:
+        model: The `EmoSLLMForSpeechEmotionRecognition` with the probe mapper (this is its `fit_probe` method).
+        batches: Model inputs with `labels` (e.g. `processor(clips, labels=...)`, or train.py's batches of cached
+            encoder states).
+        cs: The C (inverse L2 strength) or the Cs to choose from.
+        validation_batches: Labelled model inputs that score each C by UA, or None.
+        groups: One speaker id per training clip of `batches`, in order, or None.
+
+    Returns:
+        `{"probe_c": C, "probe_selection_ua": UA or None, "probe_selection": how, "probe_cs": the Cs tried}`, and
+        with `groups` of at least 2 speakers also `"out_of_fold_scores"` `(clips, num_labels)`: each clip's scores
+        from the probe fitted at that C on the other folds' speakers, i.e. what the probe says of voices it did not
+        fit (train.py trains the LLM on them, so that it learns how far the probe can be trusted), and
+        `"out_of_fold_folds"` `(clips,)`: the fold each clip was held out in.
     """
     if model.config.mapper_type != "probe":
         raise ValueError(

@@ -51,19 +51,6 @@ class EmoSLLMProcessor(ProcessorMixin):
     The model's `EmoSLLMConfig` (held as `processor.config`, read from `config.json` next to the processor files)
     decides the labels and how many audio placeholders a clip gets; the processor's own settings are saved with it
     (`processor_config.json`).
-
-    Args:
-        feature_extractor: the audio encoder's feature extractor.
-        tokenizer: the LLM's tokenizer, with the audio placeholder token added (`build`).
-        config: the model's `EmoSLLMConfig`.
-        prompt: the task text; `{labels}` is replaced by the comma-separated label names.
-        audio_token: the placeholder token, repeated once per audio embedding (the model replaces them).
-        max_audio_seconds: the longest clip accepted; longer audio must be segmented (the pipeline does it).
-        pad_audio_to_max_length: pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of the
-            batch's longest clip.
-        use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has Whisper
-            (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`: never.
-        asr_model: the Whisper that writes automatic transcripts.
     """
 
     def __init__(
@@ -71,6 +58,25 @@ class EmoSLLMProcessor(ProcessorMixin):
         prompt: str = DEFAULT_PROMPT, audio_token: str = DEFAULT_AUDIO_TOKEN, max_audio_seconds: float = 30.0,
         pad_audio_to_max_length: bool = False, use_transcript: str = "auto", asr_model: str = DEFAULT_ASR_MODEL,
     ):
+        """
+        The processor; with `config`, its settings are checked against it (`check_config`).
+
+        Args:
+            feature_extractor: The audio encoder's feature extractor.
+            tokenizer: The LLM's tokenizer, with the audio placeholder token added (`build`).
+            config: The model's `EmoSLLMConfig`, or None.
+            chat_template: The processor's chat template (`ProcessorMixin`'s), or None; prompts use the tokenizer's.
+            prompt: The task text; `{labels}` is replaced by the comma-separated label names.
+            audio_token: The placeholder token, repeated once per audio embedding (the model replaces them).
+            max_audio_seconds: The longest clip accepted, in seconds; longer audio must be segmented (the pipeline
+                does it).
+            pad_audio_to_max_length: Pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of the
+                batch's longest clip.
+            use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has
+                Whisper (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`:
+                never.
+            asr_model: The Whisper (folder or Hub id) that writes automatic transcripts.
+        """
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         if use_transcript not in USE_TRANSCRIPT:
             raise ValueError(f"use_transcript={use_transcript!r} is not one of {', '.join(USE_TRANSCRIPT)}.")
@@ -82,7 +88,15 @@ class EmoSLLMProcessor(ProcessorMixin):
             self.check_config(config)
 
     def check_config(self, config: EmoSLLMConfig) -> None:
-        """The processor's settings fit the model's config: clips no longer than its audio encoder reads."""
+        """
+        The processor's settings fit the model's config: clips no longer than its audio encoder reads.
+
+        Args:
+            config: The model's `EmoSLLMConfig`.
+
+        Raises:
+            ValueError: `max_audio_seconds` is longer than the Whisper encoder's window.
+        """
         window = config.audio_window_seconds()
         if window is not None and self.max_audio_seconds > window:
             raise ValueError(
@@ -98,8 +112,16 @@ class EmoSLLMProcessor(ProcessorMixin):
     ) -> "EmoSLLMProcessor":
         """
         A new processor, and its `EmoSLLMConfig` (`processor.config`), for the pretrained backbones in the folders
-        (or Hub ids) `audio_encoder` and `llm`. `kwargs`: the processor's settings (`__init__`) and the config's
-        fields (`EmoSLLMConfig`).
+        (or Hub ids) `audio_encoder` and `llm`.
+
+        Args:
+            audio_encoder: The audio encoder's folder or Hub id (its feature extractor and config are loaded).
+            llm: The LLM's folder or Hub id (its tokenizer and config are loaded).
+            labels: The class names in id order; None: the config's default labels.
+            **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
+
+        Returns:
+            The processor, with its config as `processor.config`.
         """
         try:
             from .backbones_emosllm import hub_id_of
@@ -121,8 +143,18 @@ class EmoSLLMProcessor(ProcessorMixin):
     @classmethod
     def build(cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **kwargs):
         """
-        Adds the audio placeholder token to `tokenizer` and makes the config that matches it. `kwargs`: the
-        processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
+        Adds the audio placeholder token to `tokenizer` and makes the config that matches it.
+
+        Args:
+            feature_extractor: The audio encoder's feature extractor.
+            tokenizer: The LLM's tokenizer; changed in place (placeholder token, left padding, a pad token).
+            audio_config: The audio encoder's config.
+            text_config: The LLM's config.
+            labels: The class names in id order; None: the config's default labels.
+            **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
+
+        Returns:
+            The processor, with its config (label token ids and audio token id set) as `processor.config`.
         """
         settings = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
         config_kwargs = kwargs
@@ -148,6 +180,16 @@ class EmoSLLMProcessor(ProcessorMixin):
         return output
 
     def save_pretrained(self, save_directory, **kwargs):
+        """
+        Saves the processor's files, and the config (`config.json`) when the folder has none yet (the model saves it).
+
+        Args:
+            save_directory: The folder to save into.
+            **kwargs: Passed to `ProcessorMixin.save_pretrained`.
+
+        Returns:
+            `ProcessorMixin.save_pretrained`'s return value: a list with the processor config file it wrote.
+        """
         files = super().save_pretrained(save_directory, **kwargs)
         if not os.path.exists(os.path.join(save_directory, "config.json")):
             self.config.save_pretrained(save_directory)
@@ -155,6 +197,21 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmoSLLMProcessor":
+        """
+        Loads a saved processor and its `EmoSLLMConfig` (`processor.config`). A folder saved before the settings moved
+        to `processor_config.json` gets them from `config.json`.
+
+        Args:
+            pretrained_model_name_or_path: A saved folder or Hub repo id.
+            **kwargs: Passed to `ProcessorMixin.from_pretrained` (`cache_dir`, `revision`, `token` and
+                `local_files_only` also to the config's); a processor setting given here wins over `config.json`'s.
+
+        Returns:
+            The processor.
+
+        Raises:
+            FileNotFoundError: a local folder lacks one of the processor's files (`PROCESSOR_FILES`).
+        """
         folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
         if os.path.isdir(folder):  # a local folder without them gets transformers' remote-code prompt, then a riddle
             missing = [names.replace("|", " or ") for names in PROCESSOR_FILES
@@ -187,14 +244,29 @@ class EmoSLLMProcessor(ProcessorMixin):
         Raises `ValueError` naming `name` for audio that cannot give an honest answer. `check_length=False` accepts
         clips longer than `max_audio_seconds` (the pipeline checks a whole recording, then cuts it into segments).
         The checks are `check_audio`'s, the same for training data and inference input (`prepare_clip`).
+
+        Args:
+            audio: Float samples: `(samples,)`, or 2-D with channels first or last.
+            sampling_rate: Their rate in Hz; None means 16 kHz.
+            name: What errors name the clip.
+            check_length: Reject clips longer than `max_audio_seconds`.
+
+        Returns:
+            float32 mono samples at 16 kHz, `(samples,)`.
         """
         return prepare_clip(audio, sampling_rate, name, self.max_audio_seconds if check_length else None)
 
     def audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """
         Feature extraction of prepared clips (`prepare_audio`), padded to the batch's longest clip (or to
-        `max_audio_seconds`): `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)`
-        for the wav2vec2 family, and `audio_lengths` `(batch,)`.
+        `max_audio_seconds`).
+
+        Args:
+            audios: The prepared clips, float32 mono at 16 kHz, each `(samples,)`.
+
+        Returns:
+            `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` for the wav2vec2
+            family, and `audio_lengths` `(batch,)`: each clip's samples before padding.
         """
         if self.pad_audio_to_max_length:
             padding = {"padding": "max_length", "max_length": int(self.max_audio_seconds * SAMPLING_RATE)}
@@ -222,6 +294,15 @@ class EmoSLLMProcessor(ProcessorMixin):
         to the audio it has to read. It opens the assistant's turn, after the template's constant tokens: everything
         before it is the same for every clip without a transcript and is computed once (the model's prompt cache), so
         a clip costs the LLM only its audio embeddings. Why, measured: docs/architecture.md, "The steps in words".
+
+        Args:
+            num_samples: The clip's length in samples at 16 kHz (decides the number of audio placeholders).
+            transcript: Its transcript, or None.
+            text_features: Other features as `{name: value}` (e.g. `{"gender": "female"}`), or None.
+            task: `"ser"` (emotion recognition) or `"asr"` (transcription).
+
+        Returns:
+            The prompt text, ending with the audio placeholders.
         """
         lines = []
         if task == "asr":
@@ -254,6 +335,13 @@ class EmoSLLMProcessor(ProcessorMixin):
         read as the tokens themselves: a transcript is data, and must never end the user turn or add audio slots.
         Rejected, not escaped: an escaped token would still change what the model reads, silently, and a transcript
         that holds one is an upstream bug (or an attack) to fix. Raises `ValueError` naming `name`.
+
+        Args:
+            value: The transcript, or a text feature's name or value: a str or a number.
+            name: What the error names (the argument).
+
+        Returns:
+            The text.
         """
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Number)):
             raise ValueError(f"{name}: expected a str, got {type(value).__name__} ({value!r:.80}); pass text.")
@@ -284,6 +372,12 @@ class EmoSLLMProcessor(ProcessorMixin):
         str (or number) values, no special tokens in any (`prompt_text`), and with `num_samples` the whole prompt
         within the LLM's positions (a 100,000-character transcript is an error here, not a minutes-long forward).
         Raises `ValueError` naming `name` (the clip; empty for a call's argument) and the argument.
+
+        Args:
+            transcript: The clip's transcript, or None.
+            text_features: The clip's other features as `{name: value}`, or None.
+            name: The clip, as errors name it; empty for a call's argument.
+            num_samples: The clip's length in samples at 16 kHz, to check the prompt's length; None skips that check.
         """
         prefix = f"{name}: " if name else ""
         if transcript is not None:
@@ -327,6 +421,16 @@ class EmoSLLMProcessor(ProcessorMixin):
         (each clip's label word; with `task="asr"` the transcripts are the answers), each answer's tokens and the
         end-of-turn token follow the prompt, and `lm_labels` `(batch, seq)` mark them (-100 elsewhere) for the
         LLM's next-token loss: the paper's training target.
+
+        Args:
+            num_samples: Each clip's length in samples at 16 kHz.
+            transcripts: Each clip's transcript, or None.
+            text_features: Each clip's other features as `{name: value}`, or None.
+            task: `"ser"` (emotion recognition) or `"asr"` (transcription: every clip needs a transcript).
+            answers: Each clip's label word, for training; None for inference (ignored with `task="asr"`).
+
+        Returns:
+            `input_ids`, `attention_mask` (int64 `(batch, seq)`), and with answers `lm_labels` `(batch, seq)`.
         """
         prompts = [self.build_prompt(n, t, f, task) for n, t, f in zip(num_samples, transcripts, text_features)]
         if task == "asr":
@@ -355,7 +459,15 @@ class EmoSLLMProcessor(ProcessorMixin):
         return inputs
 
     def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
-        """Label names (or ids) -> `(batch,)` class ids; unknown labels raise `ValueError`."""
+        """
+        Label names (or ids) -> class ids; unknown labels raise `ValueError`.
+
+        Args:
+            labels: Each clip's label name, or its class id.
+
+        Returns:
+            The class ids, int64 `(batch,)`.
+        """
         ids = []
         for label in labels:
             if isinstance(label, (int, np.integer)) and 0 <= label < self.config.num_labels:

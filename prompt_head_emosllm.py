@@ -30,12 +30,15 @@ class SharedPromptHead:
     Runs `model.language_model` over left-padded prompts (`hidden`), the shared head once. `enabled`: keep the head's
     cache between calls at inference (in eval mode, without gradients); `clear()` forgets it (needed after changing
     the LLM's weights by hand in eval mode; the model clears it whenever its weights may change).
-
-    Args:
-        min_shared_prefix: a shared head shorter than this is not worth a separate pass.
     """
 
     def __init__(self, min_shared_prefix: int = 8):
+        """
+        Enabled, with no head kept yet.
+
+        Args:
+            min_shared_prefix: A shared head shorter than this many tokens is not worth a separate pass.
+        """
         self.min_shared_prefix = min_shared_prefix
         self.enabled = True
         self.kept: tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
@@ -45,7 +48,15 @@ class SharedPromptHead:
         self.kept = None
 
     def caching(self, model: nn.Module) -> bool:
-        """The kept head is used at inference only: in eval mode, without gradients, and while enabled."""
+        """
+        The kept head is used at inference only: in eval mode, without gradients, and while enabled.
+
+        Args:
+            model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
+
+        Returns:
+            Whether to use and keep the head's cache now.
+        """
         return self.enabled and not model.training and not torch.is_grad_enabled()
 
     def shared_prefix_length(
@@ -57,6 +68,15 @@ class SharedPromptHead:
         least one token of its own; 0 if the batch is not left-padded or the shared head is too short to be worth
         sharing. A batch of one prompt shares its head only at inference (with the prompt cache of earlier calls);
         nothing is shared while the LLM checkpoints its activations in training (`gradient_checkpointing_enable`).
+
+        Args:
+            model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
+            input_ids: The prompts' token ids `(batch, seq)`, with audio placeholders (`config.audio_token_id`).
+            attention_mask: `(batch, seq)`, 1 on real tokens and 0 on padding.
+            lm_labels: The answer's token ids `(batch, seq)` (-100 elsewhere), or None.
+
+        Returns:
+            The shared head's length in tokens, or 0.
         """
         batch = input_ids.shape[0]
         pad = (attention_mask == 0).sum(dim=1)
@@ -90,6 +110,9 @@ class SharedPromptHead:
         model or its LLM. The shared prompt head is then off: its LoRA key/value weights would reach backward only
         through the head's key/value cache, which FSDP does not follow, so it would not gather them again
         (`setStorage: ... out of bounds for storage of size 0`); the plain pass gives the same result (tested).
+
+        Args:
+            model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
         """
         return any(isinstance(module, FSDPModule) for module in (model, *model.language_model.modules()))
 
@@ -102,6 +125,15 @@ class SharedPromptHead:
         every call) is computed once and kept: a later call reuses the part it shares with the kept head
         (`(layers)` key/value tensors, a few MB), so one clip at a time costs only its own tokens. In training the
         head is computed for this batch only, with gradients.
+
+        Args:
+            model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
+            head_ids: The head's token ids `(length,)`.
+            head_embeds: The head's input embeddings `(1, length, llm_hidden)`.
+            head_positions: The head's position ids `(1, length)`.
+
+        Returns:
+            The cache (batch of one) and the number of the head's leading tokens it covers.
         """
         if self.caching(model) and self.kept is not None:
             kept_ids, kept = self.kept
@@ -131,8 +163,19 @@ class SharedPromptHead:
         The head that every prompt of the batch shares (`shared_prefix_length`: the system turn) runs once and
         reaches the rest of each prompt as a key/value cache (`DynamicCache`), with gradients through it in
         training; at inference it is also kept for later calls (`head_cache`). Every later token attends to
-        the same keys at the same positions as in one full pass, so the result is the same (tested); with 52-token
-        prompts of which 44 are shared, a clip at inference costs an eighth of the LLM's full pass.
+        the same keys at the same positions as in one full pass, so the result is the same (tested); a clip at
+        inference then costs only its own tokens' pass (BENCHMARKS.md, "One training step").
+
+        Args:
+            model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
+            input_ids: The prompts' token ids `(batch, seq)`, left-padded, with audio placeholders.
+            inputs_embeds: Their input embeddings `(batch, seq, llm_hidden)`, audio embeddings in the placeholders.
+            attention_mask: `(batch, seq)`, 1 on real tokens and 0 on padding.
+            position_ids: `(batch, seq)` position ids.
+            lm_labels: The answer's token ids `(batch, seq)` (-100 elsewhere), or None.
+
+        Returns:
+            The hidden states `(batch, seq - start, llm_hidden)` and `start` (0 when no head is shared).
         """
         prefix = self.shared_prefix_length(model, input_ids, attention_mask, lm_labels)
         if prefix == 0:

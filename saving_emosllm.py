@@ -72,7 +72,12 @@ SHIPPED_BESIDE_MODEL = ("pipeline_emosllm.py", "cli_emosllm.py")
 
 
 def copy_shipped_files(save_directory: str) -> None:
-    """Copies `SHIPPED_BESIDE_MODEL` and the sibling files they import into `save_directory`, where this code has them."""
+    """
+    Copies `SHIPPED_BESIDE_MODEL` and the sibling files they import into `save_directory`, where this code has them.
+
+    Args:
+        save_directory: The folder being saved into (it must exist).
+    """
     here = os.path.dirname(os.path.abspath(__file__))
     for name in SHIPPED_BESIDE_MODEL:
         source = os.path.join(here, name)
@@ -103,7 +108,15 @@ def _weights_file(name_or_path, kwargs: dict) -> str | None:
 
 
 def backbones_left_out(weights_file: str) -> list[str]:
-    """The backbones a saved `model.safetensors` leaves out (a lean save leaves out both), read from its header."""
+    """
+    The backbones a saved `model.safetensors` leaves out (a lean save leaves out both), read from its header.
+
+    Args:
+        weights_file: The saved `model.safetensors`.
+
+    Returns:
+        `"audio_encoder"` and/or `"language_model"`: those with none of their pretrained tensors in the file.
+    """
     from safetensors import safe_open
 
     with safe_open(weights_file, framework="pt") as handle:
@@ -124,6 +137,14 @@ def language_model_load_kwargs(llm_folder: str, device_type: str = "cpu", dtype:
     float32 elsewhere. bf16 maps the stored weights as they are: half the memory of float32 and a faster LLM, where
     converting float32 weights at load would first map them whole. train.py scores its test clips with the LLM in the
     same dtype (`cast_language_model`), so the score it reports is the one the saved folder delivers.
+
+    Args:
+        llm_folder: The LLM backbone's local folder.
+        device_type: Where the model will run (`"cpu"`, `"cuda"`, ...).
+        dtype: The dtype asked for; None chooses as above.
+
+    Returns:
+        `{"dtype": dtype}`, with `"variant": "bf16"` when bf16 loads from `model.bf16.safetensors`.
     """
     from transformers import AutoConfig
 
@@ -139,6 +160,10 @@ def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.d
     """
     The dtype `from_pretrained(folder)` (no `dtype` asked) gives the LLM's pretrained weights on `device_type`: for a
     lean folder what `language_model_load_kwargs` gives its LLM backbone; a folder with every weight loads in float32.
+
+    Args:
+        folder: A saved EmoSLLM folder (local).
+        device_type: Where the model will run (`"cpu"`, `"cuda"`, ...).
     """
     if "language_model" not in backbones_left_out(os.path.join(folder, "model.safetensors")):
         return torch.float32
@@ -248,6 +273,16 @@ class EmoSLLMLeanSavingMixin:
         bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones. Its
         LLM loads in bf16 where bf16 is native and the LLM's checkpoint holds bf16 weights, unless
         `dtype=torch.float32` is asked for (`language_model_load_kwargs`). A folder with every weight loads in float32.
+
+        Args:
+            pretrained_model_name_or_path: A saved folder or Hub repo id.
+            *args: Passed to `PreTrainedModel.from_pretrained` (a folder with every weight).
+            **kwargs: `PreTrainedModel.from_pretrained`'s, among them `dtype` (for the frozen backbones only),
+                `lora_config`, `device_map`, `output_loading_info` and the Hub's (`HUB_KWARGS`); for a lean folder also
+                `audio_model_id`/`text_model_id`.
+
+        Returns:
+            The model in eval mode, backbones frozen; with `output_loading_info=True`, `(model, loading_info)`.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         local = os.path.join(str(pretrained_model_name_or_path), hub_kwargs.get("subfolder") or "")
@@ -388,8 +423,18 @@ class EmoSLLMLeanSavingMixin:
         pretrained weights are loaded once, in their final dtype, and put in place; only EmoSLLM's own parts
         (interface, layer weights, probe, audio classifier, LoRA) are made and initialised. The frozen backbones are
         held in `dtype`, by default `training_backbone_dtype(device_type)` (bf16 on a bf16 CUDA GPU, float32 on the
-        CPU); the parts that train in float32 (`PRECISION_POLICY`). `device_type`: where the model will train
-        (None: the GPU if there is one, else the CPU); the model itself is built on the CPU.
+        CPU); the parts that train in float32 (`PRECISION_POLICY`). The model itself is built on the CPU.
+
+        Args:
+            config: The model's `EmoSLLMConfig`, from `EmoSLLMProcessor.from_backbones`.
+            audio_encoder: The audio encoder's folder or Hub id.
+            llm: The LLM's folder or Hub id.
+            lora_config: LoRA's settings for the LLM, or None.
+            dtype: The frozen backbones' dtype; None: `training_backbone_dtype(device_type)`.
+            device_type: Where the model will train (None: the GPU if there is one, else the CPU).
+
+        Returns:
+            The model, its backbones frozen.
         """
         frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
         llm_dtype = TRAINED_DTYPE if config.language_model_training == "full" else frozen
@@ -452,6 +497,14 @@ class EmoSLLMLeanSavingMixin:
         into it; into an existing folder, the record of its weights (`integrity_emosllm`) first says the save is under
         way and is written last, so a save stopped at any moment leaves the old folder, the new one, or one that
         refuses to load.
+
+        Args:
+            save_directory: The folder to write, new or existing.
+            *args: Passed to `PreTrainedModel.save_pretrained`.
+            full_weights: True writes every weight; False a lean folder (an error when a backbone has no Hub id);
+                None a lean folder where both backbones have Hub ids, else every weight with a warning.
+            dtype: The backbones' dtype in a full save; None: each in the dtype its checkpoint declares.
+            **kwargs: Passed to `PreTrainedModel.save_pretrained` (e.g. `state_dict`, `is_main_process`).
         """
         if not kwargs.get("is_main_process", True):  # transformers' own: the other processes write nothing
             return super().save_pretrained(save_directory, *args, **kwargs)

@@ -51,7 +51,15 @@ class SileroVAD(nn.Module):
 
     @torch.no_grad()
     def forward(self, samples: torch.Tensor) -> torch.Tensor:
-        """Mono float samples `(num_samples,)` at 16 kHz -> speech probabilities `(ceil(num_samples / 512),)`."""
+        """
+        Mono float samples at 16 kHz -> the probability that each 512-sample chunk holds speech.
+
+        Args:
+            samples: Mono samples at 16 kHz, `(num_samples,)`, any float dtype (computed in float32).
+
+        Returns:
+            Speech probabilities, float32 `(ceil(num_samples / 512),)`.
+        """
         padded = F.pad(samples.float(), (CONTEXT, (-len(samples)) % CHUNK))
         chunks = padded.unfold(0, CHUNK + CONTEXT, CHUNK)  # (chunks, 576): each chunk with its context
         x = F.pad(chunks[:, None], (0, CONTEXT), mode="reflect")
@@ -95,9 +103,16 @@ def load_speech_detector() -> SileroVAD:
 
 def speech_mask(samples: np.ndarray) -> np.ndarray:
     """
-    Which 32 ms chunks of a 16 kHz clip `(num_samples,)` hold speech: `(ceil(num_samples / 512),)` bools. The clip is
-    scaled to a peak of `DETECTION_PEAK` first: the detector misses quiet speech (RAVDESS clips peaking near -37
-    dBFS), and a louder copy of a sound that is not speech is still not speech (bench/speech_detection.py).
+    Which 32 ms chunks of a 16 kHz clip hold speech. The clip is scaled to a peak of `DETECTION_PEAK` first: the
+    detector misses quiet speech (RAVDESS clips peaking near -37 dBFS), and a louder copy of a sound that is not
+    speech is still not speech (bench/speech_detection.py).
+
+    Args:
+        samples: The clip's mono samples at 16 kHz, `(num_samples,)`.
+
+    Returns:
+        A bool array `(ceil(num_samples / 512),)`: True where a chunk's speech probability is above
+        `SPEECH_THRESHOLD`.
     """
     samples = np.ascontiguousarray(samples, dtype=np.float32)
     peak = float(np.abs(samples).max()) if len(samples) else 0.0
@@ -107,6 +122,16 @@ def speech_mask(samples: np.ndarray) -> np.ndarray:
 
 
 def speech_seconds(mask: np.ndarray, start: int = 0, end: int | None = None) -> float:
-    """Seconds of speech in samples `start:end` of a clip whose `speech_mask` is `mask`."""
+    """
+    Seconds of speech in samples `start:end` of a clip whose `speech_mask` is `mask`.
+
+    Args:
+        mask: The clip's `speech_mask`, bools `(num_chunks,)`, one per 512 samples.
+        start: The first sample (at 16 kHz) of the stretch.
+        end: The sample (at 16 kHz) the stretch ends before; None: the end of the clip.
+
+    Returns:
+        Seconds of speech in the 512-sample chunks that overlap the stretch.
+    """
     end = len(mask) * CHUNK if end is None else end
     return float(mask[start // CHUNK: -(-end // CHUNK)].sum() * CHUNK / SAMPLING_RATE)

@@ -185,7 +185,17 @@ class DataArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """The command line (or `argv`) with this script's defaults."""
+    """
+    The command line (or `argv`) with this script's defaults.
+
+    Args:
+        argv: The arguments, without the program's name; None: `sys.argv[1:]`. Renamed flags (`RENAMED_FLAGS`) are
+            read under their new names, with a warning.
+
+    Returns:
+        `(model_args, data_args, training_args)`, `--resume_from_checkpoint` read as `--resume`
+        (`resume_from_checkpoint`).
+    """
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     # Defaults that fit this model on a CPU; every TrainingArguments flag still works.
     parser.set_defaults(
@@ -223,6 +233,10 @@ def resume_from_checkpoint(data_args: DataArguments, training_args: TrainingArgu
     The Trainer's own `--resume_from_checkpoint` works as `--resume`: `true` resumes from the newest complete
     checkpoint in the output folder, a path from that checkpoint (checked to be complete). Raises `ValueError`
     naming a path that is not a complete checkpoint.
+
+    Args:
+        data_args: The data flags; `resume` is set where a checkpoint is asked for.
+        training_args: The Trainer's flags; its `resume_from_checkpoint` is read (and set to None for `true`).
     """
     asked = training_args.resume_from_checkpoint
     if not asked:
@@ -247,5 +261,10 @@ BEST_MODEL_ADVICE = (
 
 
 def parse_labels(text: str | None) -> list[str] | None:
-    """`--labels 'happy, Sad'` -> ['happy', 'sad'] (normalized like the data's labels), or None when not given."""
+    """
+    `--labels 'happy, Sad'` -> ['happy', 'sad'] (normalized like the data's labels), or None when not given.
+
+    Args:
+        text: The flag's comma-separated labels, or None.
+    """
     return normalize_labels(text.split(",")) if text else None

@@ -18,6 +18,16 @@ __all__ = ["AugmentedClips", "EpochCallback", "augmented_copies", "parse_floats"
 
 
 def parse_floats(text: str, name: str) -> list[float]:
+    """
+    A flag's comma-separated numbers, e.g. '0.9,1.1' -> [0.9, 1.1]; empty items are skipped.
+
+    Args:
+        text: The flag's value.
+        name: The flag's name without `--`, named in the `ValueError` that a value other than a number raises.
+
+    Returns:
+        The numbers in order; empty for an empty `text`.
+    """
     try:
         return [float(value) for value in text.split(",") if value.strip()]
     except ValueError:
@@ -30,6 +40,16 @@ def augmented_copies(clip: dict, speeds: list[float], snrs_db: list[float], max_
     together, as Kaldi's recipes do; a slowed copy is cut at `max_samples`) and white noise at each SNR. The noise is
     seeded by the clip's own samples, so a copy is the same in every run and the encoder cache finds it. Written by
     hand: these are two lines on scipy's polyphase resampler, where torchaudio would be one more pinned dependency.
+
+    Args:
+        clip: A decoded training clip (`training.clips.decoded_clips`): `clip["audio"]` float32 samples at 16 kHz;
+            its other keys are copied into each copy, all but its cached `"states"`.
+        speeds: Speed factors (each positive; 0.9: slower and lower), one resampled copy each.
+        snrs_db: Signal-to-noise ratios in dB, one copy with white noise each.
+        max_samples: The most samples (at 16 kHz) a resampled copy keeps.
+
+    Returns:
+        The copies, one per speed and then one per SNR: the clip's dict with new float32 `audio`.
     """
     audio = clip["audio"]
     copies = []
@@ -58,6 +78,14 @@ class AugmentedClips(torch.utils.data.Dataset):
     """
 
     def __init__(self, versions: list[list[dict]], seed: int, transcript_dropout: float = 0.0):
+        """
+        The dataset at epoch 0, recording no reads.
+
+        Args:
+            versions: Per training clip, its versions: the original clip first, then its augmented copies.
+            seed: The run's seed; with the epoch and the clip's index it decides each draw.
+            transcript_dropout: The probability (0 to 1) that a read shows the clip without its transcript.
+        """
         if not 0 <= transcript_dropout <= 1:
             raise ValueError(f"--transcript_dropout is a share between 0 and 1; got {transcript_dropout}.")
         self.versions, self.seed, self.epoch, self.transcript_dropout = versions, seed, 0, transcript_dropout
@@ -89,7 +117,22 @@ class EpochCallback(TrainerCallback):
     """
 
     def __init__(self, dataset: AugmentedClips):
+        """
+        A callback that keeps `dataset.epoch` up to date.
+
+        Args:
+            dataset: The training dataset whose `epoch` it sets.
+        """
         self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
+        """
+        Sets the dataset's epoch to the one beginning, `int(state.epoch)` (0 where the state has none yet).
+
+        Args:
+            args: As `transformers.TrainerCallback.on_epoch_begin` (unused).
+            state: As `transformers.TrainerCallback.on_epoch_begin`; its `epoch` is read.
+            control: As `transformers.TrainerCallback.on_epoch_begin` (unused).
+            **kwargs: The Trainer's other callback arguments (unused).
+        """
         self.dataset.epoch = int(state.epoch or 0)

@@ -35,6 +35,18 @@ def decoded_clips(
     the file, before anything trains; with `skip_bad_clips` it is left out and its message added to `skipped`.
     `group`: the clip's value of `group_column` (what the probe's cross-validation keeps together), or, where it
     has none, the clip's own id.
+
+    Args:
+        dataset: The split's `datasets.Dataset` (`training.data.load_data`'s columns).
+        processor: The model's processor, whose `max_audio_seconds` bounds a clip's length; None: no bound.
+        split: The split's name, in messages and in a clip's own id.
+        skip_bad_clips: Whether a bad clip is left out (`--skip_bad_clips`) instead of raising.
+        skipped: Where the messages of clips left out are appended; None: not kept.
+        group_column: The column that gives a clip's `group`; None: every clip is its own group.
+
+    Returns:
+        The clips: `audio` (float32 samples at 16 kHz), `label`, `speaker`, `group`, `transcript`, `text_features`
+        (empty) and `file` (the row as messages name it).
     """
     max_seconds = processor.max_audio_seconds if processor is not None else None
     clips = []
@@ -75,6 +87,9 @@ def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
     labels, it is an error (its audio would be in two splits, training audio leaking into the test set, or it
     teaches two answers); under one speaker with one label, a warning (it only counts twice; RAVDESS as distributed
     holds one such pair).
+
+    Args:
+        clips_by_split: The decoded clips (`decoded_clips`) by split name.
     """
     seen: dict[str, tuple[str, dict]] = {}
     for split, clips in clips_by_split.items():
@@ -102,6 +117,15 @@ def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArgum
     """
     Every split decoded and checked before anything trains (`decoded_clips`, then labels per split, duplicate
     audio and the transcripts' fit in the prompt). With `--skip_bad_clips`, the clips left out are listed.
+
+    Args:
+        splits: The split datasets by name (`train`, `test`, and `validation` where there is one).
+        processor: The model's processor (the longest clip; the prompt that the transcripts must fit).
+        data_args: The data flags (`skip_bad_clips`, `group_column`, `min_clips_per_label`).
+        labels: The label set; with clips left out, each split's labels are checked against it again.
+
+    Returns:
+        The decoded clips (`decoded_clips`) by split name.
     """
     skipped: list[str] = []
     clips = {name: decoded_clips(split, processor, name, data_args.skip_bad_clips, skipped,

@@ -72,12 +72,29 @@ class ClipInfo:
 
 
 def normalize_label(label: Optional[str]) -> Optional[str]:
-    """A label as every loader keeps it: stripped and lower-cased (`' Happy'` and `'happy'` are one class)."""
+    """
+    A label as every loader keeps it: stripped and lower-cased (`' Happy'` and `'happy'` are one class).
+
+    Args:
+        label: A label as written (any value is turned into a string), or None.
+
+    Returns:
+        The normalized label; None for None or for a label that is empty once stripped.
+    """
     return None if label is None else str(label).strip().lower() or None
 
 
 def normalize_labels(labels: Optional[Sequence[str]]) -> Optional[list[str]]:
-    """A label set (e.g. `--labels`) normalized like the data's labels, order kept; duplicates or empty names raise."""
+    """
+    A label set (e.g. `--labels`) normalized like the data's labels, order kept; duplicates or empty names raise
+    `ValueError`.
+
+    Args:
+        labels: The label names, or None (no label set).
+
+    Returns:
+        The labels normalized by `normalize_label`, in the given order; None for None.
+    """
     if labels is None:
         return None
     normalized = [normalize_label(label) for label in labels]
@@ -90,7 +107,13 @@ def normalize_labels(labels: Optional[Sequence[str]]) -> Optional[list[str]]:
 
 
 def closest_label(label: str, known: Sequence[str]) -> Optional[str]:
-    """The known label most like `label` (difflib), or None when none is alike."""
+    """
+    The known label most like `label` (difflib, similarity at least 0.6), or None when none is alike.
+
+    Args:
+        label: The label to match, e.g. an unknown one from the data.
+        known: The labels to choose from.
+    """
     matches = difflib.get_close_matches(label, list(known), n=1, cutoff=0.6)
     return matches[0] if matches else None
 
@@ -100,6 +123,10 @@ def check_label_typos(labels: Sequence[Optional[str]], allowed: Optional[Sequenc
     Without a label set (`allowed`), two labels of the data that look alike (`LABEL_TYPO_SIMILARITY`) are taken for
     a typo and raise `ValueError` naming both and how often each occurs: a misspelt label would otherwise become a
     class of its own. A label set that lists both accepts them (and `load_corpus` checks every row against it).
+
+    Args:
+        labels: The data's labels, one per clip, normalized (None entries are skipped).
+        allowed: The label set (`--labels`), or None; when given, nothing is checked here.
     """
     counts: dict[str, int] = {}
     for label in labels:
@@ -119,7 +146,17 @@ def check_label_typos(labels: Sequence[Optional[str]], allowed: Optional[Sequenc
 
 
 def read_manifest(manifest: Path) -> list[ClipInfo]:
-    """Read ``manifest.csv`` into clips; line numbers count the header as line 1."""
+    """
+    Read ``manifest.csv`` into clips; line numbers count the header as line 1. A file that cannot be parsed as CSV,
+    or lacks the ``path`` or ``label`` column, raises `ValueError`.
+
+    Args:
+        manifest: The manifest file; the ``path`` cells are relative to its folder (or absolute).
+
+    Returns:
+        One `ClipInfo` per non-blank row, in file order: labels normalized, empty cells None, the columns other than
+        ``path``, ``label``, ``speaker`` and ``transcript`` in `extras`.
+    """
     text_columns = {"path": str, "label": str, "speaker": str, "transcript": str}
     try:
         # Blank lines are kept (and skipped below) so that row index + 2 is the line number.
@@ -213,7 +250,16 @@ ParsedName = tuple[str, str, Optional[str], dict[str, Any]]
 
 
 def parse_ravdess_name(stem: str) -> Optional[ParsedName]:
-    """``03-01-EE-II-SS-RR-AA``: emotion, intensity, statement, repetition, actor (odd male, even female)."""
+    """
+    ``03-01-EE-II-SS-RR-AA``: emotion, intensity, statement, repetition, actor (odd male, even female).
+
+    Args:
+        stem: A file name without its extension.
+
+    Returns:
+        `(label, speaker, transcript, extras)` with extras ``gender``, ``intensity`` and ``repetition``; None when
+        `stem` does not follow this naming (song files, ``03-02-...``, included).
+    """
     match = RAVDESS_PATTERN.fullmatch(stem)
     if match is None:
         return None
@@ -224,7 +270,16 @@ def parse_ravdess_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_cremad_name(stem: str) -> Optional[ParsedName]:
-    """``1001_DFA_ANG_XX``: actor, sentence code, emotion code, intensity code."""
+    """
+    ``1001_DFA_ANG_XX``: actor, sentence code, emotion code, intensity code.
+
+    Args:
+        stem: A file name without its extension.
+
+    Returns:
+        `(label, speaker, transcript, extras)` with extra ``intensity``; None when `stem` does not follow this
+        naming or has an unknown code.
+    """
     match = CREMAD_PATTERN.fullmatch(stem)
     if match is None:
         return None
@@ -236,7 +291,16 @@ def parse_cremad_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_tess_name(stem: str) -> Optional[ParsedName]:
-    """``OAF_back_angry``: speaker (OAF older / YAF younger female), target word, emotion."""
+    """
+    ``OAF_back_angry``: speaker (OAF older / YAF younger female), target word, emotion.
+
+    Args:
+        stem: A file name without its extension.
+
+    Returns:
+        `(label, speaker, "Say the word <word>", extras)` with extra ``gender``; None when `stem` does not follow
+        this naming or has an unknown emotion.
+    """
     match = TESS_PATTERN.fullmatch(stem)
     if match is None or match.group(3).lower() not in TESS_EMOTIONS:
         return None
@@ -245,7 +309,16 @@ def parse_tess_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_emodb_name(stem: str) -> Optional[ParsedName]:
-    """``03a01Fa``: speaker, text code, emotion letter (German initial), version letter."""
+    """
+    ``03a01Fa``: speaker, text code, emotion letter (German initial), version letter.
+
+    Args:
+        stem: A file name without its extension.
+
+    Returns:
+        `(label, speaker, transcript, extras)` with extra ``gender``; None when `stem` does not follow this naming
+        or has an unknown code.
+    """
     match = EMODB_PATTERN.fullmatch(stem)
     if match is None:
         return None
@@ -264,8 +337,16 @@ CORPUS_PARSERS: dict[str, Callable[[str], Optional[ParsedName]]] = {
 
 
 def corpus_of_names(stems: Sequence[str]) -> tuple[Optional[str], list[Optional[ParsedName]]]:
-    """The known corpus whose naming most of the file names (stems) follow, and each stem parsed by its parser (None
-    where it does not fit); ``(None, [None, ...])`` when no stem follows any."""
+    """
+    The known corpus whose naming most of the file names (stems) follow, and each stem parsed by its parser (None
+    where it does not fit); ``(None, [None, ...])`` when no stem follows any.
+
+    Args:
+        stems: File names without their extensions.
+
+    Returns:
+        `(corpus, parsed)`: a key of `CORPUS_PARSERS` (or None), and one `ParsedName` (or None) per stem, in order.
+    """
     parsed = {name: [parser(stem) for stem in stems] for name, parser in CORPUS_PARSERS.items()}
     corpus = max(parsed, key=lambda name: sum(p is not None for p in parsed[name]))
     if not any(p is not None for p in parsed[corpus]):
@@ -277,6 +358,14 @@ def parse_corpus_folder(root: Path, labels: Optional[Sequence[str]] = None) -> l
     """
     Recognise the corpus of a folder without manifest by its file names; every audio file must fit. Subfolders are
     named in the log (a warning where they look like labels, `labels` or emotion words, but are not read as such).
+    A folder without audio files, or with one that does not fit, raises `ValueError`.
+
+    Args:
+        root: The corpus folder; its ``.wav``/``.flac`` files are read at any depth.
+        labels: The label set (`--labels`), or None; it only tells label-like subfolder names for the log.
+
+    Returns:
+        One `ClipInfo` per audio file, sorted by path, with the label, speaker, transcript and extras of its name.
     """
     files = audio_files(root)
     if not files:
@@ -315,7 +404,12 @@ def parse_corpus_folder(root: Path, labels: Optional[Sequence[str]] = None) -> l
 
 
 def audio_files(root: Path) -> list[Path]:
-    """The ``.wav``/``.flac`` files under `root` at any depth, sorted."""
+    """
+    The ``.wav``/``.flac`` files under `root` at any depth, sorted.
+
+    Args:
+        root: The folder to search.
+    """
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
@@ -333,6 +427,14 @@ def label_subfolders(root: Path, files: Sequence[Path], labels: Optional[Sequenc
     in a subfolder (all at one depth, as ``datasets``' audiofolder needs to read labels from them), at least two
     distinct ones, and every subfolder's name (normalized) is an emotion word (:data:`EMOTION_WORDS`) or one of
     `labels` (``--labels``). Else ``[]``: RAVDESS's own ``Actor_01/`` folders are not labels.
+
+    Args:
+        root: The data folder.
+        files: The audio files under `root` (`audio_files`).
+        labels: The label set, or None; its names count as label subfolder names, besides the emotion words.
+
+    Returns:
+        The label subfolders' names as written, sorted; ``[]`` when the layout is not one of label subfolders.
     """
     if not files or any(f.parent == root for f in files):
         return []
@@ -350,7 +452,16 @@ def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Op
     """
     Where the files carry corpus-style names (RAVDESS, CREMA-D, TESS, EmoDB) and the user's `layout` (label
     subfolders, a label column) gives them labels, the layout wins; the files whose name says another label are
-    counted and logged as a warning with the commonest disagreements and an example. Returns the count.
+    counted and logged as a warning with the commonest disagreements and an example.
+
+    Args:
+        paths: Each file's path (only its stem is read), or None where a row has none.
+        labels: Each file's label from the layout, in the order of `paths` (None where it has none).
+        source: How the warning names the data, e.g. the manifest's path or the dataset's name.
+        layout: How the warning names where the labels came from, e.g. ``"manifest's label column"``.
+
+    Returns:
+        The number of files whose name says another label (0 when the names follow no known corpus).
     """
     stems = [Path(str(path)).stem if path else "" for path in paths]
     corpus, parsed = corpus_of_names(stems)
@@ -376,7 +487,13 @@ def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Op
 
 
 def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
-    """Check every row; raise one ValueError listing all problems (at most ``MAX_REPORTED_PROBLEMS``)."""
+    """
+    Check every row; raise one ValueError listing all problems (at most ``MAX_REPORTED_PROBLEMS``).
+
+    Args:
+        clips: The corpus's rows (`read_manifest`, `parse_corpus_folder`); none at all is a problem too.
+        labels: The normalized label set, or None to accept any label.
+    """
     if not clips:
         raise ValueError("the corpus has no rows; add clips to the manifest")
     problems = [problem for clip in clips if (problem := clip_problem(clip, labels)) is not None]
@@ -392,6 +509,12 @@ def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
     """
     Rows that name a file an earlier row names too: a duplicate row counts its clip twice, and one file under two
     speakers puts the same recording into two splits (training audio leaking into the test set).
+
+    Args:
+        clips: The corpus's rows; files are compared by absolute path, and rows with an empty path are skipped.
+
+    Returns:
+        One problem message per such row, naming the earlier row and saying what to do.
     """
     first: dict[str, ClipInfo] = {}
     problems = []
@@ -413,7 +536,13 @@ def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
 
 
 def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
-    """What is wrong with one row, as a message that says what to do, or None."""
+    """
+    What is wrong with one row, as a message that says what to do, or None.
+
+    Args:
+        clip: The row: its path, label, file and audio header are checked.
+        labels: The normalized label set, or None to accept any label.
+    """
     if not clip.path:
         return f"{clip.where}: empty path; fill it in or remove the row"
     if clip.label is None:
@@ -430,7 +559,15 @@ def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
 
 
 def audio_problem(clip: ClipInfo) -> Optional[str]:
-    """Cheap header check: soundfile (WAV/FLAC/OGG/MP3), then torchcodec for formats libsndfile lacks."""
+    """
+    Cheap header check: soundfile (WAV/FLAC/OGG/MP3), then torchcodec for formats libsndfile lacks.
+
+    Args:
+        clip: A row whose file exists.
+
+    Returns:
+        A message that says what to do when the file is unreadable or has no samples, else None.
+    """
     try:
         frames = sf.info(str(clip.file)).frames
     except sf.SoundFileError:
@@ -457,7 +594,16 @@ def _torchcodec_frames(file: Path) -> Optional[int]:
 
 
 def clips_to_dataset(clips: list[ClipInfo]) -> datasets.Dataset:
-    """Build the Dataset (audio as absolute paths, then cast to the 16 kHz Audio feature)."""
+    """
+    Build the Dataset (audio as absolute paths, then cast to the 16 kHz Audio feature).
+
+    Args:
+        clips: The validated rows, at least one; every row has the first row's `extras` keys.
+
+    Returns:
+        A `datasets.Dataset` with the columns ``audio``, ``label``, ``speaker``, ``transcript`` and ``path`` (text,
+        None where empty) and one per extra.
+    """
     columns: dict[str, list[Any]] = {
         "audio": [str(clip.file.resolve()) for clip in clips],
         "label": [clip.label for clip in clips],

@@ -86,6 +86,14 @@ def check_dataset_labels(dataset: datasets.Dataset, labels: Optional[Sequence[st
     The `label` column normalized (`normalize_label`) and checked as `load_corpus` checks a folder's rows: every
     label in `labels` when given (an unknown one raises `ValueError` naming the closest known label), and no two
     labels alike (`check_label_typos`) without it. Reads one column; no audio is decoded.
+
+    Args:
+        dataset: A dataset with a `label` column of strings (e.g. from `standardize_columns`).
+        labels: The label set; None: any labels, checked for typos only.
+
+    Returns:
+        The dataset with its labels normalized, columns `audio` and `label` first where a label changed (else the
+        same dataset).
     """
     labels = normalize_labels(labels)
     values = [normalize_label(value) for value in dataset["label"]]
@@ -114,7 +122,20 @@ def load_hub_dataset(
     transcript_column: Optional[str] = None,
     speaker_column: Optional[str] = None,
 ) -> datasets.Dataset:
-    """A Hub dataset or any local ``datasets`` folder or file, as :func:`load_source` reads it."""
+    """
+    A Hub dataset or any local ``datasets`` folder or file, as :func:`load_source` reads it.
+
+    Args:
+        name: A Hub dataset id, or a local folder or file.
+        split: The split to read (several joined with ``+``).
+        audio_column: The column of audio, or of audio file paths.
+        label_column: The column of labels (strings or a ``ClassLabel``).
+        transcript_column: The column of transcripts, if any.
+        speaker_column: The column of speaker ids; None: as :func:`standardize_columns` finds one.
+
+    Returns:
+        The dataset with :func:`load_corpus`'s columns.
+    """
     return load_source(name, split, audio_column, label_column, transcript_column, speaker_column)
 
 
@@ -133,7 +154,12 @@ FOLDER_ADVICE = ("An audio folder takes its labels from subfolder names (happy/a
 
 
 def is_saved_dataset(folder: Path) -> bool:
-    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (what ``load_from_disk`` reads)."""
+    """
+    A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` (what ``load_from_disk`` reads).
+
+    Args:
+        folder: The local folder to look into.
+    """
     return (folder / datasets.config.DATASETDICT_JSON_FILENAME).is_file() or (
         (folder / datasets.config.DATASET_STATE_JSON_FILENAME).is_file()
         and (folder / datasets.config.DATASET_INFO_FILENAME).is_file()
@@ -145,13 +171,26 @@ DATASET_DESCRIPTION_NAMES = ("dataset_infos.json", "dataset_info.json", "dataset
 
 
 def table_files(folder: Path) -> list[Path]:
-    """The CSV/TSV/JSON(L) files at the top of a folder, leaving out audiofolder's and `datasets`' own files."""
+    """
+    The CSV/TSV/JSON(L) files at the top of a folder, leaving out audiofolder's and `datasets`' own files.
+
+    Args:
+        folder: The local folder whose top level is listed.
+
+    Returns:
+        The files' paths, sorted.
+    """
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TABLE_BUILDERS
                   and p.name not in FOLDER_METADATA_NAMES + DATASET_DESCRIPTION_NAMES)
 
 
 def has_dataset_card(folder: Path) -> bool:
-    """A Hub dataset's README.md whose YAML header configures it (`configs:` / `dataset_info:`), as in a clone."""
+    """
+    A Hub dataset's README.md whose YAML header configures it (`configs:` / `dataset_info:`), as in a clone.
+
+    Args:
+        folder: The local folder whose README.md is read (none, or an unreadable one: False).
+    """
     try:
         text = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -168,6 +207,13 @@ def source_kind(path: Path, labels: Optional[Sequence[str]] = None) -> str:
     label subfolders, :func:`label_subfolders`, whose names are emotion words or `labels`: the layout wins over the
     file names), ``corpus`` (RAVDESS/CREMA-D/TESS/EmoDB file names), else ``folder`` (anything
     ``datasets.load_dataset`` reads from a folder: parquet files, ...).
+
+    Args:
+        path: An existing local file or folder.
+        labels: The label set, if given: subfolders named after these labels are label subfolders too.
+
+    Returns:
+        ``"saved"``, ``"corpus"``, ``"folder"`` or ``"table"``.
     """
     if path.is_file():
         return "table"
@@ -215,6 +261,17 @@ def load_source(
     ``speaker`` and ``transcript`` (str or None), then the other columns. Without ``speaker_column`` a ``speaker``
     column is kept, or else one of :data:`SPEAKER_COLUMNS` is taken when only one is there (logged); without
     any, ``speaker`` is None on every row (train.py then splits by clip or ``--group_column``).
+
+    Args:
+        source: A local folder or file, or (``hub`` True) a Hub dataset id.
+        split: The split to read, several joined with ``+``.
+        audio_column: The column of audio or audio file paths (the default ``audio``, where absent: the one column of
+            :data:`AUDIO_PATH_COLUMNS` there).
+        label_column: The column of labels (strings or a ``ClassLabel``).
+        transcript_column: The column of transcripts; None: a ``transcript`` column if any, else None on every row.
+        speaker_column: The column of speaker ids; None: as above.
+        labels: The label set every label must be in; None: the data's labels, checked for typos.
+        hub: Whether a ``source`` that does not exist here is read as a Hub dataset id.
 
     Raises:
         ValueError: naming the problem and what to do (no such folder, a missing column, a missing audio file, an
@@ -269,6 +326,15 @@ def read_file_names(dataset: datasets.Dataset, name: str, layout: str) -> datase
     is counted (:func:`report_name_disagreement`). Where the data has no speaker ids and every file name follows the
     corpus's naming, speakers (and, where no clip has a transcript, the corpus's sentences and its other columns)
     come from the names, logged. Reads the audio column's paths; no audio is decoded.
+
+    Args:
+        dataset: A local dataset with :func:`load_corpus`'s columns, its ``audio`` column holding files.
+        name: The source's name in the log's messages.
+        layout: Where the labels came from, as the messages name it (e.g. ``"label subfolders"``).
+
+    Returns:
+        The dataset, with ``speaker`` (and ``transcript`` and the corpus's other columns, as above) from the file
+        names where they apply, else unchanged.
     """
     sources = dataset.cast_column("audio", datasets.Audio(decode=False))["audio"]
     paths = [(source or {}).get("path") for source in sources]
@@ -389,6 +455,20 @@ def standardize_columns(
     A loaded dataset with :func:`load_corpus`'s columns: the named columns renamed to ``audio``, ``label``,
     ``speaker``, ``transcript``; an audio column of paths resolved (against `base_dir`) and checked; a ``ClassLabel``
     turned into its names; ``speaker``/``transcript`` added as None where absent; audio cast to 16 kHz mono.
+
+    Args:
+        dataset: The loaded dataset, its columns as the source names them.
+        name: The source's name in messages and errors.
+        audio_column: The column of audio or audio file paths (the default ``audio``, where absent: the one column of
+            :data:`AUDIO_PATH_COLUMNS` there).
+        label_column: The column of labels (strings or a ``ClassLabel``).
+        transcript_column: The column renamed to ``transcript``; None: a ``transcript`` column is kept as it is.
+        speaker_column: The column renamed to ``speaker``; None: a ``speaker`` column, else the one column of
+            :data:`SPEAKER_COLUMNS` there (logged), else None on every row.
+        base_dir: The folder relative audio paths are resolved against (a table's folder); None: the working folder.
+
+    Returns:
+        Columns ``audio``, ``label``, ``speaker``, ``transcript`` first, then the others.
     """
     columns = dataset.column_names
     if audio_column not in columns and audio_column == "audio":
@@ -444,6 +524,13 @@ def load_data(args: DataArguments):
     The corpus (`load_source`: a corpus folder, audiofolder, CSV/JSON table, save_to_disk folder or,
     for --dataset_name, a Hub id), its labels normalized (strip, lower case) and checked against `--labels` (or for
     typos).
+
+    Args:
+        args: The data flags: `data_dir` or `dataset_name` (not both; neither: the smoke corpus, made in
+            :data:`SMOKE_DIR` on first use), `dataset_split`, the `*_column` names and `labels`.
+
+    Returns:
+        The whole corpus, not split yet, as a ``datasets.Dataset`` with :func:`load_corpus`'s columns.
     """
     labels = parse_labels(args.labels)
     if args.dataset_name and args.data_dir:

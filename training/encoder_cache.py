@@ -34,7 +34,13 @@ __all__ = ["EncoderStateCache", "cached_states", "padded_states", "state_dict_ha
 def state_dict_hash(module: torch.nn.Module) -> str:
     """
     A content hash of a module's weights and buffers (names, dtypes, shapes and bytes): two encoders hash alike only
-    if they compute alike. One pass over the tensors: about 0.1 s for Whisper-small's 90 M parameters.
+    if they compute alike. One pass over the tensors, a fraction of a second for Whisper-sized encoders.
+
+    Args:
+        module: The module to hash (the audio encoder).
+
+    Returns:
+        The SHA-1 hex digest.
     """
     digest = hashlib.sha1()
     for name, tensor in sorted(module.state_dict().items()):
@@ -57,7 +63,15 @@ class EncoderStateCache:
     def __init__(
         self, model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, root: str | Path | None = None
     ):
-        """`root`: the cache folder (`--encoder_cache_dir`); None: `encoder_states` under the backbone cache."""
+        """
+        The cache of this encoder and preprocessing: a subfolder of `root` named by their key's hash, created here.
+
+        Args:
+            model: The model whose audio encoder is cached; its config, weights and precision key the cache (under
+                several processes: rank 0's key).
+            processor: Its processor; the feature extractor's settings and `pad_audio_to_max_length` key the cache.
+            root: The cache folder (`--encoder_cache_dir`); None: `encoder_states` under the backbone cache.
+        """
         self.model, self.processor = model, processor
         root = Path(root) if root else Path(default_cache_dir()) / "encoder_states"
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -73,6 +87,12 @@ class EncoderStateCache:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, audio: np.ndarray) -> Path:
+        """
+        The file that holds (or will hold) a clip's states, named by the SHA-1 of its samples' bytes.
+
+        Args:
+            audio: The clip's float32 samples at 16 kHz, `(num_samples,)`.
+        """
         return self.root / f"{hashlib.sha1(audio.tobytes()).hexdigest()}.safetensors"
 
     @torch.no_grad()
@@ -119,7 +139,16 @@ class EncoderStateCache:
 
 
 def cached_states(clip: dict) -> torch.Tensor:
-    """A clip's cached encoder states `(num_layers + 1, frames, encoder_hidden)`: `clip["states"]`, or its file."""
+    """
+    A clip's cached encoder states `(num_layers + 1, frames, encoder_hidden)`: `clip["states"]`, or its file.
+
+    Args:
+        clip: A training clip whose `"states"` is a tensor or its cache file (`EncoderStateCache.fill`); a file gone
+            or damaged raises `RuntimeError`.
+
+    Returns:
+        The states (fp16 as the cache stores them, or the tensor given).
+    """
     states = clip["states"]
     if isinstance(states, torch.Tensor):
         return states
@@ -135,7 +164,15 @@ def cached_states(clip: dict) -> torch.Tensor:
 
 
 def padded_states(clips: list[dict]) -> torch.Tensor:
-    """Cached encoder states, zero-padded to the longest clip: `(batch, num_layers + 1, frames, encoder_hidden)`."""
+    """
+    Cached encoder states, zero-padded to the longest clip: `(batch, num_layers + 1, frames, encoder_hidden)`.
+
+    Args:
+        clips: The batch's training clips, each with `"states"` (`cached_states`).
+
+    Returns:
+        The states as float32, each clip's frames padded with zeros at the end.
+    """
     states = [cached_states(c) for c in clips]
     longest = max(s.shape[1] for s in states)
     return torch.stack([F.pad(s.float(), (0, 0, 0, longest - s.shape[1])) for s in states])

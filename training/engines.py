@@ -12,7 +12,13 @@ __all__ = ["check_engine", "requested_engine"]
 
 
 def requested_engine(training_args: TrainingArguments) -> str | None:
-    """"fsdp" or "deepspeed" where the Trainer's flags or `accelerate launch` (its environment) ask for one, else None."""
+    """
+    "fsdp" or "deepspeed" where the Trainer's flags or `accelerate launch` (its environment) ask for one, else None.
+
+    Args:
+        training_args: The run's `TrainingArguments` (`fsdp`, `fsdp_config`, `deepspeed`); besides them, the
+            environment's `ACCELERATE_USE_FSDP` / `ACCELERATE_USE_DEEPSPEED` are read.
+    """
     def launched(name: str) -> bool:
         return os.environ.get(name, "false").lower() in ("true", "1", "yes")
 
@@ -29,6 +35,9 @@ def check_engine(training_args: TrainingArguments) -> None:
     Stops (`ValueError`) where FSDP or DeepSpeed is asked for but would not run: Accelerate shards a model with FSDP
     only across GPUs (or XPU, NPU, HPU, ... devices) and runs DeepSpeed only off the CPU (`use_cpu`); on the CPU both
     fall back to DDP without a word, which trains a whole copy per process instead of the asked-for shards.
+
+    Args:
+        training_args: The run's `TrainingArguments`: the engine asked for (`requested_engine`) and `device.type`.
     """
     engine = requested_engine(training_args)
     if engine is None or training_args.device.type != "cpu":

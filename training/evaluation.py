@@ -28,8 +28,19 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     (`saved_language_model_dtype`: bf16 where the LLM is stored in bf16 and bf16 is native, else float32), LoRA merged,
     no autocast, and the clips in the pipeline's batches (`predict_as_delivered`). With `--bf16` (the default where
     bf16 is native) accelerate wraps the model's forward in bf16 autocast for training; a test score taken through
-    that wrapper differed from the saved model's by up to 0.012 UA on RAVDESS, so the wrapper is taken off. Call
+    that wrapper differed from the saved model's (docs/experiment-log.md), so the wrapper is taken off. Call
     after the folder is saved; under several processes every process calls it and gets the same metrics.
+
+    Args:
+        trainer: The SER stage's `EmoSLLMTrainer`; its model is unwrapped, cast and LoRA-merged in place.
+        processor: The model's processor (the pipeline's inputs, the labels and their ids).
+        test_clips: The test clips: float32 `audio` at 16 kHz, `label`, `transcript` and `text_features`.
+        output_dir: The saved folder; the first process writes `<name>_report.json` and
+            `<name>_confusion_matrix.png` there.
+        name: The prefix of those files' names.
+
+    Returns:
+        The metrics (`compute_ser_metrics`'s), and `llm_ua` and `probe_ua` where the model gives those scores.
     """
     trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
@@ -61,11 +72,18 @@ def predict_as_delivered(model, processor, clips: list[dict], accelerator=None,
     The model's class scores of `clips` as the pipeline computes them (`pipeline(..., batch_size=batch_size)`):
     `{"logits", "llm_logits", "probe_logits"}` (the last for the probe interface only), each `(clips, labels)` in the
     clips' order. A clip's scores depend on the clips batched with it (the padding changes the shapes of bf16 matrix
-    products: up to 0.024 in a class probability with a bf16 LLM, BENCHMARKS.md "Several processes"), so the clips are
+    products with a bf16 LLM: BENCHMARKS.md, "Several processes against one"), so the clips are
     read in the pipeline's batches, `clips[i:i + batch_size]`, with the pipeline's inputs (the processor's prompt
     without the answer). Under several processes (`accelerator`), process r scores batches r, r + N, ... and the scores
     are gathered: no batch is cut, padded or completed with repeated clips (as the Trainer's distributed evaluation
     does), so every process gets the scores that one process, and the saved folder through the pipeline, give.
+
+    Args:
+        model: The EmoSLLM model, unwrapped; set to eval mode here.
+        processor: Its processor, which makes the pipeline's inputs.
+        clips: The clips: float32 `audio` at 16 kHz, and `transcript` and `text_features` where they have them.
+        accelerator: The run's `Accelerator` (several processes share the batches); None: one process.
+        batch_size: Clips per batch, as the pipeline's `batch_size`.
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model.eval()
@@ -97,6 +115,15 @@ def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua:
     Re-scores the saved folder as a user gets it, `pipeline("audio-classification", model=output_dir)` on the test
     clips (decoded audio, their transcripts, whole clips), and raises `RuntimeError` if its UA differs from the
     reported one by more than `DELIVERED_UA_TOLERANCE`: the reported score must be the delivered score.
+
+    Args:
+        output_dir: The saved model folder.
+        test_clips: The test clips: float32 `audio` at 16 kHz, `transcript` and `label`.
+        reported_ua: The test UA that the run reports (`evaluate_and_report`).
+        labels: The label set, in class-id order.
+
+    Returns:
+        The delivered test UA, rounded to 4 decimals.
     """
     from transformers import pipeline
 
@@ -117,7 +144,12 @@ def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua:
 
 
 def clips_without_speech(test_clips: list[dict]) -> int:
-    """How many test clips the pipeline's speech detector finds no speech in (it gives them no emotion); logged."""
+    """
+    How many test clips the pipeline's speech detector finds no speech in (it gives them no emotion); logged.
+
+    Args:
+        test_clips: The test clips: float32 `audio` at 16 kHz, and `file` (the first such clip is named).
+    """
     from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
 
     without = [c for c in test_clips if speech_seconds(speech_mask(c["audio"])) < MIN_SPEECH_SECONDS]

@@ -28,7 +28,13 @@ RESTRICTING_TERMS = ("-nc", "-nd", "-sa")
 def card_licenses(data_args, dataset_name: str) -> tuple[str | None, str]:
     """(the training data's licence, or None when unknown; the model's licence): `--license` or a known corpus's;
     the model takes the data's licence where its terms restrict what is made from the data, else Apache-2.0 (the
-    code's)."""
+    code's).
+
+    Args:
+        data_args: The run's `DataArguments` (`license`, `dataset_name`, `data_dir`; no data source: the smoke corpus,
+            made by this repository, so both are Apache-2.0).
+        dataset_name: The data's name as the card gives it (`card_dataset`), looked up in `CORPUS_LICENSES`.
+    """
     if not (data_args.dataset_name or data_args.data_dir):
         return "apache-2.0", "apache-2.0"  # the smoke corpus: made by this repository
     data = getattr(data_args, "license", None) or CORPUS_LICENSES.get(dataset_name)
@@ -37,7 +43,12 @@ def card_licenses(data_args, dataset_name: str) -> tuple[str | None, str]:
 
 
 def hub_repo_id(name: str | None) -> str | None:
-    """`name` when it is a Hub repo id, None when it is a local path (or nothing)."""
+    """
+    `name` when it is a Hub repo id, None when it is a local path (or nothing).
+
+    Args:
+        name: A Hub repo id or a local path (e.g. `--audio_encoder`, `--llm`, `--dataset_name`), or None.
+    """
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -51,7 +62,15 @@ def hub_repo_id(name: str | None) -> str | None:
 
 
 def card_backbone(name: str) -> str:
-    """A backbone as the card names it: its Hub id with its licence, or a local folder by its folder name only."""
+    """
+    A backbone as the card names it: its Hub id with its licence, or a local folder by its folder name only.
+
+    Args:
+        name: The backbone's Hub id or local folder (`--audio_encoder`, `--llm`).
+
+    Returns:
+        Markdown for the card: a link to the Hub id, or the folder's name.
+    """
     repo_id = hub_repo_id(name)
     if repo_id is None:
         return f"a local folder (`{Path(name).name}`)"
@@ -60,7 +79,14 @@ def card_backbone(name: str) -> str:
 
 
 def card_dataset(data_args, split: dict) -> tuple[str | None, str, str]:
-    """(Hub dataset id or None, the model-index dataset type, its name): never a local path."""
+    """
+    (Hub dataset id or None, the model-index dataset type, its name): never a local path.
+
+    Args:
+        data_args: The run's `DataArguments` (`dataset_name`, `data_dir`; neither: the smoke corpus).
+        split: The speakers by split name (`train`, `validation`, `test`), as `write_model_card` takes them; speaker
+            ids of one known corpus (`KNOWN_CORPORA`'s prefixes) name that corpus.
+    """
     source = data_args.dataset_name or data_args.data_dir
     if not source:
         return None, "emosllm-smoke-corpus", SMOKE_CORPUS_NAME
@@ -84,6 +110,16 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     the data and split, the scores, what a user installs, and a usage snippet for `hub_model_id` (`--hub_model_id`;
     else a placeholder), and whether the folder holds every weight (`full_weights`) or loads its backbones by Hub id.
     Never a local path: local backbones and data are named by their folder's name only.
+
+    Args:
+        output_dir: The saved model folder: README.md is written there, and the card is named after it.
+        model_args: The run's `ModelArguments` (`audio_encoder`, `llm`).
+        data_args: The run's `DataArguments` (the data source and `license`).
+        split: `{split name: its speakers (or groups)}` and `"unit"` (`speaker`, `clip` or the `--group_column`).
+        metrics: The run's test report (`ua`, `wa`, `macro_f1`, `weighted_f1`; the probe's figures where present).
+        processor: The trained model's processor; its config gives the layers, mapper, labels and LLM training.
+        hub_model_id: The repo id of the usage snippet; None: a placeholder.
+        full_weights: Whether the folder holds every weight.
     """
     import importlib.metadata
 
@@ -223,7 +259,15 @@ PUSH_IGNORE_PATTERNS = ["*checkpoints/*", "*stage1_asr/*"]
 
 
 def push_command(output_dir: Path, repo_id: str, private: bool | None = None, revision: str | None = None) -> str:
-    """The `hf upload` command line that pushes the output folder as `push_to_hub` does."""
+    """
+    The `hf upload` command line that pushes the output folder as `push_to_hub` does.
+
+    Args:
+        output_dir: The output folder to upload (named by its absolute path).
+        repo_id: The model repo on the Hub.
+        private: Whether the repo is created private (`--private`).
+        revision: The branch to push to; None: the default branch.
+    """
     command = ["hf", "upload", repo_id, str(Path(output_dir).resolve()), "."]
     for pattern in PUSH_IGNORE_PATTERNS:
         command += ["--exclude", pattern]
@@ -238,7 +282,17 @@ def push_to_hub(output_dir: Path, repo_id: str, token: str | None = None, privat
     `--push_to_hub`: uploads the final output folder (without the checkpoints) to the model repo `repo_id`, once, at
     the end of the run (the stages' Trainers never push). Where it cannot (HF_HUB_OFFLINE=1, no network, no token),
     it prints plainly that nothing was pushed and the command that pushes the folder later; the run still succeeds,
-    the model is saved. Returns whether the folder was pushed.
+    the model is saved.
+
+    Args:
+        output_dir: The final output folder; its checkpoints are left out (`PUSH_IGNORE_PATTERNS`).
+        repo_id: The model repo (`--hub_model_id`, else the folder's name), created if absent.
+        token: The Hub token (`--hub_token`); None: the one `hf auth login` saved.
+        private: Whether a repo created now is private (`--hub_private_repo`); None: the Hub's default.
+        revision: The branch to push to (`--hub_revision`); None: the default branch.
+
+    Returns:
+        Whether the folder was pushed.
     """
     from huggingface_hub import HfApi, is_offline_mode
 

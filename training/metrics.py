@@ -28,6 +28,11 @@ _ser_metric = None
 def compute_ser_metrics(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:
     """SER metrics over label names or class ids (indices into ``labels``), by the metric module metrics/ser_accuracy.
 
+    Args:
+        predictions: The predicted label names or class ids, one per clip.
+        references: The true label names or class ids, as many as ``predictions`` (at least one).
+        labels: The label set, in class-id order (the confusion matrix's order).
+
     Returns:
         ``ua``: unweighted accuracy, the mean recall over the classes present in ``references``;
         ``wa``: weighted accuracy (plain accuracy);
@@ -54,7 +59,18 @@ def compute_ser_metrics(predictions: Sequence[Any], references: Sequence[Any], l
 
 def save_confusion_matrix(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[str],
                           path_png: PathLike) -> Path:
-    """Draw the confusion matrix (counts; colour = share of the reference class) to a PNG."""
+    """
+    Draw the confusion matrix (counts; colour = share of the reference class) to a PNG.
+
+    Args:
+        predictions: The predicted label names or class ids, one per clip (as `compute_ser_metrics` takes them).
+        references: The true label names or class ids, as many as `predictions`.
+        labels: The label set, in class-id order (the order of both axes).
+        path_png: The PNG file to write; its parent folders are created.
+
+    Returns:
+        The PNG file's path.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -82,7 +98,16 @@ def save_confusion_matrix(predictions: Sequence[Any], references: Sequence[Any],
 
 
 def write_report(metrics: Mapping[str, Any], path_json: PathLike) -> Path:
-    """Write metrics as indented JSON (numpy values made plain), creating parent folders."""
+    """
+    Write metrics as indented JSON (numpy values made plain), creating parent folders.
+
+    Args:
+        metrics: The scores to write (e.g. `compute_ser_metrics`'s); numpy scalars and arrays are allowed.
+        path_json: The JSON file to write.
+
+    Returns:
+        The JSON file's path.
+    """
     path = Path(path_json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n", encoding="utf-8")

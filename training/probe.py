@@ -25,6 +25,18 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
     `clip["probe_scores"]`, its scores from the probe fitted without its fold's speakers, which the LLM trains on
     (`EmoSLLMTrainer.compute_loss`); with fewer than 2 speakers there are no folds, and it trains on the probe's
     in-sample scores, with a warning.
+
+    Args:
+        model: The EmoSLLM model with the probe interface (mapper type `probe`).
+        processor: Its processor (the collator's inputs).
+        train_clips: The training clips and their augmented copies, with cached `"states"` and their `group` (else
+            `speaker`), which a fold keeps together; each gets `probe_scores` and `probe_fold`.
+        eval_clips: The validation clips (decoded audio) that choose C; None or empty: C by cross-validation.
+        cs: The values of C to try (`--probe_c`), at least one.
+
+    Returns:
+        `model.fit_probe`'s figures for the report (`probe_c`, `probe_selection`, `probe_selection_ua`, ...), without
+        the out-of-fold scores.
     """
     collate = EmoSLLMCollator(processor)
 
@@ -58,6 +70,10 @@ def hold_out_probe_fold(versions: list[list[dict]]) -> tuple[list[list[dict]], l
     Their out-of-fold probe scores come from a probe fitted without them, and the LLM never reads them, so they
     score the LLM's answer and the probe's alike, as on new voices: the best epoch and `probe_mix_weight` are chosen
     on them (`choose_probe_mix_weight`). Empty when the probe had no folds (fewer than 2 speakers).
+
+    Args:
+        versions: Per training clip, its versions: the original first (with its `probe_fold` from `fit_probe`), then
+            its augmented copies.
     """
     if "probe_fold" not in versions[0][0]:
         return versions, []
@@ -77,7 +93,17 @@ def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
     trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
     the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the weight with the best UA
     (ties: the smaller, the LLM's answer) becomes `config.mapper_config["mix_weight"]`. Logs the LLM's and the probe's UA there,
-    and warns when the LLM alone scores below its probe. Returns the figures for the report and the model card.
+    and warns when the LLM alone scores below its probe.
+
+    Args:
+        trainer: The SER stage's `EmoSLLMTrainer`, after training; its model's `mix_weight` is set here.
+        held_out: The held-out clips (validation clips, or `hold_out_probe_fold`'s), with `probe_scores` where the
+            clips carry them.
+        where: How the log and the report name those clips (e.g. "the validation speakers").
+
+    Returns:
+        The figures for the report and the model card: `held_out`, `held_out_clips`, `held_out_llm_ua`,
+        `held_out_probe_ua`, `held_out_answer_ua` and `probe_mix_weight`.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.mapper_config["mix_weight"] = 0.0

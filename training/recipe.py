@@ -42,6 +42,13 @@ def model_settings(model_args: ModelArguments) -> dict:
     """
     The config's fields and the processor's settings the flags set; a flag left unset is not passed, so the
     config's (or processor's) own default applies.
+
+    Args:
+        model_args: The model flags.
+
+    Returns:
+        `{name: value}` for `EmoSLLMProcessor.from_backbones`: config fields (the mapper's as `mapper_config`) and
+        processor settings.
     """
     settings = {name: getattr(model_args, name) for name in
                 ("encoder_layer_combination", "language_model_training", "audio_loss_weight", "use_transcript", "prompt")
@@ -63,6 +70,14 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     The processor and a new model from the backbones, built memory-lean (`from_backbones`): the frozen backbones in
     the precision policy's dtype for `device_type` (None: the GPU if there is one, else the CPU; bf16 on a bf16 GPU,
     float32 on the CPU), the parts that train in float32 (`modeling_emosllm.PRECISION_POLICY`).
+
+    Args:
+        model_args: The model flags: the backbones and their cache folder, the settings (`model_settings`) and LoRA's.
+        labels: The label set, in class-id order.
+        device_type: The device type the precision policy plans for ("cpu", "cuda", ...); None: as above.
+
+    Returns:
+        `(model, processor)`.
     """
     cache = model_args.backbone_cache_dir
     audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
@@ -79,6 +94,21 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
+    """
+    One training run on one split: the model built, the clips checked and encoded, the probe fitted, the stages
+    trained, the folder saved in `output_dir`, scored as delivered and given its model card.
+
+    Args:
+        model_args: The model flags (`ModelArguments`).
+        data_args: The data flags (`DataArguments`).
+        training_args: The Trainer's flags (`TrainingArguments`).
+        splits: The split datasets by name: `train`, `test`, and `validation` where there are validation speakers.
+        output_dir: The run's output folder (with `--folds`, the fold's).
+
+    Returns:
+        The test metrics (`evaluate_and_report`) with `train_seconds` and the probe's figures; on the first process
+        also `delivered_ua` and `test_clips_without_speech`.
+    """
     speeds = parse_floats(data_args.speed_perturbation, "speed_perturbation")
     snrs_db = parse_floats(data_args.noise_snr_db, "noise_snr_db")
     labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \

@@ -31,7 +31,15 @@ CHECKPOINT_STATE_FILES = ("optimizer.pt", "scheduler.pt")  # torch.save zip arch
 
 
 def checkpoint_weight_files(checkpoint: Path) -> list[Path]:
-    """The checkpoint's safetensors files: `model.safetensors`, or the shards its index lists."""
+    """
+    The checkpoint's safetensors files: `model.safetensors`, or the shards its index lists.
+
+    Args:
+        checkpoint: A `checkpoint-N` folder.
+
+    Returns:
+        The files' paths (not checked to exist); a cut or missing index raises (`OSError`, `ValueError`, `KeyError`).
+    """
     index = checkpoint / f"{CHECKPOINT_WEIGHTS}.index.json"
     if index.is_file():
         return [checkpoint / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
@@ -39,7 +47,12 @@ def checkpoint_weight_files(checkpoint: Path) -> list[Path]:
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why `checkpoint` cannot be resumed from (cut, damaged or missing files), or None when it can."""
+    """
+    Why `checkpoint` cannot be resumed from (cut, damaged or missing files), or None when it can.
+
+    Args:
+        checkpoint: A `checkpoint-N` folder; its weights are loaded to check them.
+    """
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
         weight_files = checkpoint_weight_files(checkpoint)
@@ -68,6 +81,12 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     killed while saving leaves a folder without it, or with a cut one) parses, its weights load with safetensors,
     and its optimizer and scheduler files are whole. Newer ones that fail are skipped, saying why; the one used is
     logged.
+
+    Args:
+        folder: A training stage's output folder, which holds its `checkpoint-N` folders.
+
+    Returns:
+        The checkpoint's path as a string, or None when no checkpoint there is complete (or there is none).
     """
     numbered = []
     for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
@@ -110,6 +129,11 @@ def check_checkpoint_matches(checkpoint: str | Path, model: torch.nn.Module, pro
     the model built now, and raise `ValueError` naming the differing config fields and weights. Config differences
     that leave every shape alike, and the processor's settings (e.g. the prompt; `processor_config.json`, which the
     checkpoint holds when the Trainer was given the processor), are a warning.
+
+    Args:
+        checkpoint: The `checkpoint-N` folder that `--resume` would load.
+        model: The model that the flags build now.
+        processor: The processor built now, compared with the checkpoint's `processor_config.json`; None: not compared.
     """
     checkpoint = Path(checkpoint)
     current = model.state_dict()
@@ -160,6 +184,13 @@ def run_record(model_args, data_args, training_args, splits: dict) -> dict:
     """
     `{"data": {split: SHA-256 of its (file, label, speaker) rows}, "split": {split: its speakers (or groups)},
     "flags": {flag: value}}` of a run about to train: what `check_run_record` compares on `--resume`.
+
+    Args:
+        model_args: The run's `ModelArguments` (all recorded).
+        data_args: The run's `DataArguments` (all but `UNRECORDED_DATA_FLAGS`); `group_column` names the split's unit.
+        training_args: The run's `TrainingArguments` (only `TRAINING_FLAGS`, as strings).
+        splits: The split datasets by name (`train`, `validation`, `test`), with `audio`, `label` and speaker columns;
+            no audio is decoded.
     """
     import dataclasses
     import hashlib
@@ -186,6 +217,12 @@ def check_run_record(folder: Path, record: dict, resume: bool, write: bool) -> N
     """
     On `--resume`, the run in `folder` must have been started with `record`'s data, split and flags (a `ValueError`
     names each difference); a new run (or one without a record) writes it there (`write`: the first process only).
+
+    Args:
+        folder: The SER stage's folder (`<output_dir>/checkpoints`), where the record is kept as `run.json`.
+        record: This run's record (`run_record`).
+        resume: Whether the run resumes (`--resume`): a saved record is then compared, not written anew.
+        write: Whether this process writes the record (True on the first process only).
     """
     path = folder / RUN_RECORD
     if resume and path.is_file():
@@ -209,6 +246,11 @@ def check_resume_matches(model: torch.nn.Module, output_dir: Path, processor=Non
     """
     Before anything runs, the checkpoints `--resume` would pick (ASR and SER stages) fit the model (and processor)
     built now.
+
+    Args:
+        model: The model that the flags build now.
+        output_dir: The run's output folder, which holds the stages' folders `stage1_asr/` and `checkpoints/`.
+        processor: The processor built now; None: its settings are not compared.
     """
     for folder in (output_dir / "stage1_asr", output_dir / "checkpoints"):
         checkpoint = last_complete_checkpoint(folder)

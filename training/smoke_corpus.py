@@ -69,6 +69,12 @@ def make_smoke_corpus(out_dir: PathLike, num_speakers: int = 8, clips_per_class:
     ``num_speakers`` espeak-ng English voices (ids ``smoke_01``...; voice variant in the ``voice`` column)
     each say ``clips_per_class`` clips of every class in :data:`SMOKE_LABELS`. Deterministic for a seed. A
     folder already holding a complete corpus made with the same arguments is reused as it is.
+
+    Args:
+        out_dir: The corpus folder (created where absent).
+        num_speakers: How many speakers, 1 to ``len(SMOKE_VOICES)``.
+        clips_per_class: Clips per speaker and class, at least 1.
+        seed: The seed of the sentences and prosody drawn for each clip.
     """
     if not 1 <= num_speakers <= len(SMOKE_VOICES):
         raise ValueError(f"num_speakers must be 1..{len(SMOKE_VOICES)} (bundled voice variants)")
@@ -139,7 +145,12 @@ def _render_in_fresh_process(jobs: list[dict[str, Any]]) -> None:
 
 def render_espeak_clips(jobs: list[dict[str, Any]]) -> None:
     """Synthesize each job (``file``, ``text``, ``voice``, ``rate``, ``pitch``, ``pitch_range``, ``volume``)
-    to a 16 kHz 16-bit mono WAV file."""
+    to a 16 kHz 16-bit mono WAV file.
+
+    Args:
+        jobs: One dict per clip: ``file`` (the WAV file to write), ``text``, ``voice`` and the prosody values that
+            :meth:`EspeakSynthesizer.synthesize` takes.
+    """
     synthesizer = espeak_synthesizer()
     for job in jobs:
         audio = synthesizer.synthesize(job["text"], job["voice"], rate=job["rate"], pitch=job["pitch"],
@@ -203,7 +214,19 @@ class EspeakSynthesizer:
         return 0
 
     def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, volume: int) -> np.ndarray:
-        """Speak ``text`` with an espeak-ng voice name (e.g. ``en+f2``); float32 mono at 16 kHz."""
+        """Speak ``text`` with an espeak-ng voice name (e.g. ``en+f2``); float32 mono at 16 kHz.
+
+        Args:
+            text: The text to speak.
+            voice: The espeak-ng voice name; one espeak-ng does not have raises ``ValueError``.
+            rate: The speaking rate in words per minute.
+            pitch: The base pitch, 0-100 (relative to the voice's own pitch).
+            pitch_range: The pitch's variation, 0-100.
+            volume: The volume, 0-200 (100: espeak-ng's default).
+
+        Returns:
+            The samples `(num_samples,)`, float32 in [-1, 1] at 16 kHz.
+        """
         from scipy.signal import resample_poly
 
         with self._lock:

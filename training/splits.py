@@ -39,6 +39,13 @@ def speaker_ids(dataset: datasets.Dataset, column: str = "speaker") -> list[str]
     """
     The speaker column (or another grouping `column`, e.g. a session id) as strings; raises if any row has none
     (splits would be unverifiable).
+
+    Args:
+        dataset: The data; only `column` is read (no audio is decoded), and a dataset without it raises.
+        column: The grouping column.
+
+    Returns:
+        One id per row, in row order.
     """
     if column not in dataset.column_names:
         raise ValueError(f"the dataset has no {column!r} column; add one (e.g. to manifest.csv)")
@@ -54,7 +61,12 @@ def speaker_ids(dataset: datasets.Dataset, column: str = "speaker") -> list[str]
 
 
 def has_speaker_ids(dataset: datasets.Dataset) -> Optional[bool]:
-    """True when every row has a speaker id, False when none has, None when only some have (reads one column)."""
+    """
+    True when every row has a speaker id, False when none has, None when only some have (reads one column).
+
+    Args:
+        dataset: The data; without a ``speaker`` column no row has a speaker id.
+    """
     if "speaker" not in dataset.column_names:
         return False
     present = [s is not None and str(s) != "" for s in dataset["speaker"]]
@@ -62,7 +74,16 @@ def has_speaker_ids(dataset: datasets.Dataset) -> Optional[bool]:
 
 
 def speaker_sort_key(speaker: str) -> tuple[str, int, str]:
-    """Natural order: prefix, then trailing number, so ``ravdess_2`` comes before ``ravdess_10``."""
+    """
+    Natural order: prefix, then trailing number, so ``ravdess_2`` comes before ``ravdess_10``.
+
+    Args:
+        speaker: A speaker id.
+
+    Returns:
+        `(prefix, number, speaker)` with the id's last run of digits as the number; `(speaker, -1, speaker)` for an
+        id without digits.
+    """
     match = _TRAILING_NUMBER.search(speaker)
     if match is None:
         return speaker, -1, speaker
@@ -70,12 +91,20 @@ def speaker_sort_key(speaker: str) -> tuple[str, int, str]:
 
 
 def resolve_speakers(spec: SpeakerSpec, known: Sequence[str]) -> set[str]:
-    """Turn a speaker specification into speaker ids present in the data.
+    """
+    Turn a speaker specification into speaker ids present in the data.
 
     Rule: ``spec`` is a comma-separated string, an int, or a sequence of these. Each item that equals a
     known id selects that id. Otherwise an item ``N`` or a range ``N-M`` (decimal numbers) selects every
     known id whose *last run of digits* has an integer value in ``[N, M]``: ``17`` or ``"17-20"`` match
     ``ravdess_17`` and ``Actor_17``; ``3`` matches ``emodb_03``. Any item that selects nothing is an error.
+
+    Args:
+        spec: The speakers to select, as above; None selects none.
+        known: The speaker ids of the data (repeats allowed).
+
+    Returns:
+        The selected speaker ids.
     """
     known_set = set(known)
     numbers_of = {s: int(m.group(1)) for s in known_set if (m := _TRAILING_NUMBER.search(s))}
@@ -111,7 +140,13 @@ def _spec_items(spec: SpeakerSpec) -> list[str]:
 
 
 def check_speaker_disjoint(splits: Mapping[str, datasets.Dataset], column: str = "speaker") -> None:
-    """Raise ValueError if a speaker (a value of `column`) appears in two splits (or a row has none)."""
+    """
+    Raise ValueError if a speaker (a value of `column`) appears in two splits (or a row has none).
+
+    Args:
+        splits: The splits by name (e.g. ``train``, ``validation``, ``test``).
+        column: The grouping column.
+    """
     owner: dict[str, str] = {}
     what = "speaker" if column == "speaker" else f"{column} value"
     for split_name, dataset in splits.items():
@@ -130,11 +165,22 @@ def _select_speakers(dataset: datasets.Dataset, speakers: list[str], chosen: set
 def split_by_speakers(
     dataset: datasets.Dataset, test_speakers: SpeakerSpec, eval_speakers: SpeakerSpec = None, column: str = "speaker"
 ) -> datasets.DatasetDict:
-    """Split by speaker: ``test`` and ``validation`` hold the named speakers, ``train`` all others.
+    """
+    Split by speaker: ``test`` and ``validation`` hold the named speakers, ``train`` all others.
 
     Speakers follow :func:`resolve_speakers`. A split whose spec is empty is left out. The result is
-    checked with :func:`check_speaker_disjoint` (naming a speaker in both test and eval is an error).
-    `column` splits by another grouping column instead (e.g. a session or recording id).
+    checked with :func:`check_speaker_disjoint` (naming a speaker in both test and eval is an error, and so is
+    leaving no speaker for training).
+
+    Args:
+        dataset: The data, with a value of `column` on every row.
+        test_speakers: The speakers of ``test``, as :func:`resolve_speakers` reads them (None or empty: no ``test``).
+        eval_speakers: The speakers of ``validation``, likewise (None or empty: no ``validation``).
+        column: The grouping column; another one than ``speaker`` splits by it instead (e.g. a session or
+            recording id).
+
+    Returns:
+        A `DatasetDict` with ``train`` and, where named, ``validation`` and ``test``; rows keep their order.
     """
     speakers = speaker_ids(dataset, column)
     test = resolve_speakers(test_speakers, speakers)
@@ -155,11 +201,17 @@ def split_by_speakers(
 
 
 def speaker_folds(dataset: datasets.Dataset, k: int, column: str = "speaker") -> list[datasets.DatasetDict]:
-    """Leave-speakers-out cross-validation: ``k`` folds of ``DatasetDict(train, test)``.
+    """
+    Leave-speakers-out cross-validation: ``k`` folds of ``DatasetDict(train, test)``.
 
     Speakers are sorted naturally (see :func:`speaker_sort_key`) and cut into ``k`` contiguous groups of
     near-equal size (the first groups get one more when it does not divide); fold ``i`` tests on group ``i``.
-    Deterministic; every speaker is a test speaker in exactly one fold. `column`: another grouping column.
+    Deterministic; every speaker is a test speaker in exactly one fold.
+
+    Args:
+        dataset: The data, with a value of `column` on every row.
+        k: The number of folds, from 2 to the number of speakers.
+        column: The grouping column (``speaker``, or another grouping column).
     """
     speakers = speaker_ids(dataset, column)
     unique = sorted(set(speakers), key=speaker_sort_key)
@@ -189,9 +241,21 @@ def _shuffled_by_label(dataset: datasets.Dataset, seed: int) -> dict[str, list[i
 def split_by_clips(
     dataset: datasets.Dataset, test_fraction: float = 0.2, eval_fraction: float = 0.1, seed: int = 0
 ) -> datasets.DatasetDict:
-    """Split by clip, stratified by label: `test_fraction` of each label's clips (rounded) for ``test``,
+    """
+    Split by clip, stratified by label: `test_fraction` of each label's clips (rounded) for ``test``,
     `eval_fraction` for ``validation`` (left out when it rounds to none for every label), the rest (at least one
-    per label) for ``train``; drawn with `seed`, the same for the same data and seed. Rows keep their order."""
+    per label) for ``train``; drawn with `seed`, the same for the same data and seed. Rows keep their order.
+    Data too small to give ``test`` a clip raises `ValueError`.
+
+    Args:
+        dataset: The data, with a ``label`` column (the only one read).
+        test_fraction: The share of each label's clips for ``test``, from 0 to 1.
+        eval_fraction: The share of each label's clips for ``validation``, from 0 to 1.
+        seed: The seed of the draw.
+
+    Returns:
+        A `DatasetDict` with ``train``, ``validation`` (where it has clips) and ``test``.
+    """
     chosen: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
     for indices in _shuffled_by_label(dataset, seed).values():
         num_test = min(round(test_fraction * len(indices)), len(indices) - 1)
@@ -206,8 +270,15 @@ def split_by_clips(
 
 
 def clip_folds(dataset: datasets.Dataset, k: int, seed: int = 0) -> list[datasets.DatasetDict]:
-    """``k``-fold cross-validation by clip, stratified by label (each label's clips, shuffled by `seed`, dealt to
-    the folds in turn): ``k`` ``DatasetDict(train, test)``; every clip is a test clip in exactly one fold."""
+    """
+    ``k``-fold cross-validation by clip, stratified by label (each label's clips, shuffled by `seed`, dealt to
+    the folds in turn): ``k`` ``DatasetDict(train, test)``; every clip is a test clip in exactly one fold.
+
+    Args:
+        dataset: The data, with a ``label`` column (the only one read).
+        k: The number of folds, from 2 to the number of clips.
+        seed: The seed of the shuffles.
+    """
     if not 2 <= k <= len(dataset):
         raise ValueError(f"k={k} folds need 2 <= k <= number of clips ({len(dataset)})")
     fold_of: dict[int, int] = {}
@@ -235,6 +306,14 @@ def split_unit(dataset, args: DataArguments, seed: int) -> str | None:
     """
     The column no two splits share: `--group_column`, else `speaker`; None (split by clip, with a warning) when no
     row has a speaker id. Some rows with and some without one is an error.
+
+    Args:
+        dataset: The data (a `datasets.Dataset`); only the ``speaker`` or `--group_column` column is read.
+        args: The data arguments: `group_column`, and `test_speakers`/`eval_speakers` (an error without speaker ids).
+        seed: The seed the warning names for the split by clip.
+
+    Returns:
+        The name of the column to split by, or None to split by clip.
     """
     if args.group_column:
         if args.group_column not in dataset.column_names:
@@ -263,6 +342,14 @@ def make_splits(dataset, args: DataArguments, seed: int) -> list:
     The splits to train on: one `DatasetDict` (train, validation, test), or `--folds` of them (train, test). By
     speaker (or `--group_column`): `--test_speakers`/`--eval_speakers`, else `default_speaker_split`; without
     speaker ids, by clip (`split_by_clips`, `clip_folds`).
+
+    Args:
+        dataset: The whole data (a `datasets.Dataset` with a ``label`` column).
+        args: The data arguments: `folds`, `group_column`, `test_speakers` and `eval_speakers`.
+        seed: The seed of a split by clip and of `default_speaker_split`'s search (the training seed).
+
+    Returns:
+        A list of one `DatasetDict`, or of `--folds` of them.
     """
     unit = split_unit(dataset, args, seed)
     if args.folds > 1:
@@ -289,6 +376,14 @@ def default_speaker_split(dataset, column: str = "speaker", seed: int = 0) -> tu
     label of the data. Where they do not (speakers who each show mostly one emotion), `speakers_covering_labels`
     chooses them instead, stratified by label and grouped by speaker (logged); where no choice puts every label in
     test and validation while training keeps every label, a warning names the missing labels.
+
+    Args:
+        dataset: The data (a `datasets.Dataset`), with a ``label`` column and at least 3 distinct values of `column`.
+        column: The grouping column.
+        seed: The first seed of `speakers_covering_labels`'s shuffles.
+
+    Returns:
+        `(test, validation)`: the speaker ids (values of `column`) of each, in natural order.
     """
     speakers = speaker_ids(dataset, column)
     unique = sorted(set(speakers), key=speaker_sort_key)
@@ -337,6 +432,14 @@ def speakers_covering_labels(labels: Sequence[str], speakers: Sequence[str], see
     `StratifiedGroupKFold` (up to 10, grouped by speaker, stratified by label; `SPLIT_SEARCH_SHUFFLES` shuffles from
     `seed`), combined into test and validation; the best combination keeps every label in training first, then puts
     every label in test and validation, then has label shares and sizes closest to the whole data's. Deterministic.
+
+    Args:
+        labels: Each clip's label.
+        speakers: Each clip's speaker id, in the order of `labels`.
+        seed: The first of the `SPLIT_SEARCH_SHUFFLES` shuffle seeds.
+
+    Returns:
+        `(test, validation)`: the speaker ids of each, in natural order.
     """
     import itertools
     import warnings
@@ -380,7 +483,12 @@ def check_split_labels(labels_by_split: dict[str, Sequence[str]], labels: Sequen
     (the model would still be scored on it), so that is a `ValueError` naming the label and where its clips are.
     Fewer than `min_clips` training clips, or a validation or test split without clips of a label that training
     has (named, with the split), is only a warning: a small pilot corpus or a rare class can be meant, and the run
-    still says so.
+    still says so. Data with fewer than two labels is a `ValueError` too.
+
+    Args:
+        labels_by_split: Each split's clip labels, by split name (``train``, ``validation``, ``test``).
+        labels: The label set (`--labels`, else the labels of the data).
+        min_clips: The fewest training clips a label has without a warning (`--min_clips_per_label`).
     """
     counts = {split: Counter(split_labels) for split, split_labels in labels_by_split.items()}
     train = counts.get("train", Counter())

@@ -71,10 +71,30 @@ class EmoSLLMTrainer(Trainer):
     """
 
     def __init__(self, *args, mapper_learning_rate: float, head_learning_rate: float, **kwargs):
+        """
+        A `transformers.Trainer` with the mapper's and the heads' own learning rates.
+
+        Args:
+            *args: As `transformers.Trainer`.
+            mapper_learning_rate: The mapper's learning rate (`--mapper_learning_rate`).
+            head_learning_rate: The learning rate of the encoder's layer weights and the class heads.
+            **kwargs: As `transformers.Trainer`.
+        """
         super().__init__(*args, **kwargs)
         self.mapper_learning_rate, self.head_learning_rate = mapper_learning_rate, head_learning_rate
 
     def create_optimizer(self, model=None):
+        """
+        The Trainer's optimizer class and settings over three parameter groups, the trainable weights of the mapper,
+        of the heads (and the encoder's layer weights) and of the LLM, each at its learning rate; made once.
+
+        Args:
+            model: As `transformers.Trainer.create_optimizer`: the model whose trainable weights are optimized;
+                None: `self.model`.
+
+        Returns:
+            The optimizer (`self.optimizer`).
+        """
         if self.optimizer is None:
             model = self.model if model is None else model
             groups = {"mapper": [], "head": [], "llm": []}
@@ -101,6 +121,16 @@ class EmoSLLMTrainer(Trainer):
         of its scores for this one call (`given_scores`), so that the model's `forward` takes no training-only
         argument and the saved model answers from its one fitted probe. Evaluation on held-out training speakers
         (`hold_out_probe_fold`) reads their out-of-fold scores the same way.
+
+        Args:
+            model: As `transformers.Trainer.compute_loss`; its unwrapped model's `mapper` takes the given scores.
+            inputs: As `transformers.Trainer.compute_loss` (the collator's batch); its `probe_scores`
+                `(batch, num_labels)`, where present, are taken out of it.
+            *args: As `transformers.Trainer.compute_loss` (e.g. `return_outputs`), passed on.
+            **kwargs: As `transformers.Trainer.compute_loss` (e.g. `num_items_in_batch`), passed on.
+
+        Returns:
+            As `transformers.Trainer.compute_loss`.
         """
         scores = inputs.pop("probe_scores", None)
         if scores is None:
@@ -143,6 +173,13 @@ def stage_arguments(training_args: TrainingArguments, output_dir, epochs: float,
     see `push_to_hub`). `--load_best_model_at_end`: as asked; not given (None), the SER stage keeps its best
     checkpoint by validation UA wherever the eval and save strategies allow it, and says that it keeps the last model
     where they do not (`--save_strategy no`, `--eval_strategy no`, strategies that differ).
+
+    Args:
+        training_args: The user's `TrainingArguments` (not changed: a changed copy is returned).
+        output_dir: The stage's folder (`stage1_asr` or `checkpoints` under `--output_dir`).
+        epochs: The stage's epochs (`--asr_epochs`, or `--num_train_epochs` for the SER stage).
+        task: "asr" or "ser".
+        evaluate: Whether the stage is scored on validation clips during training (the SER stage, when it has some).
     """
     eval_strategy = training_args.eval_strategy if evaluate else "no"
     stage = dict(output_dir=str(output_dir), num_train_epochs=epochs, eval_strategy=eval_strategy, push_to_hub=False,
@@ -177,6 +214,27 @@ def stage_arguments(training_args: TrainingArguments, output_dir, epochs: float,
 def run_stage(
     model, processor, training_args, model_args, train_clips, eval_clips, task, output_dir, epochs, resume
 ):
+    """
+    Trains one stage (`stage_arguments`, `EmoSLLMTrainer`, `EmoSLLMCollator`), from its newest complete checkpoint
+    on `resume`.
+
+    Args:
+        model: The EmoSLLM model, trained in place.
+        processor: Its processor (the collator's inputs; saved with every checkpoint).
+        training_args: The user's `TrainingArguments`.
+        model_args: The run's `ModelArguments` (`mapper_learning_rate`, `head_learning_rate`).
+        train_clips: The training clips (`AugmentedClips`); with `EMOSLLM_RECORD_TRAINING_CLIPS` set, its reads are
+            recorded under `output_dir/training_clips/`.
+        eval_clips: The validation clips (dicts) the SER stage is scored on; None or empty: no evaluation.
+        task: "asr" (the answer is the transcript) or "ser" (the answer is the label word).
+        output_dir: The stage's folder, for its checkpoints.
+        epochs: The stage's epochs.
+        resume: Whether to resume: the SER stage from `--resume_from_checkpoint`'s path where given, else from the
+            newest complete checkpoint in `output_dir` (none: from scratch).
+
+    Returns:
+        The stage's `EmoSLLMTrainer`, after training.
+    """
     args = stage_arguments(training_args, output_dir, epochs, task, evaluate=task == "ser" and bool(eval_clips))
     train_clips.record_to = None
     if os.environ.get(RECORD_CLIPS_ENV, "") not in ("", "0"):

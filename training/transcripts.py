@@ -44,6 +44,13 @@ def transcripts_inform_labels(clips: list[dict], labels: list[str]) -> tuple[boo
     its label `TRANSCRIPT_INFORMATION_NATS` more log-probability per clip than the overall shares do. Where the words
     carry no emotion, a transcript in the prompt only costs an ASR pass per clip at inference (RAVDESS: the same UA
     with and without, BENCHMARKS.md).
+
+    Args:
+        clips: The training clips, dicts with ``label`` and ``transcript`` (None or empty: none).
+        labels: The label set; its size sets the add-one smoothing of the overall label shares.
+
+    Returns:
+        `(informative, reason)`: whether the transcripts tell the emotions apart, and why, as a phrase for the log.
     """
     def words(text) -> str:
         return " ".join("".join(ch for ch in (text or "").lower() if ch.isalnum() or ch.isspace()).split())
@@ -75,6 +82,11 @@ def attach_transcripts(clips: list[dict], processor: EmoSLLMProcessor) -> None:
     """
     The processor's transcript rule, applied once before training: given transcripts win, `auto` transcribes the
     missing ones, `none` drops them all (the collator builds prompts from `clip["transcript"]`).
+
+    Args:
+        clips: The clips of one split, dicts with ``audio`` (float32 `(samples,)` at 16 kHz) and ``transcript``
+            (None or empty: none), which is set in place.
+        processor: The model's processor: its `use_transcript` (`"given"`, `"auto"` or `"none"`) and `asr_model`.
     """
     given = [c["transcript"] or None for c in clips]
     for clip, text in zip(clips, transcription_emosllm.resolve_transcripts([c["audio"] for c in clips], given, processor.use_transcript,
@@ -91,6 +103,14 @@ class TranscriptCache:
     """
 
     def __init__(self, asr_model: str, root: str | os.PathLike | None = None):
+        """
+        Open the cache of `asr_model`'s transcripts, reading its file where there is one (a file that cannot be read
+        is logged, and rewritten on the next `add`).
+
+        Args:
+            asr_model: The Whisper model, a Hub id or local folder; it names the file, and must match the stored one.
+            root: The cache folder (`--transcript_cache_dir`); None: `transcripts/` under the backbone cache.
+        """
         self.asr_model = asr_model
         folder = Path(root).expanduser() if root else Path(default_cache_dir()) / "transcripts"
         readable = re.sub(r"[^\w.-]+", "--", asr_model).strip("-.")[-80:]
@@ -106,11 +126,27 @@ class TranscriptCache:
 
     @staticmethod
     def key(audio: np.ndarray) -> str:
-        """The audio's content hash."""
+        """
+        The audio's content hash.
+
+        Args:
+            audio: A clip's decoded samples, `(samples,)` at 16 kHz (hashed as contiguous float32).
+
+        Returns:
+            The SHA-256 hex digest of the samples' bytes.
+        """
         return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
 
     def fill(self, clips: list[dict]) -> list[dict]:
-        """Gives the clips without a transcript their cached one; returns those still without one."""
+        """
+        Gives the clips without a transcript their cached one; returns those still without one.
+
+        Args:
+            clips: Dicts with ``audio`` (float32 `(samples,)` at 16 kHz) and ``transcript``, which is set in place.
+
+        Returns:
+            The clips with neither a transcript nor a cached one, in order.
+        """
         left = []
         for clip in clips:
             if not clip["transcript"]:
@@ -120,7 +156,12 @@ class TranscriptCache:
         return left
 
     def add(self, clips: list[dict]) -> None:
-        """Stores the clips' transcripts and rewrites the file whole."""
+        """
+        Stores the clips' transcripts and rewrites the file whole.
+
+        Args:
+            clips: Dicts with ``audio`` (float32 `(samples,)` at 16 kHz) and its ``transcript``.
+        """
         self.transcripts.update({self.key(clip["audio"]): clip["transcript"] for clip in clips})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomically(self.path, {"asr_model": self.asr_model, "transcripts": self.transcripts})
@@ -135,9 +176,17 @@ TRANSCRIPT_SAMPLE_SHARE, TRANSCRIPT_SAMPLE_CLIPS = 0.1, 48
 
 def transcribe_clips(clips: list[dict], asr_model: str, cache: TranscriptCache, what: str) -> list[tuple[int, float]]:
     """
-    Whisper (`transcription_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time, with a
-    progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done. Returns each chunk's
-    samples and seconds.
+    Whisper (`transcription_emosllm.transcribe`) writes the transcript of each clip, `TRANSCRIBE_CHUNK` at a time,
+    with a progress bar (transformers' tqdm) named `what`; each chunk is cached as soon as it is done.
+
+    Args:
+        clips: Dicts with ``audio`` (float32 `(samples,)` at 16 kHz); each one's ``transcript`` is set in place.
+        asr_model: The Whisper model, a Hub id or local folder.
+        cache: The cache each transcribed chunk is added to.
+        what: What the progress bar says is transcribed, e.g. ``"48 training clips"``.
+
+    Returns:
+        Per chunk, `(samples, seconds)`: its clips' total length in samples at 16 kHz, and the seconds it took.
     """
     timings = []
     with hf_logging.tqdm(total=len(clips), desc=f"Transcribing {what}", unit="clip") as progress:
@@ -156,7 +205,15 @@ def stratified_sample(clips: list[dict], size: int, seed: int) -> list[int]:
     """
     `size` of the clips' indices, drawn with `seed`, each label's share as in `clips` (each label's clips shuffled and
     spread evenly over [0, 1), the first `size` positions taken; a label of one clip is drawn like any other, where
-    scikit-learn's `train_test_split(stratify=...)` refuses it). Sorted.
+    scikit-learn's `train_test_split(stratify=...)` refuses it).
+
+    Args:
+        clips: Dicts with a ``label``.
+        size: How many indices to draw (all of them when it is `len(clips)` or more).
+        seed: The seed of the draw.
+
+    Returns:
+        The drawn indices into `clips`, sorted.
     """
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
@@ -171,7 +228,12 @@ def stratified_sample(clips: list[dict], size: int, seed: int) -> list[int]:
 
 
 def duration(seconds: float) -> str:
-    """'about 40 s', 'about 7 min', 'about 2.5 h'."""
+    """
+    A rough duration for the log: 'about 40 s', 'about 7 min', 'about 2.5 h'.
+
+    Args:
+        seconds: The duration in seconds.
+    """
     if seconds < 90:
         return f"about {max(1, round(seconds))} s"
     return f"about {round(seconds / 60)} min" if seconds < 5400 else f"about {seconds / 3600:.1f} h"
@@ -185,8 +247,19 @@ def transcribe_training_clips(clips: list[dict], processor: EmoSLLMProcessor, la
     (`transcripts_inform_labels` over all of them). Where many clips need Whisper, a sample is transcribed first (a
     `TRANSCRIPT_SAMPLE_SHARE` share, at least `TRANSCRIPT_SAMPLE_CLIPS`; seeded, stratified by label): if the words
     known then do not tell the emotions apart, the rest are not transcribed (logged, with how to force it);
-    otherwise the time the rest will take is logged first. `force`: every clip is transcribed and the answer is
-    True.
+    otherwise the time the rest will take is logged first.
+
+    Args:
+        clips: The training clips, dicts with ``audio`` (float32 `(samples,)` at 16 kHz), ``label`` and
+            ``transcript`` (None or empty: none), which is set in place.
+        processor: The model's processor; its `asr_model` transcribes.
+        labels: The label set.
+        cache: The transcript cache of `processor.asr_model`.
+        seed: The seed of the sample's draw (`stratified_sample`).
+        force: Every clip is transcribed and the answer is True (`--force_transcripts`).
+
+    Returns:
+        Whether the model should read transcripts.
     """
     asr_model = processor.asr_model
     todo = cache.fill(clips)
