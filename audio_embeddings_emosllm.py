@@ -49,12 +49,10 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.BoolTensor:
 @contextlib.contextmanager
 def _folded_matmuls(module: nn.Module) -> Iterator[None]:
     """
-    Without gradients, `module`'s frozen weights are marked as requiring them for the duration of the call (nothing is
-    recorded: grad mode is off). Written by hand because torch's matmul folds a transposed 3-D input into one 2-D
-    product only when the weight requires gradients; for a frozen weight it runs a batched product on a copy of the
-    weight expanded over the batch. wav2vec2-family encoders (WavLM's attention reads its input transposed) spent
-    most of a bf16 pass copying weights that way (BENCHMARKS.md, "The paper's model at the paper's scale"). With
-    gradients on, it does nothing.
+    Only without gradients, marks `module`'s frozen weights as requiring them for the call (recording nothing), since
+    torch's matmul folds a transposed 3-D input into one 2-D product only for such a weight; for a frozen one it runs a
+    batched product on a weight copy expanded over the batch, which took most of a bf16 pass of wav2vec2-family encoders
+    (WavLM's attention reads its input transposed; BENCHMARKS.md, "The paper's model at the paper's scale").
     """
     frozen = [] if torch.is_grad_enabled() else [p for p in module.parameters() if not p.requires_grad]
     for param in frozen:
@@ -68,17 +66,12 @@ def _folded_matmuls(module: nn.Module) -> Iterator[None]:
 
 class EmoSLLMAudioEncoder(nn.Module):
     """
-    The pretrained audio encoder and the combination of its layers (emotion lives in the middle layers as much as in
-    the last one): a learned softmax-weighted average (SUPERB-style, `encoder_layer_combination="weighted_average"`)
-    or every layer side by side (`"concatenate"`). Each layer is first standardized per dimension with statistics
-    of the training data (`set_feature_statistics`), as a linear probe's StandardScaler would: Whisper's hidden
-    states have a few dimensions far larger than the rest, which dominate a per-frame LayerNorm (measured in
-    docs/experiment-log.md, "Closing the gap to the frozen-feature bar").
-
-    Input: `input_features` of shape `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` waveforms
-    for the wav2vec2 family; `audio_lengths` `(batch,)` valid samples per clip.
-    Output: frames `(batch, frames, output_size)` and their validity mask `(batch, frames)`; `output_size` is the
-    encoder's width, times its `num_layers + 1` outputs when they are concatenated.
+    The pretrained audio encoder and the combination of its layers (emotion lives in the middle layers as much as in the
+    last one): a learned softmax-weighted average (SUPERB-style, `encoder_layer_combination="weighted_average"`) or
+    every layer side by side (`"concatenate"`: `output_size` is then `num_layers + 1` times the encoder's width). Each
+    layer is first standardized per dimension with training-data statistics (`set_feature_statistics`), as a linear
+    probe's StandardScaler would: a few dimensions of Whisper's hidden states, far larger than the rest, dominate a
+    per-frame LayerNorm (measured in docs/experiment-log.md, "Closing the gap to the frozen-feature bar").
     """
 
     def __init__(self, config: EmoSLLMConfig):
@@ -154,8 +147,7 @@ class EmoSLLMAudioEncoder(nn.Module):
 
     def layer_states(self, input_features: torch.Tensor, audio_lengths: torch.Tensor) -> torch.Tensor:
         """
-        Every layer's output of the pretrained encoder, in `input_features`' dtype (computed in bf16 without
-        gradients where bf16 is native: `bf16_inference`).
+        Every layer's output of the pretrained encoder, computed without gradients in `inference_dtype`.
 
         Args:
             input_features: `(batch, num_mel_bins, mel_frames)` log-mel features (Whisper) or `(batch, samples)`
@@ -163,7 +155,7 @@ class EmoSLLMAudioEncoder(nn.Module):
             audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
 
         Returns:
-            `(batch, num_layers + 1, frames, encoder_hidden)`: the embeddings, then each layer's output.
+            `(batch, num_layers + 1, frames, encoder_hidden)` in `input_features`' dtype, the embeddings first.
         """
         device_type = input_features.device.type
         bf16 = not torch.is_grad_enabled() and self.inference_dtype(device_type) == torch.bfloat16
@@ -186,18 +178,16 @@ class EmoSLLMAudioEncoder(nn.Module):
         encoder_layer_states: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        The standardized, combined encoder frames of a batch of clips. `encoder_layer_states` (from `layer_states`,
-        e.g. cached while the encoder is frozen) skip the encoder.
+        The standardized, combined encoder frames of a batch of clips.
 
         Args:
             audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
-            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family);
-                read only without `encoder_layer_states`.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family); not
+                read, and the encoder not run, given `encoder_layer_states` (e.g. cached while the encoder is frozen).
             encoder_layer_states: `(batch, num_layers + 1, frames, encoder_hidden)` from `layer_states`, or None.
 
         Returns:
-            The frames `(batch, frames, output_size)` in `feature_mean`'s dtype (float32) and their bool validity
-            mask `(batch, frames)`.
+            The frames `(batch, frames, output_size)` (float32, `feature_mean`'s dtype) and bool mask `(batch, frames)`.
         """
         if encoder_layer_states is None:
             encoder_layer_states = self.layer_states(input_features, audio_lengths)
@@ -249,10 +239,8 @@ class EmoSLLMAudioEncoder(nn.Module):
 
 class EmoSLLMQueryPoolingMapper(nn.Module):
     """
-    The paper's Query Pooling Mapper: `num_queries` learned queries are concatenated to the encoder frames, a small
-    transformer encoder runs over the whole, and only the query positions are kept and projected to the LLM width.
-
-    `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
+    The paper's Query Pooling Mapper: `num_queries` learned queries join the encoder frames in a small transformer
+    encoder, and only the query positions are projected to the LLM width, whatever the clip length.
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -296,9 +284,7 @@ class EmoSLLMQueryPoolingMapper(nn.Module):
 class EmoSLLMWindowQFormer(nn.Module):
     """
     Window-level Q-Former (SALMONN; transformers' Granite Speech projector): `queries_per_window` learned queries
-    cross-attend to each window of `window_size` encoder frames.
-
-    `(batch, frames, encoder_hidden)` -> `(batch, windows * queries_per_window, llm_hidden)`; grows with the audio.
+    cross-attend to each window of `window_size` encoder frames, so the output grows with the audio.
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -355,8 +341,6 @@ class EmoSLLMWindowQFormer(nn.Module):
 class EmoSLLMFrameStackMLP(nn.Module):
     """
     Ultravox-style projector: `stack_factor` consecutive frames are stacked and mapped by an MLP.
-
-    `(batch, frames, encoder_hidden)` -> `(batch, ceil(frames / stack_factor), llm_hidden)`.
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -397,7 +381,7 @@ class EmoSLLMFrameStackMLP(nn.Module):
 
 def pooled_statistics(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     """
-    Mean and standard deviation over each clip's valid frames: `(batch, frames, dim)` -> `(batch, 2 * dim)`.
+    Mean and standard deviation over each clip's valid frames.
 
     Args:
         frames: Frames `(batch, frames, dim)`.
@@ -419,8 +403,6 @@ class EmoSLLMStatisticsPooling(nn.Module):
     by one linear layer to `num_queries` LLM embeddings. Not in the paper: on RAVDESS it scored above the Query
     Pooling Mapper in less time (BENCHMARKS.md), with 4 embeddings and the interface trained at 10x the heads' rate
     (train.py: `--num_queries 4 --mapper_learning_rate 1e-2 --head_learning_rate 1e-3`).
-
-    `(batch, frames, encoder_hidden)` -> `(batch, num_queries, llm_hidden)`, whatever the clip length.
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -455,14 +437,12 @@ class EmoSLLMStatisticsProbe(nn.Module):
     """
     Statistics pooling read by a linear emotion probe, whose class probabilities mix the label words' embeddings into
     one audio embedding: a "soft emotion word" that the LLM reads like the word itself. Not in the paper. The probe
-    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: an L2-regularized logistic
-    regression (scikit-learn, `probe_fitting_emosllm`) on labelled clips' pooled statistics
+    (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: an L2-regularized
+    logistic regression (scikit-learn, `probe_fitting_emosllm`) on labelled clips' pooled statistics
     (`EmoSLLMForSpeechEmotionRecognition.fit_probe` does it from model inputs), which on RAVDESS generalizes to new
-    voices better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`,
-    which starts as the LLM's input embeddings of the label words (`from_backbones`); LoRA then learns to read the
-    mixture together with the rest of the prompt (the transcript, other text features).
-
-    `(batch, frames, encoder_hidden)` -> `(batch, 1, llm_hidden)`, whatever the clip length.
+    voices better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`, which
+    starts as the LLM's input embeddings of the label words (`from_backbones`); LoRA then learns to read the mixture
+    together with the rest of the prompt (the transcript, other text features).
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -470,8 +450,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
         The probe's buffers (a zero probe until `set_probe`) and `label_embeddings` (set by `from_backbones`).
 
         Args:
-            config: The model's config: its labels (`num_labels`, `labels`) and the LLM's width
-                `text_config.hidden_size` (`llm_hidden`).
+            config: The model's config: `labels` and the LLM's width `text_config.hidden_size` (`llm_hidden`).
             encoder_hidden: The width of the encoder frames it reads (`EmoSLLMAudioEncoder.output_size`).
         """
         super().__init__()
@@ -487,9 +466,8 @@ class EmoSLLMStatisticsProbe(nn.Module):
     @contextlib.contextmanager
     def given_scores(self, scores: torch.Tensor) -> Iterator[None]:
         """
-        Within this block the probe's scores are `scores` `(batch, num_labels)` instead of its own, for the soft
-        emotion word and for the answer's mix: how train.py shows the LLM each training clip's out-of-fold evidence
-        (what a probe fitted without that clip's speakers says of it), as the probe will be on new voices.
+        Within this block the probe's scores are `scores`, for the soft emotion word and the answer's mix: train.py
+        shows the LLM each clip's out-of-fold scores (from a probe fitted without its speakers), as for new voices.
 
         Args:
             scores: Class scores `(batch, num_labels)` (before softmax) of the batch the block's calls read.
@@ -502,7 +480,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
 
     def class_scores(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """
-        The probe's scores `(batch, num_labels)` (before softmax); inside `given_scores`, the given ones.
+        The probe's scores (before softmax); inside `given_scores`, the given ones.
 
         Args:
             frames: Encoder frames `(batch, frames, encoder_hidden)`.
@@ -520,8 +498,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
 
     def scores_of_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
         """
-        The probe's scores `(clips, num_labels)` of pooled statistics `(clips, 2 * encoder_hidden)`, in float32 (the
-        fitted probe's precision, also where an engine has cast the whole model to bf16: DeepSpeed's bf16 mode).
+        The probe's scores `(clips, num_labels)`, in float32 (its fitted precision) even in a bf16 model (DeepSpeed).
 
         Args:
             statistics: Pooled statistics `(clips, 2 * encoder_hidden)` (`pooled_statistics`), in any float dtype.
@@ -531,7 +508,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
 
     def embed_class_scores(self, scores: torch.Tensor) -> torch.Tensor:
         """
-        The soft emotion word `(batch, 1, llm_hidden)` of probe scores `(batch, num_labels)`.
+        The soft emotion word of probe scores.
 
         Args:
             scores: Probe scores `(batch, num_labels)` (before softmax); their softmax weighs the label embeddings.
@@ -576,8 +553,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
     @torch.no_grad()
     def set_probe(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """
-        The fitted probe: the pooled statistics' standardization `mean`, `std`, then class scores
-        `statistics @ weight.T + bias` of the standardized statistics. Each value must have its buffer's shape.
+        Sets the probe scoring `((statistics - mean) / std) @ weight.T + bias`; a wrong shape raises `ValueError`.
 
         Args:
             mean: The standardization's mean `(2 * encoder_hidden,)`.

@@ -335,7 +335,7 @@ def convert_gguf_llm(gguf_path: str, out_dir: str) -> str:
     bf16 copy of the weights beside it (the `bf16` variant, `model.bf16.safetensors`).
 
     Training and CPUs without native bf16 load the float32 weights; inference where bf16 is native loads the bf16
-    copy as it is stored (`modeling_emosllm.language_model_load_kwargs`): half the memory, where converting the
+    copy as it is stored (`precision_emosllm.language_model_load_kwargs`): half the memory, where converting the
     float32 file at load would map it whole first. The tokenizer, including its chat template, is saved next to the
     weights.
 

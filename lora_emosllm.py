@@ -74,5 +74,15 @@ class EmoSLLMLoraMixin:
                 layer.unmerge()
         self.prompt_head.clear()
 
+    def trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.numel() for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        """Prints the trainable parameter count, as peft's `PeftModel.print_trainable_parameters` does."""
+        trainable, total = self.trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
 
 __all__ = ["DEFAULT_LORA", "EmoSLLMLoraMixin"]

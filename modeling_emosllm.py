@@ -1,15 +1,13 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-EmoSLLM: an audio encoder, a mapper into the LLM's embedding space, and a LoRA-adapted causal LLM that answers with
-the emotion (arXiv 2508.14130).
-
-Where things happen, each in one place:
+EmoSLLM: an audio encoder, a mapper into the LLM's embedding space, and a LoRA-adapted causal LLM that answers with the
+emotion (arXiv 2508.14130). Where things happen, each in one place:
 - audio becomes embeddings: `EmoSLLMModel.get_audio_embeddings` (the encoder's layers, then the mapper:
   `audio_embeddings_emosllm.py`);
-- audio embeddings enter the LLM: `EmoSLLMModel.merge_audio_embeddings` (`masked_scatter` over the placeholders);
+- they enter the LLM: `EmoSLLMModel.merge_audio_embeddings` (`masked_scatter` over the placeholders);
 - the LLM's hidden states: `EmoSLLMModel.forward` (the shared prompt head once: `prompt_head_emosllm.py`);
-- class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`;
-- the probe is fitted: `EmoSLLMForSpeechEmotionRecognition.fit_probe` (`probe_fitting_emosllm.py`);
+- class scores and the loss: `EmoSLLMForSpeechEmotionRecognition.forward`; the probe is fitted:
+  `EmoSLLMForSpeechEmotionRecognition.fit_probe` (`probe_fitting_emosllm.py`);
 - saving, loading and building from backbones: `saving_emosllm.py`; precision: `precision_emosllm.py`.
 """
 
@@ -28,24 +26,24 @@ except ImportError:
 try:  # after the configuration (it checks the transformers version first)
     from .audio_embeddings_emosllm import (
         MAPPERS, EmoSLLMAudioEncoder, EmoSLLMQueryPoolingMapper, EmoSLLMStatisticsProbe, EmoSLLMWindowQFormer,
-        lengths_to_mask, pooled_statistics,
+        pooled_statistics,
     )
-    from .precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
+    from .precision_emosllm import BACKBONES_ON_META, EmoSLLMPrecisionMixin, backbone_construction
     from .probe_fitting_emosllm import fit_probe
     from .lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
-    from .prompt_head_emosllm import SharedPromptHead
+    from .prompt_head_emosllm import SharedPromptHead, prompts_only
     from .saving_emosllm import EmoSLLMLeanSavingMixin
 except ImportError:
     if __package__:
         raise
     from audio_embeddings_emosllm import (
         MAPPERS, EmoSLLMAudioEncoder, EmoSLLMQueryPoolingMapper, EmoSLLMStatisticsProbe, EmoSLLMWindowQFormer,
-        lengths_to_mask, pooled_statistics,
+        pooled_statistics,
     )
-    from precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, FrozenHeadLogits, backbone_construction
+    from precision_emosllm import BACKBONES_ON_META, EmoSLLMPrecisionMixin, backbone_construction
     from probe_fitting_emosllm import fit_probe
     from lora_emosllm import DEFAULT_LORA, EmoSLLMLoraMixin
-    from prompt_head_emosllm import SharedPromptHead
+    from prompt_head_emosllm import SharedPromptHead, prompts_only
     from saving_emosllm import EmoSLLMLeanSavingMixin
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -58,18 +56,17 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
 
+
 @dataclass
 class SpeechEmotionOutput(ModelOutput):
     """
     loss (`torch.FloatTensor` of shape `()`): cross-entropy over the emotion classes, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the answer's class log-probabilities; softmax gives
-        probabilities. The LLM's (`llm_logits`), mixed with the probe's by `config.mapper_config["mix_weight"]`.
-    llm_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the LLM's own class log-probabilities: its
-        answer's log-probability for each label word, renormalized over the labels.
-    probe_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): with the probe interface, the probe's own class
-        log-probabilities (the evidence the LLM reads).
-    audio_logits (`torch.FloatTensor` of shape `(batch, num_labels)`): the auxiliary `audio_classifier`'s scores from
-        the audio embeddings alone, when `config.audio_loss_weight > 0` (a training signal and diagnostic only).
+    logits (`torch.FloatTensor` of shape `(batch, num_labels)`, as below): class log-probabilities (softmax gives
+        probabilities): `llm_logits` mixed with `probe_logits` by `config.mapper_config["mix_weight"]`.
+    llm_logits: the LLM's answer's log-probability of each label word, renormalized over the labels.
+    probe_logits: with the probe interface, the probe's own class log-probabilities (the evidence the LLM reads).
+    audio_logits: the auxiliary `audio_classifier`'s scores from the audio embeddings alone, when
+        `config.audio_loss_weight > 0` (a training signal and diagnostic only).
     """
 
     loss: torch.FloatTensor | None = None
@@ -83,12 +80,10 @@ class SpeechEmotionOutput(ModelOutput):
 class EmoSLLMModelOutput(ModelOutput):
     """
     last_hidden_state (`torch.FloatTensor` of shape `(batch, seq - hidden_start, llm_hidden)`): the LLM's last hidden
-        states of the prompt columns from `hidden_start` on (the shared prompt head runs once, before them).
-    hidden_start (`int`): the first prompt column `last_hidden_state` holds.
+        states of the prompt columns from `hidden_start` (`int`) on; the shared prompt head runs once, before them.
     audio_embeddings (`torch.FloatTensor` of shape `(batch, num_audio_embeddings, llm_hidden)`), audio_mask
         (`torch.BoolTensor` of shape `(batch, num_audio_embeddings)`): the mapper's output and its validity.
-    probe_scores (`torch.FloatTensor` of shape `(batch, num_labels)`): the probe mapper's class scores (None for the
-        other mappers).
+    probe_scores (`torch.FloatTensor` of shape `(batch, num_labels)`): the probe mapper's class scores (else None).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -122,13 +117,12 @@ class EmoSLLMPreTrainedModel(EmoSLLMLeanSavingMixin, PreTrainedModel):
             nn.init.ones_(module.statistics_std)
 
 
-class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
+class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPrecisionMixin, EmoSLLMPreTrainedModel):
     """
     The base model: audio encoder -> mapper -> audio embeddings in place of the prompt's placeholders -> the LLM's
-    hidden states (`forward`). `EmoSLLMForSpeechEmotionRecognition` adds the class scores, the loss and `generate`.
-
-    The prompt (built by `EmoSLLMProcessor`) holds the task text, any transcript or other text features, and one
-    audio placeholder per audio embedding.
+    hidden states (`forward`); `EmoSLLMForSpeechEmotionRecognition` adds the class scores, the loss and `generate`. The
+    prompt (`EmoSLLMProcessor`) holds the task text, any transcript or other text features, and one audio placeholder
+    per audio embedding.
     """
 
     def __init__(self, config: EmoSLLMConfig, lora_config: LoraConfig | None = None):
@@ -136,8 +130,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         Builds the model's modules from `config`; `from_backbones` and `from_pretrained` give it pretrained weights.
 
         Args:
-            config: The model's `EmoSLLMConfig`, with `audio_token_id` and `label_token_ids` set
-                (`EmoSLLMProcessor.from_backbones`).
+            config: `EmoSLLMConfig` with `audio_token_id` and `label_token_ids` set (`EmoSLLMProcessor.from_backbones`).
             lora_config: LoRA's settings, used when `config.language_model_training == "lora"`; None: `DEFAULT_LORA`
                 (with `config.old_lora_settings` of folders saved before LoRA's settings moved to `lora/`).
         """
@@ -183,8 +176,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
 
     def freeze_backbones(self) -> None:
         """
-        Only the interface, the encoder's layer weights, LoRA and the classifier's own weights train (and the
-        backbones that the config does not freeze).
+        Only the interface, encoder layer weights, LoRA, the classifier's own weights and unfrozen backbones train.
         """
         backbone = set(self.backbone_keys())
         for name, param in self.named_parameters():
@@ -195,8 +187,8 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
 
     def train(self, mode: bool = True) -> "EmoSLLMModel":
         """
-        `nn.Module.train`, but the frozen audio encoder stays in eval mode, the kept prompt head is forgotten, and
-        training mode unmerges a merged LoRA.
+        `nn.Module.train`, but the frozen encoder stays in eval mode, the kept prompt head is cleared and training
+        unmerges LoRA.
 
         Args:
             mode: True for training mode, False for eval mode.
@@ -210,54 +202,6 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         if mode and self.lora_merged:
             self.unmerge_lora()  # a merged LoRA would not train: its update is already in the frozen weights
         return self
-
-    @torch.no_grad()
-    def apply_precision(self, backbone_dtype: torch.dtype | None = None) -> None:
-        """
-        `PRECISION_POLICY` on this model: every part that trains (and EmoSLLM's own buffers) in float32; the frozen
-        backbones' weights in `backbone_dtype` (None: as they are). Tied weights stay tied (one parameter, cast once).
-
-        Args:
-            backbone_dtype: The frozen backbones' dtype, e.g. `torch.bfloat16`; None leaves them as they are.
-        """
-        backbone = set(self.backbone_keys())
-        for name, param in self.named_parameters():
-            target = backbone_dtype if name in backbone else TRAINED_DTYPE
-            if param.is_floating_point() and target is not None and param.dtype != target:
-                param.data = param.data.to(target)
-        for name, module in self.named_modules():  # EmoSLLM's own buffers (statistics, probe), not the backbones'
-            if name.startswith(("audio_encoder.encoder", "language_model")):
-                continue
-            for key, buffer in module.named_buffers(recurse=False):
-                if buffer.is_floating_point() and buffer.dtype != TRAINED_DTYPE:
-                    setattr(module, key, buffer.to(TRAINED_DTYPE))
-        self.prompt_head.clear()
-
-    @torch.no_grad()
-    def cast_language_model(self, dtype: torch.dtype) -> None:
-        """
-        Puts the LLM's pretrained weights in `dtype`, as loading a lean folder does (`language_model_load_kwargs`);
-        LoRA and EmoSLLM's own weights stay float32, and so do the LLM's buffers (rotary frequencies). A float32 LLM
-        loaded from a bf16 checkpoint comes back to the checkpoint's exact values. LoRA merged into bf16 weights
-        (`merge_lora`) rounds once; `unmerge_lora` then gives the weights back only to bf16 rounding.
-
-        Args:
-            dtype: The dtype of the LLM's pretrained weights, e.g. `torch.bfloat16` or `torch.float32`.
-        """
-        for name, param in self.language_model.named_parameters():
-            if "lora_" not in name and param.dtype != dtype:
-                param.data = param.data.to(dtype)
-        self.prompt_head.clear()
-
-    def trainable_parameters(self) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return trainable, sum(p.numel() for p in self.parameters())
-
-    def print_trainable_parameters(self) -> None:
-        """Prints the trainable parameter count, as peft's `PeftModel.print_trainable_parameters` does."""
-        trainable, total = self.trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     def label_vectors(self) -> torch.Tensor:
         """`(num_labels, llm_hidden)`: each class the mean input embedding of its label's tokens."""
@@ -279,16 +223,15 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
 
         Args:
             audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
-            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family);
-                read only without `encoder_layer_states`.
+            input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
             encoder_layer_states: `(batch, num_layers + 1, frames, encoder_hidden)`: the frozen encoder's outputs
-                computed beforehand (`audio_encoder.layer_states`), or None.
-            return_probe_scores: Also return the probe interface's class scores.
+                computed beforehand (`audio_encoder.layer_states`), read in place of `input_features`; or None.
+            return_probe_scores: Also return the probe's class scores.
 
         Returns:
-            The embeddings `(batch, num_audio_embeddings, llm_hidden)` and the validity mask
-            `(batch, num_audio_embeddings)`; with `return_probe_scores`, also the probe interface's class scores
-            `(batch, num_labels)` (None for the others).
+            The embeddings `(batch, num_audio_embeddings, llm_hidden)`, their validity mask
+                `(batch, num_audio_embeddings)` and with `return_probe_scores` the probe's class scores
+                `(batch, num_labels)` (None for other mappers).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
         # Read in the interface's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
@@ -362,8 +305,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
         position_ids: torch.Tensor, lm_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
         """
-        The LLM's last hidden states of the prompt columns `start:`, and `start` (`SharedPromptHead.hidden`: the head
-        every prompt shares runs once).
+        The LLM's last hidden states; the head every prompt shares runs once (`SharedPromptHead.hidden`).
 
         Args:
             input_ids: `(batch, seq)` left-padded prompt token ids (to find the shared head).
@@ -373,7 +315,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
             lm_labels: `(batch, seq)` answer token ids following the prompts (-100 elsewhere), or None.
 
         Returns:
-            The hidden states `(batch, seq - start, llm_hidden)` and `start`.
+            The hidden states `(batch, seq - start, llm_hidden)` of the prompt columns `start:`, and `start`.
         """
         return self.prompt_head.hidden(self, input_ids, inputs_embeds, attention_mask, position_ids, lm_labels)
 
@@ -396,12 +338,11 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
             input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
             encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
                 outputs computed beforehand, in place of `input_features`.
-            lm_labels (`(batch, seq)`, optional): answer tokens following the prompts (-100 elsewhere); the shared
-                prompt head stops before them.
+            lm_labels (`(batch, seq)`, optional): answers after the prompts (-100 elsewhere); the shared head stops
+                before them.
 
         Returns:
-            An `EmoSLLMModelOutput`: the hidden states from `hidden_start` on, the audio embeddings and their mask, and
-            the probe's class scores (probe interface only).
+            An `EmoSLLMModelOutput`: hidden states from `hidden_start` on, audio embeddings, mask and probe scores.
         """
         audio_embeddings, audio_mask, probe_scores = self.get_audio_embeddings(
             audio_lengths, input_features, encoder_layer_states, return_probe_scores=True
@@ -414,9 +355,9 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPreTrainedModel):
 
 class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
     """
-    EmoSLLM with its answer: the class scores are the LLM's log-probabilities of each label's answer at the answer
-    position (its language-model head, adapted through LoRA; `label_scores`), so `generate()` writes the class that
-    the scores rank first; training takes the language-model loss on the answer text, as the paper does (`forward`).
+    EmoSLLM with its answer: the class scores are the LLM's log-probabilities of each label's answer (its LoRA-adapted
+    language-model head; `label_scores`), so `generate()` writes the top class; training takes the language-model loss
+    on the answer text, as the paper does (`forward`).
     """
 
     def answer_end_token_id(self) -> int:
@@ -430,11 +371,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
 
     def label_answer_paths(self) -> list[list[int]]:
         """
-        Each label's answer (its tokens, then the end of the turn) up to and including the first token that no other
-        label's answer has at that point: the tokens that tell the classes apart. Labels whose first tokens differ
-        are scored by their first token alone; labels that share first tokens (`very happy`, `very sad`) or that
-        begin with another label (`pleasant`, `pleasant surprise`) read as many tokens as it takes. Past its path a
-        label's answer is forced (no other label continues it), so those tokens carry nothing between the classes.
+        Each label's answer (its tokens, then the end of the turn) up to and including the first token no other label's
+        answer has there. Labels whose first tokens differ are scored by their first token alone; labels sharing first
+        tokens (`very happy`, `very sad`) or beginning with another label (`pleasant`, `pleasant surprise`) read as many
+        tokens as it takes. The rest of an answer is forced (no other label continues it): it tells no class apart.
         """
         answers = [list(ids) + [self.answer_end_token_id()] for ids in self.config.label_token_ids]
 
@@ -444,45 +384,13 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         return [answer[: 1 + max((shared(answer, other) for other in answers if other is not answer), default=0)]
                 for answer in answers]
 
-    def _next_token_logits(self, hidden: torch.Tensor, tokens: list[int] | None = None) -> torch.Tensor:
-        """
-        The LLM's next-token logits `(batch, len(tokens))` (all `(batch, vocab)` without `tokens`) of hidden states
-        `(batch, llm_hidden)`, through its language-model head. In float32 even under bf16 autocast and with bf16
-        weights: LLM logits sit near 20-30, where bf16's spacing (0.125) is coarser than the differences training
-        has to grow.
-        """
-        head = self.language_model.get_output_embeddings()
-        weight = head.weight if tokens is None else head.weight[tokens]
-        bias = None if head.bias is None else (head.bias if tokens is None else head.bias[tokens])
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            if tokens is None and weight.dtype != torch.float32 and not weight.requires_grad:
-                # A frozen bf16 head over the whole vocabulary: read in float32 a block of rows at a time, never a
-                # float32 copy of the whole head (1.5 GiB at Llama-3's vocabulary), not even for backward.
-                logits = FrozenHeadLogits.apply(hidden.float(), weight)
-                return logits if bias is None else logits + bias.float()
-            return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
-
-    def _prompt_only(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The left-padded prompts `(batch, seq')` of a batch whose prompts may be followed by answers (`lm_labels`)."""
-        if lm_labels is None:
-            return input_ids, attention_mask
-        keep = attention_mask.bool() & (lm_labels == -100)
-        rows = [ids[row_keep] for ids, row_keep in zip(input_ids, keep)]
-        width = max(len(row) for row in rows)
-        filler = self.answer_end_token_id()  # any token of the vocabulary but the audio placeholder; masked out
-        ids = torch.stack([torch.cat([row.new_full((width - len(row),), filler), row]) for row in rows])
-        mask = torch.stack([lengths_to_mask(torch.tensor([len(row)]), width)[0].flip(0) for row in rows])
-        return ids, mask.to(attention_mask.dtype).to(attention_mask.device)
-
     def _continuation_hidden(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, audio_embeddings: torch.Tensor,
         audio_mask: torch.Tensor, continuations: list[tuple[int, ...]],
     ) -> torch.Tensor:
         """
-        The LLM's last hidden state after each prompt `(batch, seq)` (left-padded, no answer) followed by each
-        continuation (the first tokens of a label's answer): `(len(continuations), batch, llm_hidden)`. One pass over
+        The LLM's last hidden state `(len(continuations), batch, llm_hidden)` after each prompt `(batch, seq)`
+        (left-padded, no answer) followed by each continuation (a label answer's first tokens), in one pass over
         `len(continuations) * batch` rows; the shared prompt head still runs once (`language_model_hidden`).
         """
         batch, longest = input_ids.shape[0], max(len(c) for c in continuations)
@@ -504,10 +412,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         audio_embeddings: torch.Tensor, audio_mask: torch.Tensor, lm_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
-        The LLM's class log-probabilities: each label's answer path (`label_answer_paths`) scored by the LLM's
-        log-probability of its tokens, teacher-forced, then renormalized over the labels. A path of several tokens
-        reads the LLM again on the prompt followed by its first tokens (`_continuation_hidden`). Where every label
-        has a first token of its own, this is the softmax over the labels of those tokens' logits.
+        Each label's answer path (`label_answer_paths`) scored by the LLM's teacher-forced log-probability of its
+        tokens, renormalized over the labels; a longer path reads the LLM again on the prompt and its first tokens
+        (`_continuation_hidden`). Where each label's first token is its own: the softmax of those tokens' logits.
 
         Args:
             answer_hidden: `(batch, llm_hidden)` the hidden state at the answer position.
@@ -518,14 +425,14 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
             lm_labels: `(batch, seq)` the answers' token ids (-100 elsewhere), dropped for the continuations; or None.
 
         Returns:
-            Class log-probabilities, float32 `(batch, num_labels)`.
+            The class log-probabilities, float32 `(batch, num_labels)`.
         """
         paths = self.label_answer_paths()
         continuations = sorted({tuple(path[:t]) for path in paths for t in range(1, len(path))})
         if not continuations:
             return self._next_token_logits(answer_hidden, [path[0] for path in paths]).log_softmax(-1)
         log_probs = {(): self._next_token_logits(answer_hidden).log_softmax(-1)}
-        prompt_ids, prompt_mask = self._prompt_only(input_ids, attention_mask, lm_labels)
+        prompt_ids, prompt_mask = prompts_only(input_ids, attention_mask, lm_labels, self.answer_end_token_id())
         hidden = self._continuation_hidden(prompt_ids, prompt_mask, audio_embeddings, audio_mask, continuations)
         for tokens, state in zip(continuations, hidden):
             log_probs[tokens] = self._next_token_logits(state).log_softmax(-1)
@@ -544,27 +451,25 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         **kwargs,
     ) -> SpeechEmotionOutput:
         r"""
-        The class scores are read from the position right before the answer (the prompt's last position): the LLM's
-        (`label_scores`), mixed with the probe's by `config.mapper_config["mix_weight"]` (`logits`).
+        The class scores, read right before the answer (the prompt's last position): the LLM's (`label_scores`) mixed
+        with the probe's by `config.mapper_config["mix_weight"]` (`logits`).
 
         Args:
-            input_ids (`(batch, seq)`): the left-padded prompt with audio placeholders, followed by the answer's tokens
-                when `lm_labels` mark them (`EmoSLLMProcessor(..., labels=...)` appends the label word).
+            input_ids (`(batch, seq)`): the left-padded prompt with audio placeholders, then the answer's tokens where
+                `lm_labels` mark them (`EmoSLLMProcessor(..., labels=...)` appends the label word).
             attention_mask (`(batch, seq)`): 1 on the tokens, 0 on the left padding.
             audio_lengths (`(batch,)`): valid samples of each clip at 16 kHz.
             input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
             encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
                 outputs computed beforehand (`model.audio_encoder.layer_states`), in place of `input_features`.
-            labels (`(batch,)`, optional): class ids. Without `lm_labels`, the loss is the cross-entropy of the class
-                scores; with them, they feed only the auxiliary audio loss.
+            labels (`(batch,)`, optional): class ids; the loss is the class scores' cross-entropy (with `lm_labels`,
+                they feed only the auxiliary audio loss).
             lm_labels (`(batch, seq)`, optional): the answer's token ids (-100 elsewhere); the loss is the LLM's
-                next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's
-                too).
+                next-token cross-entropy over the whole vocabulary on them (the paper's objective; the ASR stage's too).
             **kwargs: Ignored.
 
         Returns:
-            A `SpeechEmotionOutput`: `loss` (with `labels` or `lm_labels`), `logits`, `llm_logits`, `probe_logits` and
-            `audio_logits`, each `(batch, num_labels)` where present.
+            A `SpeechEmotionOutput`: `loss` (with `labels` or `lm_labels`) and each class score where present.
         """
         outputs = super().forward(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states,
                                   lm_labels)
@@ -620,12 +525,10 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         **generate_kwargs,
     ) -> torch.LongTensor:
         """
-        The answer's tokens (new tokens only, padded with the end token;
-        `processor.batch_decode(..., skip_special_tokens=True)` gives the text). `constrain_to_labels=True` (default)
-        writes the label word the class scores (`forward`'s `logits`) rank first, then the end of the turn: the
-        answer is a label, and always the one the scores name, whatever tokens the labels share. `False` lets the
-        LLM write freely with `generate_kwargs` (`max_new_tokens=...`), which a trained model also answers with the
-        label (BENCHMARKS.md measures how often it matches the scores).
+        The answer's new tokens, padded with the end token (`processor.batch_decode(..., skip_special_tokens=True)`
+        gives the text). Constrained, the label word the class scores (`forward`'s `logits`) rank first and the end of
+        the turn, whatever tokens the labels share; written freely, a trained model also answers with the label
+        (BENCHMARKS.md measures how often it matches the scores).
 
         Args:
             input_ids (`(batch, seq)`): the left-padded prompts with audio placeholders, without answers.
@@ -634,8 +537,8 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
             input_features: `(batch, num_mel_bins, mel_frames)` (Whisper) or `(batch, samples)` (wav2vec2 family).
             encoder_layer_states (`(batch, num_layers + 1, frames, encoder_hidden)`, optional): the frozen encoder's
                 outputs computed beforehand, in place of `input_features`.
-            constrain_to_labels: Write the label the class scores rank first (True) or let the LLM write freely.
-            **generate_kwargs: The LLM's `generate` options; only with `constrain_to_labels=False`.
+            constrain_to_labels: True (default) writes the label the scores rank first; False lets the LLM write freely.
+            **generate_kwargs: The LLM's `generate` options (`max_new_tokens=...`); a `ValueError` unless unconstrained.
 
         Returns:
             The answer's token ids `(batch, answer_length)`.

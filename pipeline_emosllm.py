@@ -225,8 +225,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
 
         Args:
             model: The EmoSLLM model (`EmoSLLMForSpeechEmotionRecognition`).
-            processor: Its `EmoSLLMProcessor`; None (or what `pipeline()` gives when loading it failed): loaded from
-                `model.name_or_path`.
+            processor: Its `EmoSLLMProcessor`; None or a failed `pipeline()` load: loaded from `model.name_or_path`.
             **kwargs: `ChunkPipeline`'s (`device`, `batch_size`, ...) and the call parameters as defaults.
         """
         if not isinstance(processor, EmoSLLMProcessor) and not hasattr(processor, "prepare_audio"):
@@ -309,10 +308,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         return preprocess, {}, postprocess
 
     def __call__(self, inputs, **kwargs: Any):
-        """
-        Classify one input or a list of inputs; see the class documentation for the input forms, parameters and
-        output.
-        """
+        """Classify one input or a list of them; input forms, parameters and output: the class documentation."""
         batch_size = kwargs.get("batch_size")
         if batch_size is not None and (
             not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
@@ -394,8 +390,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             transcript: The transcript, or a list with one per input; a dict input's own wins. Dropped for a clip cut
                 into several windows.
             text_features: Other features as `{name: value}`, or a list with one per input; a dict input's own wins.
-            segment_seconds: The window length in seconds (at most `processor.max_audio_seconds`); None classifies
-                the clip whole.
+            segment_seconds: The window length (at most `processor.max_audio_seconds`); None classifies the clip whole.
             hop_seconds: The largest distance between window starts in seconds; None: `segment_seconds`.
             detect_speech: Run the speech detector; False counts all the audio as speech.
 
@@ -510,20 +505,17 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
 
     def postprocess(self, model_outputs: list[dict], top_k=None, function_to_apply="softmax", return_timeline=False):
         """
-        Turns one clip's window logits into its scores: a clip classified whole gets the model's scores; a longer one
-        the mean of its windows' scores, each weighted by the stretch it owns (`segment_weights`), windows without
-        speech left out.
+        Turns one clip's window logits into scores: the model's for a clip classified whole, else the mean of its
+        windows' scores weighted by the stretch each owns (`segment_weights`), windows without speech left out.
 
         Args:
-            model_outputs: The clip's windows as `_forward` returns them, each with `logits` `(num_labels,)` (None for
-                a window that is not classified).
+            model_outputs: The clip's windows (`_forward`), each with `logits` `(num_labels,)` (None: not classified).
             top_k: How many classes to return, best first; None: all.
             function_to_apply: `"softmax"`, `"sigmoid"` or `"none"`: how scores come from the logits.
             return_timeline: Return the dict with the per-window timeline instead of the list.
 
         Returns:
-            A list of `{"score", "label"}` (empty without speech), or with `return_timeline` the dict the class
-            documentation describes.
+            A list of `{"score", "label"}` (empty without speech), or with `return_timeline` the class docstring's dict.
         """
         config = self.model.config
         top_k = config.num_labels if top_k is None else top_k

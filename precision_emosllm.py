@@ -1,11 +1,14 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-EmoSLLM's precision policy (`PRECISION_POLICY`): which dtype each part is held and computed in, stated once.
+EmoSLLM's precision policy (`PRECISION_POLICY`): which dtype each part is held and computed in, stated once; the dtypes
+of building and loading (`training_backbone_dtype`, `language_model_load_kwargs`); applying it to a model
+(`EmoSLLMPrecisionMixin`); and where a backbone's skeleton is made (`backbone_construction`).
 """
 
 import contextlib
 import contextvars
 import functools
+import os
 from pathlib import Path
 
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
@@ -16,6 +19,7 @@ except ImportError:
     from dependencies_emosllm import missing_dependency
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import torch
+    import torch.nn.functional as F
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
 
@@ -151,12 +155,127 @@ class FrozenHeadLogits(torch.autograd.Function):
         return grad_hidden, None
 
 
+def language_model_load_kwargs(llm_folder: str, device_type: str = "cpu", dtype: torch.dtype | None = None) -> dict:
+    """
+    The `from_pretrained` dtype (and weights variant) of a lean folder's LLM backbone. With no `dtype`: bf16 where
+    `device_type` runs bf16 natively (`bf16_is_native`) and the checkpoint holds bf16 weights, stored so (the Hub's
+    SmolLM2) or as its `bf16` variant (`model.bf16.safetensors`, which the bundled copy writes); float32 elsewhere. bf16
+    maps the stored weights as they are (half float32's memory, a faster LLM), where converting float32 weights at load
+    would first map them whole. train.py scores its test clips with the LLM in the same dtype (`cast_language_model`),
+    so the score it reports is the one the saved folder delivers.
+
+    Args:
+        llm_folder: The LLM backbone's local folder.
+        device_type: Where the model will run (`"cpu"`, `"cuda"`, ...).
+        dtype: The dtype asked for; None chooses as above.
+
+    Returns:
+        `{"dtype": dtype}`, with `"variant": "bf16"` when bf16 loads from `model.bf16.safetensors`.
+    """
+    from transformers import AutoConfig
+
+    bf16_variant = os.path.isfile(os.path.join(llm_folder, "model.bf16.safetensors"))
+    if dtype is None:
+        stored = str(AutoConfig.from_pretrained(llm_folder).dtype).replace("torch.", "")
+        bf16 = bf16_is_native(device_type) and (bf16_variant or stored == "bfloat16")
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    return {"dtype": dtype, "variant": "bf16"} if dtype == torch.bfloat16 and bf16_variant else {"dtype": dtype}
+
+
+def as_torch_dtype(dtype) -> torch.dtype | None:
+    """`dtype=` as `from_pretrained` takes it (a torch dtype, its name, "auto" or None) -> a torch dtype or None."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):  # "float32", as transformers
+        dtype = getattr(torch, dtype)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
+                         "torch.bfloat16, or leave it unset for the default.")
+    return dtype
+
+
+def weights_come_from_rank_0() -> bool:
+    """
+    Whether this process is a node's non-first rank under Accelerate's FSDP with `fsdp_cpu_ram_efficient_loading`, where
+    `from_pretrained` leaves pretrained weights on the meta device (no memory) and FSDP broadcasts rank 0's into the
+    sharded model (`accelerator.prepare`): `from_backbones` builds this rank's backbones and LoRA empty.
+    """
+    from transformers.integrations import is_fsdp_enabled
+
+    return is_fsdp_enabled() and int(os.environ.get("LOCAL_RANK", 0)) != 0
+
+
+class EmoSLLMPrecisionMixin:
+    """
+    `PRECISION_POLICY` applied to a model (mixed into `EmoSLLMModel`, which provides `backbone_keys`, `prompt_head`
+    and `language_model`), and the language-model head's logits in float32.
+    """
+
+    @torch.no_grad()
+    def apply_precision(self, backbone_dtype: torch.dtype | None = None) -> None:
+        """
+        `PRECISION_POLICY`: what trains and EmoSLLM's own buffers in float32; tied weights stay tied (cast once).
+
+        Args:
+            backbone_dtype: The frozen backbones' dtype, e.g. `torch.bfloat16`; None leaves them as they are.
+        """
+        backbone = set(self.backbone_keys())
+        for name, param in self.named_parameters():
+            target = backbone_dtype if name in backbone else TRAINED_DTYPE
+            if param.is_floating_point() and target is not None and param.dtype != target:
+                param.data = param.data.to(target)
+        for name, module in self.named_modules():  # EmoSLLM's own buffers (statistics, probe), not the backbones'
+            if name.startswith(("audio_encoder.encoder", "language_model")):
+                continue
+            for key, buffer in module.named_buffers(recurse=False):
+                if buffer.is_floating_point() and buffer.dtype != TRAINED_DTYPE:
+                    setattr(module, key, buffer.to(TRAINED_DTYPE))
+        self.prompt_head.clear()
+
+    @torch.no_grad()
+    def cast_language_model(self, dtype: torch.dtype) -> None:
+        """
+        Casts the LLM's pretrained weights as loading a lean folder does (`language_model_load_kwargs`); LoRA, EmoSLLM's
+        own weights and the LLM's buffers (rotary frequencies) stay float32. float32 from a bf16 checkpoint gives its
+        exact values back; LoRA merged into bf16 weights (`merge_lora`) rounds once, `unmerge_lora` restoring them only
+        to bf16 rounding.
+
+        Args:
+            dtype: Their new dtype, e.g. `torch.bfloat16` or `torch.float32`.
+        """
+        for name, param in self.language_model.named_parameters():
+            if "lora_" not in name and param.dtype != dtype:
+                param.data = param.data.to(dtype)
+        self.prompt_head.clear()
+
+    def _next_token_logits(self, hidden: torch.Tensor, tokens: list[int] | None = None) -> torch.Tensor:
+        """
+        The LLM's next-token logits `(batch, len(tokens))` (all `(batch, vocab)` without `tokens`) of hidden states
+        `(batch, llm_hidden)`, via its language-model head. In float32 even under bf16 autocast and with bf16 weights:
+        LLM logits sit near 20-30, where bf16's spacing (0.125) is coarser than the differences training has to grow.
+        """
+        head = self.language_model.get_output_embeddings()
+        weight = head.weight if tokens is None else head.weight[tokens]
+        bias = None if head.bias is None else (head.bias if tokens is None else head.bias[tokens])
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            if tokens is None and weight.dtype != torch.float32 and not weight.requires_grad:
+                # A frozen bf16 head over the whole vocabulary: read in float32 a block of rows at a time, never a
+                # float32 copy of the whole head (1.5 GiB at Llama-3's vocabulary), not even for backward.
+                logits = FrozenHeadLogits.apply(hidden.float(), weight)
+                return logits if bias is None else logits + bias.float()
+            return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+
+
 __all__ = [
     "BACKBONES_ON_META",
     "PRECISION_POLICY",
     "TRAINED_DTYPE",
+    "EmoSLLMPrecisionMixin",
     "FrozenHeadLogits",
+    "as_torch_dtype",
     "backbone_construction",
     "bf16_is_native",
+    "language_model_load_kwargs",
     "training_backbone_dtype",
+    "weights_come_from_rank_0",
 ]

@@ -42,15 +42,118 @@ USE_TRANSCRIPT = ("auto", "given", "none")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
 
 
-class EmoSLLMProcessor(ProcessorMixin):
-    r"""
-    Wraps the audio encoder's feature extractor and the LLM's tokenizer. It owns all input preparation: checking,
-    resampling and down-mixing audio, the prompt (task text, audio placeholders, transcript and other text features),
-    batching and padding, and label ids.
+class EmoSLLMInputChecks:
+    """
+    The processor's checks of what a call is given, before anything runs: text (no special tokens, a prompt within
+    the LLM's positions) and labels. Mixed into `EmoSLLMProcessor`, which provides `tokenizer`, `audio_token`,
+    `config` and `build_prompt`.
+    """
 
-    The model's `EmoSLLMConfig` (held as `processor.config`, read from `config.json` next to the processor files)
-    decides the labels and how many audio placeholders a clip gets; the processor's own settings are saved with it
-    (`processor_config.json`).
+    def prompt_text(self, value, name: str) -> str:
+        """A transcript, or a text feature's name or value, for the prompt. It must hold none of the tokenizer's special
+        tokens (`tokenizer.all_special_tokens`: the chat template's control tokens such as `<|im_end|>`, the audio
+        placeholder `<|audio|>`), which it would read as the tokens themselves: a transcript is data and must never end
+        the user turn or add audio slots. Rejected (`ValueError`), not escaped: an escaped token would still silently
+        change what the model reads, and a transcript that holds one is an upstream bug (or an attack) to fix.
+
+        Args:
+            value: A str or a number (written out).
+            name: What the error names (the argument).
+
+        Returns:
+            The text.
+        """
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Number)):
+            raise ValueError(f"{name}: expected a str, got {type(value).__name__} ({value!r:.80}); pass text.")
+        text = str(value)
+        special = {*self.tokenizer.all_special_tokens, self.audio_token,
+                   *(token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)}
+        found = sorted(token for token in special if token and token in text)
+        if found:
+            raise ValueError(
+                f"{name}: the text holds the tokenizer's special token(s) {found}, which would be read as control "
+                "tokens of the prompt (the chat template, the audio placeholder); remove or replace them."
+            )
+        return text
+
+    def max_prompt_tokens(self) -> int | None:
+        """The LLM's positions (`max_position_embeddings`): the longest prompt the model can read, or None."""
+        text_config = self.config.text_config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(getattr(text_config, key, None), int):
+                return getattr(text_config, key)
+        return None
+
+    def check_text_inputs(
+        self, transcript=None, text_features=None, name: str = "audio", num_samples: int | None = None
+    ) -> None:
+        """The boundary check of one clip's text: no special tokens in any (`prompt_text`), and with `num_samples` the
+        whole prompt within the LLM's positions (a 100,000-character transcript is an error here, not a minutes-long
+        forward). Raises `ValueError` naming the clip and the argument.
+
+        Args:
+            transcript: The clip's transcript: a str, or None.
+            text_features: The clip's other features as a dict of str names to str (or number) values, or None.
+            name: The clip, as errors name it; empty for a call's argument.
+            num_samples: The clip's length in samples at 16 kHz, to check the prompt's length; None skips that check.
+        """
+        prefix = f"{name}: " if name else ""
+        if transcript is not None:
+            if not isinstance(transcript, str):
+                raise ValueError(
+                    f"{prefix}transcript must be a str or None, got {type(transcript).__name__} ({transcript!r:.80})."
+                )
+            self.prompt_text(transcript, f"{prefix}transcript")
+        if text_features is not None:
+            if not isinstance(text_features, dict):
+                raise ValueError(
+                    f"{prefix}text_features must be a dict such as {{'gender': 'female'}} or None, got "
+                    f"{type(text_features).__name__} ({text_features!r:.80})."
+                )
+            for key, value in text_features.items():
+                if not isinstance(key, str) or not key.strip():
+                    raise ValueError(f"{prefix}text_features names must be non-empty str, got {key!r}.")
+                self.prompt_text(key, f"{prefix}text_features name {key!r}")
+                self.prompt_text(value, f"{prefix}text_features[{key!r}]")
+        limit = self.max_prompt_tokens()
+        if limit is not None and num_samples is not None:
+            length = len(self.tokenizer(self.build_prompt(num_samples, transcript, text_features),
+                                        add_special_tokens=False).input_ids)
+            if length > limit:
+                raise ValueError(
+                    f"{prefix}the prompt is {length} tokens long (transcript: {len(transcript or '')} characters), "
+                    f"more than the LLM's {limit} positions; shorten the transcript or text_features, or cut the "
+                    "audio into shorter clips."
+                )
+
+    def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
+        """Label names (or ids) -> class ids; unknown labels raise `ValueError`.
+
+        Args:
+            labels: Each clip's label name, or its class id.
+
+        Returns:
+            The class ids, int64 `(batch,)`.
+        """
+        ids = []
+        for label in labels:
+            if isinstance(label, (int, np.integer)) and 0 <= label < self.config.num_labels:
+                ids.append(int(label))
+            elif label in self.config.label2id:
+                ids.append(self.config.label2id[label])
+            else:
+                raise ValueError(
+                    f"Unknown label {label!r}; this model knows {self.config.labels}. Map it to one of them or "
+                    "train a model with this label (train.py --labels ...)."
+                )
+        return torch.tensor(ids)
+
+
+class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
+    r"""Wraps the audio encoder's feature extractor and the LLM's tokenizer; owns all input preparation: checking,
+    resampling and down-mixing audio, the prompt (task text, audio placeholders, transcript, text features), batching,
+    padding and label ids. The model's `EmoSLLMConfig` (`processor.config`, from `config.json` beside the processor
+    files) decides the labels and a clip's number of audio placeholders; its own settings go to `processor_config.json`.
     """
 
     def __init__(
@@ -58,8 +161,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         prompt: str = DEFAULT_PROMPT, audio_token: str = DEFAULT_AUDIO_TOKEN, max_audio_seconds: float = 30.0,
         pad_audio_to_max_length: bool = False, use_transcript: str = "auto", asr_model: str = DEFAULT_ASR_MODEL,
     ):
-        """
-        The processor; with `config`, its settings are checked against it (`check_config`).
+        """The processor; with `config`, its settings are checked against it (`check_config`).
 
         Args:
             feature_extractor: The audio encoder's feature extractor.
@@ -68,13 +170,10 @@ class EmoSLLMProcessor(ProcessorMixin):
             chat_template: The processor's chat template (`ProcessorMixin`'s), or None; prompts use the tokenizer's.
             prompt: The task text; `{labels}` is replaced by the comma-separated label names.
             audio_token: The placeholder token, repeated once per audio embedding (the model replaces them).
-            max_audio_seconds: The longest clip accepted, in seconds; longer audio must be segmented (the pipeline
-                does it).
-            pad_audio_to_max_length: Pad every clip to `max_audio_seconds` (Whisper's own 30 s habit) instead of the
-                batch's longest clip.
-            use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has
-                Whisper (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`:
-                never.
+            max_audio_seconds: The longest clip accepted; longer audio must be segmented (the pipeline does it).
+            pad_audio_to_max_length: Pad to `max_audio_seconds` (Whisper's 30 s habit), not to the batch's longest clip.
+            use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has Whisper
+                (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`: never.
             asr_model: The Whisper (folder or Hub id) that writes automatic transcripts.
         """
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
@@ -88,8 +187,7 @@ class EmoSLLMProcessor(ProcessorMixin):
             self.check_config(config)
 
     def check_config(self, config: EmoSLLMConfig) -> None:
-        """
-        The processor's settings fit the model's config: clips no longer than its audio encoder reads.
+        """The processor's settings fit the model's config: clips no longer than its audio encoder reads.
 
         Args:
             config: The model's `EmoSLLMConfig`.
@@ -110,9 +208,7 @@ class EmoSLLMProcessor(ProcessorMixin):
     def from_backbones(
         cls, audio_encoder: str, llm: str, labels: Sequence[str] | None = None, **kwargs
     ) -> "EmoSLLMProcessor":
-        """
-        A new processor, and its `EmoSLLMConfig` (`processor.config`), for the pretrained backbones in the folders
-        (or Hub ids) `audio_encoder` and `llm`.
+        """A new processor, and its `EmoSLLMConfig`, for the pretrained backbones `audio_encoder` and `llm`.
 
         Args:
             audio_encoder: The audio encoder's folder or Hub id (its feature extractor and config are loaded).
@@ -142,14 +238,12 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     @classmethod
     def build(cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **kwargs):
-        """
-        Adds the audio placeholder token to `tokenizer` and makes the config that matches it.
+        """Adds the audio placeholder token to `tokenizer` and makes the config that matches it.
 
         Args:
             feature_extractor: The audio encoder's feature extractor.
             tokenizer: The LLM's tokenizer; changed in place (placeholder token, left padding, a pad token).
-            audio_config: The audio encoder's config.
-            text_config: The LLM's config.
+            audio_config, text_config: The audio encoder's config and the LLM's.
             labels: The class names in id order; None: the config's default labels.
             **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
 
@@ -180,8 +274,7 @@ class EmoSLLMProcessor(ProcessorMixin):
         return output
 
     def save_pretrained(self, save_directory, **kwargs):
-        """
-        Saves the processor's files, and the config (`config.json`) when the folder has none yet (the model saves it).
+        """Saves the processor's files, and `config.json` when the folder has none yet (the model saves it).
 
         Args:
             save_directory: The folder to save into.
@@ -197,9 +290,8 @@ class EmoSLLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmoSLLMProcessor":
-        """
-        Loads a saved processor and its `EmoSLLMConfig` (`processor.config`). A folder saved before the settings moved
-        to `processor_config.json` gets them from `config.json`.
+        """Loads a saved processor and its `EmoSLLMConfig` (`processor.config`); a folder saved before the settings
+        moved to `processor_config.json` gets them from `config.json`.
 
         Args:
             pretrained_model_name_or_path: A saved folder or Hub repo id.
@@ -239,17 +331,14 @@ class EmoSLLMProcessor(ProcessorMixin):
     def prepare_audio(
         self, audio: AudioInput, sampling_rate: int | None = None, name: str = "audio", check_length: bool = True
     ) -> np.ndarray:
-        """
-        One clip -> float32 mono at 16 kHz. Stereo is mixed down (channels first or last), other rates resampled.
-        Raises `ValueError` naming `name` for audio that cannot give an honest answer. `check_length=False` accepts
-        clips longer than `max_audio_seconds` (the pipeline checks a whole recording, then cuts it into segments).
-        The checks are `check_audio`'s, the same for training data and inference input (`prepare_clip`).
+        """Checks one clip (`check_audio`, as for training data and inference input: `prepare_clip`), mixes stereo down
+        and resamples other rates; `ValueError` naming `name` for audio that cannot give an honest answer.
 
         Args:
             audio: Float samples: `(samples,)`, or 2-D with channels first or last.
             sampling_rate: Their rate in Hz; None means 16 kHz.
             name: What errors name the clip.
-            check_length: Reject clips longer than `max_audio_seconds`.
+            check_length: Reject clips over `max_audio_seconds` (the pipeline checks a recording whole, then cuts it).
 
         Returns:
             float32 mono samples at 16 kHz, `(samples,)`.
@@ -257,12 +346,10 @@ class EmoSLLMProcessor(ProcessorMixin):
         return prepare_clip(audio, sampling_rate, name, self.max_audio_seconds if check_length else None)
 
     def audio_features(self, audios: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """
-        Feature extraction of prepared clips (`prepare_audio`), padded to the batch's longest clip (or to
-        `max_audio_seconds`).
+        """Feature extraction of prepared clips, padded to the batch's longest clip (or to `max_audio_seconds`).
 
         Args:
-            audios: The prepared clips, float32 mono at 16 kHz, each `(samples,)`.
+            audios: The clips from `prepare_audio`, float32 mono at 16 kHz, each `(samples,)`.
 
         Returns:
             `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` for the wav2vec2
@@ -284,16 +371,13 @@ class EmoSLLMProcessor(ProcessorMixin):
     def build_prompt(
         self, num_samples: int, transcript: str | None = None, text_features: dict | None = None, task: str = "ser"
     ) -> str:
-        """
-        The prompt of one clip, in the LLM's chat template: the task text as the system turn (the same for every
-        clip, so it comes first and replaces the template's default system text), then a user turn with the
-        transcript and text features as sentences, then the assistant's turn, opened by the audio placeholders.
-        `task="asr"` asks for the transcript instead (the first training stage) and so never shows one.
-
-        The audio comes last, right before the answer (the paper puts it first), so that the answer position sits next
-        to the audio it has to read. It opens the assistant's turn, after the template's constant tokens: everything
-        before it is the same for every clip without a transcript and is computed once (the model's prompt cache), so
-        a clip costs the LLM only its audio embeddings. Why, measured: docs/architecture.md, "The steps in words".
+        """The prompt of one clip in the LLM's chat template: the task text as the system turn (the same for every clip,
+        so it comes first and replaces the template's default system text), a user turn stating the transcript and text
+        features, then the audio placeholders, opening the assistant's turn after the template's constant tokens.
+        `task="asr"` asks for the transcript instead (the first training stage), so it shows none. The audio comes last,
+        right before the answer (the paper puts it first), so the answer position sits next to the audio it reads;
+        everything before it, the same for every clip without a transcript, is computed once (the model's prompt cache),
+        so a clip costs the LLM only its audio embeddings. Why, measured: docs/architecture.md, "The steps in words".
 
         Args:
             num_samples: The clip's length in samples at 16 kHz (decides the number of audio placeholders).
@@ -327,87 +411,6 @@ class EmoSLLMProcessor(ProcessorMixin):
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + audio
 
-    def prompt_text(self, value, name: str) -> str:
-        """
-        A transcript, or a text feature's name or value, as it goes into the prompt: a str (a number is written
-        out). It must hold none of the tokenizer's special tokens (`tokenizer.all_special_tokens`: the chat
-        template's control tokens such as `<|im_end|>`, the audio placeholder `<|audio|>`), which the tokenizer would
-        read as the tokens themselves: a transcript is data, and must never end the user turn or add audio slots.
-        Rejected, not escaped: an escaped token would still change what the model reads, silently, and a transcript
-        that holds one is an upstream bug (or an attack) to fix. Raises `ValueError` naming `name`.
-
-        Args:
-            value: The transcript, or a text feature's name or value: a str or a number.
-            name: What the error names (the argument).
-
-        Returns:
-            The text.
-        """
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, numbers.Number)):
-            raise ValueError(f"{name}: expected a str, got {type(value).__name__} ({value!r:.80}); pass text.")
-        text = str(value)
-        special = {*self.tokenizer.all_special_tokens, self.audio_token,
-                   *(token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)}
-        found = sorted(token for token in special if token and token in text)
-        if found:
-            raise ValueError(
-                f"{name}: the text holds the tokenizer's special token(s) {found}, which would be read as control "
-                "tokens of the prompt (the chat template, the audio placeholder); remove or replace them."
-            )
-        return text
-
-    def max_prompt_tokens(self) -> int | None:
-        """The LLM's positions (`max_position_embeddings`): the longest prompt the model can read, or None."""
-        text_config = self.config.text_config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if isinstance(getattr(text_config, key, None), int):
-                return getattr(text_config, key)
-        return None
-
-    def check_text_inputs(
-        self, transcript=None, text_features=None, name: str = "audio", num_samples: int | None = None
-    ) -> None:
-        """
-        The boundary check of one clip's text: `transcript` a str or None, `text_features` a dict of str names to
-        str (or number) values, no special tokens in any (`prompt_text`), and with `num_samples` the whole prompt
-        within the LLM's positions (a 100,000-character transcript is an error here, not a minutes-long forward).
-        Raises `ValueError` naming `name` (the clip; empty for a call's argument) and the argument.
-
-        Args:
-            transcript: The clip's transcript, or None.
-            text_features: The clip's other features as `{name: value}`, or None.
-            name: The clip, as errors name it; empty for a call's argument.
-            num_samples: The clip's length in samples at 16 kHz, to check the prompt's length; None skips that check.
-        """
-        prefix = f"{name}: " if name else ""
-        if transcript is not None:
-            if not isinstance(transcript, str):
-                raise ValueError(
-                    f"{prefix}transcript must be a str or None, got {type(transcript).__name__} ({transcript!r:.80})."
-                )
-            self.prompt_text(transcript, f"{prefix}transcript")
-        if text_features is not None:
-            if not isinstance(text_features, dict):
-                raise ValueError(
-                    f"{prefix}text_features must be a dict such as {{'gender': 'female'}} or None, got "
-                    f"{type(text_features).__name__} ({text_features!r:.80})."
-                )
-            for key, value in text_features.items():
-                if not isinstance(key, str) or not key.strip():
-                    raise ValueError(f"{prefix}text_features names must be non-empty str, got {key!r}.")
-                self.prompt_text(key, f"{prefix}text_features name {key!r}")
-                self.prompt_text(value, f"{prefix}text_features[{key!r}]")
-        limit = self.max_prompt_tokens()
-        if limit is not None and num_samples is not None:
-            length = len(self.tokenizer(self.build_prompt(num_samples, transcript, text_features),
-                                        add_special_tokens=False).input_ids)
-            if length > limit:
-                raise ValueError(
-                    f"{prefix}the prompt is {length} tokens long (transcript: {len(transcript or '')} characters), "
-                    f"more than the LLM's {limit} positions; shorten the transcript or text_features, or cut the "
-                    "audio into shorter clips."
-                )
-
     def text_inputs(
         self,
         num_samples: Sequence[int],
@@ -416,21 +419,18 @@ class EmoSLLMProcessor(ProcessorMixin):
         task: str = "ser",
         answers: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """
-        Left-padded `input_ids`/`attention_mask` `(batch, seq)` for clips of `num_samples` samples. With `answers`
-        (each clip's label word; with `task="asr"` the transcripts are the answers), each answer's tokens and the
-        end-of-turn token follow the prompt, and `lm_labels` `(batch, seq)` mark them (-100 elsewhere) for the
-        LLM's next-token loss: the paper's training target.
+        """Left-padded token ids; with `answers`, each answer's tokens and the end-of-turn token follow the prompt,
+        marked in `lm_labels` (-100 elsewhere) for the LLM's next-token loss (the paper's training target).
 
         Args:
             num_samples: Each clip's length in samples at 16 kHz.
             transcripts: Each clip's transcript, or None.
             text_features: Each clip's other features as `{name: value}`, or None.
-            task: `"ser"` (emotion recognition) or `"asr"` (transcription: every clip needs a transcript).
+            task: `"ser"` (emotion recognition) or `"asr"` (transcription: every clip needs a transcript, its answer).
             answers: Each clip's label word, for training; None for inference (ignored with `task="asr"`).
 
         Returns:
-            `input_ids`, `attention_mask` (int64 `(batch, seq)`), and with answers `lm_labels` `(batch, seq)`.
+            `input_ids`, `attention_mask` (int64 `(batch, seq)`), with answers `lm_labels` `(batch, seq)`.
         """
         prompts = [self.build_prompt(n, t, f, task) for n, t, f in zip(num_samples, transcripts, text_features)]
         if task == "asr":
@@ -458,29 +458,6 @@ class EmoSLLMProcessor(ProcessorMixin):
             inputs["lm_labels"] = torch.tensor([[-100] * p + ids for p, ids in zip(pad, targets)])
         return inputs
 
-    def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
-        """
-        Label names (or ids) -> class ids; unknown labels raise `ValueError`.
-
-        Args:
-            labels: Each clip's label name, or its class id.
-
-        Returns:
-            The class ids, int64 `(batch,)`.
-        """
-        ids = []
-        for label in labels:
-            if isinstance(label, (int, np.integer)) and 0 <= label < self.config.num_labels:
-                ids.append(int(label))
-            elif label in self.config.label2id:
-                ids.append(self.config.label2id[label])
-            else:
-                raise ValueError(
-                    f"Unknown label {label!r}; this model knows {self.config.labels}. Map it to one of them or "
-                    "train a model with this label (train.py --labels ...)."
-                )
-        return torch.tensor(ids)
-
     # ----------------------------------------------------------------------------------------------------------------
     # The call
     # ----------------------------------------------------------------------------------------------------------------
@@ -492,20 +469,20 @@ class EmoSLLMProcessor(ProcessorMixin):
         text_features: dict | Sequence[dict] | None = None,
         labels: str | int | Sequence[str | int] | None = None,
     ) -> BatchFeature:
-        """
-        Prepare one clip or a batch.
+        """Prepare one clip or a batch.
 
         Args:
-            audio: one clip (an array: 1-D, or 2-D multi-channel), or a list of clips; float samples in [-1, 1].
-            sampling_rate: rate of `audio` (default 16 kHz); other rates are resampled.
-            transcript: per-clip transcript (or None), used as given (`"none"` models read none); automatic
-                transcripts are a step before the processor (`transcription_emosllm.resolve_transcripts`).
-            text_features: per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
-            labels: per-clip label names or ids, for training: the label word then follows each prompt as the answer.
+            audio: One clip (an array: 1-D, or 2-D multi-channel), or a list of clips; float samples in [-1, 1].
+            sampling_rate: The rate of `audio` (default 16 kHz); other rates are resampled.
+            transcript: Per-clip transcript (or None), used as given (`"none"` models read none); automatic transcripts
+                are a step before the processor (`transcription_emosllm.resolve_transcripts`).
+            text_features: Per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
+            labels: Per-clip label names or ids, for training: the label word then follows each prompt as the answer.
 
-        Returns a `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq)`, `input_features`
-        (`(batch, mel_bins, frames)` or `(batch, samples)`), `audio_lengths` `(batch,)`, and with `labels` also
-        `labels` `(batch,)` and `lm_labels` `(batch, seq)` (the answer's tokens, -100 elsewhere).
+        Returns:
+            A `BatchFeature` with `input_ids`, `attention_mask` `(batch, seq)`, `input_features` (`(batch, mel_bins,
+            frames)` or `(batch, samples)`), `audio_lengths` `(batch,)`, and with `labels` also `labels` `(batch,)` and
+            `lm_labels` `(batch, seq)` (the answer's tokens, -100 elsewhere).
         """
         if isinstance(audio, (str, bytes, os.PathLike)):
             raise ValueError(
@@ -558,4 +535,4 @@ class EmoSLLMProcessor(ProcessorMixin):
 
 EmoSLLMProcessor.register_for_auto_class()
 
-__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "EmoSLLMProcessor"]
+__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "EmoSLLMInputChecks", "EmoSLLMProcessor"]

@@ -201,4 +201,29 @@ class SharedPromptHead:
         return hidden, start
 
 
-__all__ = ["SharedPromptHead"]
+def prompts_only(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, lm_labels: torch.Tensor | None, filler: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The left-padded prompts of a batch whose prompts may be followed by answers.
+
+    Args:
+        input_ids: `(batch, seq)` left-padded prompts, each possibly followed by its answer.
+        attention_mask: `(batch, seq)`, 0 on the left padding.
+        lm_labels: `(batch, seq)` the answers' token ids (-100 elsewhere), or None (prompts only already).
+        filler: The padding token (any token of the vocabulary but the audio placeholder; masked out).
+
+    Returns:
+        The prompts `(batch, seq')` and their attention mask `(batch, seq')`, left-padded.
+    """
+    if lm_labels is None:
+        return input_ids, attention_mask
+    keep = attention_mask.bool() & (lm_labels == -100)
+    rows = [ids[row_keep] for ids, row_keep in zip(input_ids, keep)]
+    width = max(len(row) for row in rows)
+    ids = torch.stack([torch.cat([row.new_full((width - len(row),), filler), row]) for row in rows])
+    mask = torch.stack([lengths_to_mask(torch.tensor([len(row)]), width)[0].flip(0) for row in rows])
+    return ids, mask.to(attention_mask.dtype).to(attention_mask.device)
+
+
+__all__ = ["SharedPromptHead", "prompts_only"]

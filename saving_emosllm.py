@@ -1,10 +1,9 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-Saving and loading EmoSLLM folders, and building a new model from pretrained backbones, memory-lean.
-
-A lean folder (`save_pretrained`'s default) holds only what EmoSLLM trained and fitted, LoRA in peft's own layout
-under `lora/`, and names its frozen backbones by Hub id; loading puts the backbones, loaded once by name, into a
-skeleton made on the meta device. Every save is whole or not at all (`integrity_emosllm`).
+Saving and loading EmoSLLM folders, and building a new model from pretrained backbones, memory-lean. A lean folder
+(`save_pretrained`'s default) holds only what EmoSLLM trained and fitted, LoRA in peft's own layout under `lora/`, and
+names its frozen backbones by Hub id; loading puts the backbones, loaded once by name, into a skeleton made on the meta
+device. Every save is whole or not at all (`integrity_emosllm`).
 """
 
 import copy
@@ -23,12 +22,18 @@ except ImportError:
     from dependencies_emosllm import missing_dependency
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
     from .integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
-    from .precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, bf16_is_native, training_backbone_dtype
+    from .precision_emosllm import (
+        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, training_backbone_dtype,
+        weights_come_from_rank_0,
+    )
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own
         raise
     from integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
-    from precision_emosllm import BACKBONES_ON_META, TRAINED_DTYPE, bf16_is_native, training_backbone_dtype
+    from precision_emosllm import (
+        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, training_backbone_dtype,
+        weights_come_from_rank_0,
+    )
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import torch
     from peft import LoraConfig, inject_adapter_in_model
@@ -129,37 +134,10 @@ def backbones_left_out(weights_file: str) -> list[str]:
     return parts
 
 
-def language_model_load_kwargs(llm_folder: str, device_type: str = "cpu", dtype: torch.dtype | None = None) -> dict:
-    """
-    The `from_pretrained` dtype (and weights variant) of a lean folder's LLM backbone `llm_folder`. Asked for no
-    `dtype`: bf16 where `device_type` runs bf16 natively (`bf16_is_native`) and the checkpoint holds bf16 weights,
-    stored so (the Hub's SmolLM2) or as its `bf16` variant (`model.bf16.safetensors`, which the bundled copy writes);
-    float32 elsewhere. bf16 maps the stored weights as they are: half the memory of float32 and a faster LLM, where
-    converting float32 weights at load would first map them whole. train.py scores its test clips with the LLM in the
-    same dtype (`cast_language_model`), so the score it reports is the one the saved folder delivers.
-
-    Args:
-        llm_folder: The LLM backbone's local folder.
-        device_type: Where the model will run (`"cpu"`, `"cuda"`, ...).
-        dtype: The dtype asked for; None chooses as above.
-
-    Returns:
-        `{"dtype": dtype}`, with `"variant": "bf16"` when bf16 loads from `model.bf16.safetensors`.
-    """
-    from transformers import AutoConfig
-
-    bf16_variant = os.path.isfile(os.path.join(llm_folder, "model.bf16.safetensors"))
-    if dtype is None:
-        stored = str(AutoConfig.from_pretrained(llm_folder).dtype).replace("torch.", "")
-        bf16 = bf16_is_native(device_type) and (bf16_variant or stored == "bfloat16")
-        dtype = torch.bfloat16 if bf16 else torch.float32
-    return {"dtype": dtype, "variant": "bf16"} if dtype == torch.bfloat16 and bf16_variant else {"dtype": dtype}
-
-
 def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.dtype:
     """
-    The dtype `from_pretrained(folder)` (no `dtype` asked) gives the LLM's pretrained weights on `device_type`: for a
-    lean folder what `language_model_load_kwargs` gives its LLM backbone; a folder with every weight loads in float32.
+    The LLM weights' dtype from `from_pretrained(folder)` with no `dtype`: `language_model_load_kwargs`'s for a lean
+    folder's LLM backbone; float32 for a folder with every weight.
 
     Args:
         folder: A saved EmoSLLM folder (local).
@@ -169,18 +147,6 @@ def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.d
         return torch.float32
     llm_folder = _backbone_folder(EmoSLLMConfig.from_pretrained(folder), "text_model_id")
     return language_model_load_kwargs(llm_folder, device_type)["dtype"]
-
-
-def _torch_dtype(dtype) -> torch.dtype | None:
-    """`dtype=` as `from_pretrained` takes it (a torch dtype, its name, "auto" or None) -> a torch dtype or None."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):  # "float32", as transformers
-        dtype = getattr(torch, dtype)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"dtype={dtype!r} is not a torch dtype: pass torch.float32 (or 'float32'), "
-                         "torch.bfloat16, or leave it unset for the default.")
-    return dtype
 
 
 def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
@@ -243,43 +209,28 @@ def _backbone_config(name_or_path: str):
     return AutoConfig.from_pretrained(name_or_path)
 
 
-def weights_come_from_rank_0() -> bool:
-    """
-    Whether this process is a node's non-first rank under Accelerate's FSDP with `fsdp_cpu_ram_efficient_loading`:
-    there transformers' `from_pretrained` leaves the pretrained weights on the meta device (no memory) and FSDP
-    broadcasts the first rank's weights into the sharded model (`accelerator.prepare`), so `from_backbones` builds
-    this rank's backbones and LoRA empty instead of holding a whole copy of the model.
-    """
-    from transformers.integrations import is_fsdp_enabled
-
-    return is_fsdp_enabled() and int(os.environ.get("LOCAL_RANK", 0)) != 0
-
-
 class EmoSLLMLeanSavingMixin:
     """
-    `from_pretrained`, `from_backbones` and `save_pretrained` of EmoSLLM models: lean folders, strict loading (a
-    weight missing from the checkpoint is an error, not random), memory-lean construction, whole-or-nothing saves.
-    Mixed into `EmoSLLMPreTrainedModel`, before transformers' `PreTrainedModel`.
+    `from_pretrained`, `from_backbones` and `save_pretrained` of EmoSLLM models (mixed into `EmoSLLMPreTrainedModel`,
+    before `PreTrainedModel`): lean folders, strict loading, memory-lean construction, whole-or-nothing saves.
     """
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> Self:
         """
-        `PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random.
-
-        A lean folder (what `save_pretrained` writes by default: EmoSLLM's own trained and fitted weights, LoRA in
-        peft's layout under `lora/`, and the backbones' names `config.audio_model_id`/`text_model_id`) loads its
-        backbones by name, as `backbones_emosllm.resolve_pretrained` finds them (a folder, the HF cache, the Hub, a
-        bundled copy); `audio_model_id=`/`text_model_id=` here point to other copies of the same backbones. Its
-        LLM loads in bf16 where bf16 is native and the LLM's checkpoint holds bf16 weights, unless
-        `dtype=torch.float32` is asked for (`language_model_load_kwargs`). A folder with every weight loads in float32.
+        `PreTrainedModel.from_pretrained`, but weights missing from the checkpoint are an error, not random. A lean
+        folder (`save_pretrained`'s default: EmoSLLM's own trained and fitted weights, LoRA in peft's layout under
+        `lora/`, and the backbones' names `config.audio_model_id`/`text_model_id`) loads its backbones by name, as
+        `backbones_emosllm.resolve_pretrained` finds them (a folder, the HF cache, the Hub, a bundled copy); its LLM in
+        bf16 where bf16 is native and the checkpoint holds bf16, unless `dtype=torch.float32`
+        (`language_model_load_kwargs`). A folder with every weight loads in float32.
 
         Args:
             pretrained_model_name_or_path: A saved folder or Hub repo id.
             *args: Passed to `PreTrainedModel.from_pretrained` (a folder with every weight).
             **kwargs: `PreTrainedModel.from_pretrained`'s, among them `dtype` (for the frozen backbones only),
                 `lora_config`, `device_map`, `output_loading_info` and the Hub's (`HUB_KWARGS`); for a lean folder also
-                `audio_model_id`/`text_model_id`.
+                `audio_model_id`/`text_model_id`, other copies of the same backbones.
 
         Returns:
             The model in eval mode, backbones frozen; with `output_loading_info=True`, `(model, loading_info)`.
@@ -303,7 +254,7 @@ class EmoSLLMLeanSavingMixin:
         output_loading_info = kwargs.pop("output_loading_info", False)
         # Loaded in float32 (a full save holds the backbones in bf16, EmoSLLM's own tensors in float32), then `dtype`
         # applies to the frozen backbones only (PRECISION_POLICY).
-        backbone_dtype = _torch_dtype(kwargs.pop("dtype", None))
+        backbone_dtype = as_torch_dtype(kwargs.pop("dtype", None))
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, dtype=torch.float32,
             key_mapping=OLD_KEY_MAPPING, **kwargs
@@ -325,14 +276,13 @@ class EmoSLLMLeanSavingMixin:
         dtype=None, device_map=None, output_loading_info: bool = False, **kwargs,
     ) -> Self:
         """
-        A lean folder: the skeleton on the meta device (no memory, no random init), the pretrained backbones loaded
-        by name and put in place, then EmoSLLM's own tensors (and LoRA) assigned from the folder; strict: a tensor
-        that neither the backbones nor the folder provide is an error. With no `dtype` asked, the LLM's pretrained
-        weights load in bf16 where that is native and the checkpoint holds bf16 (`language_model_load_kwargs`), the
-        rest in float32; `dtype=torch.float32` keeps everything in float32.
+        A lean folder: the skeleton on the meta device (no memory, no random init), the pretrained backbones loaded by
+        name and put in place, then EmoSLLM's own tensors (and LoRA) assigned from the folder; a tensor that neither
+        provides is an error. With no `dtype`, the LLM's pretrained weights load in bf16 where native and the checkpoint
+        holds bf16 (`language_model_load_kwargs`), the rest in float32; `dtype=torch.float32` keeps all in float32.
         """
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        dtype = _torch_dtype(dtype)
+        dtype = as_torch_dtype(dtype)
         one_device = isinstance(device_map, (str, torch.device)) and str(device_map) != "auto"  # the whole model
         if config is None:
             config = EmoSLLMConfig.from_pretrained(name_or_path, **hub_kwargs)
@@ -415,18 +365,15 @@ class EmoSLLMLeanSavingMixin:
         dtype: torch.dtype | None = None, device_type: str | None = None,
     ) -> Self:
         """
-        A new EmoSLLM whose audio encoder and LLM carry the pretrained weights in the folders (or Hub ids)
-        `audio_encoder` and `llm`; the interface and LoRA start fresh. Build `config` with
-        `EmoSLLMProcessor.from_backbones` on the same names.
-
-        Memory-lean: the backbones' skeletons are made on the meta device (no memory, no random init), each backbone's
-        pretrained weights are loaded once, in their final dtype, and put in place; only EmoSLLM's own parts
-        (interface, layer weights, probe, audio classifier, LoRA) are made and initialised. The frozen backbones are
-        held in `dtype`, by default `training_backbone_dtype(device_type)` (bf16 on a bf16 CUDA GPU, float32 on the
-        CPU); the parts that train in float32 (`PRECISION_POLICY`). The model itself is built on the CPU.
+        A new EmoSLLM whose backbones carry pretrained weights; the interface and LoRA start fresh. Memory-lean: the
+        backbones' skeletons are made on the meta device (no memory, no random init), each backbone's pretrained weights
+        loaded once, in their final dtype, and put in place; only EmoSLLM's own parts (interface, layer weights, probe,
+        audio classifier, LoRA) are made and initialised. The frozen backbones are held in `dtype` (by default bf16 on a
+        bf16 CUDA GPU, float32 on the CPU), the parts that train in float32 (`PRECISION_POLICY`). The model itself is
+        built on the CPU.
 
         Args:
-            config: The model's `EmoSLLMConfig`, from `EmoSLLMProcessor.from_backbones`.
+            config: The model's `EmoSLLMConfig`, from `EmoSLLMProcessor.from_backbones` on the same backbones.
             audio_encoder: The audio encoder's folder or Hub id.
             llm: The LLM's folder or Hub id.
             lora_config: LoRA's settings for the LLM, or None.
@@ -468,9 +415,9 @@ class EmoSLLMLeanSavingMixin:
     ) -> Self:
         """
         `from_backbones` on a rank that FSDP gives rank 0's weights (`weights_come_from_rank_0`): the backbones' and
-        LoRA's parameters on the meta device, in the dtype rank 0 holds them in (no memory, nothing read from disk),
-        their buffers made as usual (rotary tables are not broadcast); EmoSLLM's own parts made as on rank 0, so that
-        what runs before FSDP's broadcast (the probe's fit on cached encoder states) computes as there.
+        LoRA's parameters on the meta device in rank 0's dtype (no memory, nothing read from disk), their buffers made
+        as usual (rotary tables are not broadcast); EmoSLLM's own parts made as on rank 0, so that what runs before
+        FSDP's broadcast (the probe's fit on cached encoder states) computes as there.
         """
         token = BACKBONES_ON_META.set("parameters")
         try:
@@ -492,17 +439,16 @@ class EmoSLLMLeanSavingMixin:
         **kwargs,
     ):
         """
-        Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (see
-        `_save_folder` for what it holds), whole or not at all: a new folder is written beside its place and renamed
-        into it; into an existing folder, the record of its weights (`integrity_emosllm`) first says the save is under
-        way and is written last, so a save stopped at any moment leaves the old folder, the new one, or one that
-        refuses to load.
+        Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load (`_save_folder`),
+        whole or not at all: a new folder is written beside its place and renamed into it; into an existing folder, the
+        record of its weights (`integrity_emosllm`) first says the save is under way and is written last, so a save
+        stopped at any moment leaves the old folder, the new one, or one that refuses to load.
 
         Args:
             save_directory: The folder to write, new or existing.
             *args: Passed to `PreTrainedModel.save_pretrained`.
-            full_weights: True writes every weight; False a lean folder (an error when a backbone has no Hub id);
-                None a lean folder where both backbones have Hub ids, else every weight with a warning.
+            full_weights: True writes every weight; False a lean folder (an error when a backbone has no Hub id); None a
+                lean folder where both backbones have Hub ids, else every weight with a warning.
             dtype: The backbones' dtype in a full save; None: each in the dtype its checkpoint declares.
             **kwargs: Passed to `PreTrainedModel.save_pretrained` (e.g. `state_dict`, `is_main_process`).
         """
@@ -525,19 +471,16 @@ class EmoSLLMLeanSavingMixin:
         **kwargs,
     ) -> None:
         """
-        Writes the folder `from_pretrained` and `pipeline(model=folder, trust_remote_code=True)` load, with the
-        code files and the inference pipeline.
-
-        By default a lean folder: only what EmoSLLM trained and fitted (`model.safetensors`: interface, layer
-        statistics, probe; `lora/`: the LoRA in peft's own layout, `adapter_config.json` and
-        `adapter_model.safetensors`, which peft's tools read) and `config.json` naming the frozen backbones by Hub
-        id (`audio_model_id`, `text_model_id`), which loading fetches. `full_weights=True` writes every weight (the
-        backbones in `dtype`, bf16 unless `torch.float32` is asked for, or with `dtype=None` each in the dtype its
-        checkpoint declares; EmoSLLM's own tensors in float32; tied weights once: `_full_state`). A model whose
-        backbones have no Hub id (built from local folders or random configs) cannot be saved lean: by default it
-        gets every weight, each backbone in the dtype its checkpoint declares, with a warning; `full_weights=False`
-        raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written without the backbones' tensors,
-        LoRA inline, with LoRA's settings in `lora/adapter_config.json`.
+        Writes `save_pretrained`'s folder, with the code files and the inference pipeline. By default a lean folder:
+        only what EmoSLLM trained and fitted (`model.safetensors`: interface, layer statistics, probe; `lora/`: the LoRA
+        in peft's own layout, `adapter_config.json` and `adapter_model.safetensors`, which peft's tools read) and
+        `config.json` naming the frozen backbones by Hub id (`audio_model_id`, `text_model_id`), which loading fetches.
+        `full_weights=True` writes every weight (the backbones in `dtype`, bf16 unless `torch.float32` is asked for, or
+        with `dtype=None` each in the dtype its checkpoint declares; EmoSLLM's own tensors in float32; tied weights
+        once: `_full_state`). A model whose backbones have no Hub id (built from local folders or random configs) cannot
+        be saved lean: by default it gets every weight, each backbone in its checkpoint's declared dtype, with a
+        warning; `full_weights=False` raises instead. A `state_dict` passed in (the Trainer's checkpoints) is written
+        without the backbones' tensors, LoRA inline, LoRA's settings in `lora/adapter_config.json`.
         """
         # `pipeline(model=folder, trust_remote_code=True)` (with or without the task) loads the pipeline named here
         # from the folder; the pipeline and the command line are no imports of the model's, so they are copied as
@@ -589,9 +532,9 @@ class EmoSLLMLeanSavingMixin:
 
     def _full_state(self, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
         """
-        Every weight as a full save writes it: each frozen backbone in `dtype`, or with None in the dtype its
-        checkpoint declares (`audio_config.dtype`, `text_config.dtype`; as held where it declares none); EmoSLLM's
-        own tensors in float32. Tied weights stay one tensor, so the tied head is written once.
+        Every weight as a full save writes it: frozen backbones in `dtype` (None: the dtype their checkpoint declares,
+        `audio_config.dtype`/`text_config.dtype`, else as held), EmoSLLM's own tensors in float32; tied weights stay one
+        tensor, so the tied head is written once.
         """
         backbone = set(self.backbone_keys())
 
@@ -645,7 +588,5 @@ __all__ = [
     "EmoSLLMLeanSavingMixin",
     "backbones_left_out",
     "copy_shipped_files",
-    "language_model_load_kwargs",
     "saved_language_model_dtype",
-    "weights_come_from_rank_0",
 ]

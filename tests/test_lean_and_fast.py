@@ -171,7 +171,7 @@ def with_bf16_variant(llm_folder: Path, out: Path) -> Path:
 
 @pytest.mark.parametrize("native", [True, False])
 def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny, tmp_path, monkeypatch, native):
-    import saving_emosllm
+    import precision_emosllm
 
     processor, model, root = tiny
     model.audio_encoder.bf16_inference = False  # the LLM's dtype is the point here; the encoder's is tested below
@@ -179,7 +179,7 @@ def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny
     float32 = probabilities(model, processor, audios, [None] * 3)
     llm = with_bf16_variant(root / "llm", tmp_path / "llm_bf16")
     model.save_pretrained(tmp_path / "lean")
-    monkeypatch.setattr(saving_emosllm, "bf16_is_native", lambda device_type=None: native)
+    monkeypatch.setattr(precision_emosllm, "bf16_is_native", lambda device_type=None: native)
     ids = {"audio_model_id": str(root / "encoder"), "text_model_id": str(llm)}
     loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "lean", **ids).eval()
     loaded.audio_encoder.bf16_inference = False
@@ -195,7 +195,7 @@ def test_lean_llm_loads_in_bf16_where_native_and_answers_as_train_py_scores(tiny
         assert torch.isfinite(loaded(**processor(audios, labels=LABELS[:3])).loss)
     torch.testing.assert_close(delivered, float32, atol=2e-2 if native else 1e-6, rtol=0)
     # What train.py scores its test clips with: the trained model in the loaded folder's form, exactly.
-    model.cast_language_model(saving_emosllm.language_model_load_kwargs(str(llm))["dtype"])
+    model.cast_language_model(precision_emosllm.language_model_load_kwargs(str(llm))["dtype"])
     model.merge_lora()
     torch.testing.assert_close(probabilities(model, processor, audios, [None] * 3), delivered, atol=1e-6, rtol=0)
     # Asked for float32, a lean folder keeps every weight in float32 even where bf16 is native.

@@ -1,12 +1,10 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
-"""
-Corpus folders, the lowest layer of the training data: the audio feature every loader casts to, label
-normalization and typo checks, ``manifest.csv`` reading, the RAVDESS/CREMA-D/TESS/EmoDB file-name parsers, label
-subfolders, a label column's disagreement with the file names, and the checks of every clip (missing, empty or
-unreadable files, unknown labels, duplicate rows). ``training.data.load_corpus`` puts them together.
-
-Speaker ids read from file names carry the corpus name (``ravdess_01``, ``cremad_1001``, ``tess_OAF``,
-``emodb_03``) so that two corpora never share a speaker id; a manifest's speaker ids are kept as written.
+"""Corpus folders, the lowest layer of the training data, put together by ``training.data.load_corpus``: the audio
+feature every loader casts to, label normalization and typo checks, ``manifest.csv`` reading, the file-name parsers of
+RAVDESS, CREMA-D, TESS and EmoDB, label subfolders, a label column's disagreement with the file names, and the checks of
+every clip (missing, empty or unreadable files, unknown labels, duplicate rows). Speaker ids read from file names carry
+the corpus name (``ravdess_01``, ``cremad_1001``, ``tess_OAF``, ``emodb_03``) so that two corpora never share a speaker
+id; a manifest's speaker ids are kept as written.
 """
 
 from __future__ import annotations
@@ -72,8 +70,7 @@ class ClipInfo:
 
 
 def normalize_label(label: Optional[str]) -> Optional[str]:
-    """
-    A label as every loader keeps it: stripped and lower-cased (`' Happy'` and `'happy'` are one class).
+    """A label as every loader keeps it: stripped and lower-cased (`' Happy'` and `'happy'` are one class).
 
     Args:
         label: A label as written (any value is turned into a string), or None.
@@ -85,9 +82,7 @@ def normalize_label(label: Optional[str]) -> Optional[str]:
 
 
 def normalize_labels(labels: Optional[Sequence[str]]) -> Optional[list[str]]:
-    """
-    A label set (e.g. `--labels`) normalized like the data's labels, order kept; duplicates or empty names raise
-    `ValueError`.
+    """A label set (e.g. `--labels`) normalized like the data's labels; duplicates or empty names raise `ValueError`.
 
     Args:
         labels: The label names, or None (no label set).
@@ -107,8 +102,7 @@ def normalize_labels(labels: Optional[Sequence[str]]) -> Optional[list[str]]:
 
 
 def closest_label(label: str, known: Sequence[str]) -> Optional[str]:
-    """
-    The known label most like `label` (difflib, similarity at least 0.6), or None when none is alike.
+    """The known label most like `label` (difflib, similarity at least 0.6), or None when none is alike.
 
     Args:
         label: The label to match, e.g. an unknown one from the data.
@@ -119,14 +113,13 @@ def closest_label(label: str, known: Sequence[str]) -> Optional[str]:
 
 
 def check_label_typos(labels: Sequence[Optional[str]], allowed: Optional[Sequence[str]] = None) -> None:
-    """
-    Without a label set (`allowed`), two labels of the data that look alike (`LABEL_TYPO_SIMILARITY`) are taken for
-    a typo and raise `ValueError` naming both and how often each occurs: a misspelt label would otherwise become a
-    class of its own. A label set that lists both accepts them (and `load_corpus` checks every row against it).
+    """Two labels of the data that look alike (`LABEL_TYPO_SIMILARITY`) are taken for a typo and raise `ValueError`
+    naming both and how often each occurs: a misspelt label would otherwise become a class of its own.
 
     Args:
         labels: The data's labels, one per clip, normalized (None entries are skipped).
-        allowed: The label set (`--labels`), or None; when given, nothing is checked here.
+        allowed: The label set (`--labels`), or None; when given, nothing is checked here: a label set that lists both
+            accepts them (and `load_corpus` checks every row against it).
     """
     counts: dict[str, int] = {}
     for label in labels:
@@ -146,16 +139,13 @@ def check_label_typos(labels: Sequence[Optional[str]], allowed: Optional[Sequenc
 
 
 def read_manifest(manifest: Path) -> list[ClipInfo]:
-    """
-    Read ``manifest.csv`` into clips; line numbers count the header as line 1. A file that cannot be parsed as CSV,
-    or lacks the ``path`` or ``label`` column, raises `ValueError`.
+    """Read ``manifest.csv`` (line 1: the header); a non-CSV file or one without ``path``/``label`` raises `ValueError`.
 
     Args:
         manifest: The manifest file; the ``path`` cells are relative to its folder (or absolute).
 
     Returns:
-        One `ClipInfo` per non-blank row, in file order: labels normalized, empty cells None, the columns other than
-        ``path``, ``label``, ``speaker`` and ``transcript`` in `extras`.
+        One `ClipInfo` per non-blank row, in file order: labels normalized, empty cells None, other columns in `extras`.
     """
     text_columns = {"path": str, "label": str, "speaker": str, "transcript": str}
     try:
@@ -250,8 +240,7 @@ ParsedName = tuple[str, str, Optional[str], dict[str, Any]]
 
 
 def parse_ravdess_name(stem: str) -> Optional[ParsedName]:
-    """
-    ``03-01-EE-II-SS-RR-AA``: emotion, intensity, statement, repetition, actor (odd male, even female).
+    """``03-01-EE-II-SS-RR-AA``: emotion, intensity, statement, repetition, actor (odd male, even female).
 
     Args:
         stem: A file name without its extension.
@@ -270,15 +259,13 @@ def parse_ravdess_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_cremad_name(stem: str) -> Optional[ParsedName]:
-    """
-    ``1001_DFA_ANG_XX``: actor, sentence code, emotion code, intensity code.
+    """``1001_DFA_ANG_XX``: actor, sentence code, emotion code, intensity code.
 
     Args:
         stem: A file name without its extension.
 
     Returns:
-        `(label, speaker, transcript, extras)` with extra ``intensity``; None when `stem` does not follow this
-        naming or has an unknown code.
+        `(label, speaker, transcript, extras)` with extra ``intensity``; None for another naming or an unknown code.
     """
     match = CREMAD_PATTERN.fullmatch(stem)
     if match is None:
@@ -291,15 +278,13 @@ def parse_cremad_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_tess_name(stem: str) -> Optional[ParsedName]:
-    """
-    ``OAF_back_angry``: speaker (OAF older / YAF younger female), target word, emotion.
+    """``OAF_back_angry``: speaker (OAF older / YAF younger female), target word, emotion.
 
     Args:
         stem: A file name without its extension.
 
     Returns:
-        `(label, speaker, "Say the word <word>", extras)` with extra ``gender``; None when `stem` does not follow
-        this naming or has an unknown emotion.
+        `(label, speaker, "Say the word <word>", extras)` with extra ``gender``; None for another naming or emotion.
     """
     match = TESS_PATTERN.fullmatch(stem)
     if match is None or match.group(3).lower() not in TESS_EMOTIONS:
@@ -309,15 +294,13 @@ def parse_tess_name(stem: str) -> Optional[ParsedName]:
 
 
 def parse_emodb_name(stem: str) -> Optional[ParsedName]:
-    """
-    ``03a01Fa``: speaker, text code, emotion letter (German initial), version letter.
+    """``03a01Fa``: speaker, text code, emotion letter (German initial), version letter.
 
     Args:
         stem: A file name without its extension.
 
     Returns:
-        `(label, speaker, transcript, extras)` with extra ``gender``; None when `stem` does not follow this naming
-        or has an unknown code.
+        `(label, speaker, transcript, extras)` with extra ``gender``; None for another naming or an unknown code.
     """
     match = EMODB_PATTERN.fullmatch(stem)
     if match is None:
@@ -337,15 +320,13 @@ CORPUS_PARSERS: dict[str, Callable[[str], Optional[ParsedName]]] = {
 
 
 def corpus_of_names(stems: Sequence[str]) -> tuple[Optional[str], list[Optional[ParsedName]]]:
-    """
-    The known corpus whose naming most of the file names (stems) follow, and each stem parsed by its parser (None
-    where it does not fit); ``(None, [None, ...])`` when no stem follows any.
+    """The known corpus whose naming most of the file names follow, and each stem parsed by its parser.
 
     Args:
         stems: File names without their extensions.
 
     Returns:
-        `(corpus, parsed)`: a key of `CORPUS_PARSERS` (or None), and one `ParsedName` (or None) per stem, in order.
+        `(corpus, parsed)`: a key of `CORPUS_PARSERS` (None when no stem fits any) and each stem's `ParsedName` or None.
     """
     parsed = {name: [parser(stem) for stem in stems] for name, parser in CORPUS_PARSERS.items()}
     corpus = max(parsed, key=lambda name: sum(p is not None for p in parsed[name]))
@@ -355,14 +336,12 @@ def corpus_of_names(stems: Sequence[str]) -> tuple[Optional[str], list[Optional[
 
 
 def parse_corpus_folder(root: Path, labels: Optional[Sequence[str]] = None) -> list[ClipInfo]:
-    """
-    Recognise the corpus of a folder without manifest by its file names; every audio file must fit. Subfolders are
-    named in the log (a warning where they look like labels, `labels` or emotion words, but are not read as such).
-    A folder without audio files, or with one that does not fit, raises `ValueError`.
+    """Recognise the corpus of a folder without manifest by its file names; no audio files, or one that does not fit,
+    raises `ValueError`. Subfolders are only named in the log (a warning where they look like labels).
 
     Args:
         root: The corpus folder; its ``.wav``/``.flac`` files are read at any depth.
-        labels: The label set (`--labels`), or None; it only tells label-like subfolder names for the log.
+        labels: The label set (`--labels`), or None; subfolders named after it (or emotion words) get the warning.
 
     Returns:
         One `ClipInfo` per audio file, sorted by path, with the label, speaker, transcript and extras of its name.
@@ -404,8 +383,7 @@ def parse_corpus_folder(root: Path, labels: Optional[Sequence[str]] = None) -> l
 
 
 def audio_files(root: Path) -> list[Path]:
-    """
-    The ``.wav``/``.flac`` files under `root` at any depth, sorted.
+    """The ``.wav``/``.flac`` files under `root` at any depth, sorted.
 
     Args:
         root: The folder to search.
@@ -422,16 +400,14 @@ EMOTION_WORDS = frozenset(
 
 
 def label_subfolders(root: Path, files: Sequence[Path], labels: Optional[Sequence[str]] = None) -> list[str]:
-    """
-    The label subfolders of `root`, when the audio files are laid out as an audiofolder with labels: every file sits
-    in a subfolder (all at one depth, as ``datasets``' audiofolder needs to read labels from them), at least two
-    distinct ones, and every subfolder's name (normalized) is an emotion word (:data:`EMOTION_WORDS`) or one of
-    `labels` (``--labels``). Else ``[]``: RAVDESS's own ``Actor_01/`` folders are not labels.
+    """The label subfolders of `root`, when the audio files form an audiofolder with labels: every file in a subfolder
+    (all at one depth, as ``datasets`` needs), at least two distinct ones, each named (normalized) after an emotion word
+    (:data:`EMOTION_WORDS`) or one of `labels`; not RAVDESS's ``Actor_01/`` folders.
 
     Args:
         root: The data folder.
         files: The audio files under `root` (`audio_files`).
-        labels: The label set, or None; its names count as label subfolder names, besides the emotion words.
+        labels: The label set (``--labels``), or None.
 
     Returns:
         The label subfolders' names as written, sorted; ``[]`` when the layout is not one of label subfolders.
@@ -449,8 +425,7 @@ def label_subfolders(root: Path, files: Sequence[Path], labels: Optional[Sequenc
 
 def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Optional[str]], source: str,
                              layout: str) -> int:
-    """
-    Where the files carry corpus-style names (RAVDESS, CREMA-D, TESS, EmoDB) and the user's `layout` (label
+    """Where the files carry corpus-style names (RAVDESS, CREMA-D, TESS, EmoDB) and the user's `layout` (label
     subfolders, a label column) gives them labels, the layout wins; the files whose name says another label are
     counted and logged as a warning with the commonest disagreements and an example.
 
@@ -487,8 +462,7 @@ def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Op
 
 
 def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
-    """
-    Check every row; raise one ValueError listing all problems (at most ``MAX_REPORTED_PROBLEMS``).
+    """Check every row; raise one ValueError listing all problems (at most ``MAX_REPORTED_PROBLEMS``).
 
     Args:
         clips: The corpus's rows (`read_manifest`, `parse_corpus_folder`); none at all is a problem too.
@@ -506,8 +480,7 @@ def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
 
 
 def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
-    """
-    Rows that name a file an earlier row names too: a duplicate row counts its clip twice, and one file under two
+    """Rows that name a file an earlier row names too: a duplicate row counts its clip twice, and one file under two
     speakers puts the same recording into two splits (training audio leaking into the test set).
 
     Args:
@@ -536,8 +509,7 @@ def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
 
 
 def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
-    """
-    What is wrong with one row, as a message that says what to do, or None.
+    """What is wrong with one row, as a message that says what to do, or None.
 
     Args:
         clip: The row: its path, label, file and audio header are checked.
@@ -559,8 +531,7 @@ def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
 
 
 def audio_problem(clip: ClipInfo) -> Optional[str]:
-    """
-    Cheap header check: soundfile (WAV/FLAC/OGG/MP3), then torchcodec for formats libsndfile lacks.
+    """Cheap header check: soundfile (WAV/FLAC/OGG/MP3), then torchcodec for formats libsndfile lacks.
 
     Args:
         clip: A row whose file exists.
@@ -594,15 +565,13 @@ def _torchcodec_frames(file: Path) -> Optional[int]:
 
 
 def clips_to_dataset(clips: list[ClipInfo]) -> datasets.Dataset:
-    """
-    Build the Dataset (audio as absolute paths, then cast to the 16 kHz Audio feature).
+    """Build the Dataset (audio as absolute paths, then cast to the 16 kHz `audio_feature`).
 
     Args:
         clips: The validated rows, at least one; every row has the first row's `extras` keys.
 
     Returns:
-        A `datasets.Dataset` with the columns ``audio``, ``label``, ``speaker``, ``transcript`` and ``path`` (text,
-        None where empty) and one per extra.
+        Columns ``audio``, ``label``, ``speaker``, ``transcript``, ``path`` (text, None where empty) and one per extra.
     """
     columns: dict[str, list[Any]] = {
         "audio": [str(clip.file.resolve()) for clip in clips],
