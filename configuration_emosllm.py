@@ -47,6 +47,11 @@ MAPPER_SETTINGS = {
     "statistics": {"num_queries": 32},
 }
 DEFAULT_MAPPER_TYPE = "probe"  # the recipe (BENCHMARKS.md)
+# The settings of each mapper that decide a clip's number of audio embeddings (`count_audio_embeddings`), and the
+# mappers whose number grows with the clip's encoder frames.
+COUNTING_SETTINGS = {"probe": (), "qpmapper": ("num_queries",), "statistics": ("num_queries",),
+                     "qformer": ("window_size", "queries_per_window"), "mlp": ("stack_factor",)}
+FRAME_MAPPERS = ("qformer", "mlp")
 
 # Keys of folders saved before the config was slimmed (one setting each, flat), and where they went.
 _OLD_MAPPER_KEYS = {
@@ -272,44 +277,88 @@ class EmoSLLMConfig(PreTrainedConfig):
             return None
         return 2 * self.audio_config.max_source_positions * MEL_HOP_LENGTH / SAMPLING_RATE
 
+    @property
+    def encoder_frames_rule(self) -> dict:
+        """What decides the audio encoder's number of output frames (`count_encoder_frames`): Whisper's mel hop, or the
+        wav2vec2 family's convolution kernels and strides."""
+        if self.is_whisper_encoder:
+            return {"mel_hop_length": MEL_HOP_LENGTH}
+        return {"conv_kernel": list(self.audio_config.conv_kernel), "conv_stride": list(self.audio_config.conv_stride)}
+
+    @property
+    def audio_embedding_count(self) -> dict:
+        """What decides a clip's number of audio embeddings (`count_audio_embeddings`): the mapper's type, its settings
+        that count, and for the mappers whose output grows with the clip the encoder's frame rule. The processor saves
+        a copy (`processor_config.json`), and the pipeline checks that it is this model's."""
+        rule = {"mapper_type": self.mapper_type,
+                **{key: self.mapper_config[key] for key in COUNTING_SETTINGS[self.mapper_type]}}
+        if self.mapper_type in FRAME_MAPPERS:
+            rule["encoder_frames"] = self.encoder_frames_rule
+        return rule
+
     def num_encoder_frames(self, num_samples: int) -> int:
         """
-        Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames).
+        Number of audio-encoder output frames for `num_samples` samples at 16 kHz (`count_encoder_frames`).
 
         Args:
             num_samples: The clip's length in samples at 16 kHz.
         """
-        if self.is_whisper_encoder:
-            # Two 3-wide convolutions (the second with stride 2) put mel frames 2j-2..2j+2 into encoder frame j; the
-            # last mel frame's STFT window reaches past the clip. Frames that see it, or padding, are not counted,
-            # so a clip's frames are the same alone and padded in a batch.
-            mel_frames = num_samples // MEL_HOP_LENGTH
-            return max((mel_frames - 2) // 2, 1)
-        # wav2vec2 family: a stack of 1-D convolutions without padding
-        length = num_samples
-        for kernel, stride in zip(self.audio_config.conv_kernel, self.audio_config.conv_stride):
-            length = (length - kernel) // stride + 1
-        return max(length, 0)
+        return count_encoder_frames(self.encoder_frames_rule, num_samples)
 
     def num_audio_embeddings(self, num_samples: int) -> int:
         """
-        Number of audio embeddings the mapper gives the LLM for a clip of `num_samples` samples at 16 kHz.
-
-        This is the one place that decides it: the processor repeats the audio placeholder this many times and the
-        model checks that its mapper produced as many.
+        Number of audio embeddings the mapper gives the LLM for a clip of `num_samples` samples at 16 kHz
+        (`count_audio_embeddings`).
 
         Args:
             num_samples: The clip's length in samples at 16 kHz (read only by the mappers whose output grows with it).
         """
-        mapper = self.mapper_config
-        if mapper["mapper_type"] in ("qpmapper", "statistics"):
-            return mapper["num_queries"]
-        if mapper["mapper_type"] == "probe":
-            return 1
-        frames = self.num_encoder_frames(num_samples)
-        if mapper["mapper_type"] == "qformer":
-            return math.ceil(frames / mapper["window_size"]) * mapper["queries_per_window"]
-        return math.ceil(frames / mapper["stack_factor"])
+        return count_audio_embeddings(self.audio_embedding_count, num_samples)
+
+
+def count_encoder_frames(rule: dict, num_samples: int) -> int:
+    """
+    Number of audio-encoder output frames for `num_samples` samples at 16 kHz (the encoder's valid frames).
+
+    Args:
+        rule: `EmoSLLMConfig.encoder_frames_rule`: `{"mel_hop_length": ...}` (Whisper) or `{"conv_kernel": [...],
+            "conv_stride": [...]}` (the wav2vec2 family).
+        num_samples: The clip's length in samples at 16 kHz.
+    """
+    if "mel_hop_length" in rule:
+        # Two 3-wide convolutions (the second with stride 2) put mel frames 2j-2..2j+2 into encoder frame j; the
+        # last mel frame's STFT window reaches past the clip. Frames that see it, or padding, are not counted,
+        # so a clip's frames are the same alone and padded in a batch.
+        mel_frames = num_samples // rule["mel_hop_length"]
+        return max((mel_frames - 2) // 2, 1)
+    # wav2vec2 family: a stack of 1-D convolutions without padding
+    length = num_samples
+    for kernel, stride in zip(rule["conv_kernel"], rule["conv_stride"]):
+        length = (length - kernel) // stride + 1
+    return max(length, 0)
+
+
+def count_audio_embeddings(rule: dict, num_samples: int) -> int:
+    """
+    Number of audio embeddings the mapper gives the LLM for a clip of `num_samples` samples at 16 kHz.
+
+    This is the one place that decides it: the processor repeats the audio placeholder this many times (from its
+    saved copy of the rule), and the model checks that its mapper produced as many (from its config's).
+
+    Args:
+        rule: `EmoSLLMConfig.audio_embedding_count`: `{"mapper_type": ..., <its counting settings>}`, with
+            `"encoder_frames"` for the mappers whose output grows with the clip.
+        num_samples: The clip's length in samples at 16 kHz (read only by the mappers whose output grows with it).
+    """
+    mapper_type = rule["mapper_type"]
+    if mapper_type == "probe":
+        return 1
+    if mapper_type not in FRAME_MAPPERS:
+        return rule["num_queries"]
+    frames = count_encoder_frames(rule["encoder_frames"], num_samples)
+    if mapper_type == "qformer":
+        return math.ceil(frames / rule["window_size"]) * rule["queries_per_window"]
+    return math.ceil(frames / rule["stack_factor"])
 
 
 EmoSLLMConfig.register_for_auto_class()
@@ -323,4 +372,6 @@ __all__ = [
     "PROCESSOR_SETTINGS",
     "SAMPLING_RATE",
     "EmoSLLMConfig",
+    "count_audio_embeddings",
+    "count_encoder_frames",
 ]

@@ -233,8 +233,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
                 raise ValueError("Pass the model's EmoSLLMProcessor: processor=EmoSLLMProcessor.from_pretrained(...).")
             # `pipeline()` swallows processor loading errors (flag None); loading again shows the real cause.
             processor = EmoSLLMProcessor.from_pretrained(model.name_or_path)
-        if getattr(processor, "config", None) is None:
-            processor.config = model.config
+        processor.check_model(model.config)  # the processor reads no model file: the two must belong together
         check_device(kwargs.get("device"))
         kwargs.setdefault("top_k", 5)  # transformers' AudioClassificationPipeline default; None gives every class
         super().__init__(model=model, processor=processor, **kwargs)

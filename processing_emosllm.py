@@ -8,13 +8,13 @@ from collections.abc import Sequence
 # The configuration first: it checks the transformers version before anything else is imported from transformers.
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
     from .audio_emosllm import prepare_clip
-    from .configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig
+    from .configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig, count_audio_embeddings
     from .dependencies_emosllm import missing_dependency
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
     from audio_emosllm import prepare_clip
-    from configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig
+    from configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig, count_audio_embeddings
     from dependencies_emosllm import missing_dependency
 
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
@@ -46,7 +46,7 @@ class EmoSLLMInputChecks:
     """
     The processor's checks of what a call is given, before anything runs: text (no special tokens, a prompt within
     the LLM's positions) and labels. Mixed into `EmoSLLMProcessor`, which provides `tokenizer`, `audio_token`,
-    `config` and `build_prompt`.
+    `labels`, `max_prompt_tokens` and `build_prompt`.
     """
 
     def prompt_text(self, value, name: str) -> str:
@@ -75,14 +75,6 @@ class EmoSLLMInputChecks:
                 "tokens of the prompt (the chat template, the audio placeholder); remove or replace them."
             )
         return text
-
-    def max_prompt_tokens(self) -> int | None:
-        """The LLM's positions (`max_position_embeddings`): the longest prompt the model can read, or None."""
-        text_config = self.config.text_config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            if isinstance(getattr(text_config, key, None), int):
-                return getattr(text_config, key)
-        return None
 
     def check_text_inputs(
         self, transcript=None, text_features=None, name: str = "audio", num_samples: int | None = None
@@ -115,7 +107,7 @@ class EmoSLLMInputChecks:
                     raise ValueError(f"{prefix}text_features names must be non-empty str, got {key!r}.")
                 self.prompt_text(key, f"{prefix}text_features name {key!r}")
                 self.prompt_text(value, f"{prefix}text_features[{key!r}]")
-        limit = self.max_prompt_tokens()
+        limit = self.max_prompt_tokens
         if limit is not None and num_samples is not None:
             length = len(self.tokenizer(self.build_prompt(num_samples, transcript, text_features),
                                         add_special_tokens=False).input_ids)
@@ -137,13 +129,13 @@ class EmoSLLMInputChecks:
         """
         ids = []
         for label in labels:
-            if isinstance(label, (int, np.integer)) and 0 <= label < self.config.num_labels:
+            if isinstance(label, (int, np.integer)) and 0 <= label < len(self.labels):
                 ids.append(int(label))
-            elif label in self.config.label2id:
-                ids.append(self.config.label2id[label])
+            elif label in self.labels:
+                ids.append(self.labels.index(label))
             else:
                 raise ValueError(
-                    f"Unknown label {label!r}; this model knows {self.config.labels}. Map it to one of them or "
+                    f"Unknown label {label!r}; this model knows {self.labels}. Map it to one of them or "
                     "train a model with this label (train.py --labels ...)."
                 )
         return torch.tensor(ids)
@@ -152,22 +144,27 @@ class EmoSLLMInputChecks:
 class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
     r"""Wraps the audio encoder's feature extractor and the LLM's tokenizer; owns all input preparation: checking,
     resampling and down-mixing audio, the prompt (task text, audio placeholders, transcript, text features), batching,
-    padding and label ids. The model's `EmoSLLMConfig` (`processor.config`, from `config.json` beside the processor
-    files) decides the labels and a clip's number of audio placeholders; its own settings go to `processor_config.json`.
+    padding and label ids. Everything it needs is its own and saved in `processor_config.json`: the settings, the
+    label words, and the model's rule for a clip's number of audio placeholders (`audio_embedding_count`). It reads no
+    model file: the pipeline checks that processor and model belong together (`check_model`).
     """
 
     def __init__(
-        self, feature_extractor, tokenizer, config: EmoSLLMConfig | None = None, chat_template=None,
+        self, feature_extractor, tokenizer, chat_template=None, labels: Sequence[str] | None = None,
+        audio_embedding_count: dict | None = None, max_prompt_tokens: int | None = None,
         prompt: str = DEFAULT_PROMPT, audio_token: str = DEFAULT_AUDIO_TOKEN, max_audio_seconds: float = 30.0,
         pad_audio_to_max_length: bool = False, use_transcript: str = "auto", asr_model: str = DEFAULT_ASR_MODEL,
     ):
-        """The processor; with `config`, its settings are checked against it (`check_config`).
+        """The processor. `build` (or `from_backbones`) makes one together with its model's config.
 
         Args:
             feature_extractor: The audio encoder's feature extractor.
             tokenizer: The LLM's tokenizer, with the audio placeholder token added (`build`).
-            config: The model's `EmoSLLMConfig`, or None.
             chat_template: The processor's chat template (`ProcessorMixin`'s), or None; prompts use the tokenizer's.
+            labels: The class names in id order (the model's `config.labels`); the prompt lists them.
+            audio_embedding_count: The model's `config.audio_embedding_count`: what decides a clip's number of audio
+                placeholders (`configuration_emosllm.count_audio_embeddings`).
+            max_prompt_tokens: The LLM's positions, the longest prompt it reads; None: no limit checked.
             prompt: The task text; `{labels}` is replaced by the comma-separated label names.
             audio_token: The placeholder token, repeated once per audio embedding (the model replaces them).
             max_audio_seconds: The longest clip accepted; longer audio must be segmented (the pipeline does it).
@@ -179,27 +176,50 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         if use_transcript not in USE_TRANSCRIPT:
             raise ValueError(f"use_transcript={use_transcript!r} is not one of {', '.join(USE_TRANSCRIPT)}.")
+        self.labels = list(labels) if labels is not None else None
+        self.audio_embedding_count, self.max_prompt_tokens = audio_embedding_count, max_prompt_tokens
         self.prompt, self.audio_token, self.asr_model = prompt, audio_token, asr_model
         self.max_audio_seconds, self.pad_audio_to_max_length = max_audio_seconds, pad_audio_to_max_length
         self.use_transcript = use_transcript
-        self.config = config
-        if config is not None:
-            self.check_config(config)
 
-    def check_config(self, config: EmoSLLMConfig) -> None:
-        """The processor's settings fit the model's config: clips no longer than its audio encoder reads.
+    def check_model(self, config: EmoSLLMConfig) -> None:
+        """The processor belongs to the model of `config`: the same labels and count of audio placeholders, and clips
+        no longer than its audio encoder reads.
 
         Args:
             config: The model's `EmoSLLMConfig`.
 
         Raises:
-            ValueError: `max_audio_seconds` is longer than the Whisper encoder's window.
+            ValueError: They disagree (say which, and how to load a matching pair).
         """
+        if self.labels is None or self.audio_embedding_count is None:
+            raise ValueError(
+                "This processor has no labels or count of audio placeholders; build it with its model "
+                "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
+            )
+        for name, mine, models in (("labels", self.labels, config.labels),
+                                   ("audio_embedding_count", self.audio_embedding_count, config.audio_embedding_count)):
+            if mine != models:
+                raise ValueError(
+                    f"The processor's {name} ({mine}) are not the model's ({models}): they come from different "
+                    "models. Load both from the same folder."
+                )
         window = config.audio_window_seconds()
         if window is not None and self.max_audio_seconds > window:
             raise ValueError(
                 f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window ({window:g} s)."
             )
+
+    def num_audio_embeddings(self, num_samples: int) -> int:
+        """A clip's number of audio placeholders: the model's rule (`count_audio_embeddings`), from the saved copy.
+
+        Args:
+            num_samples: The clip's length in samples at 16 kHz.
+        """
+        if self.audio_embedding_count is None:
+            raise ValueError("This processor has no count of audio placeholders; build it with its model "
+                             "(EmoSLLMProcessor.from_backbones) or load it from the model's folder.")
+        return count_audio_embeddings(self.audio_embedding_count, num_samples)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Construction, saving and loading
@@ -207,8 +227,8 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
     @classmethod
     def from_backbones(
         cls, audio_encoder: str, llm: str, labels: Sequence[str] | None = None, **kwargs
-    ) -> "EmoSLLMProcessor":
-        """A new processor, and its `EmoSLLMConfig`, for the pretrained backbones `audio_encoder` and `llm`.
+    ) -> tuple["EmoSLLMProcessor", EmoSLLMConfig]:
+        """A new processor and its model's `EmoSLLMConfig`, for the pretrained backbones `audio_encoder` and `llm`.
 
         Args:
             audio_encoder: The audio encoder's folder or Hub id (its feature extractor and config are loaded).
@@ -217,7 +237,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
 
         Returns:
-            The processor, with its config as `processor.config`.
+            `(processor, config)`: build the model from `config` (`EmoSLLMForSpeechEmotionRecognition.from_backbones`).
         """
         try:
             from .backbones_emosllm import hub_id_of
@@ -237,8 +257,10 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         )
 
     @classmethod
-    def build(cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **kwargs):
-        """Adds the audio placeholder token to `tokenizer` and makes the config that matches it.
+    def build(
+        cls, feature_extractor, tokenizer, audio_config, text_config, labels=None, **kwargs
+    ) -> tuple["EmoSLLMProcessor", EmoSLLMConfig]:
+        """Adds the audio placeholder token to `tokenizer` and makes the model's config that matches it.
 
         Args:
             feature_extractor: The audio encoder's feature extractor.
@@ -248,7 +270,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
 
         Returns:
-            The processor, with its config (label token ids and audio token id set) as `processor.config`.
+            `(processor, config)`: the config with its label token ids and audio token id set.
         """
         settings = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
         config_kwargs = kwargs
@@ -266,37 +288,35 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         config.label_token_ids = [tokenizer(label, add_special_tokens=False).input_ids for label in config.labels]
         config.answer_end_token_id = tokenizer.eos_token_id
         config.check_label_token_ids()
-        return cls(feature_extractor, tokenizer, config=config, **settings)
+        processor = cls(feature_extractor, tokenizer, **cls.settings_from_config(config), **settings)
+        processor.check_model(config)
+        return processor, config
 
-    def to_dict(self) -> dict:
-        output = super().to_dict()
-        output.pop("config", None)  # saved as config.json by the model, not twice
-        return output
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Saves the processor's files, and `config.json` when the folder has none yet (the model saves it).
+    @staticmethod
+    def settings_from_config(config: EmoSLLMConfig) -> dict:
+        """What the processor keeps of its model's config: the labels, the count of audio placeholders and the LLM's
+        positions (`__init__`'s `labels`, `audio_embedding_count`, `max_prompt_tokens`).
 
         Args:
-            save_directory: The folder to save into.
-            **kwargs: Passed to `ProcessorMixin.save_pretrained`.
-
-        Returns:
-            `ProcessorMixin.save_pretrained`'s return value: a list with the processor config file it wrote.
+            config: The model's `EmoSLLMConfig`.
         """
-        files = super().save_pretrained(save_directory, **kwargs)
-        if not os.path.exists(os.path.join(save_directory, "config.json")):
-            self.config.save_pretrained(save_directory)
-        return files
+        positions = None
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(getattr(config.text_config, key, None), int):
+                positions = getattr(config.text_config, key)
+                break
+        return {"labels": config.labels, "audio_embedding_count": config.audio_embedding_count,
+                "max_prompt_tokens": positions}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmoSLLMProcessor":
-        """Loads a saved processor and its `EmoSLLMConfig` (`processor.config`); a folder saved before the settings
-        moved to `processor_config.json` gets them from `config.json`.
+        """Loads a saved processor. A folder saved before the processor kept its labels and count of audio placeholders
+        in `processor_config.json` gets them (and the settings older folders kept there) from its `config.json`.
 
         Args:
             pretrained_model_name_or_path: A saved folder or Hub repo id.
             **kwargs: Passed to `ProcessorMixin.from_pretrained` (`cache_dir`, `revision`, `token` and
-                `local_files_only` also to the config's); a processor setting given here wins over `config.json`'s.
+                `local_files_only` also to an old folder's config); a processor setting given here wins over the saved.
 
         Returns:
             The processor.
@@ -316,13 +336,13 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
                 )
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         processor.tokenizer.padding_side = "left"  # as `build` sets it; tokenizer_config.json does not keep it
-        config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
-        processor.config = EmoSLLMConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
-        # A folder saved before the processor's settings moved to processor_config.json has them in config.json.
-        for key, value in processor.config.old_processor_settings.items():
-            if key not in kwargs:
-                setattr(processor, key, value)
-        processor.check_config(processor.config)
+        if processor.labels is None:  # saved before 2026-12-07: the model's config.json holds what the processor needs
+            config_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+            config = EmoSLLMConfig.from_pretrained(pretrained_model_name_or_path, **config_kwargs)
+            for key, value in {**config.old_processor_settings, **cls.settings_from_config(config)}.items():
+                if key not in kwargs:
+                    setattr(processor, key, value)
+            processor.check_model(config)
         return processor
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -388,11 +408,14 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Returns:
             The prompt text, ending with the audio placeholders.
         """
+        if self.labels is None:
+            raise ValueError("This processor has no labels; build it with its model (EmoSLLMProcessor.from_backbones) "
+                             "or load it from the model's folder (EmoSLLMProcessor.from_pretrained).")
         lines = []
         if task == "asr":
             instruction = ASR_PROMPT
         else:
-            instruction = self.prompt.format(labels=", ".join(self.config.labels))
+            instruction = self.prompt.format(labels=", ".join(self.labels))
             if transcript:
                 lines.append(f'Transcript: "{self.prompt_text(transcript, "transcript").strip()}"')
             for key, value in (text_features or {}).items():
@@ -400,7 +423,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
                              f"{self.prompt_text(value, f'text_features[{key!r}]')}.")
         lines.append("Speech:")
         user = "\n".join(lines)
-        audio = self.audio_token * self.config.num_audio_embeddings(num_samples)
+        audio = self.audio_token * self.num_audio_embeddings(num_samples)
         if not self.tokenizer.chat_template:
             return f"System: {instruction}\nUser: {user}\nAssistant:{audio}"
         messages = [{"role": "system", "content": instruction}, {"role": "user", "content": user}]
@@ -510,7 +533,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         label_ids, answers = None, None
         if labels is not None:  # training inputs: the label word is the answer the LLM learns to write
             label_ids = self.label_ids(self._per_clip(labels, len(audios), "labels"))
-            answers = [self.config.labels[i] for i in label_ids.tolist()]
+            answers = [self.labels[i] for i in label_ids.tolist()]
         data = {**self.text_inputs([len(a) for a in audios], transcripts, features, answers=answers),
                 **self.audio_features(audios)}
         if label_ids is not None:

@@ -164,15 +164,15 @@ def build_one(case: str, encoder: str, llm: str, threads: int) -> dict:
     from processing_emosllm import EmoSLLMProcessor
 
     torch.set_num_threads(threads)
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={
+    _, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={
         "mapper_type": "qpmapper", "num_queries": 32, "num_layers": 2, "num_heads": 8, "hidden_size": 768})
     baseline = peak_rss_bytes()
     torch.manual_seed(0)
     if case == "old":
-        model = old_from_backbones(processor.config, encoder, llm)
+        model = old_from_backbones(config, encoder, llm)
     else:
         dtype = torch.bfloat16 if case == "lean_bf16" else None
-        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, dtype=dtype,
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm, dtype=dtype,
                                                                   device_type="cpu")
     peak = peak_rss_bytes()
     trainable = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})

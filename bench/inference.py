@@ -133,11 +133,11 @@ def build_default_model(folder: Path, labels: list[str], seed: int) -> dict:
     torch.manual_seed(seed)
     start = time.perf_counter()
     audio_encoder, llm = resolve_pretrained(DEFAULT_AUDIO_ENCODER), resolve_pretrained(DEFAULT_LLM)
-    processor = EmoSLLMProcessor.from_backbones(
+    processor, config = EmoSLLMProcessor.from_backbones(
         audio_encoder, llm, labels=labels, mapper_config={"mapper_type": "probe"}, encoder_layer_combination="concatenate",
         use_transcript="none",
     )
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, audio_encoder, llm)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     trainable, total = model.trainable_parameters()

@@ -132,9 +132,9 @@ def read_back(label_sets: dict[str, list[str]], data_dir: Path) -> None:
     paths = pd.read_csv(data_dir / "manifest.csv")["path"][:12]
     audios = [sf.read(data_dir / path, dtype="float32")[0] for path in paths]
     for name, labels in label_sets.items():
-        processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=labels, mapper_config={"mapper_type": "probe"},
+        processor, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=labels, mapper_config={"mapper_type": "probe"},
                                                     encoder_layer_combination="concatenate", use_transcript="none")
-        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm).eval()
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm).eval()
         inputs, right = processor(audios, sampling_rate=16000), 0
         for k in range(len(labels)):
             one_hot = torch.full((len(audios), len(labels)), -10.0)

@@ -227,11 +227,11 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
     _, _, mapper = shapes(args.tiny)
     out = {"depth": args._case, "threads": torch.get_num_threads(), "load_before": os.getloadavg()}
     started = time.perf_counter()
-    processor = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **mapper)
+    processor, config = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **mapper)
     torch.manual_seed(0)
     # The precision policy of a bf16 GPU (modeling_emosllm.PRECISION_POLICY): frozen backbones in bf16, the parts
     # that train in float32; on this CPU from_backbones would hold the backbones in float32.
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder_dir, llm_dir,
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder_dir, llm_dir,
                                                               dtype=torch.bfloat16)
     out["build_seconds"] = time.perf_counter() - started
     out["build_peak_rss"] = max_rss()
@@ -378,16 +378,16 @@ def full_depth_counts(encoder_dir: str, llm_dir: str, full_depth: int, tiny: boo
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from processing_emosllm import EmoSLLMProcessor
 
-    processor = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **shapes(tiny)[2])
-    processor.config.text_config.num_hidden_layers = full_depth
+    _, config = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **shapes(tiny)[2])
+    config.text_config.num_hidden_layers = full_depth
     with torch.device("meta"):
-        model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+        model = EmoSLLMForSpeechEmotionRecognition(config)
     named = dict(model.named_parameters())  # tied weights once
     trainable = sum(p.numel() for p in named.values() if p.requires_grad)
     lora = sum(p.numel() for n, p in named.items() if p.requires_grad and "lora_" in n)
     encoder = sum(p.numel() for n, p in named.items() if n.startswith("audio_encoder.encoder."))
     llm = sum(p.numel() for n, p in named.items() if n.startswith("language_model.") and "lora_" not in n)
-    text = processor.config.text_config
+    text = config.text_config
     return {"depth": full_depth, "trainable": trainable, "total": sum(p.numel() for p in named.values()),
             "lora": lora, "interface": trainable - lora, "encoder": encoder, "llm": llm,
             "frozen": sum(p.numel() for p in named.values() if not p.requires_grad),

@@ -270,9 +270,8 @@ def pooled_encoder_output(runner, feature_extractor, audios: list[np.ndarray]):
     """
     from processing_emosllm import EmoSLLMProcessor
 
-    # The processor's own feature step; it reads only `config` and `feature_extractor` (no tokenizer needed).
-    owner = types.SimpleNamespace(config=runner.config, feature_extractor=feature_extractor,
-                                  pad_audio_to_max_length=False)
+    # The processor's own feature step; it reads only `feature_extractor` and the padding setting (no tokenizer).
+    owner = types.SimpleNamespace(feature_extractor=feature_extractor, pad_audio_to_max_length=False)
     features = EmoSLLMProcessor.audio_features(owner, audios)
     last = runner.layer_states(features["input_features"], features["audio_lengths"])[:, -1]
     mask = runner.frame_mask(features["audio_lengths"], last.shape[1]).to(last.dtype)[..., None]

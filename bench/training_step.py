@@ -59,12 +59,12 @@ def main(argv=None) -> list[dict]:
                 ("bf16 autocast, no LoRA dropout, shared head", True, 0.0, True)]
     rows = []
     for name, bf16, dropout, shared in variants:
-        processor = EmoSLLMProcessor.from_backbones(
+        processor, config = EmoSLLMProcessor.from_backbones(
             encoder, llm, labels=LABELS, mapper_config={"mapper_type": "probe"}, encoder_layer_combination="concatenate",
             audio_loss_weight=1.0)
         torch.manual_seed(0)
         lora_config = LoraConfig(**{**DEFAULT_LORA, "lora_dropout": dropout})
-        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, lora_config).train()
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm, lora_config).train()
         if not shared:
             model.MIN_SHARED_PREFIX = 10**9
         batch = processor(audios, transcript=["Kids are talking by the door"] * len(audios),

@@ -92,10 +92,10 @@ def tiny_mapper_config(mapper: str = "qpmapper", **settings) -> dict:
     return {"mapper_type": mapper, **sizes, **settings}
 
 
-def tiny_processor(encoder: str = "whisper", mapper: str = "qpmapper", **kwargs) -> EmoSLLMProcessor:
+def tiny_processor(encoder: str = "whisper", mapper: str = "qpmapper", **kwargs) -> tuple:
     """
-    A processor (and its config, `processor.config`) of the tiny random backbones. `kwargs`: processor settings and
-    config fields; `num_queries=`/`mix_weight=` are the mapper's settings.
+    A processor and its model's config, `(processor, config)`, of the tiny random backbones. `kwargs`: processor
+    settings and config fields; `num_queries=`/`mix_weight=` are the mapper's settings.
     """
     audio_config, feature_extractor = tiny_audio(encoder)
     tokenizer = tiny_tokenizer()
@@ -110,9 +110,9 @@ def save_tiny_model(folder: Path):
     """The tiny random EmoSLLM (seed 0) and its processor saved as a folder: `(processor, model)`, in eval mode."""
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return processor, model
@@ -127,7 +127,13 @@ def tone(seconds: float, frequency: float, seed: int = 0, rate: int = 16000) -> 
 
 @pytest.fixture
 def processor() -> EmoSLLMProcessor:
-    return tiny_processor()
+    return tiny_processor()[0]
+
+
+@pytest.fixture
+def config():
+    """The model config that goes with the `processor` fixture (the same tiny build)."""
+    return tiny_processor()[1]
 
 
 TONE_FREQUENCIES = {"neutral": 150, "happy": 450, "sad": 900, "angry": 1800}
@@ -165,9 +171,9 @@ def tiny_model(encoder: str = "whisper", mapper: str = "qpmapper", seed: int = 0
     """A tiny random EmoSLLM (seeded) and its processor: `(processor, model)`; `kwargs` as `tiny_processor`'s."""
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor = tiny_processor(encoder, mapper, **kwargs)
+    processor, config = tiny_processor(encoder, mapper, **kwargs)
     torch.manual_seed(seed)
-    return processor, EmoSLLMForSpeechEmotionRecognition(processor.config)
+    return processor, EmoSLLMForSpeechEmotionRecognition(config)
 
 
 def batch_of_lengths(processor, seconds=(0.7, 1.9, 3.1)):
@@ -211,12 +217,12 @@ def build_tiny(root: Path) -> tuple[EmoSLLMProcessor, EmoSLLMForSpeechEmotionRec
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
     save_tiny_backbones(root)
-    processor = EmoSLLMProcessor.from_backbones(
+    processor, config = EmoSLLMProcessor.from_backbones(
         str(root / "encoder"), str(root / "llm"), labels=LABELS, mapper_config=tiny_mapper_config("qpmapper"),
         **TINY_DEFAULTS, **TINY_IDS,
     )
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(root / "encoder"), str(root / "llm"),
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, str(root / "encoder"), str(root / "llm"),
                                                               lora_config=TINY_LORA)
     trained_like(model, processor(clips()))
     return processor, model.eval()

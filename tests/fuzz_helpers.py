@@ -25,9 +25,9 @@ CLIP = tone(1.0, 300)
 
 @pytest.fixture(scope="module")
 def tiny():
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     return model, processor
 
 

@@ -14,7 +14,7 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
     processor, model = tiny_model()
     model.eval()
     batch, audios = batch_of_lengths(processor)
-    first_tokens = [ids[0] for ids in processor.config.label_token_ids]
+    first_tokens = [ids[0] for ids in model.config.label_token_ids]
     assert model.label_answer_paths() == [[token] for token in first_tokens]
     with torch.no_grad():
         output = model(**batch)
@@ -33,7 +33,7 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
     # The training target is the answer text: the LLM's next-token loss on the label word and the end of the turn.
     answer = batch["lm_labels"] != -100
     assert (batch["input_ids"][answer] == batch["lm_labels"][answer]).all()
-    assert answer.sum(1).tolist() == [len(processor.config.label_token_ids[i]) + 1 for i in batch["labels"].tolist()]
+    assert answer.sum(1).tolist() == [len(model.config.label_token_ids[i]) + 1 for i in batch["labels"].tolist()]
     with torch.no_grad():
         reference = model.language_model(**model._llm_inputs(
             batch["input_ids"], batch["attention_mask"],
@@ -48,8 +48,8 @@ def test_class_scores_are_the_llms_logits_of_the_label_words_at_the_answer_posit
 
 def test_labels_with_the_same_tokens_are_an_error():
     with pytest.raises(ValueError, match="are the same tokens"):
-        tiny_processor(**{}).config.__class__(
-            **{**tiny_processor().config.to_dict(), "label_token_ids": [[5], [5], [6], [7]]})
+        tiny_processor(**{})[1].__class__(
+            **{**tiny_processor()[1].to_dict(), "label_token_ids": [[5], [5], [6], [7]]})
 
 
 # Labels that share first tokens ("very ..."), span several words, and one that begins with another ("pleasant").
@@ -74,9 +74,9 @@ def wordy_processor(**kwargs):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
                                         eos_token="<|end|>", chat_template=CHAT_TEMPLATE)
     audio_config, feature_extractor = tiny_audio("whisper")
-    config = {"mapper_config": tiny_mapper_config("qpmapper"), **kwargs}
+    settings = {"mapper_config": tiny_mapper_config("qpmapper"), **kwargs}
     return EmoSLLMProcessor.build(feature_extractor, tokenizer, audio_config, tiny_llm_config(len(tokenizer)),
-                                  labels=WORDY_LABELS, **config)
+                                  labels=WORDY_LABELS, **settings)
 
 
 def brute_force_label_scores(model, processor, audios) -> torch.Tensor:
@@ -97,12 +97,12 @@ def brute_force_label_scores(model, processor, audios) -> torch.Tensor:
 
 
 def test_labels_that_share_first_tokens_or_span_words_are_scored_trained_and_generated():
-    processor = wordy_processor()
+    processor, config = wordy_processor()
     torch.manual_seed(2)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
-    ids = processor.config.label_token_ids
+    model = EmoSLLMForSpeechEmotionRecognition(config)
+    ids = config.label_token_ids
     end = processor.tokenizer.eos_token_id
-    assert processor.config.answer_end_token_id == end
+    assert config.answer_end_token_id == end
     assert ids[1][0] == ids[2][0] and ids[4][: len(ids[3])] == ids[3]  # the cases this test is about
     # Each path runs to the first token no other label has there; "pleasant" needs its end token.
     assert model.label_answer_paths() == [ids[0][:1], ids[1][:2], ids[2][:2], ids[3] + [end], ids[4][:2]]
@@ -204,7 +204,7 @@ def test_generate_writes_free_text():
     model.eval()
     with torch.no_grad():
         audio, _ = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
-        placeholder = batch["input_ids"] == processor.config.audio_token_id
+        placeholder = batch["input_ids"] == model.config.audio_token_id
         embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(placeholder, 0))
         embeds[placeholder] = audio.reshape(-1, audio.shape[-1])
         expected = []
@@ -224,7 +224,7 @@ def test_the_shared_prompt_head_runs_once_and_changes_nothing():
     assert prefix >= model.prompt_head.min_shared_prefix
     heads = [row[mask.bool()][:prefix] for row, mask in zip(batch["input_ids"], batch["attention_mask"])]
     assert all(torch.equal(head, heads[0]) for head in heads)  # the same tokens in every prompt ...
-    assert processor.config.audio_token_id not in heads[0]  # ... before any audio
+    assert model.config.audio_token_id not in heads[0]  # ... before any audio
     with torch.no_grad():
         shared = model(**batch)
         model.prompt_head.min_shared_prefix = 10**6  # one full pass per prompt instead

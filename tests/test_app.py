@@ -38,9 +38,9 @@ def import_app():
 def demo_files(tmp_path_factory):
     """A tiny random EmoSLLM saved as train.py saves one, a 2 s clip and a 35 s recording with a silent stretch."""
     tmp = tmp_path_factory.mktemp("app")
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     folder = tmp / "emosllm-app-test"  # the folder's name names its code module: one no other test uses
     # Every weight: the tiny random backbones have no Hub id to be named by (a lean save needs one).
     model.save_pretrained(folder, full_weights=True, dtype=torch.float32)

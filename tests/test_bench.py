@@ -49,12 +49,13 @@ def test_transcript_only_prompt_has_no_audio():
     from conftest import tiny_processor
 
     processor_class, _ = ser_benchmark_systems.transcript_only_classes()
-    base = tiny_processor()
-    processor = processor_class(base.feature_extractor, base.tokenizer, config=base.config)
+    base, config = tiny_processor()
+    processor = processor_class(base.feature_extractor, base.tokenizer, labels=base.labels,
+                                audio_embedding_count=base.audio_embedding_count)
     prompt = processor.build_prompt(16000, transcript="kids are talking by the door")
     assert base.audio_token not in prompt and "Speech" not in prompt
     assert prompt == base.build_prompt(16000, "kids are talking by the door").replace(
-        base.audio_token * base.config.mapper_config["num_queries"], "").replace("\nSpeech:", "")
+        base.audio_token * config.mapper_config["num_queries"], "").replace("\nSpeech:", "")
 
 
 def test_whisper_head_is_hfs_on_the_valid_frames_of_the_pretrained_encoder(tiny_setup):
@@ -288,7 +289,7 @@ def test_build_memory_counts_tied_weights_once_and_reads_the_peak_of_its_own_pro
 
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor().config)
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor()[1])
     head = model.language_model.get_output_embeddings().weight
     assert head is model.get_input_embeddings().weight  # tied
     held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])  # tied: once

@@ -44,7 +44,8 @@ class RandomInitCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-def lean_processor(root: Path, mapper: str = "qpmapper") -> EmoSLLMProcessor:
+def lean_processor(root: Path, mapper: str = "qpmapper") -> tuple:
+    """The processor and model config of the tiny backbones saved under `root`: `(processor, config)`."""
     return EmoSLLMProcessor.from_backbones(
         str(root / "encoder"), str(root / "llm"), labels=LABELS, mapper_config=tiny_mapper_config(mapper),
         **TINY_DEFAULTS, **TINY_IDS,
@@ -58,7 +59,7 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
     from transformers import AutoModel, AutoModelForCausalLM
 
     save_tiny_backbones(tmp_path)
-    processor = lean_processor(tmp_path, adapter)
+    processor, config = lean_processor(tmp_path, adapter)
     loads = []
     for auto in (AutoModel, AutoModelForCausalLM):
         original = auto.from_pretrained
@@ -79,7 +80,7 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
     monkeypatch.setattr(modeling_emosllm.EmoSLLMForSpeechEmotionRecognition, "post_init", seen_at_init)
     counter = RandomInitCounter()
     with counter:
-        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, str(tmp_path / "encoder"),
+        model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, str(tmp_path / "encoder"),
                                                                   str(tmp_path / "llm"))
     assert len(skeletons) == 1 and skeletons[0] and set(skeletons[0].values()) == {"meta"}
     assert loads == [torch.float32, torch.float32]  # each backbone once, in its final dtype (the CPU policy)
@@ -96,12 +97,12 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
 @pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
 def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewhere(tmp_path, adapter):
     save_tiny_backbones(tmp_path)
-    processor = lean_processor(tmp_path, adapter)
+    processor, config = lean_processor(tmp_path, adapter)
     encoder, llm = str(tmp_path / "encoder"), str(tmp_path / "llm")
     torch.manual_seed(0)
-    new = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    new = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm)
     torch.manual_seed(0)
-    old = old_build(processor.config, encoder, llm)
+    old = old_build(config, encoder, llm)
     new_state, old_state = new.state_dict(), old.state_dict()
     assert new_state.keys() == old_state.keys()
     for name in old.backbone_keys():
@@ -161,13 +162,13 @@ def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_interface_and_bf16_ba
     save_tiny_backbones(tmp_path)
     llm = str(bf16_llm(tmp_path))
     encoder = str(tmp_path / "encoder")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
+    processor, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
                                                 mapper_config=tiny_mapper_config("probe"), **TINY_IDS)
     # The device check, mocked: a CPU with native bf16 (avx512_bf16) still trains in float32; a bf16 GPU in bf16.
     monkeypatch.setattr(precision_emosllm, "bf16_is_native", lambda device_type=None: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert precision_emosllm.training_backbone_dtype("cpu") == torch.float32
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm)
     frozen = torch.bfloat16 if cuda else torch.float32
     backbone = set(model.backbone_keys())
     assert {t.dtype for n, t in model.state_dict().items() if n in backbone} == {frozen}
@@ -177,7 +178,7 @@ def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_interface_and_bf16_ba
     loss.backward()
     assert torch.isfinite(loss)
     assert {p.grad.dtype for p in model.parameters() if p.grad is not None} == {torch.float32}
-    assert EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, dtype=torch.bfloat16) \
+    assert EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm, dtype=torch.bfloat16) \
         .language_model.model.embed_tokens.weight.dtype == torch.bfloat16  # dtype= sets the backbones'
 
 
@@ -241,9 +242,9 @@ def test_a_bf16_head_is_read_in_float32_blocks_without_a_full_float32_copy(tiny,
 def test_a_full_save_writes_each_backbone_in_its_declared_dtype_and_the_tied_head_once(tmp_path, caplog):
     save_tiny_backbones(tmp_path)
     llm, encoder = str(bf16_llm(tmp_path)), str(tmp_path / "encoder")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
+    processor, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS,
                                                 mapper_config=tiny_mapper_config("qpmapper"))
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)  # float32 on the CPU
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm)  # float32 on the CPU
     assert model.config.text_model_id is None  # a local folder: no Hub id, so every weight is saved
     model.save_pretrained(tmp_path / "whole")
     assert "not a Hub id" in caplog.text

@@ -43,9 +43,9 @@ def clean_env(tmp: Path) -> dict:
 def folder(tmp_path_factory) -> Path:
     """A tiny random EmoSLLM saved as a Hub folder would be."""
     tmp = tmp_path_factory.mktemp("dependencies")
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    EmoSLLMForSpeechEmotionRecognition(processor.config).save_pretrained(tmp / "emosllm")
+    EmoSLLMForSpeechEmotionRecognition(config).save_pretrained(tmp / "emosllm")
     processor.save_pretrained(tmp / "emosllm")
     return tmp / "emosllm"
 

@@ -200,8 +200,8 @@ def test_bad_text_inputs_raise_naming_the_argument(case, tiny, classifier):
 
 
 def test_a_transcript_longer_than_the_llm_is_a_fast_error(tiny, classifier):
-    _, processor = tiny
-    limit = processor.config.text_config.max_position_embeddings
+    model, processor = tiny
+    limit = model.config.text_config.max_position_embeddings
     huge = "kids are talking by the door " * 3500  # about 100,000 characters
     started = time.time()
     for call in (lambda: processor(CLIP, transcript=huge), lambda: classifier(CLIP, transcript=huge),

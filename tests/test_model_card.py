@@ -104,7 +104,7 @@ def data_args(**given) -> SimpleNamespace:
 def write_card(tmp_path: Path, model_args, data, split, hub_model_id=None) -> tuple[ModelCard, str]:
     output = tmp_path / "outputs" / "emosllm-ravdess"
     output.mkdir(parents=True)
-    training.hub.write_model_card(output, model_args, data, split, METRICS, SimpleNamespace(config=CONFIG),
+    training.hub.write_model_card(output, model_args, data, split, METRICS, CONFIG,
                                  hub_model_id=hub_model_id)
     path = output / "README.md"
     return ModelCard.load(path), path.read_text()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import LABELS, batch_of_lengths, fit_random_probe, tiny_model, tone
+from conftest import LABELS, batch_of_lengths, fit_random_probe, tiny_model, tiny_processor, tone
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
@@ -28,12 +28,12 @@ TRAINABLE = ("mapper.", "audio_encoder.layer_weights")
 def test_shapes_and_placeholders_match_interface(encoder, adapter):
     processor, model = tiny_model(encoder, adapter)
     batch, audios = batch_of_lengths(processor)
-    placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
+    placeholders = (batch["input_ids"] == model.config.audio_token_id).sum(dim=1)
     _, audio_mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
     assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
-    assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
+    assert placeholders.tolist() == [model.config.num_audio_embeddings(len(a)) for a in audios]
     if adapter in ("qpmapper", "statistics"):
-        assert set(placeholders.tolist()) == {processor.config.mapper_config["num_queries"]}
+        assert set(placeholders.tolist()) == {model.config.mapper_config["num_queries"]}
     elif adapter == "probe":  # one soft emotion word per clip
         assert set(placeholders.tolist()) == {1}
     else:  # grows with the audio
@@ -42,7 +42,7 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     assert output.logits.shape == (3, len(LABELS))
     assert output.loss.shape == () and torch.isfinite(output.loss)
     embeddings, _ = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
-    assert embeddings.shape[-1] == processor.config.text_config.hidden_size
+    assert embeddings.shape[-1] == model.config.text_config.hidden_size
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -126,7 +126,7 @@ def test_feature_statistics_standardize_each_layer_and_dimension():
     batch, audios = batch_of_lengths(processor)
     with torch.no_grad():
         states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
-    clip_states = [s[:, : processor.config.num_encoder_frames(len(a))] for s, a in zip(states, audios)]
+    clip_states = [s[:, : model.config.num_encoder_frames(len(a))] for s, a in zip(states, audios)]
     model.audio_encoder.set_feature_statistics(clip_states)
     frames = torch.cat(clip_states, dim=1)  # (layers + 1, all valid frames, hidden): padding never counts
     standardized = (frames - model.audio_encoder.feature_mean[:, None]) / model.audio_encoder.feature_std[:, None]
@@ -181,11 +181,11 @@ def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
     frames = torch.randn(2, 7, adapter.output_proj.in_features // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     embeddings, mask = adapter(frames, frame_mask)
-    assert embeddings.shape == (2, processor.config.mapper_config["num_queries"], processor.config.text_config.hidden_size)
+    assert embeddings.shape == (2, model.config.mapper_config["num_queries"], model.config.text_config.hidden_size)
     assert mask.all()
     short = frames[1, :3]
     statistics = torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)])
-    expected = adapter.output_proj(statistics).reshape(processor.config.mapper_config["num_queries"], -1)
+    expected = adapter.output_proj(statistics).reshape(model.config.mapper_config["num_queries"], -1)
     torch.testing.assert_close(embeddings[1], expected)
 
 
@@ -196,7 +196,7 @@ def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
     frames = torch.randn(2, 7, adapter.probe_weight.shape[1] // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
     embeddings, mask = adapter(frames, frame_mask)
-    assert embeddings.shape == (2, 1, processor.config.text_config.hidden_size) and mask.all()
+    assert embeddings.shape == (2, 1, model.config.text_config.hidden_size) and mask.all()
     short = frames[1, :3]
     statistics = (torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)]) - adapter.statistics_mean)
     probabilities = (adapter.probe_weight @ (statistics / adapter.statistics_std) + adapter.probe_bias).softmax(-1)
@@ -383,11 +383,11 @@ def test_whisper_encoder_on_own_length_equals_hf_forward_at_full_length():
 
 
 def test_padding_to_max_length_gives_same_placeholders():
-    processor, _ = tiny_model("whisper", "mlp", pad_audio_to_max_length=True, max_audio_seconds=4.0)
+    processor, config = tiny_processor("whisper", "mlp", pad_audio_to_max_length=True, max_audio_seconds=4.0)
     batch, audios = batch_of_lengths(processor)
     assert batch["input_features"].shape[-1] == 400  # 4 s of 10 ms mel frames
-    placeholders = (batch["input_ids"] == processor.config.audio_token_id).sum(dim=1)
-    assert placeholders.tolist() == [processor.config.num_audio_embeddings(len(a)) for a in audios]
+    placeholders = (batch["input_ids"] == config.audio_token_id).sum(dim=1)
+    assert placeholders.tolist() == [config.num_audio_embeddings(len(a)) for a in audios]
 
 
 def test_mismatched_processor_and_model_raise():
@@ -399,17 +399,16 @@ def test_mismatched_processor_and_model_raise():
 
 
 def test_model_needs_tokenizer_ids():
-    processor, _ = tiny_model()
-    config = processor.config
+    _, config = tiny_processor()
     config.audio_token_id = None
     with pytest.raises(ValueError, match="from_backbones"):
         EmoSLLMForSpeechEmotionRecognition(config)
 
 
 def test_mismatched_checkpoint_raises(tmp_path):
-    processor, model = tiny_model(language_model_training="frozen")
+    _, model = tiny_model(language_model_training="frozen")
     model.save_pretrained(tmp_path)
-    config = processor.config
+    _, config = tiny_processor(language_model_training="frozen")
     config.language_model_training = "lora"  # the folder has no LoRA weights for this config: they would start random
     with pytest.raises(ValueError, match="does not match this EmoSLLM config"):
         EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path, config=config)

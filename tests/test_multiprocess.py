@@ -120,11 +120,11 @@ def _score_on_ranks(rank: int, world: int, out: str) -> None:
 
     from training.evaluation import predict_as_delivered
 
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     model.cast_language_model(torch.bfloat16)  # as a bf16 LLM is loaded and scored: its results depend on the batch
     model.merge_lora()
     scores = predict_as_delivered(model, processor, _clips(), PartialState())
@@ -149,16 +149,16 @@ def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
     from training.evaluation import DELIVERED_BATCH_SIZE, predict_as_delivered
 
     run_ranks(_score_on_ranks, str(tmp_path))
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     model.cast_language_model(torch.bfloat16)
     model.merge_lora()
     clips = _clips()
     classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
-    outputs = classifier([c["audio"] for c in clips], top_k=len(processor.config.labels), segment_seconds=None,
+    outputs = classifier([c["audio"] for c in clips], top_k=len(config.labels), segment_seconds=None,
                          batch_size=DELIVERED_BATCH_SIZE)
-    labels = processor.config.labels
+    labels = config.labels
     delivered = np.array([[{o["label"]: o["score"] for o in out}[label] for label in labels] for out in outputs])
     for rank in (0, 1):
         scores = np.load(tmp_path / f"rank{rank}.npy")
@@ -187,9 +187,9 @@ def _tiny_model_and_batch():
 
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    model = EmoSLLMForSpeechEmotionRecognition(config)
     audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
     return model, processor(audios, labels=LABELS[:3])
 
@@ -235,10 +235,10 @@ def _fsdp_loaded_model(root: str):
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from processing_emosllm import EmoSLLMProcessor
 
-    processor = EmoSLLMProcessor.from_backbones(f"{root}/encoder", f"{root}/llm", labels=LABELS,
+    processor, config = EmoSLLMProcessor.from_backbones(f"{root}/encoder", f"{root}/llm", labels=LABELS,
                                                 mapper_config=tiny_mapper_config("probe"), **TINY_DEFAULTS)
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, f"{root}/encoder", f"{root}/llm",
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, f"{root}/encoder", f"{root}/llm",
                                                               lora_config=TINY_LORA)
     return processor, model
 
@@ -429,9 +429,9 @@ def _bf16_weights_step(adapter: str) -> torch.Tensor:
 
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor = tiny_processor(mapper=adapter, audio_loss_weight=1.0)
+    processor, config = tiny_processor(mapper=adapter, audio_loss_weight=1.0)
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).train()
+    model = EmoSLLMForSpeechEmotionRecognition(config).train()
     for param in model.parameters():  # as DeepSpeed's bf16 mode: the weights in bf16, the buffers as they were
         param.data = param.data.to(torch.bfloat16)
     audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
@@ -461,9 +461,9 @@ def _deepspeed_zero2_step(rank: int, world: int, out: str) -> None:
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
     deepspeed.init_distributed(dist_backend="gloo")  # joins the process group of `run_ranks`
-    processor = tiny_processor(audio_loss_weight=1.0)
+    processor, config = tiny_processor(audio_loss_weight=1.0)
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config)
+    model = EmoSLLMForSpeechEmotionRecognition(config)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     config = {"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},

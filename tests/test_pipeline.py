@@ -471,19 +471,19 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
         return ["kids are talking"] * len(audios)
 
     monkeypatch.setattr(transcription_emosllm, "transcribe", fake_transcribe)
-    processor = tiny_processor(use_transcript="auto")
+    processor, config = tiny_processor(use_transcript="auto")
     torch.manual_seed(0)
     classifier = EmoSLLMAudioClassificationPipeline(
-        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor, detect_speech=False)
+        model=EmoSLLMForSpeechEmotionRecognition(config), processor=processor, detect_speech=False)
     result = classifier(tone(25.0, 300), return_timeline=True)
     assert len(result["timeline"]) == 3 and heard == [10 * 16000] * 3  # each 10 s window, transcribed alone
     heard.clear()
     classifier(tone(2.0, 300), transcript="the door")
     assert heard == []  # a given transcript is used as it is
 
-    processor = tiny_processor(use_transcript="given")
+    processor, config = tiny_processor(use_transcript="given")
     classifier = EmoSLLMAudioClassificationPipeline(
-        model=EmoSLLMForSpeechEmotionRecognition(processor.config), processor=processor, detect_speech=False)
+        model=EmoSLLMForSpeechEmotionRecognition(config), processor=processor, detect_speech=False)
     with caplog.at_level("WARNING"):
         classifier(tone(2.0, 300))
         classifier(tone(2.0, 400))

@@ -6,23 +6,23 @@ import torch
 from conftest import LABELS, tone
 
 
-def test_prompt_has_task_transcript_features_and_placeholders(processor):
+def test_prompt_has_task_transcript_features_and_placeholders(processor, config):
     batch = processor(tone(1.0, 300), transcript="kids are talking by the door", text_features={"gender": "female"})
     text = processor.tokenizer.decode(batch["input_ids"][0])
     assert "talking" in text and "female" in text and "emotion" in text
     for label in LABELS:
         assert label in text
-    assert (batch["input_ids"][0] == processor.config.audio_token_id).sum() == processor.config.mapper_config["num_queries"]
+    assert (batch["input_ids"][0] == config.audio_token_id).sum() == config.mapper_config["num_queries"]
 
 
 def test_transcript_not_used_when_config_says_none():
     from conftest import tiny_processor
 
-    processor = tiny_processor(use_transcript="none")
+    processor, config = tiny_processor(use_transcript="none")
     batch = processor(tone(1.0, 300), transcript="kids are talking by the door")
     without = processor(tone(1.0, 300))
     assert torch.equal(batch["input_ids"], without["input_ids"])  # no trace of it: the prompt of a clip without one
-    given = tiny_processor(use_transcript="given")(tone(1.0, 300), transcript="kids are talking by the door")
+    given = tiny_processor(use_transcript="given")[0](tone(1.0, 300), transcript="kids are talking by the door")
     assert given["input_ids"].shape[1] > without["input_ids"].shape[1]  # where the config says so, it is read
 
 
@@ -84,7 +84,7 @@ def test_auto_transcripts_fill_only_missing_ones_and_the_processor_runs_no_asr(m
     import transcription_emosllm
     from conftest import tiny_processor
 
-    processor = tiny_processor(use_transcript="auto")
+    processor, config = tiny_processor(use_transcript="auto")
     calls = []
 
     def fake_transcribe(audios, model_name):
@@ -119,7 +119,7 @@ def test_auto_transcript_from_bundled_whisper_on_real_speech():
 
     wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
     audio, rate = sf.read(wav, dtype="float32")
-    processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
+    processor, config = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
     settings = processor.use_transcript, processor.asr_model
     (transcript,) = resolve_transcripts([processor.prepare_audio(audio, rate)], [None], *settings)
     assert "fail" in transcript.lower()  # Beckett: "Ever tried. Ever failed. No matter. Try again. Fail again..."
@@ -129,10 +129,53 @@ def test_prompts_are_left_padded_whatever_the_tokenizers_padding_side(tmp_path):
     """A reloaded tokenizer may pad on the right; the answer position must stay every prompt's last column."""
     from conftest import tiny_processor
 
-    processor = tiny_processor()
+    processor, config = tiny_processor()
     processor.tokenizer.padding_side = "right"  # as a tokenizer_config.json without padding_side reloads
     inputs = processor.text_inputs([16000, 16000], ['kids are talking by the door', None], [None, None])
     mask = inputs["attention_mask"]
     assert mask[:, -1].all() and not mask[1, 0]  # the shorter prompt is padded at its start
     processor.save_pretrained(tmp_path)
     assert type(processor).from_pretrained(tmp_path).tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize("mapper", ["probe", "mlp"])
+def test_the_processor_saves_what_it_needs_and_reads_no_model_file(tmp_path, mapper):
+    """A saved processor is whole on its own: its folder holds no config.json, and it prepares the same inputs as
+    the processor it was saved from, with the model's number of audio placeholders (for `mlp` it grows with the
+    clip, so the saved rule must hold the encoder's frame rule too)."""
+    import json
+
+    from conftest import tiny_processor
+
+    from processing_emosllm import EmoSLLMProcessor
+
+    processor, config = tiny_processor(mapper=mapper)
+    processor.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["labels"] == config.labels and saved["audio_embedding_count"] == config.audio_embedding_count
+    loaded = EmoSLLMProcessor.from_pretrained(tmp_path)
+    audios = [tone(0.7, 300), tone(2.9, 500, seed=1)]
+    before, after = processor(audios, labels=LABELS[:2]), loaded(audios, labels=LABELS[:2])
+    assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
+    placeholders = (after["input_ids"] == config.audio_token_id).sum(dim=1).tolist()
+    assert placeholders == [config.num_audio_embeddings(len(a)) for a in audios]
+    if mapper == "mlp":
+        assert placeholders[0] < placeholders[1]
+
+
+def test_a_processor_and_a_model_that_do_not_belong_together_are_refused():
+    from conftest import tiny_model, tiny_processor
+
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+
+    _, model = tiny_model(num_queries=6)
+    other_count, _ = tiny_processor(num_queries=4)
+    with pytest.raises(ValueError, match=r"audio_embedding_count .* not the model's.*same folder"):
+        EmoSLLMAudioClassificationPipeline(model=model, processor=other_count, detect_speech=False)
+    other_labels, _ = tiny_processor(num_queries=6)
+    other_labels.labels = list(reversed(other_labels.labels))
+    with pytest.raises(ValueError, match=r"labels .* not the model's"):
+        EmoSLLMAudioClassificationPipeline(model=model, processor=other_labels, detect_speech=False)
+    matching, _ = tiny_processor(num_queries=6)
+    EmoSLLMAudioClassificationPipeline(model=model, processor=matching, detect_speech=False)  # and its own is taken

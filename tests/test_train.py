@@ -207,7 +207,7 @@ def test_training_prompts_follow_the_transcript_setting(monkeypatch):
     monkeypatch.setattr(transcription_emosllm, "transcribe", lambda audios, model_name: ["asr text"] * len(audios))
     for setting, expected in (("none", [None, None]), ("given", ["the door", None]), ("auto", ["the door", "asr text"])):
         clips = [{"audio": tone(1.0, 300), "transcript": "the door"}, {"audio": tone(1.0, 400), "transcript": ""}]
-        attach_transcripts(clips, tiny_processor(use_transcript=setting))
+        attach_transcripts(clips, tiny_processor(use_transcript=setting)[0])
         assert [c["transcript"] for c in clips] == expected, setting
 
 
@@ -216,10 +216,10 @@ def test_soft_emotion_word_starts_as_the_llms_label_words(tiny_setup):
     from processing_emosllm import EmoSLLMProcessor
 
     encoder, llm = str(tiny_setup / "encoder"), str(tiny_setup / "llm")
-    processor = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={"mapper_type": "probe"})
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, encoder, llm, TINY_LORA)
+    processor, config = EmoSLLMProcessor.from_backbones(encoder, llm, labels=LABELS, mapper_config={"mapper_type": "probe"})
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm, TINY_LORA)
     input_embeddings = model.get_input_embeddings().weight
-    for column, ids in zip(model.mapper.label_embeddings.weight.T, processor.config.label_token_ids):
+    for column, ids in zip(model.mapper.label_embeddings.weight.T, config.label_token_ids):
         torch.testing.assert_close(column, input_embeddings[ids].mean(dim=0))
     assert model.mapper.label_embeddings.weight.requires_grad
 
@@ -231,7 +231,7 @@ def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_p
     from training.arguments import parse_args
     from training.trainer import EmoSLLMTrainer
 
-    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(mapper="statistics", audio_loss_weight=1.0).config)
+    model = EmoSLLMForSpeechEmotionRecognition(tiny_processor(mapper="statistics", audio_loss_weight=1.0)[1])
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--learning_rate", "5e-4", "--eval_strategy", "no"])
     trainer = EmoSLLMTrainer(model=model, args=args, mapper_learning_rate=1e-2, head_learning_rate=1e-3)
     by_id = {id(p): n for n, p in model.named_parameters()}
@@ -295,9 +295,9 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
     from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(mapper="probe")
+    processor, config = tiny_processor(mapper="probe")
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
 
     def clips(seeds):
         return [{"audio": tone(0.8, TONE_FREQUENCIES[label], seed=seed), "label": label, "transcript": None,
@@ -326,9 +326,9 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
     from training.probe import fit_probe
     from training.trainer import EmoSLLMCollator
 
-    processor = tiny_processor(mapper="probe")
+    processor, config = tiny_processor(mapper="probe")
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
 
     def clips(seeds, labels=LABELS):
         made = []
@@ -337,7 +337,7 @@ def test_fit_probe_chooses_c_on_validation_or_across_training_speakers():
                 audio = tone(0.8, TONE_FREQUENCIES[label], seed=seed)
                 features = processor.audio_features([audio])
                 states = model.audio_encoder.layer_states(features["input_features"], features["audio_lengths"])[0]
-                frames = processor.config.num_encoder_frames(len(audio))
+                frames = config.num_encoder_frames(len(audio))
                 made.append({"audio": audio, "label": label, "states": states[:, :frames].detach().half(),
                              "speaker": f"spk{seed % 4}", "transcript": None, "text_features": {}})
         return made
@@ -376,9 +376,9 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
     from training.arguments import parse_args
     from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
-    processor = tiny_processor(mapper="probe")
+    processor, config = tiny_processor(mapper="probe")
     torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(processor.config, TINY_LORA).eval()
+    model = EmoSLLMForSpeechEmotionRecognition(config, TINY_LORA).eval()
     model.mapper.set_probe(model.mapper.statistics_mean, model.mapper.statistics_std,
                             torch.randn_like(model.mapper.probe_weight), torch.randn(len(LABELS)))
     _, _, args = parse_args(["--output_dir", str(tmp_path), "--eval_strategy", "no"])

@@ -47,7 +47,7 @@ def test_auto_transcripts_stop_after_a_sample_when_the_words_cannot_help(fake_wh
     from training.transcripts import TranscriptCache, transcribe_training_clips
 
     clips = untranscribed_clips()
-    processor = tiny_processor(use_transcript="auto")
+    processor, config = tiny_processor(use_transcript="auto")
     cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
         assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42) is False
@@ -75,7 +75,7 @@ def test_auto_transcripts_estimate_the_rest_then_transcribe_and_cache_every_clip
     fake_whisper["words"] = lambda audio: f"words number {int(np.argmax(np.abs(np.fft.rfft(audio))))}"  # unscripted
     clips = untranscribed_clips()
     clips[0]["transcript"] = "given words"
-    processor = tiny_processor(use_transcript="auto")
+    processor, config = tiny_processor(use_transcript="auto")
     cache = TranscriptCache(processor.asr_model, tmp_path / "transcripts")
     with caplog.at_level(logging.INFO, logger="emosllm.train"):
         assert transcribe_training_clips(clips, processor, LABELS, cache, seed=0) is True
@@ -97,7 +97,7 @@ def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisp
     from training.transcripts import TranscriptCache, transcribe_training_clips
 
     clips = untranscribed_clips()
-    processor = tiny_processor(use_transcript="auto")
+    processor, config = tiny_processor(use_transcript="auto")
     cache = TranscriptCache(processor.asr_model, tmp_path)
     assert transcribe_training_clips(clips, processor, LABELS, cache, seed=42, force=True) is True
     assert len(fake_whisper["heard"]) == 120
@@ -137,7 +137,7 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
 
     wav = Path(importlib.util.find_spec("moonshine_onnx").origin).parent / "assets" / "beckett.wav"
     audio, rate = sf.read(wav, dtype="float32")
-    processor = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
+    processor, config = tiny_processor(use_transcript="auto", max_audio_seconds=30.0)
     speech = processor.prepare_audio(audio, rate)
     clips = [{"audio": speech, "label": "sad", "transcript": None}, {"audio": speech[::-1].copy(), "label": "happy",
                                                                      "transcript": None}]

@@ -46,7 +46,7 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
     trainer.model.merge_lora()
     scores = predict_as_delivered(trainer.model, processor, test_clips, trainer.accelerator)
-    labels = processor.config.labels
+    labels = processor.labels
     label_ids = processor.label_ids([c["label"] for c in test_clips]).numpy()
     predicted = scores["logits"].argmax(-1)
     metrics = compute_ser_metrics(predicted, label_ids, labels)

@@ -101,7 +101,7 @@ def card_dataset(data_args, split: dict) -> tuple[str | None, str, str]:
     return None, "local", f"a local corpus (`{Path(source).name}`)"
 
 
-def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, processor,
+def write_model_card(output_dir: Path, model_args, data_args, split: dict, metrics: dict, config,
                      hub_model_id: str | None = None, full_weights: bool = False) -> None:
     """
     README.md: the model card of the saved folder, through huggingface_hub's ModelCard. Metadata: licence, base models
@@ -117,7 +117,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         data_args: The run's `DataArguments` (the data source and `license`).
         split: `{split name: its speakers (or groups)}` and `"unit"` (`speaker`, `clip` or the `--group_column`).
         metrics: The run's test report (`ua`, `wa`, `macro_f1`, `weighted_f1`; the probe's figures where present).
-        processor: The trained model's processor; its config gives the layers, mapper, labels and LLM training.
+        config: The trained model's `EmoSLLMConfig`: the layers, mapper, labels and how the LLM trained.
         hub_model_id: The repo id of the usage snippet; None: a placeholder.
         full_weights: Whether the folder holds every weight.
     """
@@ -206,7 +206,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     )
     lora_file = output_dir / "lora" / "adapter_config.json"
     lora = (f"with LoRA rank {json.loads(lora_file.read_text())['r']}" if lora_file.is_file()
-            else f"({processor.config.language_model_training})")
+            else f"({config.language_model_training})")
     text = f"""---
 {card_data.to_yaml()}
 ---
@@ -216,9 +216,9 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 EmoSLLM (arXiv 2508.14130) fine-tuned for speech emotion recognition with this repository's `train.py`.
 
 - Audio encoder: {card_backbone(model_args.audio_encoder)}, frozen (layers:
-  `{processor.config.encoder_layer_combination}`); mapper: `{processor.config.mapper_type}`{probe};
+  `{config.encoder_layer_combination}`); mapper: `{config.mapper_type}`{probe};
   LLM: {card_backbone(model_args.llm)} {lora}.
-- Data: {dataset_name}; labels: {", ".join(processor.config.labels)}.
+- Data: {dataset_name}; labels: {", ".join(config.labels)}.
 - {split_line}.
 - Test scores: UA {metrics['ua']:.4f}, WA {metrics['wa']:.4f}, macro F1 {metrics['macro_f1']:.4f},
   weighted F1 {metrics['weighted_f1']:.4f}.{answer_and_probe}

@@ -82,11 +82,11 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     cache = model_args.backbone_cache_dir
     audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
-    processor = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels, **model_settings(model_args))
+    processor, config = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels, **model_settings(model_args))
     lora = {key: value for key, value in (("r", model_args.lora_rank), ("lora_alpha", model_args.lora_alpha),
                                           ("lora_dropout", model_args.lora_dropout)) if value is not None}
-    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora}) if processor.config.language_model_training == "lora" else None
-    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(processor.config, audio_encoder, llm, lora_config,
+    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora}) if config.language_model_training == "lora" else None
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, audio_encoder, llm, lora_config,
                                                               device_type=device_type)
     trainable, total = model.trainable_parameters()
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
@@ -202,10 +202,11 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     if training_args.process_index == 0:
         # The trained model and the encoder cache (which holds the model) are not needed any more: freed before the
         # saved folder is loaded beside them.
+        config = model.config
         del trainer, model, cache
         gc.collect()
         metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         metrics["test_clips_without_speech"] = clips_without_speech(clips["test"])
-        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, processor,
+        write_model_card(output_dir, model_args, data_args, split_speakers, metrics, config,
                          hub_model_id=training_args.hub_model_id, full_weights=whole)
     return metrics

@@ -240,7 +240,7 @@ def run_stage(
     if os.environ.get(RECORD_CLIPS_ENV, "") not in ("", "0"):
         train_clips.record_to = Path(output_dir) / "training_clips" / f"rank{args.process_index}.jsonl"
         train_clips.world_size, train_clips.rank = args.world_size, args.process_index
-    labels = processor.config.labels
+    labels = processor.labels
 
     def compute_metrics(prediction):
         logits = prediction.predictions  # the answer's class scores (first, when more outputs were asked for)
