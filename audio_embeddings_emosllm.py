@@ -340,7 +340,7 @@ class EmoSLLMWindowQFormer(nn.Module):
 
 class EmoSLLMFrameStackMLP(nn.Module):
     """
-    Ultravox-style projector: `stack_factor` consecutive frames are stacked and mapped by an MLP.
+    A mapper like Ultravox's projector: `stack_factor` consecutive frames are stacked and mapped by an MLP.
     """
 
     def __init__(self, config: EmoSLLMConfig, encoder_hidden: int):
@@ -401,7 +401,7 @@ class EmoSLLMStatisticsPooling(nn.Module):
     """
     Statistics pooling (as in x-vectors): the mean and standard deviation of the clip's valid encoder frames, mapped
     by one linear layer to `num_queries` LLM embeddings. Not in the paper: on RAVDESS it scored above the Query
-    Pooling Mapper in less time (BENCHMARKS.md), with 4 embeddings and the interface trained at 10x the heads' rate
+    Pooling Mapper in less time (BENCHMARKS.md), with 4 embeddings and the mapper trained at 10x the heads' rate
     (train.py: `--num_queries 4 --mapper_learning_rate 1e-2 --head_learning_rate 1e-3`).
     """
 
@@ -440,7 +440,7 @@ class EmoSLLMStatisticsProbe(nn.Module):
     (`statistics_mean`, `statistics_std`, `probe_weight`, `probe_bias`) is fitted, not trained: an L2-regularized
     logistic regression (scikit-learn, `probe_fitting_emosllm`) on labelled clips' pooled statistics
     (`EmoSLLMForSpeechEmotionRecognition.fit_probe` does it from model inputs), which on RAVDESS generalizes to new
-    voices better than any gradient-trained interface measured (BENCHMARKS.md). What trains is `label_embeddings`, which
+    voices better than any gradient-trained mapper measured (BENCHMARKS.md). What trains is `label_embeddings`, which
     starts as the LLM's input embeddings of the label words (`from_backbones`); LoRA then learns to read the mixture
     together with the rest of the prompt (the transcript, other text features).
     """

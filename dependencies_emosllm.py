@@ -36,7 +36,7 @@ DEPENDENCIES = {
     "scipy": ("scipy", "resampling audio to 16 kHz"),
     "soundfile": ("soundfile", "reading audio files"),
     # transformers checks every import of modeling_emosllm.py before it loads it, fit_probe's included
-    "sklearn": ("scikit-learn", "the probe interface's fitting"),
+    "sklearn": ("scikit-learn", "the probe mapper's fitting"),
     "silero_vad": ("silero-vad", "speech detection (its safetensors weights)"),
     "torchcodec": ("torchcodec", "decoding audio formats libsndfile does not read (with FFmpeg)"),
     "packaging": ("packaging", "version checks"),

@@ -64,7 +64,7 @@ class SpeechEmotionOutput(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch, num_labels)`, as below): class log-probabilities (softmax gives
         probabilities): `llm_logits` mixed with `probe_logits` by `config.mapper_config["mix_weight"]`.
     llm_logits: the LLM's answer's log-probability of each label word, renormalized over the labels.
-    probe_logits: with the probe interface, the probe's own class log-probabilities (the evidence the LLM reads).
+    probe_logits: with the probe mapper, the probe's own class log-probabilities (the evidence the LLM reads).
     audio_logits: the auxiliary `audio_classifier`'s scores from the audio embeddings alone, when
         `config.audio_loss_weight > 0` (a training signal and diagnostic only).
     """
@@ -176,7 +176,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPrecisionMixin, EmoSLLMPreTrainedMod
 
     def freeze_backbones(self) -> None:
         """
-        Only the interface, encoder layer weights, LoRA, the classifier's own weights and unfrozen backbones train.
+        Only the mapper, encoder layer weights, LoRA, the classifier's own weights and unfrozen backbones train.
         """
         backbone = set(self.backbone_keys())
         for name, param in self.named_parameters():
@@ -234,7 +234,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPrecisionMixin, EmoSLLMPreTrainedMod
                 `(batch, num_labels)` (None for other mappers).
         """
         frames, frame_mask = self.audio_encoder(audio_lengths, input_features, encoder_layer_states)
-        # Read in the interface's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
+        # Read in the mapper's own dtype: float32, or bf16 where an engine casts the weights but not the buffers
         # (DeepSpeed's bf16 mode: the frames come standardized by the float32 statistics buffers).
         weight = next((p for p in self.mapper.parameters() if p.is_floating_point()), None)
         if weight is not None:
@@ -266,7 +266,7 @@ class EmoSLLMModel(EmoSLLMLoraMixin, EmoSLLMPrecisionMixin, EmoSLLMPreTrainedMod
         expected, produced = placeholder.sum(dim=1), audio_mask.sum(dim=1)
         if not torch.equal(expected, produced):
             raise ValueError(
-                f"The prompt has {expected.tolist()} audio placeholders per clip but the interface produced "
+                f"The prompt has {expected.tolist()} audio placeholders per clip but the mapper produced "
                 f"{produced.tolist()} embeddings: the processor and the model do not match. Load both from the same "
                 "folder (EmoSLLMProcessor.from_pretrained / AutoProcessor)."
             )

@@ -365,9 +365,9 @@ class EmoSLLMLeanSavingMixin:
         dtype: torch.dtype | None = None, device_type: str | None = None,
     ) -> Self:
         """
-        A new EmoSLLM whose backbones carry pretrained weights; the interface and LoRA start fresh. Memory-lean: the
+        A new EmoSLLM whose backbones carry pretrained weights; the mapper and LoRA start fresh. Memory-lean: the
         backbones' skeletons are made on the meta device (no memory, no random init), each backbone's pretrained weights
-        loaded once, in their final dtype, and put in place; only EmoSLLM's own parts (interface, layer weights, probe,
+        loaded once, in their final dtype, and put in place; only EmoSLLM's own parts (mapper, layer weights, probe,
         audio classifier, LoRA) are made and initialised. The frozen backbones are held in `dtype` (by default bf16 on a
         bf16 CUDA GPU, float32 on the CPU), the parts that train in float32 (`PRECISION_POLICY`). The model itself is
         built on the CPU.
@@ -472,7 +472,7 @@ class EmoSLLMLeanSavingMixin:
     ) -> None:
         """
         Writes `save_pretrained`'s folder, with the code files and the inference pipeline. By default a lean folder:
-        only what EmoSLLM trained and fitted (`model.safetensors`: interface, layer statistics, probe; `lora/`: the LoRA
+        only what EmoSLLM trained and fitted (`model.safetensors`: mapper, layer statistics, probe; `lora/`: the LoRA
         in peft's own layout, `adapter_config.json` and `adapter_model.safetensors`, which peft's tools read) and
         `config.json` naming the frozen backbones by Hub id (`audio_model_id`, `text_model_id`), which loading fetches.
         `full_weights=True` writes every weight (the backbones in `dtype`, bf16 unless `torch.float32` is asked for, or

@@ -8,7 +8,7 @@ and copied in) and the lean build (backbones on the meta device, each loaded onc
 Random backbones in the paper's shapes, saved to a temporary folder as Hub checkpoints are: WavLM Large
 (transformers' WavLMConfig with the large settings: width 1024, 16 heads, 4096 feed-forward, stable layer norm) in
 float32 and a Llama-3.2-1B- or 3B-shaped LLM (vocabulary 128256, tied head) in bf16, as Meta publishes it, at the
-depths asked for; SmolLM2's tokenizer (the bundled copy) stands in for Llama's. The interface is the paper's QPMapper
+depths asked for; SmolLM2's tokenizer (the bundled copy) stands in for Llama's. The mapper is the paper's QPMapper
 at 32 queries. Each case runs in a subprocess of its own, which reports its peak resident set (Linux's VmHWM) after
 the imports and the processor (the baseline) and after the build, and the bytes of the model's parameters and
 buffers. Prints a Markdown table.

@@ -14,7 +14,7 @@ with a top probability above 0.99 and how often those are right, the negative lo
 score. A calibrated model's mean top probability is close to its accuracy and its ECE near 0. For scale, the NLL
 after dividing the log-probabilities by a temperature T is listed for a few T: T is not fitted (these clips are the
 only held-out ones), so that column shows the size of the miscalibration, not a recipe. For a model with the probe
-interface (train.py's default), a second row gives the same figures for the fitted probe's own probabilities on the
+mapper (train.py's default), a second row gives the same figures for the fitted probe's own probabilities on the
 same clips (`model.mapper.scores_of_statistics` of `model.pooled_audio_statistics`): the class evidence the LLM
 reads, before the LLM answers.
 """

@@ -15,10 +15,10 @@ the real-time factor (processing seconds / audio seconds; file decoding, feature
 automatic transcription, the model and post-processing: everything the user waits for), the speed-up over the
 plain variant in the same run, the largest difference of any class probability from the plain variant and the
 top-1 agreement with it, the model load time (`pipeline(...)`), the peak resident memory of the process
-(`ru_maxrss`, load and warm-up included), and a split of the time into the Whisper encoder, the interface, the LLM
+(`ru_maxrss`, load and warm-up included), and a split of the time into the Whisper encoder, the mapper, the LLM
 and everything outside the model (forward hooks).
 
-Without `--model` it builds an EmoSLLM with train.py's default recipe (probe interface on every Whisper tiny.en
+Without `--model` it builds an EmoSLLM with train.py's default recipe (probe mapper on every Whisper tiny.en
 layer, SmolLM2-135M-Instruct with LoRA, the 8 RAVDESS labels, no transcripts) from the offline default backbones,
 untrained (seeded random), and saves it once under `--work_dir`: an untrained model costs exactly the same compute as
 a trained one; only its answers are meaningless. Pass `--model` a train.py output folder for a trained model.
@@ -144,7 +144,7 @@ def build_default_model(folder: Path, labels: list[str], seed: int) -> dict:
     info = {"audio_encoder": DEFAULT_AUDIO_ENCODER, "audio_encoder_folder": audio_encoder, "llm": DEFAULT_LLM,
             "llm_folder": llm, "labels": labels, "seed": seed, "trainable_parameters": trainable,
             "total_parameters": total, "build_seconds": round(time.perf_counter() - start, 1),
-            "note": "untrained interface and LoRA (seeded random init): the same compute as a trained model"}
+            "note": "untrained mapper and LoRA (seeded random init): the same compute as a trained model"}
     (folder / "bench_model_info.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -244,7 +244,7 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     timers = {
         "model": StageTimer(model),
         "audio_encoder": StageTimer(model.audio_encoder),
-        "interface": StageTimer(model.mapper),
+        "mapper": StageTimer(model.mapper),
         "llm_body": StageTimer(model.language_model.model),
     }
     durations = [soundfile.info(p).frames / soundfile.info(p).samplerate for p in paths]
@@ -291,8 +291,8 @@ def measure(model_folder: str, paths: list[str], batch_size: int, repeats: int, 
     parts = {
         "outside_model": split_total - split["model"],
         "whisper_encoder": split["audio_encoder"],
-        "interface": split["interface"],
-        "llm": split["model"] - split["audio_encoder"] - split["interface"],
+        "mapper": split["mapper"],
+        "llm": split["model"] - split["audio_encoder"] - split["mapper"],
     }
     peak_inference = maxrss_mib() if peak_reset else None
     peak_total = max(maxrss_mib(), peak_through_warmup)
@@ -366,12 +366,12 @@ def markdown(results: list[dict]) -> str:
     lines += [
         "",
         "| variant | mode | outside the model (decode, features, prompt, post-processing) | Whisper encoder | "
-        "interface | LLM (SmolLM2 + label-word scores) |",
+        "mapper | LLM (SmolLM2 + label-word scores) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         s, f = r["split_seconds"], r["split_fraction"]
-        cells = [f"{s[k]:.2f} s ({100 * f[k]:.0f}%)" for k in ("outside_model", "whisper_encoder", "interface", "llm")]
+        cells = [f"{s[k]:.2f} s ({100 * f[k]:.0f}%)" for k in ("outside_model", "whisper_encoder", "mapper", "llm")]
         lines.append(f"| {r['variant']} | {r['mode']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if not info_file.is_file():
             with open(data_dir / "manifest.csv", newline="") as handle:
                 labels = sorted({r["label"] for r in csv.DictReader(handle)})
-            print(f"building the default EmoSLLM (untrained interface) in {folder} ...", flush=True)
+            print(f"building the default EmoSLLM (untrained mapper) in {folder} ...", flush=True)
             env = {**os.environ, "BENCH_LABELS": json.dumps(labels)}
             subprocess.run(script + ["--_build", str(folder), "--seed", str(args.seed)], check=True, env=env,
                            stdout=subprocess.DEVNULL)

@@ -30,7 +30,7 @@ Each depth runs in a fresh process with `--threads` torch threads and measures:
   runs); from audio it costs this plus the encoder's pass.
 
 The model is built with the precision policy of a bf16 GPU (`from_backbones(..., dtype=torch.bfloat16)`): the frozen
-encoder and LLM in bf16, the interface and LoRA in float32 (the dtypes are recorded per case).
+encoder and LLM in bf16, the mapper and LoRA in float32 (the dtypes are recorded per case).
 
 Then every measure is fitted linearly in the LLM's depth (slope per layer, intercept) and extrapolated to
 `--full_depth` (28 for Llama-3.2-3B). The trainable share at full depth is counted exactly on a model built on the meta
@@ -239,12 +239,12 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
     out["rss_after_build"] = rss()
     trainable, total = model.trainable_parameters()
     lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
-    out.update(trainable=trainable, total=total, lora=lora, interface=trainable - lora,
+    out.update(trainable=trainable, total=total, lora=lora, mapper=trainable - lora,
                weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
     dtypes = {part: {str(p.dtype) for n, p in model.named_parameters() if test(n)} for part, test in (
         ("llm_dtype", lambda n: n.startswith("language_model.") and "lora_" not in n),
         ("lora_dtype", lambda n: "lora_" in n), ("encoder_dtype", lambda n: n.startswith("audio_encoder.encoder.")),
-        ("interface_dtype", lambda n: n.startswith("mapper.")))}
+        ("mapper_dtype", lambda n: n.startswith("mapper.")))}
     out.update({part: ",".join(sorted(found)) for part, found in dtypes.items()})
 
     clips = audio_batch(args)
@@ -293,7 +293,7 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
         optimizer = torch.optim.AdamW([p for _, p in params], lr=1e-4)
         times, peaks = [], []
         for step in range(args.repeats + 1):
-            torch.manual_seed(step)  # the interface's dropout draws the same masks in both variants
+            torch.manual_seed(step)  # the mapper's dropout draws the same masks in both variants
             trim()
             base = rss()
             with PeakRSS() as peak:
@@ -389,7 +389,7 @@ def full_depth_counts(encoder_dir: str, llm_dir: str, full_depth: int, tiny: boo
     llm = sum(p.numel() for n, p in named.items() if n.startswith("language_model.") and "lora_" not in n)
     text = config.text_config
     return {"depth": full_depth, "trainable": trainable, "total": sum(p.numel() for p in named.values()),
-            "lora": lora, "interface": trainable - lora, "encoder": encoder, "llm": llm,
+            "lora": lora, "mapper": trainable - lora, "encoder": encoder, "llm": llm,
             "frozen": sum(p.numel() for p in named.values() if not p.requires_grad),
             "lm_head": text.vocab_size * text.hidden_size}
 
@@ -418,7 +418,7 @@ def summarize(cases: list[dict], counts: dict, args) -> dict:
         slope, intercept = fit(depths, [c[m] for c in cases])
         fits[m] = {"slope": slope, "intercept": intercept, "at_full_depth": slope * full + intercept}
     # Per-GPU memory of the full model in training, computed (one process, the measured batch). The model is built as on
-    # a bf16 GPU (frozen backbones bf16, LoRA and interface float32: PRECISION_POLICY), so the tensors a plain step
+    # a bf16 GPU (frozen backbones bf16, LoRA and mapper float32: PRECISION_POLICY), so the tensors a plain step
     # keeps for backward (measured exactly, fitted per layer) are what a GPU keeps, LoRA's float32 inputs included;
     # checkpointed, a step keeps each layer's bf16 input and, while it recomputes, one layer's own tensors.
     bf16_weights = counts["frozen"] * 2
@@ -447,7 +447,7 @@ def markdown(cases: list[dict], summary: dict, args, machine: str) -> str:
              f"clips of {'-'.join(f'{s:g}' for s in args.clip_seconds)} s; median of {args.repeats} steps after a "
              f"warm-up; dtypes as from_backbones builds them: " + ", ".join(
                  f"{part} {cases[0].get(part + '_dtype', '?').replace('torch.', '')}"
-                 for part in ("encoder", "interface", "llm", "lora")) +
+                 for part in ("encoder", "mapper", "llm", "lora")) +
              (" **(--tiny: toy sizes, not the paper's)**" if args.tiny else ""), ""]
     lines += ["| LLM layers | trainable / total params | trainable % | build s | build peak RSS GiB | "
               "RSS after build GiB | encoder pass s (its dtype) | encoder pass s (default path, once) | train step s | "
@@ -481,7 +481,7 @@ def markdown(cases: list[dict], summary: dict, args, machine: str) -> str:
                      f"{show(f['at_full_depth'])} |")
     lines += ["", f"Exact counts at {full} layers (meta-device build, not extrapolated): trainable "
               f"{counts['trainable']:,} of {counts['total']:,} = **{100 * summary['trainable_share_full']:.3f}%** "
-              f"(LoRA {counts['lora']:,}, interface {counts['interface']:,}); frozen encoder {counts['encoder']:,}, "
+              f"(LoRA {counts['lora']:,}, mapper {counts['mapper']:,}); frozen encoder {counts['encoder']:,}, "
               f"frozen LLM {counts['llm']:,}.", "",
               f"Per-GPU memory of the {full}-layer model in training (computed, one process, the batch above):", "",
               "| GiB | without checkpointing | with checkpointing |", "|---|---:|---:|"]
@@ -534,6 +534,9 @@ def main(argv=None) -> dict:
 
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
+        renamed = {"interface": "mapper", "interface_dtype": "mapper_dtype"}  # the mapper's keys in older runs
+        for record in (*saved["cases"], saved["summary"]["counts"]):
+            record.update({new: record.pop(old) for old, new in renamed.items() if old in record})
         for key, value in saved.get("settings", {}).items():  # the run's own settings, not this command's
             setattr(args, key, value)
         summary = summarize(saved["cases"], saved["summary"]["counts"], args)

@@ -28,14 +28,14 @@ Systems (``--systems``, default all):
   and the mean is taken over valid frames only. AdamW, lr 1e-3 for the head and 3e-5 for the encoder, linear decay
   with 10% warm-up, batch 8; the epoch with the best validation UA is kept.
 * ``emosllm_default``: ``training.recipe.train_one_split`` with train.py's own defaults and no other flag (the probe
-  interface on every encoder layer). Besides the scores, its row measures the LLM's free answer
+  mapper on every encoder layer). Besides the scores, its row measures the LLM's free answer
   (``generate(constrain_to_labels=False)``) against the class its scores rank first, the test UA with no transcript
   in the prompt, and the saved folder's test UA through the pipeline (train.py's own check).
 * ``emosllm_qpmapper`` / ``emosllm_qformer`` / ``emosllm_mlp``: train.py's defaults with ``--mapper_type`` and the
-  learned layer average (the paper's design); ``emosllm_statistics``: the statistics-pooling interface with its own
+  learned layer average (the paper's design); ``emosllm_statistics``: the statistics-pooling mapper with its own
   recipe (``--num_queries 4 --mapper_learning_rate 1e-2 --head_learning_rate 1e-3``).
 * ``emosllm_transcript_only``: ablation without audio (the prompt keeps transcript and task, no audio
-  placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (interface and head only); ``emosllm_full_finetune``:
+  placeholders); ``emosllm_no_lora``: ``--lora_rank 0`` (mapper and head only); ``emosllm_full_finetune``:
   ``--language_model_training full --learning_rate 2e-5``.
 
 Reported per system: test UA, WA, macro F1 (``compute_ser_metrics``); trainable and total parameters; training
@@ -109,13 +109,13 @@ SYSTEMS = {
                              "classifier)",
     "whisper_linear_finetuned": "Whisper encoder fine-tuned + WhisperForAudioClassification head (projector, "
                                 "masked mean, classifier)",
-    "emosllm_default": "EmoSLLM, train.py's default recipe (probe interface on every encoder layer, LoRA)",
-    "emosllm_qpmapper": "EmoSLLM, Query Pooling Mapper (the paper's interface), LoRA",
+    "emosllm_default": "EmoSLLM, train.py's default recipe (probe mapper on every encoder layer, LoRA)",
+    "emosllm_qpmapper": "EmoSLLM, the paper's Query Pooling Mapper, LoRA",
     "emosllm_qformer": "EmoSLLM, window Q-Former, LoRA",
     "emosllm_mlp": "EmoSLLM, frame-stacking MLP, LoRA",
-    "emosllm_statistics": "EmoSLLM, statistics pooling (mean+std to 4 embeddings, interface at lr 1e-2), LoRA",
+    "emosllm_statistics": "EmoSLLM, statistics pooling (mean+std to 4 embeddings, mapper at lr 1e-2), LoRA",
     "emosllm_transcript_only": "EmoSLLM ablation: no audio (prompt with transcript and task only), LoRA",
-    "emosllm_no_lora": "EmoSLLM ablation: Query Pooling Mapper, no LoRA (interface and head only)",
+    "emosllm_no_lora": "EmoSLLM ablation: Query Pooling Mapper, no LoRA (mapper and head only)",
     "emosllm_full_finetune": "EmoSLLM, Query Pooling Mapper, every LLM weight fine-tuned instead of LoRA (lr 2e-5)",
 }
 
@@ -254,7 +254,7 @@ def recipe() -> dict:
     What a run's result depends on besides this invocation's flags: train.py's defaults (all of its model and data
     arguments, the training arguments above, and the defaults of the config, mappers, LoRA, processor and probe grid
     that its unset model flags take) and this script's own constants. It is part of the settings, so a
-    finished run is reused only while none of these changed; train.py's default interface width once went from 768
+    finished run is reused only while none of these changed; train.py's default mapper width once went from 768
     to 256, and a resumed table must not mix the two.
     """
 

@@ -4,7 +4,7 @@ or off, the shared prompt head computed once or once per prompt.
 
     python bench/training_step.py --threads 1 --steps 5
 
-Real default backbones (Whisper tiny.en, SmolLM2-135M-Instruct), the probe interface on every encoder layer, a batch
+Real default backbones (Whisper tiny.en, SmolLM2-135M-Instruct), the probe mapper on every encoder layer, a batch
 of 8 RAVDESS-like prompts (3.5 s of noisy tones as audio, a transcript); forward, backward and an AdamW step on the
 trainable weights, as the Trainer does. Each variant gets one untimed warm-up step, then the median of `--steps`.
 Prints a Markdown table with each variant's time relative to train.py's default (float32 on a CPU without native

@@ -168,11 +168,11 @@ def test_constrained_generate_refuses_generation_options():
         model.generate(**batch, max_new_tokens=3)
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_generate_names_the_class_the_scores_rank_first(adapter):
+@pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
+def test_generate_names_the_class_the_scores_rank_first(mapper):
     """By construction: the answer is constrained to the label words and decoded greedily from the same logits."""
-    processor, model = tiny_model("whisper", adapter, seed=3)
-    if adapter == "probe":
+    processor, model = tiny_model("whisper", mapper, seed=3)
+    if mapper == "probe":
         fit_random_probe(model)
     model.eval()
     audios = [tone(0.5 + 0.3 * i, 150 * (i + 1), seed=i) for i in range(6)]
@@ -238,17 +238,17 @@ def test_the_shared_prompt_head_runs_once_and_changes_nothing():
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n)
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(adapter):
+@pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mapper):
     """The shared prompt head's cache would be dropped by checkpointed decoder layers: it must change nothing."""
-    processor, model = tiny_model("whisper", adapter)
-    if adapter == "probe":
+    processor, model = tiny_model("whisper", mapper)
+    if mapper == "probe":
         fit_random_probe(model)
     batch, _ = batch_of_lengths(processor)
     assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) > 0
 
     def loss_and_gradients():
-        torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in both runs
+        torch.manual_seed(1)  # the same dropout masks (the mapper's transformer) in both runs
         model.zero_grad()
         model.train()
         loss = model(**batch).loss

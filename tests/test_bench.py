@@ -179,7 +179,7 @@ def test_report_only_tables_the_finished_runs_and_names_the_missing_ones(tiny_se
 @pytest.mark.slow
 def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     # Every row but emosllm_qformer / emosllm_mlp / emosllm_statistics, which differ from emosllm_qpmapper only by
-    # train.py flags (the interfaces have their own tests); that keeps this test near a minute.
+    # train.py flags (the mappers have their own tests); that keeps this test near a minute.
     systems = [s for s in ser_benchmark.SYSTEMS if s not in ("emosllm_qformer", "emosllm_mlp", "emosllm_statistics")]
     out = tmp_path / "serbench"
     argv = ["--mode", "quick", "--out", str(out), "--data_dir", str(tiny_setup / "corpus"), "--eval_speakers", "7-8",
@@ -205,7 +205,7 @@ def test_quick_run_end_to_end_on_tiny_backbones(tiny_setup, tmp_path):
     frozen_positions = 1500 * 32  # HF keeps Whisper's sinusoidal position table frozen (max_source_positions x d_model)
     finetuned = runs["whisper_linear_finetuned"]
     assert finetuned["trainable_parameters"] + frozen_positions == finetuned["total_parameters"]
-    # Without audio only LoRA and the head train; without LoRA the interface and the head; full fine-tuning trains
+    # Without audio only LoRA and the head train; without LoRA the mapper and the head; full fine-tuning trains
     # every LLM weight.
     assert runs["emosllm_transcript_only"]["trainable_parameters"] < runs["emosllm_qpmapper"]["trainable_parameters"]
     assert runs["emosllm_no_lora"]["trainable_parameters"] < runs["emosllm_qpmapper"]["trainable_parameters"]
@@ -335,6 +335,6 @@ def test_paper_scale_runs_at_toy_sizes_and_counts_the_full_depth_exactly(tmp_pat
     assert gpu["total"] == pytest.approx(gpu["weights_bf16"] + gpu["trainable_states"] + gpu["activations"])
     # Built as on a bf16 GPU (PRECISION_POLICY): frozen backbones bf16, the parts that train float32.
     assert summary["llm_bf16"] and all(c["llm_dtype"] == c["encoder_dtype"] == "torch.bfloat16" for c in cases)
-    assert all(c["interface_dtype"] == c["lora_dtype"] == "torch.float32" for c in cases)
+    assert all(c["mapper_dtype"] == c["lora_dtype"] == "torch.float32" for c in cases)
     assert "| LLM layers |" in result["markdown"] and "--tiny" in result["markdown"]
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["counts"] == counts

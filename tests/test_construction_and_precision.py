@@ -52,14 +52,14 @@ def lean_processor(root: Path, mapper: str = "qpmapper") -> tuple:
     )
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
+@pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
 def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backbone_once(tmp_path, monkeypatch,
-                                                                                         adapter):
+                                                                                         mapper):
     import modeling_emosllm
     from transformers import AutoModel, AutoModelForCausalLM
 
     save_tiny_backbones(tmp_path)
-    processor, config = lean_processor(tmp_path, adapter)
+    processor, config = lean_processor(tmp_path, mapper)
     loads = []
     for auto in (AutoModel, AutoModelForCausalLM):
         original = auto.from_pretrained
@@ -94,10 +94,10 @@ def test_from_backbones_initialises_only_emosllms_own_parts_and_loads_each_backb
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewhere(tmp_path, adapter):
+@pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
+def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewhere(tmp_path, mapper):
     save_tiny_backbones(tmp_path)
-    processor, config = lean_processor(tmp_path, adapter)
+    processor, config = lean_processor(tmp_path, mapper)
     encoder, llm = str(tmp_path / "encoder"), str(tmp_path / "llm")
     torch.manual_seed(0)
     new = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder, llm)
@@ -117,7 +117,7 @@ def test_from_backbones_equals_the_old_build_on_the_backbones_and_alike_elsewher
     assert [(n, p.requires_grad) for n, p in new.named_parameters()] == \
            [(n, p.requires_grad) for n, p in old.named_parameters()]
     assert [(n, m.training) for n, m in new.named_modules()] == [(n, m.training) for n, m in old.named_modules()]
-    if adapter == "probe":  # the soft emotion word starts as the mixture of the label words
+    if mapper == "probe":  # the soft emotion word starts as the mixture of the label words
         torch.testing.assert_close(new.mapper.label_embeddings.weight, new.label_vectors().T, rtol=0, atol=0)
     batch = processor([tone(0.8, 300)], labels=["happy"])
     assert torch.isfinite(new(**batch).loss)
@@ -155,7 +155,7 @@ def own_dtypes(model) -> set:
 
 
 @pytest.mark.parametrize("cuda", [False, True])
-def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_interface_and_bf16_backbones_only_on_a_bf16_gpu(
+def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_mapper_and_bf16_backbones_only_on_a_bf16_gpu(
         tmp_path, monkeypatch, cuda):
     import precision_emosllm
 
@@ -172,7 +172,7 @@ def test_a_bf16_backbone_checkpoint_gives_float32_lora_and_interface_and_bf16_ba
     frozen = torch.bfloat16 if cuda else torch.float32
     backbone = set(model.backbone_keys())
     assert {t.dtype for n, t in model.state_dict().items() if n in backbone} == {frozen}
-    assert trained_dtypes(model) == own_dtypes(model) == {torch.float32}  # LoRA, interface, probe, classifier
+    assert trained_dtypes(model) == own_dtypes(model) == {torch.float32}  # LoRA, mapper, probe, classifier
     assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     loss = model(**processor([tone(0.8, 300), tone(1.0, 500)], labels=["happy", "sad"])).loss
     loss.backward()
@@ -190,7 +190,7 @@ def test_dtype_on_loading_applies_to_the_backbones_only(tiny, tmp_path, full_wei
     loaded = EmoSLLMForSpeechEmotionRecognition.from_pretrained(tmp_path / "folder", dtype=torch.bfloat16, **ids)
     backbone = set(loaded.backbone_keys())
     assert {t.dtype for n, t in loaded.state_dict().items() if n in backbone} == {torch.bfloat16}
-    assert own_dtypes(loaded) == {torch.float32}  # LoRA, interface, layer weights and statistics
+    assert own_dtypes(loaded) == {torch.float32}  # LoRA, mapper, layer weights and statistics
     loaded.eval()
     expected = probabilities(model, processor, clips(2), [None] * 2)
     torch.testing.assert_close(probabilities(loaded, processor, clips(2), [None] * 2), expected, atol=3e-2, rtol=0)

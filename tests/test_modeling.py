@@ -18,23 +18,23 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from probe_fitting_emosllm import MIN_RELATIVE_STD, fit_linear_probe
 
 ENCODERS = ["whisper", "wav2vec2"]
-ADAPTERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
-# The interface and the layer weights between encoder and interface (the class scores are the LLM's own head).
+MAPPERS = ["qpmapper", "qformer", "mlp", "statistics", "probe"]
+# The mapper and the layer weights between encoder and mapper (the class scores are the LLM's own head).
 TRAINABLE = ("mapper.", "audio_encoder.layer_weights")
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-@pytest.mark.parametrize("adapter", ADAPTERS)
-def test_shapes_and_placeholders_match_interface(encoder, adapter):
-    processor, model = tiny_model(encoder, adapter)
+@pytest.mark.parametrize("mapper", MAPPERS)
+def test_shapes_and_placeholders_match_mapper(encoder, mapper):
+    processor, model = tiny_model(encoder, mapper)
     batch, audios = batch_of_lengths(processor)
     placeholders = (batch["input_ids"] == model.config.audio_token_id).sum(dim=1)
     _, audio_mask = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"])
     assert placeholders.tolist() == audio_mask.sum(dim=1).tolist()
     assert placeholders.tolist() == [model.config.num_audio_embeddings(len(a)) for a in audios]
-    if adapter in ("qpmapper", "statistics"):
+    if mapper in ("qpmapper", "statistics"):
         assert set(placeholders.tolist()) == {model.config.mapper_config["num_queries"]}
-    elif adapter == "probe":  # one soft emotion word per clip
+    elif mapper == "probe":  # one soft emotion word per clip
         assert set(placeholders.tolist()) == {1}
     else:  # grows with the audio
         assert placeholders[0] < placeholders[1] < placeholders[2]
@@ -45,9 +45,9 @@ def test_shapes_and_placeholders_match_interface(encoder, adapter):
     assert embeddings.shape[-1] == model.config.text_config.hidden_size
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
-def test_gradients_reach_only_interface_and_lora(adapter):
-    processor, model = tiny_model("whisper", adapter)
+@pytest.mark.parametrize("mapper", MAPPERS)
+def test_gradients_reach_only_mapper_and_lora(mapper):
+    processor, model = tiny_model("whisper", mapper)
     batch, _ = batch_of_lengths(processor)
     model.train()
     model(**batch).loss.backward()
@@ -55,22 +55,22 @@ def test_gradients_reach_only_interface_and_lora(adapter):
         trainable = name.startswith(TRAINABLE) or "lora_" in name
         assert param.requires_grad == trainable, name
         assert (param.grad is not None) == trainable, name
-    # LoRA's B starts at zero, so the signal shows on B (and on every interface weight) at the first step.
+    # LoRA's B starts at zero, so the signal shows on B (and on every mapper weight) at the first step.
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g.abs().sum() > 0 for g in lora_b)
-    interface = {"mlp": None, "probe": "label_embeddings"}.get(adapter, "output_proj")
-    assert getattr(model.mapper, interface).weight.grad.abs().sum() > 0 if interface else True
+    layer = {"mlp": None, "probe": "label_embeddings"}.get(mapper, "output_proj")
+    assert getattr(model.mapper, layer).weight.grad.abs().sum() > 0 if layer else True
     trainable, total = model.trainable_parameters()
     expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAINABLE) or "lora_" in n)
     assert trainable == expected < total
 
 
-def test_no_lora_trains_only_the_interface():
+def test_no_lora_trains_only_the_mapper():
     processor, model = tiny_model(language_model_training="frozen")
     assert not any("lora_" in n for n, _ in model.named_parameters())
     trains = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trains == {n for n, _ in model.named_parameters() if n.startswith(TRAINABLE)}
-    assert any(n.startswith("mapper.") for n in trains)  # the interface does train: not an empty set
+    assert any(n.startswith("mapper.") for n in trains)  # the mapper does train: not an empty set
 
 
 def test_full_finetuning_trains_every_llm_weight_and_excludes_lora():
@@ -137,9 +137,9 @@ def test_feature_statistics_standardize_each_layer_and_dimension():
         model.audio_encoder.set_feature_statistics([])
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "qformer"])
-def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adapter):
-    processor, model = tiny_model("whisper", adapter, audio_loss_weight=0.5)
+@pytest.mark.parametrize("mapper", ["qpmapper", "qformer"])
+def test_audio_loss_adds_a_weighted_term_that_trains_the_mapper_directly(mapper):
+    processor, model = tiny_model("whisper", mapper, audio_loss_weight=0.5)
     batch, _ = batch_of_lengths(processor)
     model.eval()  # no dropout, so the two passes below see the same embeddings
     output = model(**batch)
@@ -161,9 +161,9 @@ def test_audio_loss_adds_a_weighted_term_that_trains_the_interface_directly(adap
     assert not hasattr(tiny_model()[1], "audio_classifier")  # off by default in the config
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "mlp", "statistics"])
-def test_scores_do_not_depend_on_batch_company(adapter):
-    processor, model = tiny_model("whisper", adapter)
+@pytest.mark.parametrize("mapper", ["qpmapper", "mlp", "statistics"])
+def test_scores_do_not_depend_on_batch_company(mapper):
+    processor, model = tiny_model("whisper", mapper)
     model.eval()
     short, long = tone(1.0, 300), tone(3.0, 700, seed=2)
     # Exact in float32; the bf16 encoder (where bf16 is native) rounds a padded batch's matrix products differently.
@@ -175,37 +175,37 @@ def test_scores_do_not_depend_on_batch_company(adapter):
         torch.testing.assert_close(together, alone, atol=tolerance, rtol=0)
 
 
-def test_statistics_interface_maps_mean_and_std_of_the_valid_frames():
+def test_statistics_mapper_maps_mean_and_std_of_the_valid_frames():
     processor, model = tiny_model("whisper", "statistics")
-    adapter = model.mapper
-    frames = torch.randn(2, 7, adapter.output_proj.in_features // 2)
+    mapper = model.mapper
+    frames = torch.randn(2, 7, mapper.output_proj.in_features // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
-    embeddings, mask = adapter(frames, frame_mask)
+    embeddings, mask = mapper(frames, frame_mask)
     assert embeddings.shape == (2, model.config.mapper_config["num_queries"], model.config.text_config.hidden_size)
     assert mask.all()
     short = frames[1, :3]
     statistics = torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)])
-    expected = adapter.output_proj(statistics).reshape(model.config.mapper_config["num_queries"], -1)
+    expected = mapper.output_proj(statistics).reshape(model.config.mapper_config["num_queries"], -1)
     torch.testing.assert_close(embeddings[1], expected)
 
 
-def test_probe_interface_mixes_the_label_words_by_the_probes_probabilities():
+def test_probe_mapper_mixes_the_label_words_by_the_probes_probabilities():
     processor, model = tiny_model("whisper", "probe")
     fit_random_probe(model)
-    adapter = model.mapper
-    frames = torch.randn(2, 7, adapter.probe_weight.shape[1] // 2)
+    mapper = model.mapper
+    frames = torch.randn(2, 7, mapper.probe_weight.shape[1] // 2)
     frame_mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
-    embeddings, mask = adapter(frames, frame_mask)
+    embeddings, mask = mapper(frames, frame_mask)
     assert embeddings.shape == (2, 1, model.config.text_config.hidden_size) and mask.all()
     short = frames[1, :3]
-    statistics = (torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)]) - adapter.statistics_mean)
-    probabilities = (adapter.probe_weight @ (statistics / adapter.statistics_std) + adapter.probe_bias).softmax(-1)
-    torch.testing.assert_close(embeddings[1, 0], adapter.label_embeddings.weight @ probabilities)
+    statistics = (torch.cat([short.mean(dim=0), short.std(dim=0, unbiased=False)]) - mapper.statistics_mean)
+    probabilities = (mapper.probe_weight @ (statistics / mapper.statistics_std) + mapper.probe_bias).softmax(-1)
+    torch.testing.assert_close(embeddings[1, 0], mapper.label_embeddings.weight @ probabilities)
     # The probe is fitted, not trained: its values are buffers, saved with the model but outside the optimizer.
-    assert {n for n, _ in adapter.named_parameters()} == {"label_embeddings.weight"}
-    assert {"statistics_mean", "statistics_std", "probe_weight", "probe_bias"} <= set(adapter.state_dict())
+    assert {n for n, _ in mapper.named_parameters()} == {"label_embeddings.weight"}
+    assert {"statistics_mean", "statistics_std", "probe_weight", "probe_bias"} <= set(mapper.state_dict())
     with pytest.raises(ValueError, match="shape"):
-        adapter.set_probe(adapter.statistics_mean, adapter.statistics_std, adapter.probe_weight[:2], adapter.probe_bias)
+        mapper.set_probe(mapper.statistics_mean, mapper.statistics_std, mapper.probe_weight[:2], mapper.probe_bias)
 
 
 def tone_batches(processor, speakers=range(4), takes=2):
@@ -442,16 +442,16 @@ ROUND_TRIP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
-def test_save_and_load_in_fresh_process(tmp_path, adapter):
-    processor, model = tiny_model("whisper", adapter)
+@pytest.mark.parametrize("mapper", MAPPERS)
+def test_save_and_load_in_fresh_process(tmp_path, mapper):
+    processor, model = tiny_model("whisper", mapper)
     model.eval()
     audios = [tone(1.3, 300), tone(2.2, 600, seed=3)]
     batch = processor(audios, transcript=["kids are talking", None])
     with torch.no_grad():
         states = model.audio_encoder.layer_states(batch["input_features"], batch["audio_lengths"])
     model.audio_encoder.set_feature_statistics(states)  # the standardization is part of the saved model
-    if adapter == "probe":
+    if mapper == "probe":
         fit_random_probe(model)  # and so is the fitted probe
     with torch.no_grad():
         expected = model(**batch).logits

@@ -170,7 +170,7 @@ def test_scores_on_two_ranks_are_the_pipelines(tmp_path):
 
 
 def _loss_and_gradients(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    torch.manual_seed(1)  # the same dropout masks (the interface's transformer) in every run
+    torch.manual_seed(1)  # the same dropout masks (the mapper's transformer) in every run
     model.train()
     loss = model(**batch).loss
     loss.backward()
@@ -424,12 +424,12 @@ def test_accelerate_launch_with_the_shipped_configs(name, tmp_path):
         assert all(s["fsdp_version"] == 2 and s["wrap"] == ["LlamaDecoderLayer"] for s in states)
 
 
-def _bf16_weights_step(adapter: str) -> torch.Tensor:
+def _bf16_weights_step(mapper: str) -> torch.Tensor:
     from conftest import LABELS
 
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 
-    processor, config = tiny_processor(mapper=adapter, audio_loss_weight=1.0)
+    processor, config = tiny_processor(mapper=mapper, audio_loss_weight=1.0)
     torch.manual_seed(0)
     model = EmoSLLMForSpeechEmotionRecognition(config).train()
     for param in model.parameters():  # as DeepSpeed's bf16 mode: the weights in bf16, the buffers as they were
@@ -444,14 +444,14 @@ def _bf16_weights_step(adapter: str) -> torch.Tensor:
     return loss.detach()
 
 
-@pytest.mark.parametrize("adapter", ["qpmapper", "probe"])
-def test_a_model_with_bf16_weights_trains(adapter):
+@pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
+def test_a_model_with_bf16_weights_trains(mapper):
     """
     DeepSpeed's bf16 mode casts every weight to bf16: the float32 parts of the forward (the audio classifier on the
     float32 mean audio embedding, the fitted probe, the frames standardized by float32 statistics buffers) read them
     in their own dtype instead of failing with `mat1 and mat2 must have the same dtype`.
     """
-    _bf16_weights_step(adapter)
+    _bf16_weights_step(mapper)
 
 
 def _deepspeed_zero2_step(rank: int, world: int, out: str) -> None:

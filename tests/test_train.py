@@ -224,7 +224,7 @@ def test_soft_emotion_word_starts_as_the_llms_label_words(tiny_setup):
     assert model.mapper.label_embeddings.weight.requires_grad
 
 
-def test_optimizer_gives_interface_heads_and_lora_their_own_learning_rates(tmp_path):
+def test_optimizer_gives_mapper_heads_and_lora_their_own_learning_rates(tmp_path):
     sys.path.insert(0, str(REPO))
     from conftest import tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
@@ -391,7 +391,7 @@ def test_trainer_feeds_the_llm_the_out_of_fold_probe_scores_and_only_for_that_ca
         same = trainer.compute_loss(model, {**batch, "probe_scores": in_sample})
         other = trainer.compute_loss(model, {**batch, "probe_scores": in_sample.flip(0)})
         after = trainer.compute_loss(model, dict(batch))
-    torch.testing.assert_close(same, plain)  # given scores are embedded exactly as the interface does
+    torch.testing.assert_close(same, plain)  # given scores are embedded exactly as the mapper does
     assert not torch.allclose(other, plain)  # ... and the given scores are what the LLM reads
     torch.testing.assert_close(after, plain)  # only for that call
 
@@ -492,7 +492,7 @@ def test_augmented_clips_draw_a_version_per_epoch_reproducibly():
 def test_build_model_holds_the_frozen_backbones_in_the_policy_dtype_of_the_training_device(tiny_setup, monkeypatch,
                                                                                            use_cpu):
     """On a bf16 GPU (mocked) the frozen backbones are bf16; with --use_cpu (or on a CPU) float32, as the reported
-    CPU scores were trained; LoRA and the interface are float32 either way."""
+    CPU scores were trained; LoRA and the mapper are float32 either way."""
     import precision_emosllm
     from training.arguments import ModelArguments
     from training.recipe import build_model

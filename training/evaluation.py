@@ -70,7 +70,7 @@ def predict_as_delivered(model, processor, clips: list[dict], accelerator=None,
                          batch_size: int = DELIVERED_BATCH_SIZE) -> dict[str, np.ndarray]:
     """
     The model's class scores of `clips` as the pipeline computes them (`pipeline(..., batch_size=batch_size)`):
-    `{"logits", "llm_logits", "probe_logits"}` (the last for the probe interface only), each `(clips, labels)` in the
+    `{"logits", "llm_logits", "probe_logits"}` (the last for the probe mapper only), each `(clips, labels)` in the
     clips' order. A clip's scores depend on the clips batched with it (the padding changes the shapes of bf16 matrix
     products with a bf16 LLM: BENCHMARKS.md, "Several processes against one"), so the clips are
     read in the pipeline's batches, `clips[i:i + batch_size]`, with the pipeline's inputs (the processor's prompt

@@ -156,7 +156,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
     if "probe_c" in metrics:
         probe = f" (probe C={metrics['probe_c']:g}, {metrics['probe_selection']})"
     answer_and_probe = ""
-    if "held_out_probe_ua" in metrics:  # the probe interface: the answer beside the probe it reads (train.py)
+    if "held_out_probe_ua" in metrics:  # the probe mapper: the answer beside the probe it reads (train.py)
         answer_and_probe = (
             f"\n- The LLM's answer and the probe it reads, on {metrics['held_out']} ({metrics['held_out_clips']} "
             f"clips): UA {metrics['held_out_llm_ua']:.4f} (LLM alone), {metrics['held_out_probe_ua']:.4f} (probe "
@@ -195,7 +195,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
                         f"what is made from it, so this model's trained weights are `{model_license}` too. Its code "
                         "is Apache-2.0.")
     weights_note = (
-        "This folder holds only what EmoSLLM trained and fitted (the interface, the layer statistics, the probe; LoRA "
+        "This folder holds only what EmoSLLM trained and fitted (the mapper, the layer statistics, the probe; LoRA "
         "in peft's layout under `lora/`); loading fetches the frozen backbones named in `config.json` "
         "(`audio_model_id`, `text_model_id`) from the Hub, or from a local copy: `from_pretrained(folder, "
         "text_model_id='path/to/a/copy')`. For a self-contained folder with every weight, load it and call "

@@ -1,6 +1,6 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-The probe interface's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
+The probe mapper's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
 speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`).
 """
 
@@ -19,7 +19,7 @@ __all__ = ["PROBE_MIX_WEIGHTS", "choose_probe_mix_weight", "fit_probe", "hold_ou
 
 def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
     """
-    The probe interface's fit (`model.fit_probe`, scikit-learn) on the training clips' cached encoder states (and
+    The probe mapper's fit (`model.fit_probe`, scikit-learn) on the training clips' cached encoder states (and
     those of their augmented copies); C by validation UA, or, without validation speakers, by cross-validation over
     the training speakers (a clip and its copies are always in the same fold). Each training clip also gets
     `clip["probe_scores"]`, its scores from the probe fitted without its fold's speakers, which the LLM trains on
@@ -27,7 +27,7 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
     in-sample scores, with a warning.
 
     Args:
-        model: The EmoSLLM model with the probe interface (mapper type `probe`).
+        model: The EmoSLLM model with the probe mapper (`mapper_type="probe"`).
         processor: Its processor (the collator's inputs).
         train_clips: The training clips and their augmented copies, with cached `"states"` and their `group` (else
             `speaker`), which a fold keeps together; each gets `probe_scores` and `probe_fold`.

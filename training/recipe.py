@@ -137,7 +137,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
         # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
         cache.fill(clips["train"])
-    # The interface reads each encoder dimension standardized over the training clips (never validation or test).
+    # The mapper reads each encoder dimension standardized over the training clips (never validation or test).
     model.audio_encoder.set_feature_statistics(cached_states(clip) for clip in clips["train"])
     versions = [[clip] for clip in clips["train"]]  # each training clip, then its augmented copies
     if speeds or snrs_db:
@@ -190,7 +190,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
         else:
             logger.info(
-                "Saved %s as a lean folder (%.1f MB: the interface, statistics, probe and LoRA, in peft's layout "
+                "Saved %s as a lean folder (%.1f MB: the mapper, statistics, probe and LoRA, in peft's layout "
                 "under lora/); it loads its backbones %s and %s by Hub id. For a folder with every weight pass "
                 "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
                 output_dir, size, model.config.audio_model_id, model.config.text_model_id,

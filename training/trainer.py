@@ -113,7 +113,7 @@ class EmoSLLMTrainer(Trainer):
 
     def compute_loss(self, model, inputs: dict, *args, **kwargs):
         """
-        With the probe interface, each training clip's soft emotion word comes from its out-of-fold probe scores
+        With the probe mapper, each training clip's soft emotion word comes from its out-of-fold probe scores
         (`inputs["probe_scores"]`, `training.probe.fit_probe`), not from the probe fitted on that very clip: so the LLM
         learns to read the probe as it reads new voices, right about as often as in cross-validation, and its
         answers are no surer than that evidence (in-sample, the probe is nearly always right, and the LLM learned
