@@ -125,6 +125,8 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
 
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from training.probe import DEPARTURE_CONFIDENCE
+
     from dependencies_emosllm import HUB_OPTIONAL_REQUIREMENTS, HUB_REQUIREMENTS, distribution_name, pip_command
 
     hub_dataset, dataset_type, dataset_name = card_dataset(data_args, split)
@@ -161,8 +163,10 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
             f"\n- The LLM's answer and the probe it reads, on {metrics['held_out']} ({metrics['held_out_clips']} "
             f"clips): UA {metrics['held_out_llm_ua']:.4f} (LLM alone), {metrics['held_out_probe_ua']:.4f} (probe "
             f"alone); the answer mixes in the probe's scores with weight {metrics['probe_mix_weight']:g} (UA "
-            f"{metrics['held_out_answer_ua']:.4f} there). On the test {unit}s: LLM alone UA {metrics['llm_ua']:.4f}, "
-            f"probe alone {metrics['probe_ua']:.4f}."
+            f"{metrics['held_out_answer_ua']:.4f} there; it departs from the probe only where it beats it in at least "
+            f"{DEPARTURE_CONFIDENCE:.0%} of bootstrap resamples of those clips, here "
+            f"{metrics.get('held_out_departure_confidence', 1.0):.0%}). On the test {unit}s: LLM alone UA "
+            f"{metrics['llm_ua']:.4f}, probe alone {metrics['probe_ua']:.4f}."
         )
         if metrics["held_out_llm_ua"] < metrics["held_out_probe_ua"]:
             answer_and_probe += " **The LLM alone scored below its probe on the held-out speakers.**"

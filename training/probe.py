@@ -1,11 +1,13 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
 The probe mapper's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
-speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`).
+speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`: only
+as far as the held-out clips show it helps beyond their noise, `chosen_mix_weight`).
 """
 
 import logging
 
+import numpy as np
 import torch
 
 from probe_fitting_emosllm import PROBE_C_GRID
@@ -14,7 +16,8 @@ from training.trainer import EmoSLLMCollator
 
 logger = logging.getLogger("emosllm.train")
 
-__all__ = ["PROBE_MIX_WEIGHTS", "choose_probe_mix_weight", "fit_probe", "hold_out_probe_fold"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "DEPARTURE_CONFIDENCE", "PROBE_MIX_WEIGHTS", "bootstrap_ua_gain",
+           "choose_probe_mix_weight", "chosen_mix_weight", "fit_probe", "hold_out_probe_fold"]
 
 
 def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
@@ -85,15 +88,68 @@ def hold_out_probe_fold(versions: list[list[dict]]) -> tuple[list[list[dict]], l
 # The weights of the probe's class log-probabilities in the answer that `choose_probe_mix_weight` tries: from the LLM's
 # answer alone (0) to the probe's alone (1), so the chosen answer scores at least the probe on the held-out speakers.
 PROBE_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# The answer departs from the probe's evidence only where the held-out clips show that it helps beyond their sampling
+# noise: the best mix must score a higher UA than the probe alone in at least this share of bootstrap resamples of the
+# held-out clips, else the answer is the probe's (issue #37: a gain picked on one fold of four speakers was as often a
+# loss on new speakers).
+DEPARTURE_CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_ua_gain(predicted: np.ndarray, baseline: np.ndarray, label_ids: np.ndarray, seed: int = 0) -> float:
+    """
+    The share of `BOOTSTRAP_RESAMPLES` resamples of the clips (drawn with replacement) on which `predicted` scores a
+    higher UA (the mean recall over the classes the resample holds) than `baseline`.
+
+    Args:
+        predicted, baseline: Two systems' predicted class ids of the same clips, `(clips,)`.
+        label_ids: The clips' true class ids, `(clips,)`.
+        seed: The resamples' random seed.
+    """
+    draws = np.random.default_rng(seed).integers(0, len(label_ids), (BOOTSTRAP_RESAMPLES, len(label_ids)))
+    truth = label_ids[draws][..., None] == np.arange(int(label_ids.max()) + 1)  # (resamples, clips, classes)
+    counts = truth.sum(1)
+
+    def ua(hits: np.ndarray) -> np.ndarray:
+        recalls = (truth & hits[draws][..., None]).sum(1) / np.maximum(counts, 1)
+        return np.where(counts > 0, recalls, 0).sum(1) / (counts > 0).sum(1)
+
+    return float((ua(predicted == label_ids) > ua(baseline == label_ids)).mean())
+
+
+def chosen_mix_weight(llm: torch.Tensor, probe: torch.Tensor, label_ids: np.ndarray, names: list[str],
+                      seed: int = 0) -> tuple[float, dict[float, float], float]:
+    """
+    The probe's weight in the answer, from held-out clips' class log-probabilities: the mix of `PROBE_MIX_WEIGHTS` with
+    the best UA there (ties: the larger weight, nearer the probe), kept only where it beats the probe alone in at least
+    `DEPARTURE_CONFIDENCE` of the bootstrap resamples (`bootstrap_ua_gain`); else 1, the probe's answer.
+
+    Args:
+        llm, probe: The LLM's and the probe's class log-probabilities of the held-out clips, `(clips, labels)`.
+        label_ids: Their true class ids, `(clips,)`.
+        names: The labels, in class-id order.
+        seed: The resamples' random seed.
+
+    Returns:
+        `(weight, {weight: held-out UA of that mix}, the best mix's bootstrap share)`.
+    """
+    def predicted(weight: float) -> np.ndarray:
+        return ((1 - weight) * llm + weight * probe).argmax(-1).numpy()
+
+    mixes = {weight: float(compute_ser_metrics(predicted(weight), label_ids, names)["ua"])
+             for weight in PROBE_MIX_WEIGHTS}
+    best = max(mixes, key=lambda w: (mixes[w], w))
+    confidence = 1.0 if best == 1.0 else bootstrap_ua_gain(predicted(best), predicted(1.0), label_ids, seed)
+    return (best if confidence >= DEPARTURE_CONFIDENCE else 1.0), mixes, confidence
 
 
 def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
     """
     How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
     trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
-    the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the weight with the best UA
-    (ties: the smaller, the LLM's answer) becomes `config.mapper_config["mix_weight"]`. Logs the LLM's and the probe's UA there,
-    and warns when the LLM alone scores below its probe.
+    the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the best mix is kept where it beats
+    the probe beyond the noise of those clips (`chosen_mix_weight`), as `config.mapper_config["mix_weight"]`. Logs the
+    LLM's and the probe's UA there, and warns when the LLM alone scores below its probe.
 
     Args:
         trainer: The SER stage's `EmoSLLMTrainer`, after training; its model's `mix_weight` is set here.
@@ -103,26 +159,22 @@ def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
 
     Returns:
         The figures for the report and the model card: `held_out`, `held_out_clips`, `held_out_llm_ua`,
-        `held_out_probe_ua`, `held_out_answer_ua` and `probe_mix_weight`.
+        `held_out_probe_ua`, `held_out_answer_ua`, `held_out_departure_confidence` and `probe_mix_weight`.
     """
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.mapper_config["mix_weight"] = 0.0
     prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
     llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
-    names = model.config.labels
-
-    def ua(scores: torch.Tensor) -> float:
-        return float(compute_ser_metrics(scores.argmax(-1).numpy(), prediction.label_ids, names)["ua"])
-
-    mixes = {weight: ua((1 - weight) * llm + weight * probe) for weight in PROBE_MIX_WEIGHTS}
-    weight = max(mixes, key=lambda w: (mixes[w], -w))
+    weight, mixes, confidence = chosen_mix_weight(llm, probe, prediction.label_ids, model.config.labels,
+                                                  trainer.args.seed)
     model.config.mapper_config["mix_weight"] = weight
     report = {"held_out": where, "held_out_clips": len(held_out), "held_out_llm_ua": round(mixes[0.0], 4),
               "held_out_probe_ua": round(mixes[1.0], 4), "held_out_answer_ua": round(mixes[weight], 4),
-              "probe_mix_weight": weight}
-    logger.info("On %s (%d clips): the LLM's answer alone UA %.4f, its probe alone %.4f; the answer mixes in the "
-                "probe's scores with weight %g (UA %.4f).", where, len(held_out), mixes[0.0], mixes[1.0], weight,
-                mixes[weight])
+              "held_out_departure_confidence": round(confidence, 3), "probe_mix_weight": weight}
+    logger.info("On %s (%d clips): the LLM's answer alone UA %.4f, its probe alone %.4f, the best mix %.4f (better "
+                "than the probe in %.0f%% of bootstrap resamples; kept from %.0f%%): the answer mixes in the probe's "
+                "scores with weight %g (UA %.4f).", where, len(held_out), mixes[0.0], mixes[1.0], max(mixes.values()),
+                100 * confidence, 100 * DEPARTURE_CONFIDENCE, weight, mixes[weight])
     if mixes[0.0] < mixes[1.0]:
         logger.warning("The LLM's answer alone scores below the probe it reads on %s (UA %.4f < %.4f); the saved "
                        "model mixes the probe's scores into its answer (probe_mix_weight=%g, UA %.4f there).",
