@@ -205,6 +205,23 @@ def weights_come_from_rank_0() -> bool:
     return is_fsdp_enabled() and int(os.environ.get("LOCAL_RANK", 0)) != 0
 
 
+def refuse_zero3_init() -> None:
+    """
+    Raises `ValueError` where transformers would build pretrained models partitioned (DeepSpeed ZeRO-3's
+    `deepspeed.zero.Init`): EmoSLLM runs its audio encoder and reads the LLM's embeddings before an engine starts.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "DeepSpeed ZeRO-3 would build EmoSLLM's backbones partitioned here (deepspeed.zero.Init: a stage-3 "
+            "HfDeepSpeedConfig, or TrainingArguments with one, exists), but EmoSLLM runs its audio encoder and reads "
+            "the LLM's embeddings before the engine starts, so it needs them whole. Build or load the model before "
+            "creating those, or inside train.py's `training.engines.models_built_whole(training_args)`: "
+            "deepspeed.initialize partitions the whole model when the Trainer prepares it."
+        )
+
+
 class EmoSLLMPrecisionMixin:
     """
     `PRECISION_POLICY` applied to a model (mixed into `EmoSLLMModel`, which provides `backbone_keys`, `prompt_head`
@@ -276,6 +293,7 @@ __all__ = [
     "backbone_construction",
     "bf16_is_native",
     "language_model_load_kwargs",
+    "refuse_zero3_init",
     "training_backbone_dtype",
     "weights_come_from_rank_0",
 ]

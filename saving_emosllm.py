@@ -23,16 +23,16 @@ except ImportError:
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
     from .integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
     from .precision_emosllm import (
-        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, training_backbone_dtype,
-        weights_come_from_rank_0,
+        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, refuse_zero3_init,
+        training_backbone_dtype, weights_come_from_rank_0,
     )
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own
         raise
     from integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
     from precision_emosllm import (
-        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, training_backbone_dtype,
-        weights_come_from_rank_0,
+        BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, refuse_zero3_init,
+        training_backbone_dtype, weights_come_from_rank_0,
     )
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import torch
@@ -235,6 +235,7 @@ class EmoSLLMLeanSavingMixin:
         Returns:
             The model in eval mode, backbones frozen; with `output_loading_info=True`, `(model, loading_info)`.
         """
+        refuse_zero3_init()
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         local = os.path.join(str(pretrained_model_name_or_path), hub_kwargs.get("subfolder") or "")
         check_saved_weights(  # before anything is read: a missing, cut or changed file is an error naming it
@@ -383,6 +384,7 @@ class EmoSLLMLeanSavingMixin:
         Returns:
             The model, its backbones frozen.
         """
+        refuse_zero3_init()
         frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
         llm_dtype = TRAINED_DTYPE if config.language_model_training == "full" else frozen
         if weights_come_from_rank_0():

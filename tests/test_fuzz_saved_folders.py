@@ -125,7 +125,7 @@ for step in range(10000):  # two versions of the model (its LoRA and its probe d
                 param.copy_(other[name] * (1 if step % 2 else -1))
         model.mapper.output_proj.bias.fill_(step % 2)
     model.save_pretrained(sys.argv[2])
-    time.sleep(0.03)  # between saves too, so that kills land in both
+    time.sleep(0.15)  # between saves too, so that kills land in both (a save takes about as long)
 """
 
 

@@ -4,7 +4,6 @@ disjoint data; they report the score their saved folder delivers, as one process
 and gradients on two ranks.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -332,37 +331,6 @@ def test_fsdp_ranks_after_the_first_build_empty_and_get_the_first_ranks_weights(
         torch.testing.assert_close(rank["logits"], expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("asked, env", [(["--fsdp", "full_shard"], {}), ([], {"ACCELERATE_USE_FSDP": "true"}),
-                                        ([], {"ACCELERATE_USE_DEEPSPEED": "true"})])
-def test_fsdp_or_deepspeed_on_the_cpu_stops_instead_of_running_ddp(asked, env, monkeypatch, tmp_path):
-    """Accelerate runs neither on the CPU (it falls back to DDP without a word): train.py says so and stops."""
-    from training.arguments import parse_args
-    from training.engines import check_engine
-
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    engine = "FSDP" if "--fsdp" in asked or "ACCELERATE_USE_FSDP" in env else "DeepSpeed"
-    if engine == "DeepSpeed" and importlib.util.find_spec("deepspeed") is None:
-        with pytest.raises(Exception, match="deepspeed"):  # transformers' own refusal: DeepSpeed is not installed
-            parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
-        return
-    _, _, training_args = parse_args([*asked, "--output_dir", str(tmp_path), "--use_cpu", "true"])
-    with pytest.raises(ValueError, match=f"{engine} .* was asked for, but this run is on the CPU.*silently train with "
-                                         "DDP"):
-        check_engine(training_args)
-
-
-def test_accelerate_launch_use_fsdp_on_the_cpu_stops_before_training(tiny_setup, tmp_path):
-    """`accelerate launch --use_fsdp --num_processes 2 train.py ...` on the CPU: an error naming FSDP, not DDP."""
-    command = train_command(tiny_setup, tmp_path / "fsdp", "--max_steps", "2")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
-    result = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode != 0 and "FSDP (--fsdp, or accelerate launch --use_fsdp) was asked for" in result.stderr
-    assert not (tmp_path / "fsdp" / "checkpoints").exists()  # nothing trained
-
-
 ACCELERATE_CONFIGS = REPO / "configs" / "accelerate"
 PRINT_STATE = """
 import json, os
@@ -452,47 +420,6 @@ def test_a_model_with_bf16_weights_trains(mapper):
     in their own dtype instead of failing with `mat1 and mat2 must have the same dtype`.
     """
     _bf16_weights_step(mapper)
-
-
-def _deepspeed_zero2_step(rank: int, world: int, out: str) -> None:
-    import deepspeed
-    from conftest import LABELS
-
-    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
-
-    deepspeed.init_distributed(dist_backend="gloo")  # joins the process group of `run_ranks`
-    processor, config = tiny_processor(audio_loss_weight=1.0)
-    torch.manual_seed(0)
-    model = EmoSLLMForSpeechEmotionRecognition(config)
-    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    config = {"train_micro_batch_size_per_gpu": 3, "gradient_accumulation_steps": 1, "bf16": {"enabled": True},
-              "zero_optimization": {"stage": 2}, "zero_allow_untested_optimizer": True}
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-    audios = [tone(s, 150 * (i + 1), seed=i) for i, s in enumerate((0.7, 1.9, 3.1))]
-    batch = dict(processor(audios, labels=LABELS[:3]))
-    batch["input_features"] = batch["input_features"].to(torch.bfloat16)
-    loss = engine(**batch).loss
-    engine.backward(loss)
-    engine.step()
-    moved = [n for n, p in engine.module.named_parameters() if n in trainable and not torch.equal(
-        p.detach().float(), trainable[n].to(p.dtype).float())]
-    if rank == 0:
-        torch.save({"loss": loss.detach().float(), "moved": moved, "trainable": list(trainable)}, f"{out}/ds.pt")
-
-
-@pytest.mark.deepspeed
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                    reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install deepspeed: its CPU accelerator "
-                           "builds its ops on first use, about 5 minutes)")
-def test_deepspeed_zero2_bf16_one_step_on_two_ranks(tmp_path, monkeypatch):
-    """One DeepSpeed ZeRO-2 bf16 step of the tiny model on two gloo ranks (DeepSpeed's CPU accelerator)."""
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    run_ranks(_deepspeed_zero2_step, str(tmp_path))
-    result = torch.load(tmp_path / "ds.pt")
-    # The loss is the bf16-weight model's (ZeRO-2 does not shard the weights), and the step moved what trains.
-    torch.testing.assert_close(result["loss"], _bf16_weights_step("qpmapper").float(), rtol=2e-2, atol=0)
-    assert any("lora_" in n for n in result["moved"]) and any(n.startswith("mapper.") for n in result["moved"])
 
 
 def test_multiprocess_bench_passes_what_follows_the_separator_to_train_py():

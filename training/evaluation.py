@@ -13,6 +13,7 @@ import torch
 
 from saving_emosllm import saved_language_model_dtype
 from training.corpora import SAMPLING_RATE
+from training.engines import model_in_shards, models_built_whole
 from training.metrics import compute_ser_metrics, save_confusion_matrix, write_report
 
 logger = logging.getLogger("emosllm.train")
@@ -42,10 +43,17 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     Returns:
         The metrics (`compute_ser_metrics`'s), and `llm_ua` and `probe_ua` where the model gives those scores.
     """
-    trainer.model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
-    trainer.model.cast_language_model(saved_language_model_dtype(str(output_dir)))
-    trainer.model.merge_lora()
-    scores = predict_as_delivered(trainer.model, processor, test_clips, trainer.accelerator)
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    if model_in_shards(trainer):
+        # ZeRO-3 and FSDP hold the trained model in shards that the processes gather together for each forward, and
+        # they score different batches: each scores the saved folder instead, loaded whole, as the pipeline loads it.
+        with models_built_whole(trainer.args):
+            model = type(model).from_pretrained(str(output_dir))
+    else:
+        trainer.model = model
+    model.cast_language_model(saved_language_model_dtype(str(output_dir)))
+    model.merge_lora()
+    scores = predict_as_delivered(model, processor, test_clips, trainer.accelerator)
     labels = processor.labels
     label_ids = processor.label_ids([c["label"] for c in test_clips]).numpy()
     predicted = scores["logits"].argmax(-1)

@@ -25,6 +25,7 @@ from training.arguments import ModelArguments, parse_labels
 from training.augmentation import AugmentedClips, augmented_copies, parse_floats
 from training.clips import load_checked_clips
 from training.encoder_cache import EncoderStateCache, cached_states
+from training.engines import model_to_save, models_built_whole
 from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
 from training.hub import write_model_card
 from training.probe import choose_probe_mix_weight, fit_probe, hold_out_probe_fold
@@ -115,7 +116,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         else parse_labels(data_args.labels)
     check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
     set_seed(training_args.seed)
-    model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
+    with models_built_whole(training_args):  # DeepSpeed ZeRO-3: partitioned by the engine, not as it is built
+        model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
     if data_args.resume:
         check_resume_matches(model, output_dir, processor)
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
@@ -179,22 +181,23 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                           for name, split in splits.items()}
     split_speakers.setdefault("validation", [])
     split_speakers["unit"] = unit or "clip"
-    if training_args.process_index == 0:
-        # Lean unless asked (or unless a backbone has no Hub id: then every weight, with a warning); code included.
-        model.save_pretrained(output_dir, full_weights=True if model_args.save_full_weights else None)
-        processor.save_pretrained(output_dir)
-        size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and "checkpoints" not in f.parts
-                   and "stage1_asr" not in f.parts) / 1e6
-        whole = not backbones_left_out(output_dir / "model.safetensors")  # also when a backbone has no Hub id
-        if whole:
-            logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
-        else:
-            logger.info(
-                "Saved %s as a lean folder (%.1f MB: the mapper, statistics, probe and LoRA, in peft's layout "
-                "under lora/); it loads its backbones %s and %s by Hub id. For a folder with every weight pass "
-                "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
-                output_dir, size, model.config.audio_model_id, model.config.text_model_id,
-            )
+    with model_to_save(trainer) as whole:  # ZeRO-3 and FSDP hold the model in shards: every process gathers them
+        if training_args.process_index == 0:
+            # Lean unless asked (or unless a backbone has no Hub id: then every weight, with a warning); code included.
+            whole.save_pretrained(output_dir, full_weights=True if model_args.save_full_weights else None)
+            processor.save_pretrained(output_dir)
+            size = sum(f.stat().st_size for f in output_dir.rglob("*") if f.is_file() and "checkpoints" not in f.parts
+                       and "stage1_asr" not in f.parts) / 1e6
+            whole = not backbones_left_out(output_dir / "model.safetensors")  # also when a backbone has no Hub id
+            if whole:
+                logger.info("Saved %s with every weight: %.0f MB.", output_dir, size)
+            else:
+                logger.info(
+                    "Saved %s as a lean folder (%.1f MB: the mapper, statistics, probe and LoRA, in peft's layout "
+                    "under lora/); it loads its backbones %s and %s by Hub id. For a folder with every weight pass "
+                    "--save_full_weights true, or call model.save_pretrained(folder, full_weights=True).",
+                    output_dir, size, model.config.audio_model_id, model.config.text_model_id,
+                )
     trainer.accelerator.wait_for_everyone()  # the folder is saved: every process reads its LLM dtype from it
     metrics = evaluate_and_report(trainer, processor, clips["test"], output_dir)
     metrics["train_seconds"] = round(train_seconds, 1)
@@ -205,7 +208,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         config = model.config
         del trainer, model, cache
         gc.collect()
-        metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
+        with models_built_whole(training_args):  # the folder loaded whole, as a user's pipeline loads it
+            metrics["delivered_ua"] = check_delivered_score(output_dir, clips["test"], metrics["ua"], labels)
         metrics["test_clips_without_speech"] = clips_without_speech(clips["test"])
         write_model_card(output_dir, model_args, data_args, split_speakers, metrics, config,
                          hub_model_id=training_args.hub_model_id, full_weights=whole)

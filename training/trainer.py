@@ -19,6 +19,7 @@ from processing_emosllm import EmoSLLMProcessor
 from training.arguments import BEST_MODEL_ADVICE
 from training.augmentation import EpochCallback
 from training.encoder_cache import padded_states
+from training.engines import check_engine_runs
 from training.metrics import compute_ser_metrics
 from training.resume import last_complete_checkpoint
 
@@ -257,6 +258,7 @@ def run_stage(
         compute_metrics=compute_metrics if task == "ser" else None,
         callbacks=[EpochCallback(train_clips)],
     )
+    check_engine_runs(trainer)  # FSDP or DeepSpeed asked for, and not what the Accelerator runs: stop, not DDP
     asked = training_args.resume_from_checkpoint if task == "ser" else None  # a path (`resume_from_checkpoint`)
     checkpoint = (asked or last_complete_checkpoint(Path(output_dir))) if resume else None
     if resume and checkpoint is None:
