@@ -45,8 +45,9 @@ PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.
 class EmoSLLMInputChecks:
     """
     The processor's checks of what a call is given, before anything runs: text (no special tokens, a prompt within
-    the LLM's positions) and labels. Mixed into `EmoSLLMProcessor`, which provides `tokenizer`, `audio_token`,
-    `labels`, `max_prompt_tokens` and `build_prompt`.
+    the LLM's positions) and labels; and that a processor and a model belong together (`check_model`). Mixed into
+    `EmoSLLMProcessor`, which provides `tokenizer`, `audio_token`, `labels`, `audio_embedding_count`,
+    `max_audio_seconds`, `max_prompt_tokens` and `build_prompt`.
     """
 
     def prompt_text(self, value, name: str) -> str:
@@ -118,6 +119,34 @@ class EmoSLLMInputChecks:
                     "audio into shorter clips."
                 )
 
+    def check_model(self, config: EmoSLLMConfig) -> None:
+        """The processor belongs to the model of `config`: the same labels and count of audio placeholders, and clips
+        no longer than its audio encoder reads.
+
+        Args:
+            config: The model's `EmoSLLMConfig`.
+
+        Raises:
+            ValueError: They disagree (say which, and how to load a matching pair).
+        """
+        if self.labels is None or self.audio_embedding_count is None:
+            raise ValueError(
+                "This processor has no labels or count of audio placeholders; build it with its model "
+                "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
+            )
+        for name, mine, models in (("labels", self.labels, config.labels),
+                                   ("audio_embedding_count", self.audio_embedding_count, config.audio_embedding_count)):
+            if mine != models:
+                raise ValueError(
+                    f"The processor's {name} ({mine}) are not the model's ({models}): they come from different "
+                    "models. Load both from the same folder."
+                )
+        window = config.audio_window_seconds()
+        if window is not None and self.max_audio_seconds > window:
+            raise ValueError(
+                f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window ({window:g} s)."
+            )
+
     def label_ids(self, labels: Sequence[str | int]) -> torch.Tensor:
         """Label names (or ids) -> class ids; unknown labels raise `ValueError`.
 
@@ -181,34 +210,6 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         self.prompt, self.audio_token, self.asr_model = prompt, audio_token, asr_model
         self.max_audio_seconds, self.pad_audio_to_max_length = max_audio_seconds, pad_audio_to_max_length
         self.use_transcript = use_transcript
-
-    def check_model(self, config: EmoSLLMConfig) -> None:
-        """The processor belongs to the model of `config`: the same labels and count of audio placeholders, and clips
-        no longer than its audio encoder reads.
-
-        Args:
-            config: The model's `EmoSLLMConfig`.
-
-        Raises:
-            ValueError: They disagree (say which, and how to load a matching pair).
-        """
-        if self.labels is None or self.audio_embedding_count is None:
-            raise ValueError(
-                "This processor has no labels or count of audio placeholders; build it with its model "
-                "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
-            )
-        for name, mine, models in (("labels", self.labels, config.labels),
-                                   ("audio_embedding_count", self.audio_embedding_count, config.audio_embedding_count)):
-            if mine != models:
-                raise ValueError(
-                    f"The processor's {name} ({mine}) are not the model's ({models}): they come from different "
-                    "models. Load both from the same folder."
-                )
-        window = config.audio_window_seconds()
-        if window is not None and self.max_audio_seconds > window:
-            raise ValueError(
-                f"max_audio_seconds={self.max_audio_seconds} is longer than this Whisper encoder's window ({window:g} s)."
-            )
 
     def num_audio_embeddings(self, num_samples: int) -> int:
         """A clip's number of audio placeholders: the model's rule (`count_audio_embeddings`), from the saved copy.
