@@ -131,7 +131,8 @@ def chosen_mix_weight(llm: torch.Tensor, probe: torch.Tensor, label_ids: np.ndar
         seed: The resamples' random seed.
 
     Returns:
-        `(weight, {weight: held-out UA of that mix}, the best mix's bootstrap share)`.
+        `(weight, {weight: held-out UA of that mix}, the best mix's bootstrap share)`; the share is 0 where the best
+        mix is the probe alone.
     """
     def predicted(weight: float) -> np.ndarray:
         return ((1 - weight) * llm + weight * probe).argmax(-1).numpy()
@@ -139,7 +140,7 @@ def chosen_mix_weight(llm: torch.Tensor, probe: torch.Tensor, label_ids: np.ndar
     mixes = {weight: float(compute_ser_metrics(predicted(weight), label_ids, names)["ua"])
              for weight in PROBE_MIX_WEIGHTS}
     best = max(mixes, key=lambda w: (mixes[w], w))
-    confidence = 1.0 if best == 1.0 else bootstrap_ua_gain(predicted(best), predicted(1.0), label_ids, seed)
+    confidence = 0.0 if best == 1.0 else bootstrap_ua_gain(predicted(best), predicted(1.0), label_ids, seed)
     return (best if confidence >= DEPARTURE_CONFIDENCE else 1.0), mixes, confidence
 
 
