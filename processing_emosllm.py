@@ -119,6 +119,15 @@ class EmoSLLMInputChecks:
                     "audio into shorter clips."
                 )
 
+    def check_built(self) -> None:
+        """The processor knows its model's labels and count of audio placeholders (`build` or `from_pretrained` gave
+        them); else `ValueError` saying how to make one that does."""
+        if self.labels is None or self.audio_embedding_count is None:
+            raise ValueError(
+                "This processor has no labels or count of audio placeholders; build it with its model "
+                "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
+            )
+
     def check_model(self, config: EmoSLLMConfig) -> None:
         """The processor belongs to the model of `config`: the same labels and count of audio placeholders, and clips
         no longer than its audio encoder reads.
@@ -129,11 +138,7 @@ class EmoSLLMInputChecks:
         Raises:
             ValueError: They disagree (say which, and how to load a matching pair).
         """
-        if self.labels is None or self.audio_embedding_count is None:
-            raise ValueError(
-                "This processor has no labels or count of audio placeholders; build it with its model "
-                "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
-            )
+        self.check_built()
         for name, mine, models in (("labels", self.labels, config.labels),
                                    ("audio_embedding_count", self.audio_embedding_count, config.audio_embedding_count)):
             if mine != models:
@@ -217,9 +222,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Args:
             num_samples: The clip's length in samples at 16 kHz.
         """
-        if self.audio_embedding_count is None:
-            raise ValueError("This processor has no count of audio placeholders; build it with its model "
-                             "(EmoSLLMProcessor.from_backbones) or load it from the model's folder.")
+        self.check_built()
         return count_audio_embeddings(self.audio_embedding_count, num_samples)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -409,9 +412,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Returns:
             The prompt text, ending with the audio placeholders.
         """
-        if self.labels is None:
-            raise ValueError("This processor has no labels; build it with its model (EmoSLLMProcessor.from_backbones) "
-                             "or load it from the model's folder (EmoSLLMProcessor.from_pretrained).")
+        self.check_built()
         lines = []
         if task == "asr":
             instruction = ASR_PROMPT

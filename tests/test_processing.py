@@ -179,3 +179,12 @@ def test_a_processor_and_a_model_that_do_not_belong_together_are_refused():
         EmoSLLMAudioClassificationPipeline(model=model, processor=other_labels, detect_speech=False)
     matching, _ = tiny_processor(num_queries=6)
     EmoSLLMAudioClassificationPipeline(model=model, processor=matching, detect_speech=False)  # and its own is taken
+
+
+def test_a_processor_made_without_its_models_labels_refuses_with_the_way_out(processor):
+    """Made directly (not by `build` or `from_pretrained`), it knows no labels nor placeholder count: a clear error."""
+    from processing_emosllm import EmoSLLMProcessor
+
+    bare = EmoSLLMProcessor(processor.feature_extractor, processor.tokenizer)
+    with pytest.raises(ValueError, match="no labels or count of audio placeholders; build it with its model"):
+        bare(tone(1.0, 300))
