@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from saving_emosllm import saved_language_model_dtype
 from training.corpora import SAMPLING_RATE
 from training.engines import model_in_shards, models_built_whole
@@ -47,8 +48,8 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     if model_in_shards(trainer):
         # ZeRO-3 and FSDP hold the trained model in shards that the processes gather together for each forward, and
         # they score different batches: each scores the saved folder instead, loaded whole, as the pipeline loads it.
-        with models_built_whole(trainer.args):
-            model = type(model).from_pretrained(str(output_dir))
+        with models_built_whole(trainer.args):  # (FSDP2 changes the model's class: the plain one loads it)
+            model = EmoSLLMForSpeechEmotionRecognition.from_pretrained(str(output_dir))
     else:
         trainer.model = model
     model.cast_language_model(saved_language_model_dtype(str(output_dir)))
