@@ -268,11 +268,14 @@ def test_probe_run_fits_the_probe_on_the_training_clips_and_saves_it(tiny_setup,
 
 
 def test_without_validation_speakers_a_probe_fold_is_held_out_of_the_llms_training(tiny_setup, tmp_path):
-    """The held-out fold's speakers choose the epoch and the mix weight; the LLM never trains on their clips."""
+    """
+    The first fold's speakers choose the epoch; with `--departure_folds 1` they alone choose the mix weight. The LLM
+    never trains on their clips.
+    """
     output = tmp_path / "out"
     result = run(train_command(tiny_setup, output, "--mapper_type", "probe", "--encoder_layer_combination",
                                "concatenate", "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2",
-                               "--eval_steps", "2",
+                               "--eval_steps", "2", "--departure_folds", "1",
                                data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]),
                  tmp_path, env={"EMOSLLM_RECORD_TRAINING_CLIPS": "1"})
     report = json.loads((output / "all_results.json").read_text())
@@ -285,6 +288,39 @@ def test_without_validation_speakers_a_probe_fold_is_held_out_of_the_llms_traini
     read = [json.loads(line)["clip"] for line in
             (output / "checkpoints" / "training_clips" / "rank0.jsonl").read_text().splitlines()]
     assert read and not any(held_speakers[0] in clip for clip in read), read[:3]
+    assert not list((output / "checkpoints").glob("fold_*"))  # no further fold trained
+
+
+def test_by_default_every_probe_fold_is_held_out_in_turn_and_the_saved_model_is_the_first_folds(tiny_setup, tmp_path):
+    """
+    Cross-fitting (`--departure_folds`, default every fold): the LLM is trained again without each further fold's
+    speakers, never reading their clips, and all training speakers' clips, each scored by a LLM that did not train on
+    it, choose the mix weight; the saved model is the first fold's (its trainable weights equal that stage's last
+    checkpoint's, exactly), not the last fold's.
+    """
+    output = tmp_path / "out"
+    run(train_command(tiny_setup, output, "--mapper_type", "probe", "--encoder_layer_combination", "concatenate",
+                      "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+                      "--load_best_model_at_end", "false",
+                      data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]),
+        tmp_path, env={"EMOSLLM_RECORD_TRAINING_CLIPS": "1"})
+    report = json.loads((output / "all_results.json").read_text())
+    assert report["held_out"].startswith("training speakers held out of the LLM's training, 3 folds in turn (")
+    assert report["held_out_clips"] == 24  # the three training speakers' 8 clips each
+    folds = report["held_out"][report["held_out"].index("(") + 1:-1].split(" | ")
+    assert sorted(folds) == ["spk01", "spk02", "spk03"]
+    records = {0: output / "checkpoints", 1: output / "checkpoints" / "fold_1", 2: output / "checkpoints" / "fold_2"}
+    for fold, folder in records.items():
+        read = [json.loads(line)["clip"] for line in (folder / "training_clips" / "rank0.jsonl").read_text().splitlines()]
+        assert read and not any(folds[fold] in clip for clip in read), (fold, read[:3])
+        assert any(other in clip for clip in read for other in set(folds) - {folds[fold]})
+    assert report["held_out_answer_ua"] >= report["held_out_probe_ua"]
+    saved, first = trainable_weights(output), trainable_weights(output / "checkpoints" / "checkpoint-2")
+    last_fold = trainable_weights(output / "checkpoints" / "fold_2" / "checkpoint-2")
+    trained = [name for name in saved if name in first and not name.startswith(("mapper.probe", "mapper.statistics"))]
+    assert "mapper.label_embeddings.weight" in trained  # the mapper's trained weights (LoRA is under lora/)
+    assert all(torch.equal(saved[name], first[name]) for name in trained)
+    assert any(not torch.equal(saved[name], last_fold[name]) for name in trained)
 
 
 def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_the_probe(tmp_path, caplog):
@@ -292,7 +328,7 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     from conftest import TONE_FREQUENCIES, tiny_processor
     from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
     from training.arguments import parse_args
-    from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight
+    from training.probe import PROBE_MIX_WEIGHTS, choose_probe_mix_weight, held_out_scores
     from training.trainer import EmoSLLMCollator, EmoSLLMTrainer
 
     processor, config = tiny_processor(mapper="probe")
@@ -308,7 +344,8 @@ def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_
     trainer = EmoSLLMTrainer(model=model, args=args, mapper_learning_rate=1e-2, head_learning_rate=1e-3,
                              data_collator=EmoSLLMCollator(processor))
     with caplog.at_level("INFO"):
-        report = choose_probe_mix_weight(trainer, clips(range(10, 13)), "the validation speakers")
+        report = choose_probe_mix_weight(model, [held_out_scores(trainer, clips(range(10, 13)))],
+                                         "the validation speakers", seed=0)
     # The tiny LLM is untrained (near chance); the probe names every tone: the answer takes the probe's side.
     assert report["held_out_probe_ua"] == 1.0 and report["held_out_llm_ua"] < 0.75
     assert report["probe_mix_weight"] in PROBE_MIX_WEIGHTS[1:] and report["held_out_answer_ua"] == 1.0

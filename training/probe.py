@@ -1,6 +1,6 @@
 # Copyright 2026 The EmoSLLM authors. Licensed under the Apache License, Version 2.0.
 """
-The probe mapper's fit on the training clips (`fit_probe`), the held-out fold that stands in for validation
+The probe mapper's fit on the training clips (`fit_probe`), the held-out folds that stand in for validation
 speakers (`hold_out_probe_fold`), and how far the answer may depart from the probe (`choose_probe_mix_weight`: only
 as far as the held-out clips show it helps beyond their noise, `chosen_mix_weight`).
 """
@@ -17,7 +17,8 @@ from training.trainer import EmoSLLMCollator
 logger = logging.getLogger("emosllm.train")
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "DEPARTURE_CONFIDENCE", "PROBE_MIX_WEIGHTS", "bootstrap_ua_gain",
-           "choose_probe_mix_weight", "chosen_mix_weight", "fit_probe", "hold_out_probe_fold"]
+           "choose_probe_mix_weight", "chosen_mix_weight", "fit_probe", "held_out_scores", "hold_out_probe_fold",
+           "probe_folds"]
 
 
 def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
@@ -66,23 +67,30 @@ def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] 
     return chosen
 
 
-def hold_out_probe_fold(versions: list[list[dict]]) -> tuple[list[list[dict]], list[dict]]:
+def hold_out_probe_fold(versions: list[list[dict]], fold: int = 0) -> tuple[list[list[dict]], list[dict]]:
     """
-    Without validation speakers: the training speakers of the probe's first cross-validation fold are held out of
+    Without validation speakers: the training speakers of one of the probe's cross-validation folds are held out of
     the LLM's training, as its validation speakers: `(the versions the LLM trains on, the held-out original clips)`.
     Their out-of-fold probe scores come from a probe fitted without them, and the LLM never reads them, so they
-    score the LLM's answer and the probe's alike, as on new voices: the best epoch and `probe_mix_weight` are chosen
-    on them (`choose_probe_mix_weight`). Empty when the probe had no folds (fewer than 2 speakers).
+    score the LLM's answer and the probe's alike, as on new voices. The first fold's choose the saved model's best
+    epoch; every fold's, each held out in turn (`--departure_folds`), how far its answer may depart from the probe
+    (`choose_probe_mix_weight`). Empty when the probe had no folds (fewer than 2 speakers).
 
     Args:
         versions: Per training clip, its versions: the original first (with its `probe_fold` from `fit_probe`), then
             its augmented copies.
+        fold: The fold held out.
     """
     if "probe_fold" not in versions[0][0]:
         return versions, []
-    kept = [clip_versions for clip_versions in versions if clip_versions[0]["probe_fold"] != 0]
-    held_out = [clip_versions[0] for clip_versions in versions if clip_versions[0]["probe_fold"] == 0]
+    kept = [clip_versions for clip_versions in versions if clip_versions[0]["probe_fold"] != fold]
+    held_out = [clip_versions[0] for clip_versions in versions if clip_versions[0]["probe_fold"] == fold]
     return kept, held_out
+
+
+def probe_folds(versions: list[list[dict]]) -> list[int]:
+    """The probe's cross-validation folds that hold training clips (none without folds), in order."""
+    return sorted({clip_versions[0]["probe_fold"] for clip_versions in versions if "probe_fold" in clip_versions[0]})
 
 
 # The weights of the probe's class log-probabilities in the answer that `choose_probe_mix_weight` tries: from the LLM's
@@ -144,37 +152,55 @@ def chosen_mix_weight(llm: torch.Tensor, probe: torch.Tensor, label_ids: np.ndar
     return (best if confidence >= DEPARTURE_CONFIDENCE else 1.0), mixes, confidence
 
 
-def choose_probe_mix_weight(trainer, held_out: list[dict], where: str) -> dict:
+def held_out_scores(trainer, held_out: list[dict]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """
-    How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
-    trained model's class log-probabilities on `held_out` clips, the LLM's and the probe's (out-of-fold scores where
-    the clips carry them), are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the best mix is kept where it beats
-    the probe beyond the noise of those clips (`chosen_mix_weight`), as `config.mapper_config["mix_weight"]`. Logs the
-    LLM's and the probe's UA there, and warns when the LLM alone scores below its probe.
+    The trained model's class log-probabilities on held-out clips, the LLM's answer alone and the probe's (from the
+    clips' out-of-fold `probe_scores` where they carry them), and the clips' class ids.
 
     Args:
-        trainer: The SER stage's `EmoSLLMTrainer`, after training; its model's `mix_weight` is set here.
-        held_out: The held-out clips (validation clips, or `hold_out_probe_fold`'s), with `probe_scores` where the
-            clips carry them.
+        trainer: The SER stage's `EmoSLLMTrainer`, after training.
+        held_out: The held-out clips (validation clips, or `hold_out_probe_fold`'s).
+
+    Returns:
+        `(llm (clips, labels), probe (clips, labels), label_ids (clips,))`.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.mapper_config["mix_weight"] = 0.0  # the answer's scores are then the LLM's alone
+    prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
+    llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
+    return llm, probe, prediction.label_ids
+
+
+def choose_probe_mix_weight(model, scores: list[tuple[torch.Tensor, torch.Tensor, np.ndarray]], where: str,
+                            seed: int) -> dict:
+    """
+    How far the answer may depart from the probe's evidence, decided on held-out speakers (never on test): the
+    LLM's and the probe's class log-probabilities of the held-out clips (`held_out_scores`; with several folds held out
+    in turn, all their clips together) are mixed with each weight of `PROBE_MIX_WEIGHTS`, and the best mix is kept
+    where it beats the probe beyond the noise of those clips (`chosen_mix_weight`), as
+    `config.mapper_config["mix_weight"]`. Logs the LLM's and the probe's UA there, and warns when the LLM alone scores
+    below its probe.
+
+    Args:
+        model: The trained model; its `mix_weight` is set here.
+        scores: Per held-out set (the validation clips, or each held-out fold), `held_out_scores`'s triple.
         where: How the log and the report name those clips (e.g. "the validation speakers").
+        seed: The bootstrap resamples' random seed.
 
     Returns:
         The figures for the report and the model card: `held_out`, `held_out_clips`, `held_out_llm_ua`,
         `held_out_probe_ua`, `held_out_answer_ua`, `held_out_departure_confidence` and `probe_mix_weight`.
     """
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    model.config.mapper_config["mix_weight"] = 0.0
-    prediction = trainer.predict(held_out, ignore_keys=["audio_logits"], metric_key_prefix="held_out")
-    llm, probe = (torch.from_numpy(p) for p in prediction.predictions[1:3])
-    weight, mixes, confidence = chosen_mix_weight(llm, probe, prediction.label_ids, model.config.labels,
-                                                  trainer.args.seed)
+    llm, probe = (torch.cat([part[i] for part in scores]) for i in (0, 1))
+    label_ids = np.concatenate([part[2] for part in scores])
+    weight, mixes, confidence = chosen_mix_weight(llm, probe, label_ids, model.config.labels, seed)
     model.config.mapper_config["mix_weight"] = weight
-    report = {"held_out": where, "held_out_clips": len(held_out), "held_out_llm_ua": round(mixes[0.0], 4),
+    report = {"held_out": where, "held_out_clips": len(label_ids), "held_out_llm_ua": round(mixes[0.0], 4),
               "held_out_probe_ua": round(mixes[1.0], 4), "held_out_answer_ua": round(mixes[weight], 4),
               "held_out_departure_confidence": round(confidence, 3), "probe_mix_weight": weight}
     logger.info("On %s (%d clips): the LLM's answer alone UA %.4f, its probe alone %.4f, the best mix %.4f (better "
                 "than the probe in %.0f%% of bootstrap resamples; kept from %.0f%%): the answer mixes in the probe's "
-                "scores with weight %g (UA %.4f).", where, len(held_out), mixes[0.0], mixes[1.0], max(mixes.values()),
+                "scores with weight %g (UA %.4f).", where, len(label_ids), mixes[0.0], mixes[1.0], max(mixes.values()),
                 100 * confidence, 100 * DEPARTURE_CONFIDENCE, weight, mixes[weight])
     if mixes[0.0] < mixes[1.0]:
         logger.warning("The LLM's answer alone scores below the probe it reads on %s (UA %.4f < %.4f); the saved "

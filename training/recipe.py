@@ -5,11 +5,13 @@ encoder cache, the probe, the training stages, the saved folder, its test report
 (`train_one_split`).
 """
 
+import dataclasses
 import gc
 import logging
 import time
 from pathlib import Path
 
+import torch
 from transformers import set_seed
 
 from backbones_emosllm import resolve_pretrained
@@ -25,10 +27,10 @@ from training.arguments import ModelArguments, parse_labels
 from training.augmentation import AugmentedClips, augmented_copies, parse_floats
 from training.clips import load_checked_clips
 from training.encoder_cache import EncoderStateCache, cached_states
-from training.engines import model_to_save, models_built_whole
+from training.engines import model_in_shards, model_to_save, models_built_whole
 from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
 from training.hub import write_model_card
-from training.probe import choose_probe_mix_weight, fit_probe, hold_out_probe_fold
+from training.probe import choose_probe_mix_weight, fit_probe, held_out_scores, hold_out_probe_fold, probe_folds
 from training.resume import check_resume_matches, check_run_record, run_record
 from training.splits import check_split_labels, has_speaker_ids, speaker_sort_key
 from training.trainer import run_stage
@@ -36,7 +38,7 @@ from training.transcripts import TranscriptCache, attach_transcripts, transcribe
 
 logger = logging.getLogger("emosllm.train")
 
-__all__ = ["build_model", "model_settings", "train_one_split"]
+__all__ = ["build_model", "fold_scores", "load_trainable_state", "model_settings", "train_one_split", "trainable_state"]
 
 
 def model_settings(model_args: ModelArguments) -> dict:
@@ -92,6 +94,47 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     trainable, total = model.trainable_parameters()
     logger.info("Trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / total)
     return model, processor
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A copy of the weights that train (the mapper, the heads, LoRA), by parameter name."""
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    """Puts `trainable_state`'s copy back into the model."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
+
+
+def fold_scores(model, processor, model_args, data_args, training_args, versions, fold, untrained, output_dir):
+    """
+    Cross-fitting the LLM for `--departure_folds`: trains the SER stage again from `untrained`, as the saved model
+    trained, but without `fold`'s speakers (its own checkpoints in `checkpoints/fold_<fold>`, resumable), and scores
+    their clips (`held_out_scores`). The caller puts the saved model's weights back.
+
+    Args:
+        model, processor: The run's model (its trainable weights are overwritten) and processor.
+        model_args, data_args, training_args: The run's flags.
+        versions: Every training clip's versions, with their `probe_fold`.
+        fold: The probe fold held out.
+        untrained: `trainable_state` before the SER stage.
+        output_dir: The run's output folder.
+
+    Returns:
+        `held_out_scores` of the fold's clips.
+    """
+    load_trainable_state(model, untrained)
+    kept, held_out = hold_out_probe_fold(versions, fold)
+    logger.info("Probe fold %d: the LLM trained again without its %d clips' speakers, to score them.", fold,
+                len(held_out))
+    args = dataclasses.replace(training_args, resume_from_checkpoint=None)  # a given path is the saved model's
+    trainer = run_stage(model, processor, args, model_args,
+                        AugmentedClips(kept, training_args.seed, model_args.transcript_dropout), held_out, "ser",
+                        output_dir / "checkpoints" / f"fold_{fold}", training_args.num_train_epochs, data_args.resume)
+    return held_out_scores(trainer, held_out)
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
@@ -153,26 +196,47 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         clip["num_samples"] = len(clip.pop("audio"))
     unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
     probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
+    departure_folds = []  # the further probe folds, each held out of the LLM's training in turn (`departure_folds`)
     if model.config.mapper_type == "probe":  # fitted on the training clips and their augmented copies
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
                           clips.get("validation"), parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID))
         if not held_out:
-            versions, held_out = hold_out_probe_fold(versions)
-            held_speakers = sorted({str(c.get("group", c["speaker"])) for c in held_out}, key=speaker_sort_key)
-            where = f"training {unit or 'clip'}s held out of the LLM's training ({', '.join(held_speakers)})"
+            all_versions = versions
+            versions, held_out = hold_out_probe_fold(all_versions)
+            departure_folds = probe_folds(all_versions)[1:model_args.departure_folds]
+            held_speakers = [", ".join(sorted({str(c.get("group", c["speaker"])) for c in fold_clips},
+                                              key=speaker_sort_key))
+                             for fold_clips in [held_out] + [hold_out_probe_fold(all_versions, fold)[1]
+                                                             for fold in departure_folds]]
+            where = (f"training {unit or 'clip'}s held out of the LLM's training ({held_speakers[0]})"
+                     if not departure_folds else f"training {unit or 'clip'}s held out of the LLM's training, "
+                     f"{len(held_speakers)} folds in turn ({' | '.join(held_speakers)})")
             if held_out:
-                logger.info("No validation speakers: the LLM trains without %s, which choose its epoch and how far "
-                            "its answer may depart from the probe.", where)
+                logger.info("No validation speakers: the LLM trains without the %ss %s, which choose its epoch; %s "
+                            "choose how far its answer may depart from the probe.", unit or "clip", held_speakers[0],
+                            "they" if not departure_folds else f"they and {len(departure_folds)} more folds, each "
+                            "held out of the LLM's training in turn,")
     train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
                   data_args.asr_epochs, data_args.resume)
+    untrained = trainable_state(model)  # where each further fold's LLM starts, as the saved model's did
     trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
-    train_seconds = time.time() - started
     if model.config.mapper_type == "probe" and held_out:
-        probe.update(choose_probe_mix_weight(trainer, held_out, where))
+        scores = [held_out_scores(trainer, held_out)]
+        if departure_folds and model_in_shards(trainer):
+            logger.info("FSDP / DeepSpeed ZeRO-3 hold the model in shards: only the first fold decides how far the "
+                        "answer may depart from the probe (pass --departure_folds 1 to say so).")
+        elif departure_folds:
+            trained = trainable_state(model)
+            for fold in departure_folds:
+                scores.append(fold_scores(model, processor, model_args, data_args, training_args, all_versions,
+                                          fold, untrained, output_dir))
+            load_trainable_state(model, trained)
+        probe.update(choose_probe_mix_weight(model, scores, where, training_args.seed))
+    train_seconds = time.time() - started
     if unit:  # what no two splits share: speakers, or the --group_column's values
         split_speakers = {name: sorted({str(v) for v in split[unit]}, key=speaker_sort_key)
                           for name, split in splits.items()}
