@@ -114,6 +114,30 @@ def test_two_processes_report_what_their_folder_delivers_and_match_one_process(t
     assert abs(results["two"]["ua"] - results["one"]["ua"]) <= TWO_PROCESS_UA_TOLERANCE, results
 
 
+def test_two_processes_train_every_probe_fold_and_report_what_their_folder_delivers(tiny_setup, tmp_path):
+    """
+    Cross-fitting (`--departure_folds`, the probe mapper without validation speakers) under `torchrun`: each further
+    fold's LLM is trained on both processes without that fold's speakers, all training speakers' clips choose the mix
+    weight, and the run reports the test UA its saved folder delivers.
+    """
+    from training.trainer import RECORD_CLIPS_ENV
+
+    output = tmp_path / "ddp"
+    command = train_command(tiny_setup, output, "--mapper_type", "probe", "--probe_c", "1", "--max_steps", "2",
+                            "--save_steps", "2", "--eval_steps", "2",
+                            data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"])
+    torchrun(command, tmp_path, {**os.environ, "OMP_NUM_THREADS": "1", RECORD_CLIPS_ENV: "1"})
+    metrics = json.loads((output / "all_results.json").read_text())
+    assert round(metrics["ua"], 4) == metrics["delivered_ua"], metrics
+    assert metrics["held_out_clips"] == 24 and "3 folds in turn" in metrics["held_out"]
+    folds = metrics["held_out"][metrics["held_out"].index("(") + 1:-1].split(" | ")
+    for fold, folder in enumerate([output / "checkpoints", *(output / "checkpoints" / f"fold_{k}" for k in (1, 2))]):
+        for rank in (0, 1):
+            read = [json.loads(line)["clip"] for line in
+                    (folder / "training_clips" / f"rank{rank}.jsonl").read_text().splitlines()]
+            assert read and not any(folds[fold] in clip for clip in read), (fold, rank, read[:3])
+
+
 def _score_on_ranks(rank: int, world: int, out: str) -> None:
     from accelerate import PartialState
 

@@ -323,6 +323,15 @@ def test_by_default_every_probe_fold_is_held_out_in_turn_and_the_saved_model_is_
     assert any(not torch.equal(saved[name], last_fold[name]) for name in trained)
 
 
+def test_departure_folds_below_one_is_refused_with_the_way_out(tmp_path):
+    from training.arguments import parse_args
+
+    for value in ("0", "-1"):
+        with pytest.raises(ValueError, match=f"--departure_folds {value}: give at least 1"):
+            parse_args(["--output_dir", str(tmp_path), "--departure_folds", value])
+    assert parse_args(["--output_dir", str(tmp_path), "--departure_folds", "2"])[0].departure_folds == 2
+
+
 def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_the_probe(tmp_path, caplog):
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor

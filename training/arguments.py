@@ -233,6 +233,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise ValueError(f"--force_transcripts true has Whisper transcribe clips for --use_transcript auto; with "
                          f"--use_transcript {model_args.use_transcript} nothing is transcribed. Leave it out, or pass "
                          "--use_transcript auto.")
+    if model_args.departure_folds is not None and model_args.departure_folds < 1:
+        raise ValueError(f"--departure_folds {model_args.departure_folds}: give at least 1 (the first fold only), or "
+                         "leave it out for every fold.")
     return model_args, data_args, training_args
 
 

@@ -27,7 +27,7 @@ from training.arguments import ModelArguments, parse_labels
 from training.augmentation import AugmentedClips, augmented_copies, parse_floats
 from training.clips import load_checked_clips
 from training.encoder_cache import EncoderStateCache, cached_states
-from training.engines import model_in_shards, model_to_save, models_built_whole
+from training.engines import model_to_save, models_built_whole
 from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
 from training.hub import write_model_card
 from training.probe import choose_probe_mix_weight, fit_probe, held_out_scores, hold_out_probe_fold, probe_folds
@@ -226,9 +226,11 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     if model.config.mapper_type == "probe" and held_out:
         scores = [held_out_scores(trainer, held_out)]
-        if departure_folds and model_in_shards(trainer):
-            logger.info("FSDP / DeepSpeed ZeRO-3 hold the model in shards: only the first fold decides how far the "
-                        "answer may depart from the probe (pass --departure_folds 1 to say so).")
+        if departure_folds and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+            # Their engines wrap the model (and DeepSpeed hooks its parameters) once per Trainer: not trained again.
+            logger.info("Under FSDP or DeepSpeed only the first fold decides how far the answer may depart from the "
+                        "probe (pass --departure_folds 1 to say so; the other folds' LLMs are trained in one process "
+                        "or under DDP).")
         elif departure_folds:
             trained = trainable_state(model)
             for fold in departure_folds:
