@@ -323,6 +323,20 @@ def test_by_default_every_probe_fold_is_held_out_in_turn_and_the_saved_model_is_
     assert any(not torch.equal(saved[name], last_fold[name]) for name in trained)
 
 
+def test_the_departure_folds_are_every_fold_by_default_and_the_first_only_under_fsdp_or_deepspeed(caplog):
+    sys.path.insert(0, str(REPO))
+    from training.probe import departure_folds
+
+    versions = [[{"probe_fold": fold}, {"probe_fold": fold}] for fold in (2, 0, 3, 1, 0)]  # originals, then copies
+    assert departure_folds(versions, None, None) == [0, 1, 2, 3]
+    assert departure_folds(versions, 2, None) == [0, 1] and departure_folds(versions, 1, None) == [0]
+    with caplog.at_level("INFO"):
+        assert departure_folds(versions, None, "deepspeed") == [0]
+    assert "Under DeepSpeed only the probe's first fold decides" in caplog.text
+    assert departure_folds(versions, None, "fsdp") == [0]
+    assert departure_folds([[{"speaker": "a"}]], None, None) == []  # no folds: fewer than 2 speakers
+
+
 def test_departure_folds_below_one_is_refused_with_the_way_out(tmp_path):
     from training.arguments import parse_args
 

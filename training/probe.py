@@ -17,8 +17,8 @@ from training.trainer import EmoSLLMCollator
 logger = logging.getLogger("emosllm.train")
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "DEPARTURE_CONFIDENCE", "PROBE_MIX_WEIGHTS", "bootstrap_ua_gain",
-           "choose_probe_mix_weight", "chosen_mix_weight", "fit_probe", "held_out_scores", "hold_out_probe_fold",
-           "probe_folds"]
+           "choose_probe_mix_weight", "chosen_mix_weight", "departure_folds", "fit_probe", "held_out_scores",
+           "hold_out_probe_fold"]
 
 
 def fit_probe(model, processor, train_clips: list[dict], eval_clips: list[dict] | None, cs: list[float]) -> dict:
@@ -88,9 +88,26 @@ def hold_out_probe_fold(versions: list[list[dict]], fold: int = 0) -> tuple[list
     return kept, held_out
 
 
-def probe_folds(versions: list[list[dict]]) -> list[int]:
-    """The probe's cross-validation folds that hold training clips (none without folds), in order."""
-    return sorted({clip_versions[0]["probe_fold"] for clip_versions in versions if "probe_fold" in clip_versions[0]})
+def departure_folds(versions: list[list[dict]], count: int | None, engine: str | None) -> list[int]:
+    """
+    The probe's cross-validation folds held out of the LLM's training in turn (`--departure_folds`), in order: the
+    first one's LLM is the saved model, each further one's is trained again to score its clips. Under FSDP or
+    DeepSpeed only the first (their engines wrap the model, and DeepSpeed hooks its parameters, once per Trainer, so
+    the LLM is not trained again there; logged). None without folds (fewer than 2 speakers).
+
+    Args:
+        versions: Per training clip, its versions, the original first with its `probe_fold` from `fit_probe`.
+        count: At most this many folds (`--departure_folds`); None: every fold.
+        engine: `training.engines.requested_engine`'s answer: "fsdp", "deepspeed" or None.
+    """
+    folds = sorted({clip_versions[0]["probe_fold"] for clip_versions in versions if "probe_fold" in clip_versions[0]})
+    folds = folds[:count]
+    if len(folds) > 1 and engine:
+        logger.info("Under %s only the probe's first fold decides how far the answer may depart from the probe (pass "
+                    "--departure_folds 1 to say so; every fold's LLM trains in one process or under DDP).",
+                    "FSDP" if engine == "fsdp" else "DeepSpeed")
+        folds = folds[:1]
+    return folds
 
 
 # The weights of the probe's class log-probabilities in the answer that `choose_probe_mix_weight` tries: from the LLM's

@@ -30,7 +30,8 @@ from training.encoder_cache import EncoderStateCache, cached_states
 from training.engines import model_to_save, models_built_whole, requested_engine
 from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
 from training.hub import write_model_card
-from training.probe import choose_probe_mix_weight, fit_probe, held_out_scores, hold_out_probe_fold, probe_folds
+from training.probe import (choose_probe_mix_weight, departure_folds, fit_probe, held_out_scores,
+                            hold_out_probe_fold)
 from training.resume import check_resume_matches, check_run_record, run_record
 from training.splits import check_split_labels, has_speaker_ids, speaker_sort_key
 from training.trainer import run_stage
@@ -196,45 +197,39 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         clip["num_samples"] = len(clip.pop("audio"))
     unit = data_args.group_column or ("speaker" if has_speaker_ids(splits["train"]) else None)
     probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
-    departure_folds = []  # the further probe folds, each held out of the LLM's training in turn (`departure_folds`)
+    further_folds = []  # the probe folds after the first, each held out of the LLM's training in turn
     if model.config.mapper_type == "probe":  # fitted on the training clips and their augmented copies
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
                           clips.get("validation"), parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID))
         if not held_out:
             all_versions = versions
-            folds = probe_folds(all_versions)[:model_args.departure_folds]
-            if len(folds) > 1 and requested_engine(training_args):
-                # Their engines wrap the model (DeepSpeed also hooks its parameters) once per Trainer: not trained again.
-                logger.info("Under FSDP or DeepSpeed only the probe's first fold decides how far the answer may "
-                            "depart from the probe (pass --departure_folds 1 to say so; every fold's LLM trains in "
-                            "one process or under DDP).")
-                folds = folds[:1]
+            folds = departure_folds(all_versions, model_args.departure_folds, requested_engine(training_args))
             fold_speakers = [", ".join(sorted({str(c.get("group", c["speaker"]))
                                                for c in hold_out_probe_fold(all_versions, fold)[1]},
                                               key=speaker_sort_key)) for fold in folds]
             versions, held_out = hold_out_probe_fold(all_versions, folds[0]) if folds else (versions, [])
-            departure_folds = folds[1:]
+            further_folds = folds[1:]
             where = f"training {unit or 'clip'}s held out of the LLM's training" + (
-                f", {len(folds)} folds in turn ({' | '.join(fold_speakers)})" if departure_folds
+                f", {len(folds)} folds in turn ({' | '.join(fold_speakers)})" if further_folds
                 else f" ({''.join(fold_speakers)})")
             if held_out:
                 logger.info("No validation speakers: the LLM trains without the %ss %s, which choose its epoch; %s "
                             "choose how far its answer may depart from the probe.", unit or "clip", fold_speakers[0],
-                            f"they and {len(departure_folds)} more folds, each held out of the LLM's training in turn,"
-                            if departure_folds else "they")
+                            f"they and {len(further_folds)} more folds, each held out of the LLM's training in turn,"
+                            if further_folds else "they")
     train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
     if data_args.asr_epochs > 0:
         run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
                   data_args.asr_epochs, data_args.resume)
-    untrained = trainable_state(model) if departure_folds else None  # where each further fold's LLM starts
+    untrained = trainable_state(model) if further_folds else None  # where each further fold's LLM starts
     trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     if model.config.mapper_type == "probe" and held_out:
         scores = [held_out_scores(trainer, held_out)]
-        if departure_folds:
+        if further_folds:
             trained = trainable_state(model)
-            for fold in departure_folds:
+            for fold in further_folds:
                 scores.append(fold_scores(model, processor, model_args, data_args, training_args, all_versions,
                                           fold, untrained, output_dir))
             load_trainable_state(model, trained)
