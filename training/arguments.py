@@ -81,8 +81,9 @@ class ModelArguments:
         metadata={"help": "The probe mapper without validation speakers: how many of the probe's cross-validation "
                   "folds decide how far the LLM's answer may depart from its probe. The LLM is trained without each "
                   "fold's speakers in turn and scored on them (all their clips together); the first fold's model is "
-                  "the one saved, each further fold trains it once more. Default: every fold (up to 4); 1: the first "
-                  "fold only, the fastest, but four speakers' clips are a noisy judge."},
+                  "the one saved, each further fold trains it once more. Default: every fold (up to 4; under FSDP or "
+                  "DeepSpeed the first only); 1: the first fold only, the fastest, but one fold's speakers are a "
+                  "noisy judge."},
     )
     mapper_learning_rate: float = field(
         default=1e-3, metadata={"help": "Learning rate of the mapper; --learning_rate is the LLM's (LoRA)."}
