@@ -165,7 +165,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
             f"alone); the answer mixes in the probe's scores with weight {metrics['probe_mix_weight']:g} (UA "
             f"{metrics['held_out_answer_ua']:.4f} there; it departs from the probe only where it beats it in at least "
             f"{DEPARTURE_CONFIDENCE:.0%} of bootstrap resamples of those clips, here "
-            f"{metrics.get('held_out_departure_confidence', 0.0):.0%}). On the test {unit}s: LLM alone UA "
+            f"{metrics['held_out_departure_confidence']:.0%}). On the test {unit}s: LLM alone UA "
             f"{metrics['llm_ua']:.4f}, probe alone {metrics['probe_ua']:.4f}."
         )
         if metrics["held_out_llm_ua"] < metrics["held_out_probe_ua"]:

@@ -110,7 +110,7 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
                 param.copy_(state[name])
 
 
-def fold_scores(model, processor, model_args, data_args, training_args, versions, fold, untrained, output_dir):
+def fold_scores(model, processor, model_args, data_args, training_args, fold, kept, held_out, untrained, output_dir):
     """
     Cross-fitting the LLM for `--departure_folds`: trains the SER stage again from `untrained`, as the saved model
     trained, but without `fold`'s speakers (its own checkpoints in `checkpoints/fold_<fold>`, resumable), and scores
@@ -119,8 +119,8 @@ def fold_scores(model, processor, model_args, data_args, training_args, versions
     Args:
         model, processor: The run's model (its trainable weights are overwritten) and processor.
         model_args, data_args, training_args: The run's flags.
-        versions: Every training clip's versions, with their `probe_fold`.
         fold: The probe fold held out.
+        kept, held_out: `hold_out_probe_fold`'s split for `fold`: the versions the LLM trains on, the fold's clips.
         untrained: `trainable_state` before the SER stage.
         output_dir: The run's output folder.
 
@@ -128,7 +128,6 @@ def fold_scores(model, processor, model_args, data_args, training_args, versions
         `held_out_scores` of the fold's clips.
     """
     load_trainable_state(model, untrained)
-    kept, held_out = hold_out_probe_fold(versions, fold)
     logger.info("Probe fold %d: the LLM trained again without its %d clips' speakers, to score them.", fold,
                 len(held_out))
     args = dataclasses.replace(training_args, resume_from_checkpoint=None)  # a given path is the saved model's
@@ -202,12 +201,11 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
                           clips.get("validation"), parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID))
         if not held_out:
-            all_versions = versions
-            folds = departure_folds(all_versions, model_args.departure_folds, requested_engine(training_args))
-            fold_speakers = [", ".join(sorted({str(c.get("group", c["speaker"]))
-                                               for c in hold_out_probe_fold(all_versions, fold)[1]},
+            folds = departure_folds(versions, model_args.departure_folds, requested_engine(training_args))
+            fold_splits = {fold: hold_out_probe_fold(versions, fold) for fold in folds}  # (kept, held out) by fold
+            fold_speakers = [", ".join(sorted({str(c.get("group", c["speaker"])) for c in fold_splits[fold][1]},
                                               key=speaker_sort_key)) for fold in folds]
-            versions, held_out = hold_out_probe_fold(all_versions, folds[0]) if folds else (versions, [])
+            versions, held_out = fold_splits[folds[0]] if folds else (versions, [])
             further_folds = folds[1:]
             where = f"training {unit or 'clip'}s held out of the LLM's training" + (
                 f", {len(folds)} folds in turn ({' | '.join(fold_speakers)})" if further_folds
@@ -230,8 +228,8 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         if further_folds:
             trained = trainable_state(model)
             for fold in further_folds:
-                scores.append(fold_scores(model, processor, model_args, data_args, training_args, all_versions,
-                                          fold, untrained, output_dir))
+                scores.append(fold_scores(model, processor, model_args, data_args, training_args, fold,
+                                          *fold_splits[fold], untrained, output_dir))
             load_trainable_state(model, trained)
         probe.update(choose_probe_mix_weight(model, scores, where, training_args.seed))
     train_seconds = time.time() - started
