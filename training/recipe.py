@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import set_seed
+from transformers import TrainingArguments, set_seed
 
 from backbones_emosllm import resolve_pretrained
 from peft import LoraConfig
@@ -23,7 +24,7 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from probe_fitting_emosllm import PROBE_C_GRID
 from saving_emosllm import backbones_left_out
 from processing_emosllm import EmoSLLMProcessor
-from training.arguments import ModelArguments, parse_labels
+from training.arguments import DataArguments, ModelArguments, parse_labels
 from training.augmentation import AugmentedClips, augmented_copies, parse_floats
 from training.clips import load_checked_clips
 from training.encoder_cache import EncoderStateCache, cached_states
@@ -110,7 +111,11 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
                 param.copy_(state[name])
 
 
-def fold_scores(model, processor, model_args, data_args, training_args, fold, kept, held_out, untrained, output_dir):
+def fold_scores(
+    model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, model_args: ModelArguments,
+    data_args: DataArguments, training_args: TrainingArguments, fold: int, kept: list[list[dict]], held_out: list[dict],
+    untrained: dict[str, torch.Tensor], output_dir: Path,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """
     Cross-fitting the LLM for `--departure_folds`: trains the SER stage again from `untrained`, as the saved model
     trained, but without `fold`'s speakers (its own checkpoints in `checkpoints/fold_<fold>`, resumable), and scores
@@ -198,8 +203,9 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     probe, held_out, where = {}, clips.get("validation"), f"the validation {unit or 'clip'}s"
     further_folds = []  # the probe folds after the first, each held out of the LLM's training in turn
     if model.config.mapper_type == "probe":  # fitted on the training clips and their augmented copies
+        cs = parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID)
         probe = fit_probe(model, processor, [clip for clip_versions in versions for clip in clip_versions],
-                          clips.get("validation"), parse_floats(model_args.probe_c, "probe_c") if model_args.probe_c else list(PROBE_C_GRID))
+                          clips.get("validation"), cs)
         if not held_out:
             folds = departure_folds(versions, model_args.departure_folds, requested_engine(training_args))
             fold_splits = {fold: hold_out_probe_fold(versions, fold) for fold in folds}  # (kept, held out) by fold
