@@ -323,6 +323,46 @@ def test_by_default_every_probe_fold_is_held_out_in_turn_and_the_saved_model_is_
     assert any(not torch.equal(saved[name], last_fold[name]) for name in trained)
 
 
+def test_a_run_killed_while_a_further_fold_trains_resumes_there_and_ends_the_same(tiny_setup, tmp_path):
+    """
+    Cross-fitting takes most of a run's time, so a kill lands there most often: resumed with `--resume true`, the run
+    keeps the saved model's stage and the folds already trained, goes on from the fold's last checkpoint, and ends with
+    the weights, the held-out figures and the test score of a run never killed (weights within 1e-5).
+    """
+    steps = ["--mapper_type", "probe", "--encoder_layer_combination", "concatenate", "--probe_c", "0.01,1",
+             "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "10"]
+    data = ["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]
+    straight = tmp_path / "straight"
+    run(train_command(tiny_setup, straight, *steps, data=data), tmp_path)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(train_command(tiny_setup, killed, *steps, data=data), cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "fold_1" / "checkpoint-2" / "trainer_state.json").exists():
+        assert process.poll() is None and time.time() < deadline, "the run ended before fold 1's 2nd step was saved"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "all_results.json").exists()  # killed while the further folds trained
+    done = [killed / "checkpoints" / "checkpoint-4" / "model.safetensors",
+            killed / "checkpoints" / "fold_1" / "checkpoint-2" / "model.safetensors"]
+    written = [path.stat().st_mtime_ns for path in done]
+
+    run(train_command(tiny_setup, killed, *steps, "--resume", "true", data=data), tmp_path)
+    assert [path.stat().st_mtime_ns for path in done] == written  # what was trained is not trained again
+    straight_report = json.loads((straight / "all_results.json").read_text())
+    resumed_report = json.loads((killed / "all_results.json").read_text())
+    for key in ("held_out", "held_out_clips", "held_out_llm_ua", "held_out_probe_ua", "probe_mix_weight", "ua"):
+        assert resumed_report[key] == pytest.approx(straight_report[key]), key
+    for folder in (Path("."), Path("checkpoints") / "fold_1" / "checkpoint-4", Path("checkpoints") / "fold_2" /
+                   "checkpoint-4"):
+        resumed_weights, straight_weights = trainable_weights(killed / folder), trainable_weights(straight / folder)
+        assert resumed_weights.keys() == straight_weights.keys(), folder
+        for name in straight_weights:
+            torch.testing.assert_close(resumed_weights[name], straight_weights[name], atol=1e-5, rtol=1e-4)
+
+
 def test_the_departure_folds_are_every_fold_by_default_and_the_first_only_under_fsdp_or_deepspeed(caplog):
     sys.path.insert(0, str(REPO))
     from training.probe import departure_folds
