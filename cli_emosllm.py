@@ -14,9 +14,10 @@ Inside a saved model folder (it is copied there), `python cli_emosllm.py FILES` 
 
 Inputs: audio files (or `-`); with `--input`, a folder (searched recursively for audio files) or a CSV/TSV/JSON(L)
 table whose `--audio_column` (default: `path`, else `file_name` or `audio`) holds file paths relative to the table's
-folder (an optional `transcript` column is used); with `--dataset`, a `datasets` dataset: a `save_to_disk` folder or
-a Hub id (its `--split`), its `--audio_column` an `Audio` column. `--batch_size` clips go through the model at once,
-so that a batch is spread over files, clips of similar length together (`label_clips`).
+folder (an optional `transcript` column is used, and the columns of the model's text features); with `--dataset`, a
+`datasets` dataset: a `save_to_disk` folder or a Hub id (its `--split`), its `--audio_column` an `Audio` column.
+`--batch_size` clips go through the model at once, so that a batch is spread over files, clips of similar length
+together (`label_clips`).
 
 Output: one JSON object per clip (`--format jsonl`, always with `--output`), in input order per process: `file` (the
 path as given, relative to the folder or table, or the dataset's row index), `label`, `score`, `scores` (best first;
@@ -58,15 +59,17 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
 class Clip:
     """One clip to label."""
 
-    def __init__(self, key: str, source, transcript: str | None = None):
+    def __init__(self, key: str, source, transcript: str | None = None, columns: dict[str, str] | None = None):
         """
         Args:
             key: Its name in the output (`file`).
             source: What the pipeline reads: a path, the bytes of a file, or a `datasets` audio value (a torchcodec
                 decoder or `{"array": samples (samples,), "sampling_rate": rate}`).
             transcript: Its transcript, or None.
+            columns: Its table or dataset row's other values as text (empty ones left out), where the model's text
+                features are looked up (`processor.text_features`).
         """
-        self.key, self.source, self.transcript = key, source, transcript
+        self.key, self.source, self.transcript, self.columns = key, source, transcript, columns or {}
 
 
 def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
@@ -95,8 +98,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         if column not in data.column_names:
             raise ValueError(f"--dataset {dataset!r} has no audio column {column!r} (columns: {data.column_names}); "
                              "name it with --audio_column.")
-        transcripts = data["transcript"] if "transcript" in data.column_names else [None] * len(data)
-        return [Clip(str(i), row[column], text) for i, (row, text) in enumerate(zip(data, transcripts))]
+        others = [name for name in data.column_names if name not in (column, "transcript")]
+        return [Clip(str(i), row[column], row.get("transcript"), _columns(row, others)) for i, row in enumerate(data)]
     path = Path(input_path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
@@ -113,9 +116,10 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         if column not in table.columns:
             raise ValueError(f"--input {input_path!r} has no audio path column {column!r} (columns: "
                              f"{list(table.columns)}); name it with --audio_column.")
-        transcripts = table["transcript"] if "transcript" in table.columns else [None] * len(table)
-        return [Clip(str(f), str(path.parent / str(f)), None if not isinstance(t, str) else t)
-                for f, t in zip(table[column], transcripts)]
+        others = [name for name in table.columns if name not in (column, "transcript")]
+        return [Clip(str(row[column]), str(path.parent / str(row[column])),
+                     row["transcript"] if isinstance(row.get("transcript"), str) else None, _columns(row, others))
+                for row in table.to_dict("records")]
     if not path.exists():
         raise FileNotFoundError(f"--input {input_path!r} does not exist; pass a folder of audio files, a CSV/TSV/JSON "
                                 "table of audio paths, or --dataset for a datasets dataset.")
@@ -129,6 +133,12 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
 # clips of similar length and the encoder computes little padding (BENCHMARKS.md, "Labelling a dataset"). A group's
 # lines are written once it is done.
 SORTED_GROUP_BATCHES = 16
+
+
+def _columns(row: dict, names: list[str]) -> dict[str, str]:
+    """A row's values of the columns `names` as text, missing ones (None, empty, NaN) left out."""
+    return {name: str(row[name]) for name in names
+            if row.get(name) is not None and str(row[name]).strip() and str(row[name]) != "nan"}
 
 
 def _size(clip: Clip) -> int:
@@ -173,6 +183,11 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
 def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> Iterator[dict]:
     """`label_clips`' output objects for one batch, in its order."""
     texts = {"transcript": [c.transcript for c in batch]} if any(c.transcript for c in batch) else {}
+    # The text features the model was trained with, from the rows (a folder saved before they existed: none).
+    names = getattr(classifier.processor, "text_features", [])
+    features = [{name: c.columns[name] for name in names if name in c.columns} or None for c in batch]
+    if any(features):
+        texts["text_features"] = features
     try:
         results = classifier([c.source for c in batch], batch_size=batch_size, **texts, **call)
     except (ValueError, OSError):
@@ -182,7 +197,7 @@ def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> 
             result = results[index]
         else:
             try:
-                result = classifier(clip.source, **({"transcript": clip.transcript} if texts else {}), **call)
+                result = classifier(clip.source, **{key: values[index] for key, values in texts.items()}, **call)
             except (ValueError, OSError) as error:
                 yield {"file": clip.key, "error": str(error)}
                 continue

@@ -21,8 +21,11 @@ try:  # a missing package is named with its pip command (dependencies_emosllm.py
     import numpy as np
     import torch
     from transformers import AutoConfig, AutoFeatureExtractor, AutoTokenizer, BatchFeature, ProcessorMixin
+    from transformers.utils import logging
 except ModuleNotFoundError as error:
     raise missing_dependency(error, __name__) from error
+
+logger = logging.get_logger(__name__)
 
 # The first training stage (the paper's ASR task): the LLM writes what was said.
 ASR_PROMPT = "Transcribe the speech."
@@ -128,6 +131,33 @@ class EmoSLLMInputChecks:
                 "(EmoSLLMProcessor.from_backbones) or load it from the model's folder (EmoSLLMProcessor.from_pretrained)."
             )
 
+    def stated_features(self, text_features: dict | None) -> dict:
+        """
+        The text features a prompt states: those the model was trained with (`self.text_features`). One it was not
+        trained with is left out (checked all the same), and a trained one missing is classified without; each is
+        said once (a warning).
+
+        Args:
+            text_features: A clip's features as `{name: value}`, or None.
+        """
+        given = text_features or {}
+        missing = [name for name in self.text_features if name not in given]
+        if missing:
+            logger.warning_once(
+                f"This model was trained with the text features {self.text_features}; a clip without "
+                f"{', '.join(map(repr, missing))} is classified without them. Pass text_features={{...}} with them."
+            )
+        for key, value in given.items():
+            self.prompt_text(key, f"text_features name {key!r}")
+            self.prompt_text(value, f"text_features[{key!r}]")
+            if key not in self.text_features:
+                logger.warning_once(
+                    f"text_features {key!r}: this model was trained with {self.text_features or 'no text features'}, "
+                    f"so {key!r} is left out of its prompt. To use it, train with it (train.py --text_feature_columns "
+                    f"{key})."
+                )
+        return {key: value for key, value in given.items() if key in self.text_features}
+
     def check_model(self, config: EmoSLLMConfig) -> None:
         """The processor belongs to the model of `config`: the same labels and count of audio placeholders, and clips
         no longer than its audio encoder reads.
@@ -188,6 +218,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         audio_embedding_count: dict | None = None, max_prompt_tokens: int | None = None,
         prompt: str = DEFAULT_PROMPT, audio_token: str = DEFAULT_AUDIO_TOKEN, max_audio_seconds: float = 30.0,
         pad_audio_to_max_length: bool = False, use_transcript: str = "auto", asr_model: str = DEFAULT_ASR_MODEL,
+        text_features: Sequence[str] = (),
     ):
         """The processor. `build` (or `from_backbones`) makes one together with its model's config.
 
@@ -206,6 +237,9 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             use_transcript: `"auto"` (the recipe): a given transcript goes into the prompt, and the pipeline has Whisper
                 (`asr_model`) transcribe clips that come without one; `"given"`: only given ones; `"none"`: never.
             asr_model: The Whisper (folder or Hub id) that writes automatic transcripts.
+            text_features: The names of the text features the model was trained with (train.py
+                `--text_feature_columns`); the prompt states those only, and leaves out others with a warning (the
+                model never read them), as a model trained without transcripts reads none.
         """
         super().__init__(feature_extractor, tokenizer, chat_template=chat_template)
         if use_transcript not in USE_TRANSCRIPT:
@@ -215,6 +249,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         self.prompt, self.audio_token, self.asr_model = prompt, audio_token, asr_model
         self.max_audio_seconds, self.pad_audio_to_max_length = max_audio_seconds, pad_audio_to_max_length
         self.use_transcript = use_transcript
+        self.text_features = list(text_features)
 
     def num_audio_embeddings(self, num_samples: int) -> int:
         """A clip's number of audio placeholders: the model's rule (`count_audio_embeddings`), from the saved copy.
@@ -276,7 +311,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Returns:
             `(processor, config)`: the config with its label token ids and audio token id set.
         """
-        settings = {key: kwargs.pop(key) for key in PROCESSOR_SETTINGS if key in kwargs}
+        settings = {key: kwargs.pop(key) for key in (*PROCESSOR_SETTINGS, "text_features") if key in kwargs}
         config_kwargs = kwargs
         audio_token = settings.get("audio_token", DEFAULT_AUDIO_TOKEN)
         tokenizer.add_special_tokens({"additional_special_tokens": [audio_token]})
@@ -406,7 +441,8 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Args:
             num_samples: The clip's length in samples at 16 kHz (decides the number of audio placeholders).
             transcript: Its transcript, or None.
-            text_features: Other features as `{name: value}` (e.g. `{"gender": "female"}`), or None.
+            text_features: Other features as `{name: value}` (e.g. `{"gender": "female"}`), or None; only those the
+                model was trained with (`self.text_features`) are stated, the others left out with a warning.
             task: `"ser"` (emotion recognition) or `"asr"` (transcription).
 
         Returns:
@@ -420,7 +456,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             instruction = self.prompt.format(labels=", ".join(self.labels))
             if transcript:
                 lines.append(f'Transcript: "{self.prompt_text(transcript, "transcript").strip()}"')
-            for key, value in (text_features or {}).items():
+            for key, value in self.stated_features(text_features).items():
                 lines.append(f"{self.prompt_text(key, f'text_features name {key!r}').replace('_', ' ').capitalize()}: "
                              f"{self.prompt_text(value, f'text_features[{key!r}]')}.")
         lines.append("Speech:")

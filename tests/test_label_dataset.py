@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -181,6 +182,7 @@ def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
         return [{"label": str(len(x["array"]))} for x in batch] if isinstance(inputs, list) else {
             "label": str(len(inputs["array"]))}
 
+    classifier.processor = SimpleNamespace(text_features=[])  # a model trained without text features
     lines = list(label_clips(classifier, clips, 2, {}))
     assert [line["file"] for line in lines] == [clip.key for clip in clips]
     assert [line.get("label") for line in lines] == [None if i == 5 else str(n) for i, n in enumerate(lengths)]

@@ -7,6 +7,7 @@ from conftest import LABELS, tone
 
 
 def test_prompt_has_task_transcript_features_and_placeholders(processor, config):
+    processor.text_features = ["gender"]  # a model trained with it (train.py --text_feature_columns gender)
     batch = processor(tone(1.0, 300), transcript="kids are talking by the door", text_features={"gender": "female"})
     text = processor.tokenizer.decode(batch["input_ids"][0])
     assert "talking" in text and "female" in text and "emotion" in text

@@ -136,6 +136,13 @@ class DataArguments:
     )
     label_column: str = field(default="label")
     transcript_column: str | None = field(default=None)
+    text_feature_columns: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated columns of the data that the LLM reads as text, e.g. 'gender' (the paper "
+                  "gives the speaker's gender): each clip's value becomes a line of its prompt ('Gender: female.'); "
+                  "an empty value is left out. The model then expects them at inference (text_features={...}; the "
+                  "command line reads them from a table's columns). Default: none."},
+    )
     speaker_column: str | None = field(default=None, metadata={"help": "Default: a 'speaker' column, if any."})
     group_column: str | None = field(
         default=None,

@@ -16,7 +16,7 @@ from training.splits import check_split_labels
 
 logger = logging.getLogger("emosllm.train")
 
-__all__ = ["BAD_CLIP_ADVICE", "check_duplicate_audio", "decoded_clips", "load_checked_clips"]
+__all__ = ["BAD_CLIP_ADVICE", "check_duplicate_audio", "decoded_clips", "load_checked_clips", "text_feature_columns"]
 
 
 BAD_CLIP_ADVICE = ("fix or re-export the file, or remove its row from the data; or pass --skip_bad_clips true to "
@@ -34,7 +34,8 @@ def decoded_clips(
     both compute the same samples from a file. The first bad clip raises `ValueError` naming the split, the row and
     the file, before anything trains; with `skip_bad_clips` it is left out and its message added to `skipped`.
     `group`: the clip's value of `group_column` (what the probe's cross-validation keeps together), or, where it
-    has none, the clip's own id.
+    has none, the clip's own id. `text_features`: the row's values of the columns `processor.text_features` names
+    (`--text_feature_columns`), as text, an empty value left out.
 
     Args:
         dataset: The split's `datasets.Dataset` (`training.data.load_data`'s columns).
@@ -49,6 +50,7 @@ def decoded_clips(
         (empty) and `file` (the row as messages name it).
     """
     max_seconds = processor.max_audio_seconds if processor is not None else None
+    features = processor.text_features if processor is not None else []
     clips = []
     for index, row in enumerate(dataset.cast_column("audio", datasets.Audio(decode=False))):
         source = row["audio"] or {}
@@ -75,10 +77,40 @@ def decoded_clips(
             "speaker": row["speaker"],
             "group": f"{split} row {index}" if group is None or group == "" else str(group),
             "transcript": row.get("transcript"),
-            "text_features": {},  # other columns (gender, intensity, ...) are not given to the model by default
+            "text_features": {name: str(row[name]) for name in features if not _empty(row.get(name))},
             "file": name,
         })
     return clips
+
+
+def text_feature_columns(flag: str | None, column_names: list[str]) -> list[str]:
+    """
+    `--text_feature_columns 'gender, age'` -> `["gender", "age"]`, each a column of the data; the label, the audio
+    and the transcript cannot be one (the label would be the answer written into the prompt).
+
+    Args:
+        flag: The flag's comma-separated column names, or None.
+        column_names: The data's columns (`training.data.load_data`'s names: `label`, `audio`, `transcript`, ...).
+
+    Returns:
+        The column names, in the flag's order; empty without the flag.
+    """
+    names = list(dict.fromkeys(name.strip() for name in (flag or "").split(",") if name.strip()))
+    reserved = {"label": "the label (the answer itself)", "audio": "the audio",
+                "transcript": "the transcript (read as such; --transcript_column names it)"}
+    for name in names:
+        if name in reserved:
+            raise ValueError(f"--text_feature_columns {name!r} is {reserved[name]}; name other columns.")
+        if name not in column_names:
+            raise ValueError(f"--text_feature_columns {name!r} is not a column of the data (columns: "
+                             f"{', '.join(column_names)}); name one of them.")
+    return names
+
+
+def _empty(value) -> bool:
+    """A missing table cell: None, an empty str, or NaN (a pandas-read number column's gap)."""
+    return (value is None or (isinstance(value, str) and not value.strip())
+            or (isinstance(value, float) and value != value))
 
 
 def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
@@ -116,7 +148,8 @@ def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
 def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArguments, labels: list[str]) -> dict:
     """
     Every split decoded and checked before anything trains (`decoded_clips`, then labels per split, duplicate
-    audio and the transcripts' fit in the prompt). With `--skip_bad_clips`, the clips left out are listed.
+    audio and the transcripts' and text features' fit in the prompt). With `--skip_bad_clips`, the clips left out are
+    listed.
 
     Args:
         splits: The split datasets by name (`train`, `test`, and `validation` where there is one).
@@ -140,9 +173,10 @@ def load_checked_clips(splits, processor: EmoSLLMProcessor, data_args: DataArgum
         check_split_labels({name: [c["label"] for c in split] for name, split in clips.items()}, labels,
                            data_args.min_clips_per_label)
     check_duplicate_audio(clips)
-    if processor.use_transcript != "none":
+    if processor.use_transcript != "none" or processor.text_features:  # the text fits the prompt, with no control token
         for split_clips in clips.values():
             for clip in split_clips:
-                processor.check_text_inputs(clip["transcript"], clip["text_features"], clip["file"],
+                transcript = clip["transcript"] if processor.use_transcript != "none" else None
+                processor.check_text_inputs(transcript, clip["text_features"], clip["file"],
                                             num_samples=len(clip["audio"]))
     return clips

@@ -208,6 +208,12 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         if not full_weights else
         "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
     )
+    features = list(dict.fromkeys(name.strip() for name in (data_args.text_feature_columns or "").split(",")
+                                  if name.strip()))
+    example = ", ".join(f'"{name}": ...' for name in features)
+    features_note = (f"\n\nThis model reads the text features {', '.join(features)} (trained from the data's columns): "
+                     f"pass them with each clip, `classifier('speech.wav', text_features={{{example}}})`."
+                     if features else "")
     lora_file = output_dir / "lora" / "adapter_config.json"
     lora = (f"with LoRA rank {json.loads(lora_file.read_text())['r']}" if lora_file.is_file()
             else f"({config.language_model_training})")
@@ -243,7 +249,7 @@ from transformers import pipeline
 
 classifier = pipeline("audio-classification", model="{repo_id}", trust_remote_code=True)
 classifier("speech.wav")  # [{{"score": ..., "label": ...}}, ...], best first
-```
+```{features_note}
 
 The scores rank the classes; on speakers the model did not train on their size is a little surer than it should be
 (measured on RAVDESS: a mean top probability of 0.79-0.83 for 71-73% right answers), so read the label first.

@@ -26,7 +26,7 @@ from saving_emosllm import backbones_left_out
 from processing_emosllm import EmoSLLMProcessor
 from training.arguments import DataArguments, ModelArguments, parse_labels
 from training.augmentation import AugmentedClips, augmented_copies, parse_floats
-from training.clips import load_checked_clips
+from training.clips import load_checked_clips, text_feature_columns
 from training.encoder_cache import EncoderStateCache, cached_states
 from training.engines import model_to_save, models_built_whole, requested_engine
 from training.evaluation import check_delivered_score, clips_without_speech, evaluate_and_report
@@ -164,8 +164,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
         else parse_labels(data_args.labels)
     check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
     set_seed(training_args.seed)
+    feature_columns = text_feature_columns(data_args.text_feature_columns, splits["train"].column_names)
     with models_built_whole(training_args):  # DeepSpeed ZeRO-3: partitioned by the engine, not as it is built
         model, processor = build_model(model_args, labels, "cpu" if training_args.use_cpu else None)
+    processor.text_features = feature_columns  # read from those columns (`decoded_clips`), expected at inference
     if data_args.resume:
         check_resume_matches(model, output_dir, processor)
     clips = load_checked_clips(splits, processor, data_args, labels)  # stops at a bad clip, before anything trains
