@@ -44,10 +44,12 @@ from pathlib import Path
 
 try:  # inside a saved folder loaded as a package; `python -m cli_emosllm` imports top-level modules
     from .pipeline_emosllm import DEFAULT_SEGMENT_SECONDS, check_device
+    from .processing_emosllm import feature_value
 except ImportError:
     if __package__:
         raise
     from pipeline_emosllm import DEFAULT_SEGMENT_SECONDS, check_device
+    from processing_emosllm import feature_value
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
@@ -136,9 +138,8 @@ SORTED_GROUP_BATCHES = 16
 
 
 def _columns(row: dict, names: list[str]) -> dict[str, str]:
-    """A row's values of the columns `names` as text, missing ones (None, empty, NaN) left out."""
-    return {name: str(row[name]) for name in names
-            if row.get(name) is not None and str(row[name]).strip() and str(row[name]) != "nan"}
+    """A row's values of the columns `names` as text (`feature_value`), empty ones left out."""
+    return {name: value for name in names if (value := feature_value(row.get(name))) is not None}
 
 
 def _size(clip: Clip) -> int:

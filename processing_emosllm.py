@@ -45,6 +45,14 @@ USE_TRANSCRIPT = ("auto", "given", "none")
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
 
 
+def feature_value(value) -> str | None:
+    """A table cell as a text feature's value: its text, or None where the cell is empty (None, blank, or NaN, a
+    pandas-read number column's gap), so that the prompt leaves the feature out."""
+    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
+        return None
+    return str(value)
+
+
 class EmoSLLMInputChecks:
     """
     The processor's checks of what a call is given, before anything runs: text (no special tokens, a prompt within
@@ -596,4 +604,4 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
 
 EmoSLLMProcessor.register_for_auto_class()
 
-__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "EmoSLLMInputChecks", "EmoSLLMProcessor"]
+__all__ = ["ASR_PROMPT", "DEFAULT_PROMPT", "PROCESSOR_FILES", "EmoSLLMInputChecks", "EmoSLLMProcessor", "feature_value"]

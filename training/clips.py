@@ -10,7 +10,7 @@ import logging
 import datasets
 
 from audio_emosllm import decode_audio, prepare_clip, read_audio_file
-from processing_emosllm import EmoSLLMProcessor
+from processing_emosllm import EmoSLLMProcessor, feature_value
 from training.arguments import DataArguments
 from training.splits import check_split_labels
 
@@ -47,7 +47,7 @@ def decoded_clips(
 
     Returns:
         The clips: `audio` (float32 samples at 16 kHz), `label`, `speaker`, `group`, `transcript`, `text_features`
-        (empty) and `file` (the row as messages name it).
+        and `file` (the row as messages name it).
     """
     max_seconds = processor.max_audio_seconds if processor is not None else None
     features = processor.text_features if processor is not None else []
@@ -77,7 +77,7 @@ def decoded_clips(
             "speaker": row["speaker"],
             "group": f"{split} row {index}" if group is None or group == "" else str(group),
             "transcript": row.get("transcript"),
-            "text_features": {name: str(row[name]) for name in features if not _empty(row.get(name))},
+            "text_features": {name: value for name in features if (value := feature_value(row.get(name))) is not None},
             "file": name,
         })
     return clips
@@ -105,12 +105,6 @@ def text_feature_columns(flag: str | None, column_names: list[str]) -> list[str]
             raise ValueError(f"--text_feature_columns {name!r} is not a column of the data (columns: "
                              f"{', '.join(column_names)}); name one of them.")
     return names
-
-
-def _empty(value) -> bool:
-    """A missing table cell: None, an empty str, or NaN (a pandas-read number column's gap)."""
-    return (value is None or (isinstance(value, str) and not value.strip())
-            or (isinstance(value, float) and value != value))
 
 
 def check_duplicate_audio(clips_by_split: dict[str, list[dict]]) -> None:
