@@ -81,7 +81,8 @@ def test_training_reads_the_named_columns_into_each_clips_prompt(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_with_gender(tmp_path_factory):
-    """A tiny model trained by train.py with `--text_feature_columns gender`, and its corpus."""
+    """A tiny model trained by train.py with `--text_feature_columns gender`, and its corpus. The QPMapper: the answer
+    is the LLM's alone, which reads the features, so that a score computed without them would differ."""
     root = tmp_path_factory.mktemp("text_features")
     save_tiny_backbones(root)
     corpus = corpus_with_gender(root / "corpus")
@@ -89,16 +90,18 @@ def trained_with_gender(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "--data_dir", str(corpus), "--test_speakers", "4", "--eval_speakers",
          "3", "--audio_encoder", str(root / "encoder"), "--llm", str(root / "llm"), "--output_dir", str(output),
-         "--text_feature_columns", "gender", "--max_steps", "2", "--per_device_train_batch_size", "4", "--bf16",
+         "--text_feature_columns", "gender", "--mapper_type", "qpmapper", "--encoder_layer_combination",
+         "weighted_average", "--num_queries", "4", "--mapper_hidden_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "4", "--bf16",
          "false", "--lora_rank", "4", "--save_strategy", "no", "--eval_strategy", "no",
          "--load_best_model_at_end", "false"],
         cwd=root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    return corpus, output
+    return corpus, output, result.stderr
 
 
 def test_train_py_trains_with_the_columns_and_the_command_line_reads_them_back(trained_with_gender, tmp_path):
-    corpus, model = trained_with_gender
+    corpus, model, log = trained_with_gender
+    assert "classified without them" not in log  # every clip scored with its gender, the saved folder's check too
     assert json.loads((model / "processor_config.json").read_text())["text_features"] == ["gender"]
     assert "reads the text features gender" in (model / "README.md").read_text()  # the model card says so
 

@@ -122,12 +122,12 @@ DELIVERED_UA_TOLERANCE = 0.01
 def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua: float, labels: list[str]) -> float:
     """
     Re-scores the saved folder as a user gets it, `pipeline("audio-classification", model=output_dir)` on the test
-    clips (decoded audio, their transcripts, whole clips), and raises `RuntimeError` if its UA differs from the
+    clips (decoded audio, their transcripts and text features, whole clips), and raises `RuntimeError` if its UA differs from the
     reported one by more than `DELIVERED_UA_TOLERANCE`: the reported score must be the delivered score.
 
     Args:
         output_dir: The saved model folder.
-        test_clips: The test clips: float32 `audio` at 16 kHz, `transcript` and `label`.
+        test_clips: The test clips: float32 `audio` at 16 kHz, `transcript`, `text_features` and `label`.
         reported_ua: The test UA that the run reports (`evaluate_and_report`).
         labels: The label set, in class-id order.
 
@@ -137,7 +137,8 @@ def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua:
     from transformers import pipeline
 
     classifier = pipeline("audio-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
-    inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE, "transcript": c["transcript"]} for c in test_clips]
+    inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE, "transcript": c["transcript"],
+               "text_features": c.get("text_features") or None} for c in test_clips]
     # Every clip's answer, as the run scored it (the speech detector's verdict on each is counted apart).
     outputs = classifier(inputs, top_k=1, segment_seconds=None, batch_size=DELIVERED_BATCH_SIZE,
                          detect_speech=False)
