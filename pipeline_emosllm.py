@@ -196,7 +196,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             (`use_transcript`); a dict input's `"transcript"` wins. Without one, a model with `use_transcript="auto"`
             has each window transcribed (`transcription_emosllm`) before the processor builds its prompt. A clip cut
             into segments ignores it (it cannot be split in time).
-        text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`.
+        text_features (`dict`, or a list with one per input): other features said in words, e.g. `{"gender": "f"}`;
+            only those the model was trained with are read (`processor.text_features`), the others left out (a warning).
         segment_seconds (`float` or `None`, defaults to 10 s, at most `processor.max_audio_seconds`): longer clips are
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
             `processor.max_audio_seconds` raises `ValueError`.
