@@ -12,8 +12,9 @@ transcript when the pipeline reports one. Everything runs locally: the model is 
 `pipeline("audio-classification", model=folder, trust_remote_code=True)` (the code comes from the folder), and
 Gradio's analytics and version check are off. `HF_HUB_OFFLINE=1` also keeps the Hub out of model loading.
 
-The inference is the plain function `classify(classifier, audio, transcript)`; `build_demo(model)` builds the Blocks
-app around it (`demo = build_demo("outputs/emosllm"); demo.launch()`).
+The inference is the plain function `classify(classifier, audio, transcript, text_features)`; `build_demo(model)`
+builds the Blocks app around it (`demo = build_demo("outputs/emosllm"); demo.launch()`), with a box for the transcript
+of a model that reads one and for each text feature a model was trained with.
 """
 
 import argparse
@@ -218,7 +219,7 @@ def timeline_figure(result: dict, labels: list[str]) -> Figure:
     return figure
 
 
-def classify(classifier, audio, transcript: str | None = None) -> Prediction:
+def classify(classifier, audio, transcript: str | None = None, text_features: dict | None = None) -> Prediction:
     """
     Classify one clip with the pipeline. Bad audio raises the pipeline's `ValueError` or `FileNotFoundError`.
 
@@ -227,6 +228,8 @@ def classify(classifier, audio, transcript: str | None = None) -> Prediction:
         audio: A file path, or gr.Audio's `(rate, samples)`: integer or float samples of shape `(samples,)` or
             `(samples, channels)` at `rate` Hz (the pipeline resamples to 16 kHz). None or `""` raises `ValueError`.
         transcript: An optional transcript for models that read one (None or empty means none).
+        text_features: The text features of a model trained with them (`processor.text_features`), e.g.
+            `{"gender": "female"}`; None or empty values: none.
 
     Returns:
         A `Prediction`: the whole-clip probabilities, the timeline figure for a clip longer than one segment (None
@@ -235,6 +238,9 @@ def classify(classifier, audio, transcript: str | None = None) -> Prediction:
     kwargs: dict[str, Any] = {"return_timeline": True, "top_k": None}
     if transcript is not None and transcript.strip():
         kwargs["transcript"] = transcript.strip()
+    features = {name: value.strip() for name, value in (text_features or {}).items() if value and value.strip()}
+    if features:
+        kwargs["text_features"] = features
     result = classifier(_pipeline_input(audio), **kwargs)
     scores = {item["label"]: float(item["score"]) for item in result["scores"]}
     windows = result["timeline"]
@@ -272,10 +278,13 @@ def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks
                   if model is None or isinstance(model, (str, os.PathLike)) else model)
     labels = labels_of(classifier)
     reads_transcripts = classifier.processor.use_transcript != "none"
+    feature_names = list(getattr(classifier.processor, "text_features", []))  # (none in folders saved before them)
 
-    def predict(audio, transcript=None):
+    def predict(audio, *texts):  # the transcript box's text (where there is one), then each text feature's
+        transcript = texts[0] if reads_transcripts else None
+        features = dict(zip(feature_names, texts[1:] if reads_transcripts else texts))
         try:
-            prediction = classify(classifier, audio, transcript)
+            prediction = classify(classifier, audio, transcript, features)
         except (ValueError, FileNotFoundError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         return (
@@ -301,6 +310,9 @@ def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks
                 if reads_transcripts:
                     inputs.append(gr.Textbox(label="Transcript (optional)", elem_id="transcript-input",
                                              placeholder="what is said; left empty, the model's own setting applies"))
+                for name in feature_names:  # the text features the model was trained with
+                    inputs.append(gr.Textbox(label=f"{name.replace('_', ' ').capitalize()} (a text feature)",
+                                             elem_id=f"text-feature-{name}"))
                 button = gr.Button("Classify", variant="primary", elem_id="classify-button")
             with gr.Column():
                 scores = gr.Label(num_top_classes=len(labels), label="Emotion", elem_id="emotion-label")

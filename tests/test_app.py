@@ -80,6 +80,23 @@ def test_classify_gives_the_pipelines_probabilities_over_the_models_labels(class
         assert from_numpy.scores[label] == pytest.approx(score, abs=1e-4)
 
 
+def test_a_models_text_features_have_boxes_and_reach_the_pipeline(classifier, demo_files):
+    app = import_app()
+    classifier.processor.text_features = ["gender"]  # as if trained with --text_feature_columns gender
+    try:
+        expected = classifier(demo_files["clip"], text_features={"gender": "female"}, top_k=None)
+        prediction = app.classify(classifier, demo_files["clip"], None, {"gender": " female "})
+        for item in expected:
+            assert prediction.scores[item["label"]] == pytest.approx(item["score"], abs=1e-6)
+        without = app.classify(classifier, demo_files["clip"], None, {"gender": " "})  # an empty box: none given
+        assert without.scores != pytest.approx(prediction.scores, abs=1e-6)  # the feature changes the LLM's answer
+        boxes = [block for block in app.build_demo(classifier).blocks.values()
+                 if getattr(block, "elem_id", None) == "text-feature-gender"]
+        assert len(boxes) == 1 and boxes[0].label == "Gender (a text feature)"
+    finally:
+        classifier.processor.text_features = []
+
+
 def test_long_recording_draws_the_timeline(classifier, demo_files):
     from matplotlib.figure import Figure
 
