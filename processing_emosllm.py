@@ -46,11 +46,9 @@ PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.
 
 
 def feature_value(value) -> str | None:
-    """A table cell as a text feature's value: its text, or None where the cell is empty (None, blank, or NaN, a
-    pandas-read number column's gap), so that the prompt leaves the feature out."""
-    if value is None or (isinstance(value, float) and value != value) or not str(value).strip():
-        return None
-    return str(value)
+    """A table cell as a text feature's value: its text, or None where empty (None, blank, NaN: a pandas gap)."""
+    empty = value is None or (isinstance(value, float) and value != value) or not str(value).strip()
+    return None if empty else str(value)
 
 
 class EmoSLLMInputChecks:
@@ -141,29 +139,22 @@ class EmoSLLMInputChecks:
 
     def stated_features(self, text_features: dict | None) -> dict:
         """
-        The text features a prompt states: those the model was trained with (`self.text_features`). One it was not
-        trained with is left out (checked all the same), and a trained one missing is classified without; each is
-        said once (a warning).
+        The text features a prompt states: those the model was trained with (`self.text_features`); any other is left
+        out (checked all the same) and a trained one missing is not stated, each said once (a warning).
 
         Args:
             text_features: A clip's features as `{name: value}`, or None.
         """
         given = text_features or {}
-        missing = [name for name in self.text_features if name not in given]
-        if missing:
-            logger.warning_once(
-                f"This model was trained with the text features {self.text_features}; a clip without "
-                f"{', '.join(map(repr, missing))} is classified without them. Pass text_features={{...}} with them."
-            )
+        if missing := [name for name in self.text_features if name not in given]:
+            logger.warning_once(f"This model was trained with the text features {self.text_features}; a clip without "
+                                f"{', '.join(map(repr, missing))} is classified without them (pass text_features).")
         for key, value in given.items():
             self.prompt_text(key, f"text_features name {key!r}")
             self.prompt_text(value, f"text_features[{key!r}]")
             if key not in self.text_features:
-                logger.warning_once(
-                    f"text_features {key!r}: this model was trained with {self.text_features or 'no text features'}, "
-                    f"so {key!r} is left out of its prompt. To use it, train with it (train.py --text_feature_columns "
-                    f"{key})."
-                )
+                logger.warning_once(f"text_features {key!r} is left out of the prompt: this model was trained with "
+                                    f"{self.text_features or 'none'} (train.py --text_feature_columns {key} reads it).")
         return {key: value for key, value in given.items() if key in self.text_features}
 
     def check_model(self, config: EmoSLLMConfig) -> None:
