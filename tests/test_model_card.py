@@ -98,8 +98,7 @@ CONFIG = SimpleNamespace(encoder_layer_combination="concatenate", mapper_type="p
 
 
 def data_args(**given) -> SimpleNamespace:
-    return SimpleNamespace(**{"dataset_name": None, "data_dir": None, "dataset_split": "train",
-                              "text_feature_columns": None, **given})
+    return SimpleNamespace(**{"dataset_name": None, "data_dir": None, "dataset_split": "train", **given})
 
 
 def write_card(tmp_path: Path, model_args, data, split, hub_model_id=None) -> tuple[ModelCard, str]:

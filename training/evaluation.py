@@ -122,8 +122,9 @@ DELIVERED_UA_TOLERANCE = 0.01
 def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua: float, labels: list[str]) -> float:
     """
     Re-scores the saved folder as a user gets it, `pipeline("audio-classification", model=output_dir)` on the test
-    clips (decoded audio, their transcripts and text features, whole clips), and raises `RuntimeError` if its UA differs from the
-    reported one by more than `DELIVERED_UA_TOLERANCE`: the reported score must be the delivered score.
+    clips (decoded audio, their transcripts and text features, whole clips), and raises `RuntimeError` if its UA
+    differs from the reported one by more than `DELIVERED_UA_TOLERANCE`: the reported score must be the delivered
+    score.
 
     Args:
         output_dir: The saved model folder.

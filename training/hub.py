@@ -208,8 +208,8 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         if not full_weights else
         "This folder holds every weight (the frozen backbones in bf16); it loads without fetching anything."
     )
-    features = list(dict.fromkeys(name.strip() for name in (data_args.text_feature_columns or "").split(",")
-                                  if name.strip()))
+    saved_processor = output_dir / "processor_config.json"  # the text features the saved folder reads
+    features = json.loads(saved_processor.read_text()).get("text_features", []) if saved_processor.is_file() else []
     example = ", ".join(f'"{name}": ...' for name in features)
     features_note = (f"\n\nThis model reads the text features {', '.join(features)} (trained from the data's columns): "
                      f"pass them with each clip, `classifier('speech.wav', text_features={{{example}}})`."
