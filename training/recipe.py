@@ -217,7 +217,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
             further_folds = folds[1:]
             where = f"training {unit or 'clip'}s held out of the LLM's training" + (
                 f", {len(folds)} folds in turn ({' | '.join(fold_speakers)})" if further_folds
-                else f" ({''.join(fold_speakers)})")
+                else f" ({fold_speakers[0]})" if fold_speakers else "")
             if held_out:
                 logger.info("No validation speakers: the LLM trains without the %ss %s, which choose its epoch; %s "
                             "choose how far its answer may depart from the probe.", unit or "clip", fold_speakers[0],
