@@ -199,7 +199,7 @@ def apply_variant(classifier, variant: str):
     if variant.endswith("_with_asr"):
         classifier.processor.use_transcript = "auto"
 
-    model.prompt_cache_enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder", "bf16_llm")
+    model.prompt_head.enabled = variant not in ("plain", "plain_with_asr", "merged_lora", "bf16_encoder", "bf16_llm")
     model.audio_encoder.bf16_inference = variant in ("bf16_encoder", "fast", "fast_with_asr", "int8_llm",
                                                      "fast_float32_llm")
     if variant in ("plain", "plain_with_asr", "prompt_cache", "bf16_encoder", "bf16_llm"):

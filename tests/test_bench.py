@@ -338,3 +338,26 @@ def test_paper_scale_runs_at_toy_sizes_and_counts_the_full_depth_exactly(tmp_pat
     assert all(c["mapper_dtype"] == c["lora_dtype"] == "torch.float32" for c in cases)
     assert "| LLM layers |" in result["markdown"] and "--tiny" in result["markdown"]
     assert json.loads((tmp_path / "r.json").read_text())["summary"]["counts"] == counts
+
+
+def test_inference_variants_switch_the_levers_they_name():
+    """bench/inference.py's `apply_variant`: "plain" keeps no prompt cache, leaves LoRA unmerged and the encoder in
+    float32; "fast" keeps the cache (used by the next call), merges LoRA and runs the encoder in bf16 where native."""
+    from types import SimpleNamespace
+
+    from conftest import batch_of_lengths, tiny_model
+
+    import inference
+
+    processor, model = tiny_model()
+    _, audios = batch_of_lengths(processor)
+    batch = processor(audios)
+    classifier = SimpleNamespace(model=model.eval(), processor=processor)
+    for variant, cached, merged in (("plain", False, False), ("prompt_cache", True, False),
+                                    ("merged_lora", False, True), ("fast", True, True)):
+        assert inference.apply_variant(classifier, variant) is model
+        with torch.no_grad():
+            model(**batch)
+        assert (model.prompt_head.kept is not None) == cached, variant
+        assert model.lora_merged == merged, variant
+        assert model.audio_encoder.bf16_inference == (variant == "fast"), variant
