@@ -269,8 +269,9 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         """A new processor and its model's `EmoSLLMConfig`, for the pretrained backbones `audio_encoder` and `llm`.
 
         Args:
-            audio_encoder: The audio encoder's folder or Hub id (its feature extractor and config are loaded).
-            llm: The LLM's folder or Hub id (its tokenizer and config are loaded).
+            audio_encoder: The audio encoder's folder or Hub id (its feature extractor and config are loaded; offline,
+                a bundled id loads its converted copy: `backbones_emosllm.resolve_pretrained`).
+            llm: The LLM's folder or Hub id (its tokenizer and config are loaded; resolved likewise).
             labels: The class names in id order; None: the config's default labels.
             **kwargs: The processor's settings (`__init__`) and the config's fields (`EmoSLLMConfig`).
 
@@ -278,13 +279,14 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             `(processor, config)`: build the model from `config` (`EmoSLLMForSpeechEmotionRecognition.from_backbones`).
         """
         try:
-            from .backbones_emosllm import hub_id_of
+            from .backbones_emosllm import hub_id_of, resolve_pretrained
         except ImportError:
             if __package__:  # loaded from a saved folder: the sibling failed on its own
                 raise
-            from backbones_emosllm import hub_id_of
+            from backbones_emosllm import hub_id_of, resolve_pretrained
         kwargs.setdefault("audio_model_id", hub_id_of(audio_encoder))
         kwargs.setdefault("text_model_id", hub_id_of(llm))
+        audio_encoder, llm = resolve_pretrained(audio_encoder), resolve_pretrained(llm)  # offline: a bundled copy
         return cls.build(
             AutoFeatureExtractor.from_pretrained(audio_encoder),
             AutoTokenizer.from_pretrained(llm),

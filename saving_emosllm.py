@@ -21,6 +21,7 @@ except ImportError:
     from configuration_emosllm import EmoSLLMConfig
     from dependencies_emosllm import missing_dependency
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
+    from .backbones_emosllm import resolve_pretrained
     from .integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
     from .precision_emosllm import (
         BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, refuse_zero3_init,
@@ -29,6 +30,7 @@ try:  # a saved folder is loaded as a package (relative import); scripts import 
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own
         raise
+    from backbones_emosllm import resolve_pretrained
     from integrity_emosllm import check_saved_weights, mark_save_started, read_safetensors, write_manifest
     from precision_emosllm import (
         BACKBONES_ON_META, TRAINED_DTYPE, as_torch_dtype, language_model_load_kwargs, refuse_zero3_init,
@@ -151,13 +153,6 @@ def saved_language_model_dtype(folder: str, device_type: str = "cpu") -> torch.d
 
 def _backbone_folder(config: EmoSLLMConfig, key: str) -> str:
     """A lean folder's backbone `config.<key>` (a Hub id) as a local folder, or a `ValueError` saying how to get it."""
-    try:
-        from .backbones_emosllm import resolve_pretrained
-    except ImportError:
-        if __package__:  # loaded from a saved folder: the sibling failed on its own
-            raise
-        from backbones_emosllm import resolve_pretrained
-
     role = "audio encoder" if key == "audio_model_id" else "LLM"
     name = getattr(config, key)
     if not name:
@@ -375,8 +370,9 @@ class EmoSLLMLeanSavingMixin:
 
         Args:
             config: The model's `EmoSLLMConfig`, from `EmoSLLMProcessor.from_backbones` on the same backbones.
-            audio_encoder: The audio encoder's folder or Hub id.
-            llm: The LLM's folder or Hub id.
+            audio_encoder: The audio encoder's folder or Hub id (resolved by `backbones_emosllm.resolve_pretrained`:
+                offline, a bundled id loads its converted copy).
+            llm: The LLM's folder or Hub id (resolved likewise).
             lora_config: LoRA's settings for the LLM, or None.
             dtype: The frozen backbones' dtype; None: `training_backbone_dtype(device_type)`.
             device_type: Where the model will train (None: the GPU if there is one, else the CPU).
@@ -385,6 +381,7 @@ class EmoSLLMLeanSavingMixin:
             The model, its backbones frozen.
         """
         refuse_zero3_init()
+        audio_encoder, llm = resolve_pretrained(audio_encoder), resolve_pretrained(llm)
         frozen = dtype if dtype is not None else training_backbone_dtype(device_type)
         llm_dtype = TRAINED_DTYPE if config.language_model_training == "full" else frozen
         if weights_come_from_rank_0():

@@ -229,7 +229,7 @@ def measure_case(args, encoder_dir: str, llm_dir: str) -> dict:
     started = time.perf_counter()
     processor, config = EmoSLLMProcessor.from_backbones(encoder_dir, llm_dir, labels=LABELS, **mapper)
     torch.manual_seed(0)
-    # The precision policy of a bf16 GPU (modeling_emosllm.PRECISION_POLICY): frozen backbones in bf16, the parts
+    # The precision policy of a bf16 GPU (precision_emosllm.PRECISION_POLICY): frozen backbones in bf16, the parts
     # that train in float32; on this CPU from_backbones would hold the backbones in float32.
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, encoder_dir, llm_dir,
                                                               dtype=torch.bfloat16)

@@ -140,6 +140,26 @@ def test_resolve_local_folder(tmp_path: Path) -> None:
     assert bb.resolve_pretrained(str(tmp_path)) == str(tmp_path)
 
 
+def test_building_from_bundled_ids_offline_loads_their_copies(
+    offline: None, monkeypatch: pytest.MonkeyPatch, tiny_dir: str, smol_dir: str
+) -> None:
+    """The Python API takes the backbones' Hub ids offline, as train.py does: each resolves to its bundled copy."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
+    from processing_emosllm import EmoSLLMProcessor
+
+    copies = {TINY: tiny_dir, SMOL: smol_dir}
+    monkeypatch.setattr(bb, "bundled_path", lambda hub_id, cache_dir=None: copies[hub_id])
+    processor, config = EmoSLLMProcessor.from_backbones(TINY, SMOL, labels=["angry", "sad"])
+    assert (config.audio_model_id, config.text_model_id) == (TINY, SMOL)
+    model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, TINY, SMOL)
+    llm = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32)
+    assert torch.equal(model.language_model.get_input_embeddings().weight[: llm.config.vocab_size].float(),
+                       llm.get_input_embeddings().weight)
+
+
 def test_resolve_known_id_offline_uses_bundled(offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     monkeypatch.setattr(bb, "bundled_path", lambda hub_id, cache_dir=None: calls.append((hub_id, cache_dir)) or "/x")

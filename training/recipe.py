@@ -74,7 +74,7 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     """
     The processor and a new model from the backbones, built memory-lean (`from_backbones`): the frozen backbones in
     the precision policy's dtype for `device_type` (None: the GPU if there is one, else the CPU; bf16 on a bf16 GPU,
-    float32 on the CPU), the parts that train in float32 (`modeling_emosllm.PRECISION_POLICY`).
+    float32 on the CPU), the parts that train in float32 (`precision_emosllm.PRECISION_POLICY`).
 
     Args:
         model_args: The model flags: the backbones and their cache folder, the settings (`model_settings`) and LoRA's.
