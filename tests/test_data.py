@@ -92,6 +92,23 @@ def test_manifest_missing_required_column(tmp_path):
         data.load_corpus(tmp_path)
 
 
+def test_column_flags_for_a_corpus_folder_are_refused_and_apply_to_its_manifest_as_a_table(tmp_path):
+    """A manifest.csv folder reads fixed columns: --label_column emotion was ignored (it trained on `label`)."""
+    write_wav(tmp_path / "a.wav")
+    write_wav(tmp_path / "b.wav")
+    write_manifest(tmp_path, ["path,emotion,speaker", "a.wav,sad,s1", "b.wav,happy,s2"])
+    with pytest.raises(ValueError, match=r"--label_column would be ignored.*--data_dir .*manifest\.csv"):
+        data.load_source(tmp_path, label_column="emotion", hub=False)
+    with pytest.raises(ValueError, match=r"--transcript_column, --speaker_column would be ignored"):
+        data.load_source(tmp_path, speaker_column="spk", transcript_column="text", hub=False)
+    table = data.load_source(tmp_path / "manifest.csv", label_column="emotion", hub=False)
+    assert table["label"] == ["sad", "happy"] and table["speaker"] == ["s1", "s2"]  # the advice works
+    named = tmp_path / "named"
+    write_wav(named / "03-01-05-02-01-01-17.wav")
+    with pytest.raises(ValueError, match=r"read by its file names.*--speaker_column would be ignored"):
+        data.load_source(named, speaker_column="actor", hub=False)
+
+
 @pytest.mark.parametrize("name, label, speaker, transcript", [
     ("03-01-05-02-01-01-17", "angry", "ravdess_17", "Kids are talking by the door"),
     ("03-01-08-01-02-02-04", "surprised", "ravdess_04", "Dogs are sitting by the door"),

@@ -37,9 +37,9 @@ from training.splits import has_speaker_ids
 logger = logging.getLogger("emosllm.data")
 
 __all__ = ["AUDIO_PATH_COLUMNS", "DATASET_DESCRIPTION_NAMES", "FOLDER_ADVICE", "FOLDER_METADATA_NAMES", "SMOKE_DIR",
-           "SPEAKER_COLUMNS", "TABLE_BUILDERS", "check_dataset_labels", "has_dataset_card", "is_saved_dataset",
-           "load_corpus", "load_data", "load_hub_dataset", "load_source", "read_file_names", "source_kind",
-           "standardize_columns", "table_files"]
+           "SPEAKER_COLUMNS", "TABLE_BUILDERS", "check_dataset_labels", "check_no_column_flags", "has_dataset_card",
+           "is_saved_dataset", "load_corpus", "load_data", "load_hub_dataset", "load_source", "read_file_names",
+           "source_kind", "standardize_columns", "table_files"]
 
 
 def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datasets.Dataset:
@@ -287,6 +287,7 @@ def load_source(
         raise ValueError(f"{name!r} does not exist: pass a folder or file that holds the data"
                          + (", or a Hub dataset id (user/name)" if hub else ""))
     if kind == "corpus":
+        check_no_column_flags(path, audio_column, label_column, transcript_column, speaker_column)
         return load_corpus(path, normalize_labels(labels))
     base_dir = None if kind == "hub" else path.parent if path.is_file() else path
     try:
@@ -317,6 +318,38 @@ def load_source(
         metadata = [n for n in FOLDER_METADATA_NAMES if (path / n).is_file()]
         dataset = read_file_names(dataset, where, f"{metadata[0]}'s label column" if metadata else "label subfolders")
     return check_dataset_labels(dataset, labels)
+
+
+def check_no_column_flags(path: Path, audio_column: str, label_column: str, transcript_column: Optional[str],
+                          speaker_column: Optional[str]) -> None:
+    """
+    Refuses column names given for a corpus folder, which is read by fixed columns (its ``manifest.csv``: path, label,
+    speaker, transcript) or by its file names: the names would be ignored and other columns read without a word.
+
+    Args:
+        path: The corpus folder.
+        audio_column, label_column, transcript_column, speaker_column: The column names asked for (defaults "audio",
+            "label", None, None).
+
+    Raises:
+        ValueError: naming the flags and the two ways to have them read: the manifest file as a table, or its header.
+    """
+    given = [flag for flag, named in (("--audio_column", audio_column != "audio"),
+                                      ("--label_column", label_column != "label"),
+                                      ("--transcript_column", transcript_column is not None),
+                                      ("--speaker_column", speaker_column is not None)) if named]
+    if not given:
+        return
+    manifest = path / MANIFEST_NAME
+    if manifest.is_file():
+        raise ValueError(
+            f"{path} is a corpus folder: its {MANIFEST_NAME} is read by the columns path, label, speaker and "
+            f"transcript, so {', '.join(given)} would be ignored. To read other columns, pass the table itself "
+            f"(--data_dir {manifest}), where the column flags apply; or rename its header's columns."
+        )
+    raise ValueError(f"{path} is a corpus folder read by its file names (RAVDESS/CREMA-D/TESS/EmoDB): it has no "
+                     f"columns, so {', '.join(given)} would be ignored. Drop them, or describe the clips in a table "
+                     f"(CSV with a path and a label column) and pass that.")
 
 
 def read_file_names(dataset: datasets.Dataset, name: str, layout: str) -> datasets.Dataset:
