@@ -232,14 +232,16 @@ def test_saved_folder_carries_the_pipeline(saved):
 
 def test_importing_the_pipeline_registers_nothing():
     """transformers' own `audio-classification` entry is untouched: the folder's config names this pipeline."""
-    import importlib
+    import importlib.util
 
     from transformers.pipelines import PIPELINE_REGISTRY
 
     before = dict(PIPELINE_REGISTRY.supported_tasks["audio-classification"])
-    import pipeline_emosllm
-
-    importlib.reload(pipeline_emosllm)
+    # The module run afresh under another name: a reload would replace the module's objects (its `_UNSET`) under the
+    # pipelines other tests hold, which then took every default for a given value.
+    path = os.path.join(REPO, "pipeline_emosllm.py")
+    spec = importlib.util.spec_from_file_location("pipeline_emosllm_run_again", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     after = PIPELINE_REGISTRY.supported_tasks["audio-classification"]
     impl = after["impl"]  # a class, or its dotted name (newer transformers)
     assert after == before and getattr(impl, "__name__", str(impl).rsplit(".", 1)[-1]) == "AudioClassificationPipeline"
