@@ -233,6 +233,13 @@ class EmoSLLMConfig(PreTrainedConfig):
                 f"{', '.join(defaults) or 'none'}."
             )
         mapper_config = {"mapper_type": mapper_type, **defaults, **mapper_config}
+        for key, value in mapper_config.items():  # sizes and counts (every setting but the type and mix_weight)
+            if key not in ("mapper_type", "mix_weight") and (isinstance(value, bool) or not isinstance(value, int)
+                                                              or value < 1):
+                raise ValueError(f"mapper_config['{key}']={value!r}: give a whole number of at least 1.")
+        if "num_heads" in mapper_config and mapper_config["hidden_size"] % mapper_config["num_heads"]:
+            raise ValueError(f"mapper_config['hidden_size']={mapper_config['hidden_size']} is not divisible by its "
+                             f"num_heads={mapper_config['num_heads']}: give a multiple of it.")
         if not 0.0 <= mapper_config.get("mix_weight", 0.0) <= 1.0:
             raise ValueError(f"mapper_config['mix_weight']={mapper_config['mix_weight']} must lie in [0, 1].")
         return mapper_config

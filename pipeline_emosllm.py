@@ -496,7 +496,12 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             )
             batch = {k: v.to(self.device) for k, v in batch.items()}
             batch["input_features"] = batch["input_features"].to(self.model.dtype)
-            logits = iter(self.model(**batch).logits.float().cpu())
+            logits = self.model(**batch).logits.float().cpu()
+            if not torch.isfinite(logits).all():  # the input is checked finite: the model's weights are broken
+                raise ValueError("The model gave NaN or infinite class scores: its weights are not finite (a training "
+                                 "run that diverged?). Load a checkpoint from before, or train again with a lower "
+                                 "learning rate.")
+            logits = iter(logits)
         outputs = [dict({k: v for k, v in w.items() if k not in ("audio", "transcript", "text_features")},
                         logits=None if w["silent"] else next(logits)) for w in windows]
         if not batched:

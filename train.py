@@ -28,7 +28,7 @@ from training.data import load_data
 from training.engines import check_engine
 from training.hub import push_to_hub
 from training.metrics import write_report
-from training.recipe import train_one_split
+from training.recipe import check_model_args, train_one_split
 from training.splits import make_splits
 
 logger = logging.getLogger("emosllm.train")
@@ -41,6 +41,7 @@ def main() -> None:
     split (`--folds`: one per fold, their scores averaged), then all_results.json and the Hub upload."""
     model_args, data_args, training_args = parse_args()
     check_engine(training_args)  # before any data is read: FSDP/DeepSpeed asked for where they would not run
+    check_model_args(model_args)  # and the model flags' values
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output_dir = Path(training_args.output_dir)
     if training_args.world_size > 1:

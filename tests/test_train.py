@@ -386,6 +386,53 @@ def test_departure_folds_below_one_is_refused_with_the_way_out(tmp_path):
     assert parse_args(["--output_dir", str(tmp_path), "--departure_folds", "2"])[0].departure_folds == 2
 
 
+def test_bad_model_flag_values_stop_the_run_before_any_data_is_read(tiny_setup, tmp_path, capsys):
+    """`--num_queries 0` trained a model that answered NaN; other bad values stopped the run only once the model was
+    built, after the data, in torch's words, and a misspelt choice as a KeyError."""
+    from training.arguments import parse_args
+    from training.recipe import check_model_args
+
+    for flags, message in (
+        (["--mapper_type", "qpmapper", "--num_queries", "0"], r"num_queries'\]=0: give a whole number.*--num_queries"),
+        (["--mapper_type", "statistics", "--num_queries", "-1"], r"num_queries'\]=-1: give a whole number"),
+        (["--mapper_type", "qpmapper", "--mapper_hidden_size", "100"], r"hidden_size'\]=100 is not divisible by its"),
+        (["--lora_dropout", "1.5"], r"--lora_dropout 1.5: give a share from 0"),
+        (["--lora_rank", "-1"], r"--lora_rank -1: give a whole number"),
+        (["--audio_loss_weight", "-2"], r"--audio_loss_weight -2: give a weight"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_model_args(parse_args(["--output_dir", str(tmp_path), *flags])[0])
+    check_model_args(parse_args(["--output_dir", str(tmp_path), "--mapper_type", "qpmapper", "--num_queries", "4",
+                                 "--mapper_hidden_size", "32", "--lora_dropout", "0.1"])[0])  # good values pass
+    for flag in ("--mapper_type", "--encoder_layer_combination", "--language_model_training", "--use_transcript"):
+        with pytest.raises(SystemExit):  # argparse's choices: the config's and processor's own values
+            parse_args(["--output_dir", str(tmp_path), flag, "bogus"])
+        assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    # train.py itself: the flag is named although the data folder does not even exist
+    result = subprocess.run(train_command(tiny_setup, tmp_path / "out", "--mapper_type", "qpmapper", "--num_queries",
+                                          "0", data=["--data_dir", str(tmp_path / "missing")]),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "--num_queries" in result.stderr and "does not exist" not in result.stderr
+
+
+@pytest.mark.parametrize("scored_on", ["validation", "test"])
+def test_a_run_that_diverges_stops_saying_so_instead_of_reporting_a_score(tiny_setup, tmp_path, scored_on):
+    """At a learning rate of 1e30 the scores turn NaN; the run used to end normally, reporting UA 0.25 (every clip
+    read as one class), and its folder answered NaN through the pipeline."""
+    flags = ["--mapper_type", "qpmapper", "--encoder_layer_combination", "weighted_average", "--learning_rate",
+             "1e30", "--mapper_learning_rate", "1e30", "--max_steps", "2"]
+    data = ["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]
+    if scored_on == "validation":
+        data += ["--eval_speakers", "3"]
+    else:  # no validation during training: the test clips' scores are the first the run reads
+        flags += ["--eval_strategy", "no", "--save_strategy", "no"]
+    result = subprocess.run(train_command(tiny_setup, tmp_path / "out", *flags, data=data), capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert f"Training diverged: the model's class scores on the {scored_on} clips are NaN" in result.stderr
+    assert not (tmp_path / "out" / "all_results.json").exists()
+
+
 def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_the_probe(tmp_path, caplog):
     sys.path.insert(0, str(REPO))
     from conftest import TONE_FREQUENCIES, tiny_processor

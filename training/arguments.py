@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
@@ -18,6 +19,7 @@ from configuration_emosllm import (
 from lora_emosllm import DEFAULT_LORA
 from precision_emosllm import bf16_is_native
 from probe_fitting_emosllm import PROBE_C_GRID
+from processing_emosllm import USE_TRANSCRIPT
 from training.corpora import normalize_labels
 from training.resume import checkpoint_problem
 
@@ -41,7 +43,8 @@ class ModelArguments:
 
     audio_encoder: str = field(default=DEFAULT_AUDIO_MODEL_ID, metadata={"help": "Hub id or folder of the encoder."})
     llm: str = field(default=DEFAULT_TEXT_MODEL_ID, metadata={"help": "Hub id or folder of the LLM."})
-    mapper_type: str | None = field(
+    # The choices (Literal) are the config's and processor's own, so a misspelt value stops the run before any data.
+    mapper_type: Literal[tuple(MAPPER_SETTINGS)] | None = field(
         default=None,
         metadata={"help": f"The mapper between encoder and LLM: {' | '.join(MAPPER_SETTINGS)} (default: the config's, "
                   f"{DEFAULT_MAPPER_TYPE}; qpmapper is the paper's Query Pooling Mapper)."},
@@ -54,11 +57,11 @@ class ModelArguments:
         default=None, metadata={"help": "Width of the qpmapper/Q-Former transformer and of the MLP (default: the "
                                 "mapper's, MAPPER_SETTINGS)."},
     )
-    encoder_layer_combination: str | None = field(
+    encoder_layer_combination: EmoSLLMConfig.__annotations__["encoder_layer_combination"] | None = field(
         default=None, metadata={"help": "concatenate | weighted_average (default: the config's, "
                                 f"{EmoSLLMConfig.encoder_layer_combination})."},
     )
-    language_model_training: str | None = field(
+    language_model_training: EmoSLLMConfig.__annotations__["language_model_training"] | None = field(
         default=None, metadata={"help": "lora | frozen | full (default: the config's, "
                                 f"{EmoSLLMConfig.language_model_training})."},
     )
@@ -93,7 +96,7 @@ class ModelArguments:
         metadata={"help": "Learning rate of the encoder's layer weights and the class heads (default: "
                   "--mapper_learning_rate). The statistics mapper: --mapper_learning_rate 1e-2 with 1e-3 here."},
     )
-    use_transcript: str | None = field(
+    use_transcript: Literal[USE_TRANSCRIPT] | None = field(
         default=None,
         metadata={"help": "auto (the processor's default: given transcripts; training clips without one are "
                   "transcribed by Whisper, a sample first, which stops there when the words do not tell the emotions "

@@ -15,7 +15,7 @@ from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from saving_emosllm import saved_language_model_dtype
 from training.corpora import SAMPLING_RATE
 from training.engines import model_in_shards, models_built_whole
-from training.metrics import compute_ser_metrics, save_confusion_matrix, write_report
+from training.metrics import check_finite_scores, compute_ser_metrics, save_confusion_matrix, write_report
 
 logger = logging.getLogger("emosllm.train")
 
@@ -57,6 +57,7 @@ def evaluate_and_report(trainer, processor, test_clips, output_dir: Path, name: 
     scores = predict_as_delivered(model, processor, test_clips, trainer.accelerator)
     labels = processor.labels
     label_ids = processor.label_ids([c["label"] for c in test_clips]).numpy()
+    check_finite_scores(scores["logits"], "the test clips")
     predicted = scores["logits"].argmax(-1)
     metrics = compute_ser_metrics(predicted, label_ids, labels)
     # Beside the answer: what the LLM alone and the probe alone score on the same clips.

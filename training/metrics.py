@@ -15,7 +15,7 @@ import numpy as np
 
 from training.corpora import PathLike
 
-__all__ = ["SER_METRIC_PATH", "compute_ser_metrics", "save_confusion_matrix", "write_report"]
+__all__ = ["SER_METRIC_PATH", "check_finite_scores", "compute_ser_metrics", "save_confusion_matrix", "write_report"]
 
 
 # The SER scores as an `evaluate` metric module, loaded from its folder in this repository (metrics/ser_accuracy):
@@ -23,6 +23,24 @@ __all__ = ["SER_METRIC_PATH", "compute_ser_metrics", "save_confusion_matrix", "w
 # metric scripts and execute them.) Loaded once per process.
 SER_METRIC_PATH = Path(__file__).resolve().parent.parent / "metrics" / "ser_accuracy"
 _ser_metric = None
+
+
+def check_finite_scores(logits: Any, where: str) -> None:
+    """
+    Stops a run whose model gives NaN or infinite class scores: training diverged. The Trainer ends such a run as any
+    other, and every clip would then be read as one arbitrary class and reported as a low score.
+
+    Args:
+        logits: The class scores `(clips, num_labels)`, a numpy array or a CPU tensor.
+        where: What was scored, for the message ("the validation clips").
+
+    Raises:
+        ValueError: saying what to do.
+    """
+    if not np.isfinite(np.asarray(logits, dtype=np.float32)).all():
+        raise ValueError(f"Training diverged: the model's class scores on {where} are NaN or infinite. Train again with "
+                         "a lower --learning_rate (or --mapper_learning_rate), or resume from a checkpoint saved "
+                         "before it diverged (--resume_from_checkpoint).")
 
 
 def compute_ser_metrics(predictions: Sequence[Any], references: Sequence[Any], labels: Sequence[str]) -> dict[str, Any]:

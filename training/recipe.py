@@ -18,7 +18,7 @@ from transformers import TrainingArguments, set_seed
 from backbones_emosllm import resolve_pretrained
 from peft import LoraConfig
 
-from configuration_emosllm import DEFAULT_MAPPER_TYPE, MAPPER_SETTINGS, SAMPLING_RATE
+from configuration_emosllm import DEFAULT_MAPPER_TYPE, MAPPER_SETTINGS, SAMPLING_RATE, EmoSLLMConfig
 from lora_emosllm import DEFAULT_LORA
 from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from probe_fitting_emosllm import PROBE_C_GRID
@@ -40,7 +40,8 @@ from training.transcripts import TranscriptCache, attach_transcripts, transcribe
 
 logger = logging.getLogger("emosllm.train")
 
-__all__ = ["build_model", "fold_scores", "load_trainable_state", "model_settings", "train_one_split", "trainable_state"]
+__all__ = ["build_model", "check_model_args", "fold_scores", "load_trainable_state", "lora_settings", "model_settings",
+           "train_one_split", "trainable_state"]
 
 
 def model_settings(model_args: ModelArguments) -> dict:
@@ -70,6 +71,38 @@ def model_settings(model_args: ModelArguments) -> dict:
     return settings
 
 
+def lora_settings(model_args: ModelArguments) -> dict:
+    """LoRA's settings the flags set (peft `LoraConfig` keyword arguments); the others take `DEFAULT_LORA`'s."""
+    return {key: value for key, value in (("r", model_args.lora_rank), ("lora_alpha", model_args.lora_alpha),
+                                          ("lora_dropout", model_args.lora_dropout)) if value is not None}
+
+
+def check_model_args(model_args: ModelArguments) -> None:
+    """
+    The model flags' values, checked before any data is read: a bad one would otherwise stop the run only when the
+    model is built (after the data, the splits and the probe's encoder states), in torch's words, or not at all.
+
+    Args:
+        model_args: The model flags.
+
+    Raises:
+        ValueError: naming the flag and what it takes.
+    """
+    try:
+        EmoSLLMConfig.checked_mapper_config(model_settings(model_args).get("mapper_config"))
+    except ValueError as error:
+        raise ValueError(f"{error} (set by --mapper_type, --num_queries, --mapper_hidden_size)") from None
+    lora = lora_settings(model_args)
+    for flag, value, ok, takes in (
+        ("--lora_rank", lora.get("r"), lambda v: v >= 0, "a whole number, 0 for no LoRA"),
+        ("--lora_alpha", lora.get("lora_alpha"), lambda v: v > 0, "a number above 0"),
+        ("--lora_dropout", lora.get("lora_dropout"), lambda v: 0 <= v < 1, "a share from 0 up to (not including) 1"),
+        ("--audio_loss_weight", model_args.audio_loss_weight, lambda v: v >= 0, "a weight of 0 (off) or more"),
+    ):
+        if value is not None and not ok(value):
+            raise ValueError(f"{flag} {value:g}: give {takes}.")
+
+
 def build_model(model_args: ModelArguments, labels: list[str], device_type: str | None = None):
     """
     The processor and a new model from the backbones, built memory-lean (`from_backbones`): the frozen backbones in
@@ -88,9 +121,7 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
     processor, config = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels, **model_settings(model_args))
-    lora = {key: value for key, value in (("r", model_args.lora_rank), ("lora_alpha", model_args.lora_alpha),
-                                          ("lora_dropout", model_args.lora_dropout)) if value is not None}
-    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora}) if config.language_model_training == "lora" else None
+    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora_settings(model_args)}) if config.language_model_training == "lora" else None
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, audio_encoder, llm, lora_config,
                                                               device_type=device_type)
     trainable, total = model.trainable_parameters()

@@ -20,7 +20,7 @@ from training.arguments import BEST_MODEL_ADVICE
 from training.augmentation import EpochCallback
 from training.encoder_cache import padded_states
 from training.engines import check_engine_runs
-from training.metrics import compute_ser_metrics
+from training.metrics import check_finite_scores, compute_ser_metrics
 from training.resume import last_complete_checkpoint
 
 logger = logging.getLogger("emosllm.train")
@@ -246,6 +246,7 @@ def run_stage(
     def compute_metrics(prediction):
         logits = prediction.predictions  # the answer's class scores (first, when more outputs were asked for)
         logits = logits[0] if isinstance(logits, tuple) else logits
+        check_finite_scores(logits, "the validation clips")
         scores = compute_ser_metrics(logits.argmax(-1), prediction.label_ids, labels)
         return {k: scores[k] for k in ("ua", "wa", "macro_f1", "weighted_f1")}
 
