@@ -237,10 +237,9 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
         else:
             slack = 2304 if audio_format == "MP3" else 0  # an MP3's length in its header is an estimate
             if samples.shape[0] + slack < declared or _wav_data_missing(extra):
-                raise ValueError(
-                    f"{name}: the audio file is truncated (it holds {samples.shape[0]} of the {declared} frames its "
-                    "header announces, or less data than its header says); re-export or re-download it."
-                )
+                held = (f"it holds {samples.shape[0]} of the {declared} frames its header announces"
+                        if samples.shape[0] + slack < declared else "its data chunk is shorter than its header says")
+                raise ValueError(f"{name}: the audio file is truncated ({held}); re-export or re-download it.")
             if audio_format == "OGG" and _ogg_truncated(data):
                 raise ValueError(
                     f"{name}: the audio file is truncated (the Ogg stream stops without its end-of-stream page, "

@@ -10,6 +10,7 @@ test_fuzz_saved_folders.py.)
 import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from fuzz_helpers import CLIP, FORMATS, SPEECHLIKE, encoded, tiny, with_nan  # n
 
 import cli_emosllm
 import pipeline_emosllm
+from modeling_emosllm import EmoSLLMForSpeechEmotionRecognition
 from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
 from audio_emosllm import MIN_AUDIO_SECONDS, check_audio, check_sampling_rate, decode_audio, prepare_clip
 
@@ -129,8 +131,10 @@ def test_processor_audio_argument_types(tiny):
 @pytest.mark.parametrize("kept", [0.5, 0.75, 0.9])
 def test_truncated_files_are_errors_in_every_format(fmt, kept):
     data = encoded(SPEECHLIKE, **FORMATS[fmt])
-    with pytest.raises(ValueError, match=r"^clip\.x: the audio file is (damaged or )?truncated"):
+    with pytest.raises(ValueError, match=r"^clip\.x: the audio file is (damaged or )?truncated") as raised:
         decode_audio(data[: int(len(data) * kept)], "clip.x")
+    held = re.search(r"holds (\d+) of the (\d+) frames", str(raised.value))
+    assert held is None or int(held[1]) < int(held[2])  # it said "26415 of the 26415 frames" of a cut WAV
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -237,6 +241,20 @@ def test_bad_call_parameters_raise_naming_them(case, classifier):
     kwargs, message = BAD_PARAMETERS[case]
     with pytest.raises(ValueError, match=message):
         classifier(CLIP, **kwargs)
+
+
+def test_a_model_with_broken_weights_is_an_error_not_a_label():
+    """NaN weights (a run that diverged) gave NaN scores, and the pipeline still named a top class."""
+    from conftest import tiny_processor
+
+    processor, config = tiny_processor()
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
+    assert len(classifier(CLIP)) == len(LABELS)  # whole, it answers
+    with torch.no_grad():
+        next(model.mapper.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite class scores: its weights are not finite"):
+        classifier(CLIP)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
