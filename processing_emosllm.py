@@ -8,12 +8,14 @@ from collections.abc import Sequence
 # The configuration first: it checks the transformers version before anything else is imported from transformers.
 try:  # a saved folder is loaded as a package (relative import); `python train.py` imports top-level modules
     from .audio_emosllm import prepare_clip
+    from .backbones_emosllm import hub_id_of, resolve_pretrained
     from .configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig, count_audio_embeddings
     from .dependencies_emosllm import missing_dependency
 except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
     from audio_emosllm import prepare_clip
+    from backbones_emosllm import hub_id_of, resolve_pretrained
     from configuration_emosllm import PROCESSOR_SETTINGS, SAMPLING_RATE, EmoSLLMConfig, count_audio_embeddings
     from dependencies_emosllm import missing_dependency
 
@@ -32,9 +34,6 @@ ASR_PROMPT = "Transcribe the speech."
 
 AudioInput = np.ndarray | torch.Tensor
 
-
-# What a saved processor consists of (`save_pretrained`): its settings and the LLM's tokenizer (its vocabulary in one
-# of the forms transformers writes).
 DEFAULT_PROMPT = (
     "Listen to the speech and name the emotion of the speaker. "
     "Answer with one word from: {labels}."
@@ -42,6 +41,8 @@ DEFAULT_PROMPT = (
 DEFAULT_AUDIO_TOKEN = "<|audio|>"
 DEFAULT_ASR_MODEL = "openai/whisper-tiny.en"
 USE_TRANSCRIPT = ("auto", "given", "none")
+# What a saved processor consists of (`save_pretrained`): its settings and the LLM's tokenizer (its vocabulary in one
+# of the forms transformers writes).
 PROCESSOR_FILES = ("processor_config.json", "tokenizer_config.json", "tokenizer.json|tokenizer.model|vocab.json")
 
 
@@ -278,12 +279,6 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         Returns:
             `(processor, config)`: build the model from `config` (`EmoSLLMForSpeechEmotionRecognition.from_backbones`).
         """
-        try:
-            from .backbones_emosllm import hub_id_of, resolve_pretrained
-        except ImportError:
-            if __package__:  # loaded from a saved folder: the sibling failed on its own
-                raise
-            from backbones_emosllm import hub_id_of, resolve_pretrained
         kwargs.setdefault("audio_model_id", hub_id_of(audio_encoder))
         kwargs.setdefault("text_model_id", hub_id_of(llm))
         audio_encoder, llm = resolve_pretrained(audio_encoder), resolve_pretrained(llm)  # offline: a bundled copy
@@ -534,7 +529,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         """Prepare one clip or a batch.
 
         Args:
-            audio: One clip (an array: 1-D, or 2-D multi-channel), or a list of clips; float samples in [-1, 1].
+            audio: One clip (1-D, or 2-D stereo; more channels inside a list), or a list of clips; floats in [-1, 1].
             sampling_rate: The rate of `audio` (default 16 kHz); other rates are resampled.
             transcript: Per-clip transcript (or None), used as given (`"none"` models read none); automatic transcripts
                 are a step before the processor (`transcription_emosllm.resolve_transcripts`).
@@ -547,11 +542,13 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             `lm_labels` `(batch, seq)` (the answer's tokens, -100 elsewhere).
         """
         if isinstance(audio, (str, bytes, os.PathLike)):
-            raise ValueError(
-                f"audio: got a {type(audio).__name__}; the processor takes samples (decode a file with "
-                "read_audio_file, or give the file to the pipeline)."
-            )
-        if isinstance(audio, (np.ndarray, torch.Tensor)):  # one array: one clip
+            raise ValueError(f"audio: got a {type(audio).__name__}; the processor takes samples (decode a file with "
+                             "read_audio_file, or give the file to the pipeline).")
+        if isinstance(audio, (np.ndarray, torch.Tensor)):  # one array: one clip (stereo mixed down)
+            if audio.ndim == 2 and min(audio.shape) > 2:  # transformers' feature extractors read a 2-D array as a batch
+                count = min(audio.shape)
+                raise ValueError(f"audio: {count} channels of one clip, or {count} clips ({tuple(audio.shape)})? Pass "
+                                 "clips as a list of 1-D arrays, one clip's channels as [audio] (mixed down).")
             audios = [audio]
         elif isinstance(audio, (list, tuple)):
             audios = list(audio)
@@ -566,6 +563,9 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
         for text, feature, name in zip(transcripts, features, names):
             self.check_text_inputs(text, feature, name)
         if self.use_transcript == "none":  # a model trained without transcripts reads none
+            if any(text is not None for text in transcripts):
+                logger.warning_once("This model was trained without transcripts (use_transcript='none'): the "
+                                    "transcripts given are not read.")
             transcripts = [None] * len(audios)
         for clip, text, feature, name in zip(audios, transcripts, features, names):  # the prompt fits the LLM
             self.check_text_inputs(text, feature, name, num_samples=len(clip))

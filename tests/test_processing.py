@@ -16,12 +16,17 @@ def test_prompt_has_task_transcript_features_and_placeholders(processor, config)
     assert (batch["input_ids"][0] == config.audio_token_id).sum() == config.mapper_config["num_queries"]
 
 
-def test_transcript_not_used_when_config_says_none():
+def test_transcript_not_used_when_config_says_none_and_that_is_said(caplog):
+    import logging
+
     from conftest import tiny_processor
 
     processor, config = tiny_processor(use_transcript="none")
-    batch = processor(tone(1.0, 300), transcript="kids are talking by the door")
     without = processor(tone(1.0, 300))
+    assert "not read" not in caplog.text  # nothing to say without a transcript
+    with caplog.at_level(logging.WARNING):
+        batch = processor(tone(1.0, 300), transcript="kids are talking by the door")
+    assert "trained without transcripts (use_transcript='none'): the transcripts given are not read" in caplog.text
     assert torch.equal(batch["input_ids"], without["input_ids"])  # no trace of it: the prompt of a clip without one
     given = tiny_processor(use_transcript="given")[0](tone(1.0, 300), transcript="kids are talking by the door")
     assert given["input_ids"].shape[1] > without["input_ids"].shape[1]  # where the config says so, it is read
@@ -34,6 +39,15 @@ def test_stereo_is_mixed_down(processor):
     reference = processor(mono)["input_features"]
     for stereo in (stereo_first, stereo_last):
         torch.testing.assert_close(processor(stereo)["input_features"], reference)
+
+
+def test_a_bare_array_of_more_than_two_rows_is_refused_as_ambiguous(processor):
+    """transformers' feature extractors read a 2-D array as a batch: four clips were averaged into one, silently."""
+    clips = np.stack([tone(1.0, f) for f in (200, 300, 400, 500)])
+    with pytest.raises(ValueError, match=r"4 channels of one clip, or 4 clips \(\(4, 16000\)\)\? Pass clips as a list"):
+        processor(clips)
+    assert processor(list(clips))["input_features"].shape[0] == 4  # the batch, as a list
+    torch.testing.assert_close(processor([clips])["input_features"], processor(clips.mean(axis=0))["input_features"])
 
 
 def test_other_rates_are_resampled(processor):
