@@ -83,6 +83,7 @@ def test_manifest_bad_row_names_line_and_path(tmp_path, problem):
                 "empty audio": "empty audio", "unreadable audio": "unreadable audio"}[problem]
     assert expected in message
     assert "remove the row" in message  # says what to do
+    assert ("--skip_bad_clips true" in message) == problem.endswith("audio")  # where train.py can leave it out
 
 
 def test_manifest_missing_required_column(tmp_path):

@@ -43,6 +43,10 @@ def bad_file(folder: Path, name: str, kind: str) -> None:
         path.write_bytes(data[: len(data) * 3 // 4])
     elif kind == "short":
         sf.write(path, clip[:800], 16000)
+    elif kind == "garbage":
+        path.write_bytes(b"not audio at all " * 64)
+    elif kind == "empty":
+        sf.write(path, np.zeros(0, np.float32), 16000)
     elif kind == "too_long":
         sf.write(path, tone(31.0, 300), 16000)
     elif kind == "truncated_ogg":
@@ -80,6 +84,9 @@ def test_skip_bad_clips_leaves_them_out_and_lists_them(backbones, tmp_path, monk
     data_dir = corpus(tmp_path)
     bad_file(data_dir, "s01_sad_1.wav", "nan")
     bad_file(data_dir, "s02_angry_0.wav", "zeros")
+    # Unreadable and empty files of a manifest corpus: found on loading, they stopped the run despite the flag
+    bad_file(data_dir, "s01_happy_1.wav", "garbage")
+    bad_file(data_dir, "s02_sad_0.wav", "empty")
     loaded = []
     original = training.clips.load_checked_clips
 
@@ -91,9 +98,10 @@ def test_skip_bad_clips_leaves_them_out_and_lists_them(backbones, tmp_path, monk
     monkeypatch.setattr(training.recipe, "load_checked_clips", keep)
     with caplog.at_level(logging.WARNING, logger="emosllm.train"), pytest.raises(ReachedTraining):
         run_until_training(backbones, data_dir, tmp_path, monkeypatch, "--skip_bad_clips", "true")
-    assert "left out 2 clip(s)" in caplog.text
-    assert "s01_sad_1.wav" in caplog.text and "s02_angry_0.wav" in caplog.text
-    assert len(loaded[0]["train"]) == 2 * 4 * 2 - 2
+    assert "left out 4 clip(s)" in caplog.text
+    for name in ("s01_sad_1.wav", "s02_angry_0.wav", "s01_happy_1.wav", "s02_sad_0.wav"):
+        assert name in caplog.text
+    assert len(loaded[0]["train"]) == 2 * 4 * 2 - 4
     assert all(np.isfinite(c["audio"]).all() and np.abs(c["audio"]).max() > 0 for c in loaded[0]["train"])
 
 

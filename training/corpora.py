@@ -461,16 +461,18 @@ def report_name_disagreement(paths: Sequence[Optional[str]], labels: Sequence[Op
     return count
 
 
-def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]]) -> None:
+def validate_clips(clips: list[ClipInfo], labels: Optional[list[str]], check_audio: bool = True) -> None:
     """Check every row; raise one ValueError listing all problems (at most ``MAX_REPORTED_PROBLEMS``).
 
     Args:
         clips: The corpus's rows (`read_manifest`, `parse_corpus_folder`); none at all is a problem too.
         labels: The normalized label set, or None to accept any label.
+        check_audio: Check each file's audio header too (`audio_problem`); False leaves unreadable or empty audio to
+            the decoding's checks (train.py's `--skip_bad_clips` lists and leaves out such clips there).
     """
     if not clips:
         raise ValueError("the corpus has no rows; add clips to the manifest")
-    problems = [problem for clip in clips if (problem := clip_problem(clip, labels)) is not None]
+    problems = [problem for clip in clips if (problem := clip_problem(clip, labels, check_audio)) is not None]
     problems += duplicate_rows(clips)
     if problems:
         shown = "\n  ".join(problems[:MAX_REPORTED_PROBLEMS])
@@ -508,12 +510,13 @@ def duplicate_rows(clips: list[ClipInfo]) -> list[str]:
     return problems
 
 
-def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
+def clip_problem(clip: ClipInfo, labels: Optional[list[str]], check_audio: bool = True) -> Optional[str]:
     """What is wrong with one row, as a message that says what to do, or None.
 
     Args:
-        clip: The row: its path, label, file and audio header are checked.
+        clip: The row: its path, label, file and (with `check_audio`) audio header are checked.
         labels: The normalized label set, or None to accept any label.
+        check_audio: Check the audio header (`audio_problem`).
     """
     if not clip.path:
         return f"{clip.where}: empty path; fill it in or remove the row"
@@ -527,7 +530,10 @@ def clip_problem(clip: ClipInfo, labels: Optional[list[str]]) -> Optional[str]:
     if not clip.file.is_file():
         return (f"{clip.where}: file not found at {str(clip.file)!r}; fix the path (relative to the corpus "
                 f"folder, or absolute) or remove the row")
-    return audio_problem(clip)
+    return audio_problem(clip) if check_audio else None
+
+
+SKIP_ADVICE = "(train.py: or pass --skip_bad_clips true to leave such clips out)"
 
 
 def audio_problem(clip: ClipInfo) -> Optional[str]:
@@ -545,9 +551,10 @@ def audio_problem(clip: ClipInfo) -> Optional[str]:
         frames = _torchcodec_frames(clip.file)
         if frames is None:
             return (f"{clip.where}: unreadable audio at {str(clip.file)!r}; re-encode it (16-bit WAV or FLAC) "
-                    f"or remove the row")
+                    f"or remove the row {SKIP_ADVICE}")
     if frames == 0:
-        return f"{clip.where}: empty audio (0 samples) at {str(clip.file)!r}; replace the file or remove the row"
+        return (f"{clip.where}: empty audio (0 samples) at {str(clip.file)!r}; replace the file or remove the row "
+                f"{SKIP_ADVICE}")
     return None
 
 

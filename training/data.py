@@ -42,7 +42,7 @@ __all__ = ["AUDIO_PATH_COLUMNS", "DATASET_DESCRIPTION_NAMES", "FOLDER_ADVICE", "
            "source_kind", "standardize_columns", "table_files"]
 
 
-def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datasets.Dataset:
+def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None, check_audio: bool = True) -> datasets.Dataset:
     """Load an emotional-speech corpus folder as a validated ``datasets.Dataset``.
 
     If ``data_dir/manifest.csv`` exists it is read (columns ``path,label`` required, ``speaker``,
@@ -56,6 +56,7 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
     Args:
         data_dir: the corpus folder.
         labels: if given, every row's label must be one of these.
+        check_audio: check each file's audio header (`validate_clips`); False: the decoding checks it later.
 
     Returns:
         Columns ``audio``, ``label``, ``speaker``, ``transcript``, ``path`` and extras; rows in manifest
@@ -73,7 +74,7 @@ def load_corpus(data_dir: PathLike, labels: Optional[list[str]] = None) -> datas
         return load_source(root, labels=labels, hub=False)
     clips = read_manifest(manifest) if manifest.is_file() else parse_corpus_folder(root, labels)
     labels = normalize_labels(labels)
-    validate_clips(clips, labels)
+    validate_clips(clips, labels, check_audio)
     if manifest.is_file():
         report_name_disagreement([clip.path for clip in clips], [clip.label for clip in clips],
                                  f"{manifest}", "manifest's label column")
@@ -242,6 +243,7 @@ def load_source(
     speaker_column: Optional[str] = None,
     labels: Optional[Sequence[str]] = None,
     hub: bool = True,
+    check_audio: bool = True,
 ) -> datasets.Dataset:
     """Load any dataset a user has with ``datasets``' own readers, with the columns of :func:`load_corpus`.
 
@@ -272,6 +274,8 @@ def load_source(
         speaker_column: The column of speaker ids; None: as above.
         labels: The label set every label must be in; None: the data's labels, checked for typos.
         hub: Whether a ``source`` that does not exist here is read as a Hub dataset id.
+        check_audio: A corpus folder's audio headers are checked on loading (:func:`load_corpus`); False: by the
+            decoding only, as for every other source.
 
     Raises:
         ValueError: naming the problem and what to do (no such folder, a missing column, a missing audio file, an
@@ -288,7 +292,7 @@ def load_source(
                          + (", or a Hub dataset id (user/name)" if hub else ""))
     if kind == "corpus":
         check_no_column_flags(path, audio_column, label_column, transcript_column, speaker_column)
-        return load_corpus(path, normalize_labels(labels))
+        return load_corpus(path, normalize_labels(labels), check_audio)
     base_dir = None if kind == "hub" else path.parent if path.is_file() else path
     try:
         if kind == "saved":
@@ -574,4 +578,5 @@ def load_data(args: DataArguments):
     return load_source(
         args.dataset_name or args.data_dir, args.dataset_split, args.audio_column, args.label_column,
         args.transcript_column, args.speaker_column, labels, hub=bool(args.dataset_name),
+        check_audio=not args.skip_bad_clips,  # --skip_bad_clips: the decoding lists and leaves out bad audio
     )
