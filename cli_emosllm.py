@@ -53,6 +53,7 @@ except ImportError:
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
+TABLE_PATH_COLUMNS = ("path", "file_name", "audio")  # a table's audio path column, the first of these it has
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -96,6 +97,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
             if split not in data:
                 raise ValueError(f"--dataset {dataset!r} has the splits {list(data)}; name one with --split.")
             data = data[split]
+        if not len(data):
+            raise ValueError(f"--dataset {dataset!r} (split {split!r}) has no rows, so there are no clips to label.")
         column = audio_column or next((c for c in ("audio", "path", "file_name") if c in data.column_names), None)
         if column not in data.column_names:
             raise ValueError(f"--dataset {dataset!r} has no audio column {column!r} (columns: {data.column_names}); "
@@ -109,23 +112,36 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
             raise ValueError(f"--input {input_path!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)}).")
         return [Clip(str(p.relative_to(path)), str(p)) for p in files]
     if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
-        import pandas as pd
-
-        separator = TABLE_SUFFIXES[path.suffix.lower()]
-        table = pd.read_csv(path, sep=separator) if separator else pd.read_json(
-            path, lines=path.suffix.lower() == ".jsonl")
-        column = audio_column or next((c for c in ("path", "file_name", "audio") if c in table.columns), None)
-        if column not in table.columns:
-            raise ValueError(f"--input {input_path!r} has no audio path column {column!r} (columns: "
-                             f"{list(table.columns)}); name it with --audio_column.")
-        others = [name for name in table.columns if name not in (column, "transcript")]
-        return [Clip(str(row[column]), str(path.parent / str(row[column])),
-                     row["transcript"] if isinstance(row.get("transcript"), str) else None, _columns(row, others))
-                for row in table.to_dict("records")]
+        return _table_clips(path, audio_column)
     if not path.exists():
         raise FileNotFoundError(f"--input {input_path!r} does not exist; pass a folder of audio files, a CSV/TSV/JSON "
                                 "table of audio paths, or --dataset for a datasets dataset.")
     raise ValueError(f"--input {input_path!r} is neither a folder nor a table ({', '.join(TABLE_SUFFIXES)}).")
+
+
+def _table_clips(path: Path, audio_column: str | None) -> list[Clip]:
+    """The clips of a CSV/TSV/JSON(L) table (`clips_of`); a table that cannot be read, or has no rows or no path
+    column, raises `ValueError` naming it."""
+    import pandas as pd
+
+    name, separator = f"--input {str(path)!r}", TABLE_SUFFIXES[path.suffix.lower()]
+    try:
+        table = pd.read_csv(path, sep=separator) if separator else pd.read_json(
+            path, lines=path.suffix.lower() == ".jsonl")
+    except ValueError as error:  # pandas' parser errors, an empty file, bad JSON, text that is not UTF-8
+        raise ValueError(f"{name} could not be read as a {path.suffix} table ({error}); pass a CSV/TSV file with a "
+                         "header row, or JSON(L) with one object per clip.") from None
+    if table.empty:
+        raise ValueError(f"{name} has no rows, so there are no clips to label; add one row per audio file.")
+    column = audio_column or next((c for c in TABLE_PATH_COLUMNS if c in table.columns), None)
+    if column not in table.columns:
+        wanted = f"--audio_column {audio_column!r}" if audio_column else f"any of {', '.join(TABLE_PATH_COLUMNS)}"
+        raise ValueError(f"{name} has no audio path column (looked for {wanted}; its columns are "
+                         f"{list(table.columns)}); name its column of file paths with --audio_column.")
+    others = [other for other in table.columns if other not in (column, "transcript")]
+    return [Clip(str(row[column]), str(path.parent / str(row[column])),
+                 row["transcript"] if isinstance(row.get("transcript"), str) else None, _columns(row, others))
+            for row in table.to_dict("records")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -164,6 +164,51 @@ def test_an_empty_folder_is_refused(corpus, tmp_path):
     shutil.rmtree(tmp_path / "empty")
 
 
+@pytest.fixture
+def refused(corpus, monkeypatch, capsys):
+    """Runs the command line here on the tiny model, loading it made an error: `refused(*argv)` asserts that it
+    stopped with exit status 2 (argparse's) before loading the model, and returns what it printed on standard error."""
+    import transformers
+
+    from cli_emosllm import main
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(transformers, "pipeline", load)
+
+    def run(*argv: str) -> str:
+        with pytest.raises(SystemExit) as stopped:
+            main(["--model", str(corpus["model"]), "--no_progress", *argv])
+        assert stopped.value.code == 2
+        return capsys.readouterr().err
+
+    return run
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("header.csv", "path,transcript\n", "has no rows, so there are no clips to label"),
+    ("empty.jsonl", "", "has no rows, so there are no clips to label"),
+    ("no_path.csv", "file,x\na.wav,1\n", "has no audio path column (looked for any of path, file_name, audio; "
+                                         "its columns are ['file', 'x']); name its column of file paths with "
+                                         "--audio_column"),
+    ("empty.csv", "", "could not be read as a .csv table (No columns to parse from file)"),
+    ("bad.jsonl", '{"path": bad}\n', "could not be read as a .jsonl table"),
+    ("bad.json", "[{]", "could not be read as a .json table"),
+])
+def test_a_table_without_clips_or_that_cannot_be_read_is_refused_naming_it(refused, tmp_path, name, content, message):
+    table = tmp_path / name
+    table.write_text(content)
+    error = refused("--input", str(table))
+    assert f"--input {str(table)!r} {message}" in error
+
+
+def test_a_missing_audio_column_named_by_the_option_is_named(refused, tmp_path):
+    (tmp_path / "clips.csv").write_text("path\na.wav\n")
+    error = refused("--input", str(tmp_path / "clips.csv"), "--audio_column", "wav")
+    assert "has no audio path column (looked for --audio_column 'wav'; its columns are ['path'])" in error
+
+
 def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
     """`label_clips` sorts each group of `SORTED_GROUP_BATCHES` batches by length (less padding), then gives the
     lines back in the input order, the bad clip's batch redone clip by clip."""
