@@ -20,11 +20,12 @@ folder (an optional `transcript` column is used, and the columns of the model's 
 together (`label_clips`).
 
 Output: one JSON object per clip (`--format jsonl`, always with `--output`), in input order per process: `file` (the
-path as given, relative to the folder or table, or the dataset's row index), `label`, `score`, `scores` (best first;
-`label` None and no scores for a clip without speech), `duration` and `speech` (seconds), and for recordings longer
-than one window (`--segment_seconds`, default 10 s) the `timeline` of windows; a clip that cannot be classified gets
-`{"file", "error"}` instead and the others go on (exit status 1 if any failed, in this run or an earlier one it
-resumed). `--format table` (the default on the terminal) prints the same as aligned columns.
+path as given, relative to the folder or table, the dataset's row index, or `row N` for a table row without a path),
+`label`, `score`, `scores` (best first; `label` None and no scores for a clip without speech), `duration` and
+`speech` (seconds), and for recordings longer than one window (`--segment_seconds`, default 10 s) the `timeline` of
+windows; a clip that cannot be classified (or a table row without a path) gets `{"file", "error"}` instead and the
+others go on (exit status 1 if any failed, in this run or an earlier one it resumed). `--format table` (the default
+on the terminal) prints the same as aligned columns.
 
 With `--output`: resumable, clips already in it (and in the part files of a killed multi-process run) are not
 classified again; a line cut by a kill is dropped and its clip redone. Lines are flushed and synced every
@@ -62,7 +63,8 @@ TABLE_PATH_COLUMNS = ("path", "file_name", "audio")  # a table's audio path colu
 class Clip:
     """One clip to label."""
 
-    def __init__(self, key: str, source, transcript: str | None = None, columns: dict[str, str] | None = None):
+    def __init__(self, key: str, source, transcript: str | None = None, columns: dict[str, str] | None = None,
+                 error: str | None = None):
         """
         Args:
             key: Its name in the output (`file`).
@@ -71,8 +73,11 @@ class Clip:
             transcript: Its transcript, or None.
             columns: Its table or dataset row's other values as text (empty ones left out), where the model's text
                 features are looked up (`processor.text_features`).
+            error: Why the clip cannot be labelled, known before it is read (a table row without a path); its output
+                line is this error.
         """
         self.key, self.source, self.transcript, self.columns = key, source, transcript, columns or {}
+        self.error = error
 
 
 def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
@@ -86,7 +91,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         audio_column: The table's path column or the dataset's `Audio` column; None picks a usual name.
 
     Returns:
-        The clips, keyed by their path relative to the folder or table, or by the dataset's row index.
+        The clips, keyed by their path relative to the folder or table (`row N` for a row without one), or by the
+        dataset's row index.
     """
     if dataset:
         import datasets
@@ -121,13 +127,16 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
 
 def _table_clips(path: Path, audio_column: str | None) -> list[Clip]:
     """The clips of a CSV/TSV/JSON(L) table (`clips_of`); a table that cannot be read, or has no rows or no path
-    column, raises `ValueError` naming it."""
+    column, raises `ValueError` naming it. A row whose path cell is empty or not text is keyed `row N` (from 1) and
+    gets an error line."""
     import pandas as pd
 
     name, separator = f"--input {str(path)!r}", TABLE_SUFFIXES[path.suffix.lower()]
+    # The path columns as they are written (pandas would read "001" as the number 1; JSON's numbers stay numbers).
+    as_written = dict.fromkeys((audio_column,) if audio_column else TABLE_PATH_COLUMNS, str if separator else object)
     try:
-        table = pd.read_csv(path, sep=separator) if separator else pd.read_json(
-            path, lines=path.suffix.lower() == ".jsonl")
+        table = pd.read_csv(path, sep=separator, dtype=as_written) if separator else pd.read_json(
+            path, lines=path.suffix.lower() == ".jsonl", dtype=as_written)
     except ValueError as error:  # pandas' parser errors, an empty file, bad JSON, text that is not UTF-8
         raise ValueError(f"{name} could not be read as a {path.suffix} table ({error}); pass a CSV/TSV file with a "
                          "header row, or JSON(L) with one object per clip.") from None
@@ -139,9 +148,18 @@ def _table_clips(path: Path, audio_column: str | None) -> list[Clip]:
         raise ValueError(f"{name} has no audio path column (looked for {wanted}; its columns are "
                          f"{list(table.columns)}); name its column of file paths with --audio_column.")
     others = [other for other in table.columns if other not in (column, "transcript")]
-    return [Clip(str(row[column]), str(path.parent / str(row[column])),
-                 row["transcript"] if isinstance(row.get("transcript"), str) else None, _columns(row, others))
-            for row in table.to_dict("records")]
+    clips = []
+    for number, row in enumerate(table.to_dict("records"), start=1):
+        file = row[column]
+        if isinstance(file, str) and file.strip():
+            transcript = row["transcript"] if isinstance(row.get("transcript"), str) else None
+            clips.append(Clip(file, str(path.parent / file), transcript, _columns(row, others)))
+        else:
+            problem = "is empty" if feature_value(file) is None else f"holds {file!r}, not a file path"
+            clips.append(Clip(f"row {number}", None, error=f"{name}, row {number} (counting from 1, the header not "
+                              f"counted): its {column!r} cell {problem}; write the audio file's path there or remove "
+                              "the row."))
+    return clips
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -174,7 +192,7 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
     """
     One output object per clip, in order: the pipeline on `batch_size` clips at a time, the clips of each group of
     `SORTED_GROUP_BATCHES` batches sorted by length first; a batch with a bad clip is redone clip by clip, so that
-    only the bad one gets an error line.
+    only the bad one gets an error line. A clip with an `error` gets it as its line, unread.
 
     Args:
         classifier: The model's `audio-classification` pipeline.
@@ -189,8 +207,8 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
     group_size = batch_size * SORTED_GROUP_BATCHES
     for group_start in range(0, len(clips), group_size):
         group = clips[group_start:group_start + group_size]
-        order = sorted(range(len(group)), key=lambda i: _size(group[i]))
-        lines = {}
+        lines = {i: {"file": clip.key, "error": clip.error} for i, clip in enumerate(group) if clip.error}
+        order = sorted((i for i in range(len(group)) if i not in lines), key=lambda i: _size(group[i]))
         for start in range(0, len(order), batch_size):
             batch = [group[i] for i in order[start:start + batch_size]]
             lines.update(zip(order[start:start + batch_size], _label_batch(classifier, batch, batch_size, call)))

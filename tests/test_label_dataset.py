@@ -209,6 +209,38 @@ def test_a_missing_audio_column_named_by_the_option_is_named(refused, tmp_path):
     assert "has no audio path column (looked for --audio_column 'wav'; its columns are ['path'])" in error
 
 
+def test_a_table_row_without_a_path_gets_an_error_line_naming_the_row(corpus, tmp_path):
+    """An empty path cell, or a number where a JSON table's path should be, is that row's error line (not the path
+    '.../nan' or '.../5'), and the other rows are labelled."""
+    clip = str(corpus["folder"] / "speaker0" / "clip0.wav")
+    rows = [{"path": clip}, {"path": ""}, {"path": None}, {"path": 5}, {"path": clip.replace("clip0", "clip3")}]
+    table = tmp_path / "clips.jsonl"
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = label(corpus, tmp_path / "labels.jsonl", "--input", str(table))
+    assert result.returncode == 1, result.stderr[-3000:]  # rows without a path count as failed clips
+    lines = lines_of(tmp_path / "labels.jsonl")
+    assert [line["file"] for line in lines] == [clip, "row 2", "row 3", "row 4", rows[4]["path"]]
+    assert "label" in lines[0] and "label" in lines[4]
+    where = f"--input {str(table)!r}, row"
+    assert lines[1] == {"file": "row 2", "error": f"{where} 2 (counting from 1, the header not counted): its 'path' "
+                        "cell is empty; write the audio file's path there or remove the row."}
+    assert lines[2]["error"].startswith(f"{where} 3 (") and "cell is empty" in lines[2]["error"]
+    assert lines[3]["error"].startswith(f"{where} 4 (") and "cell holds 5, not a file path" in lines[3]["error"]
+    assert "nan" not in result.stderr and "/5'" not in result.stderr
+
+
+@pytest.mark.parametrize("name, content", [("clips.csv", "path,x\n001,1\n,2\n"),
+                                           ("clips.jsonl", '{"path": "001", "x": 1}\n{"path": null, "x": 2}\n')])
+def test_a_table_path_is_read_as_written(tmp_path, name, content):
+    """A file named "001" stays "001" (pandas reads a column of such names as numbers), an empty cell an error."""
+    from cli_emosllm import clips_of
+
+    (tmp_path / name).write_text(content)
+    named, empty = clips_of(str(tmp_path / name), None, "train", None)
+    assert (named.key, named.source) == ("001", str(tmp_path / "001")) and named.error is None
+    assert empty.key == "row 2" and "row 2" in empty.error and "'path' cell is empty" in empty.error
+
+
 def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
     """`label_clips` sorts each group of `SORTED_GROUP_BATCHES` batches by length (less padding), then gives the
     lines back in the input order, the bad clip's batch redone clip by clip."""
