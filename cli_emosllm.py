@@ -362,6 +362,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world
         parser.error("--output writes JSONL; leave --format out (or pass --format jsonl).")
     if world > 1 and not args.output:
         parser.error(f"{world} processes write one file: pass --output.")
+    if args.output:
+        _check_output(parser, Path(args.output))
     try:
         check_device(args.device, "--device")
     except ValueError as error:
@@ -369,6 +371,26 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world
     if not os.path.isdir(args.model) and (os.path.exists(args.model) or args.model.startswith((".", "/", "~"))):
         parser.error(f"--model {args.model!r}: no such model folder; pass a folder written by save_pretrained "
                      "(train.py's --output_dir) or a Hub id.")
+
+
+def _check_output(parser: argparse.ArgumentParser, output: Path) -> None:
+    """Refuses an `--output` that cannot be written (a folder, a path under a file, a place that takes no files); its
+    missing folders are made."""
+    try:
+        if output.is_dir():
+            parser.error(f"--output {str(output)!r} is a folder; pass a file in it, e.g. "
+                         f"{str(output / 'labels.jsonl')!r}.")
+        above = next(folder for folder in output.parents if folder.exists())  # the nearest existing folder (or file)
+        if not above.is_dir():
+            parser.error(f"--output {str(output)!r}: {str(above)!r} is a file, not a folder; pass a path in a folder.")
+        existed = output.exists()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.open("a").close()
+    except OSError as error:
+        parser.error(f"--output {str(output)!r} cannot be written ({error.strerror}); pass a file in a folder you can "
+                     "write to.")
+    if not existed:
+        output.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,7 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     todo = mine
     if args.output:
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
         done = done_files(output)
         for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
             done.update(done_files(part))

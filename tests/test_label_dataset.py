@@ -209,6 +209,23 @@ def test_a_missing_audio_column_named_by_the_option_is_named(refused, tmp_path):
     assert "has no audio path column (looked for --audio_column 'wav'; its columns are ['path'])" in error
 
 
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}", "--output '{tmp}' is a folder; pass a file in it, e.g. '{tmp}/labels.jsonl'."),
+    ("{tmp}/notes.txt/labels.jsonl", "--output '{tmp}/notes.txt/labels.jsonl': '{tmp}/notes.txt' is a file, not a "
+                                     "folder; pass a path in a folder."),
+    ("{tmp}/notes.txt/new/labels.jsonl", "'{tmp}/notes.txt' is a file, not a folder"),
+    pytest.param("/proc/labels.jsonl", "--output '/proc/labels.jsonl' cannot be written (No such file or directory); "
+                 "pass a file in a folder you can write to.",
+                 marks=pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_loading(corpus, refused, tmp_path, output, message):
+    (tmp_path / "notes.txt").write_text("notes\n")
+    error = refused(str(corpus["folder"] / "long.flac"), "--output", output.format(tmp=tmp_path))
+    assert message.format(tmp=tmp_path) in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == \
+        "notes\n"
+
+
 def test_a_table_row_without_a_path_gets_an_error_line_naming_the_row(corpus, tmp_path):
     """An empty path cell, or a number where a JSON table's path should be, is that row's error line (not the path
     '.../nan' or '.../5'), and the other rows are labelled."""
