@@ -244,7 +244,8 @@ def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> 
 def done_files(path: Path) -> dict[str, bool]:
     """
     What an earlier run finished: `{file: whether its line is an error}` of every complete line of a JSONL output; a
-    last line cut by a kill is cut off the file.
+    last line cut by a kill is cut off the file. A file that is not this command's output raises `ValueError` naming
+    the line, and is left as it is.
 
     Args:
         path: The JSONL output (or a part file); missing means nothing is done.
@@ -252,12 +253,35 @@ def done_files(path: Path) -> dict[str, bool]:
     if not path.exists():
         return {}
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # a partial last line: its clip is done again
+    *complete, last = data.split(b"\n")
+    done = {}
+    for number, text in enumerate(complete, start=1):
+        line = _output_line(text)
+        if line is None and text.strip():
+            raise _not_output(path, number)
+        if line:
+            done[line["file"]] = "error" in line
+    if last.strip() and not last.startswith(b'{"file": '):  # a line cut by a kill starts as each of ours does
+        raise _not_output(path, len(complete) + 1)
+    if last:  # a partial last line: its clip is done again
         with open(path, "r+b") as handle:
-            handle.truncate(end)
-    lines = (json.loads(line) for line in data[:end].decode().splitlines() if line.strip())
-    return {line["file"]: "error" in line for line in lines}
+            handle.truncate(len(data) - len(last))
+    return done
+
+
+def _output_line(text: bytes) -> dict | None:
+    """A line of the JSONL output as this command writes it (a JSON object with a str `file`), or None."""
+    try:
+        line = json.loads(text)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return line if isinstance(line, dict) and isinstance(line.get("file"), str) else None
+
+
+def _not_output(path: Path, number: int) -> ValueError:
+    """The error of a file to resume whose line `number` this command did not write."""
+    return ValueError(f"{str(path)!r}, line {number}: not a line of this command's JSONL output (a JSON object with a "
+                      "\"file\"), so --output cannot resume it; pass another --output, or move or remove the file.")
 
 
 def merge_parts(output: Path, clips: list[Clip]) -> None:
@@ -419,9 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = mine
     if args.output:
         output = Path(args.output)
-        done = done_files(output)
-        for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
-            done.update(done_files(part))
+        try:
+            done = done_files(output)
+            for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
+                done.update(done_files(part))
+        except ValueError as error:
+            parser.error(str(error))
         todo = [clip for clip in mine if clip.key not in done]
         failed = sum(done.get(clip.key, False) for clip in mine)  # clips an earlier run could not classify count too
 

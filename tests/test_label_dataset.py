@@ -103,6 +103,22 @@ def test_a_killed_run_resumes_without_redoing_finished_clips(corpus, labelled, t
     assert_same_results(lines[2:], lines_of(complete)[2:])  # the rest labelled as in one go
 
 
+@pytest.mark.parametrize("content, number", [
+    (b'{"file": "a.wav", "label": "sad"}\n{"file": "b.wav", "lab\n{"file": "c.wav", "label": "sad"}\n', 2),
+    (b"path,transcript\nspeaker0/clip0.wav,kids are talking", 1),  # a table, its last line without a newline
+    (b'{"file": "a.wav", "label": "sad"}\n[1, 2]\n', 2),  # JSON, but not an output line
+    (b'{"file": "a.wav", "label": "sad"}\nRIFF\xff\xfe', 2),  # not text; at the end, where a cut line is dropped
+])
+def test_an_output_that_is_not_this_commands_jsonl_is_refused_and_left_as_it_is(corpus, refused, tmp_path, content,
+                                                                                 number):
+    output = tmp_path / "labels.jsonl"
+    output.write_bytes(content)
+    error = refused("--input", str(corpus["folder"]), "--output", str(output))
+    assert (f"{str(output)!r}, line {number}: not a line of this command's JSONL output (a JSON object with a "
+            "\"file\"), so --output cannot resume it; pass another --output, or move or remove the file.") in error
+    assert output.read_bytes() == content
+
+
 def test_two_processes_write_one_output_in_input_order(corpus, labelled, tmp_path):
     _, single = labelled
     output = tmp_path / "labels.jsonl"
