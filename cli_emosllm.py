@@ -234,11 +234,17 @@ def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> 
             try:
                 result = classifier(clip.source, **{key: values[index] for key, values in texts.items()}, **call)
             except (ValueError, OSError) as error:
-                yield {"file": clip.key, "error": str(error)}
+                yield {"file": clip.key, "error": _naming(clip, str(error))}
                 continue
         if len(result.get("timeline", ())) <= 1:  # a timeline only for recordings longer than one window
             result.pop("timeline", None)
         yield {"file": clip.key, **result}
+
+
+def _naming(clip: Clip, message: str) -> str:
+    """An error message that names its clip: as it is where it starts with the clip's path (the audio's errors), else
+    after the clip's key (a transcript's error names only the argument)."""
+    return message if isinstance(clip.source, str) and message.startswith(clip.source) else f"{clip.key}: {message}"
 
 
 def done_files(path: Path) -> dict[str, bool]:
@@ -315,6 +321,8 @@ def _format_scores(scores: list[dict]) -> str:
 
 def _table_rows(line: dict, width: int, timeline: bool) -> list[str]:
     """A result line as table rows: the clip, then with `timeline` each window of a long recording."""
+    if "error" in line:  # the error itself is on standard error
+        return [f"{line['file']:<{width}}  {'':>8}  {'(error)':<12}"]
     if line.get("label") is None:
         return [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {'(no speech)':<12}"]
     rows = [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {line['label']:<12} {line['score']:>6.3f}  "
@@ -482,8 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                     handle.flush()
                     os.fsync(handle.fileno())
             elif table:
-                if "error" not in line:
-                    print("\n".join(_table_rows(line, width, args.timeline)), flush=True)
+                print("\n".join(_table_rows(line, width, args.timeline)), flush=True)
             else:
                 print(json.dumps(line), flush=True)
             progress.update()

@@ -31,11 +31,15 @@ def corpus(tmp_path_factory):
     return {"tmp": tmp, "model": tmp / "model", "folder": folder}
 
 
-def label(corpus, output: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(output.parent / "m")}
+def label(corpus, output: Path | None, *extra: str, launcher: tuple[str, ...] = (),
+          modules: Path | None = None) -> subprocess.CompletedProcess:
+    """The command line on the tiny model into `output` (None: standard output), its remote code under `modules`
+    (default: beside `output`)."""
+    modules = modules or output.parent / "m"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules)}
     return subprocess.run([*(launcher or (sys.executable,)), str(REPO / "cli_emosllm.py"), "--model",
-                           str(corpus["model"]), "--output", str(output), "--no_progress", "--no_speech_detection",
-                           *extra],  # tones: not speech
+                           str(corpus["model"]), *(("--output", str(output)) if output else ()), "--no_progress",
+                           "--no_speech_detection", *extra],  # tones: not speech
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -161,6 +165,21 @@ def test_a_table_with_transcripts_and_a_saved_dataset(corpus, labelled, tmp_path
         want = from_folder[f"speaker{row}/clip{row}.wav"]
         np.testing.assert_allclose(scores(line), scores(want), atol=1e-4)  # batches of 3 and of 4 (as above)
     assert np.abs(np.subtract(scores(by_row[2]), scores(from_folder["speaker2/clip2.wav"]))).max() > 1e-3
+
+
+def test_the_table_names_the_file_of_a_bad_transcript(corpus, tmp_path):
+    """A transcript's error names only the argument; the command line names the clip, and the table has its row."""
+    table = corpus["folder"] / "transcripts.csv"
+    table.write_text("path,transcript\nspeaker1/clip1.wav,kids <|end|> talking\nspeaker2/clip2.wav,kids talking\n")
+    try:
+        result = label(corpus, None, "--input", str(table), modules=tmp_path / "m")
+    finally:
+        table.unlink()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: speaker1/clip1.wav: transcript: the text holds the tokenizer's special token(s) ['<|end|>']" in \
+        result.stderr
+    rows = result.stdout.splitlines()
+    assert [row.split()[:2] for row in rows[1:]] == [["speaker1/clip1.wav", "(error)"], ["speaker2/clip2.wav", "1.00"]]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -296,7 +315,7 @@ def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
     lines = list(label_clips(classifier, clips, 2, {}))
     assert [line["file"] for line in lines] == [clip.key for clip in clips]
     assert [line.get("label") for line in lines] == [None if i == 5 else str(n) for i, n in enumerate(lengths)]
-    assert lines[5]["error"] == "bad clip"
+    assert lines[5]["error"] == "c5: bad clip"  # named by its key (the message named no clip)
     first_group = sorted(lengths[:2 * SORTED_GROUP_BATCHES])
     batches = [call for call in calls if len(call) == 2]
     assert batches[:SORTED_GROUP_BATCHES] == [first_group[i:i + 2] for i in range(0, len(first_group), 2)]
