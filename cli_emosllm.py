@@ -28,10 +28,11 @@ others go on (exit status 1 if any failed, in this run or an earlier one it resu
 on the terminal) prints the same as aligned columns.
 
 With `--output`: resumable, clips already in it (and in the part files of a killed multi-process run) are not
-classified again; a line cut by a kill is dropped and its clip redone. Lines are flushed and synced every
-`--batch_size` clips. Several processes (`torchrun`, `accelerate launch`): each takes every N-th clip, writes
-`<output>.rank<R>`, and the first process merges the parts into `--output` in input order once all are done. Each
-process uses its own GPU where there is one (`cuda:<LOCAL_RANK>`), else the CPU.
+classified again; a line cut by a kill is dropped and its clip redone (a file holding other lines is refused, left
+as it is). Lines are flushed and synced every `--batch_size` clips. Several processes (`torchrun`, `accelerate
+launch`): each takes every N-th clip, writes `<output>.rank<R>`, and the first process merges the parts into
+`--output` in input order once all are done. Each process uses its own GPU where there is one (`cuda:<LOCAL_RANK>`),
+else the CPU.
 """
 
 import argparse
