@@ -157,9 +157,9 @@ def _table_clips(path: Path, audio_column: str | None) -> list[Clip]:
             clips.append(Clip(file, str(path.parent / file), transcript, _columns(row, others)))
         else:
             problem = "is empty" if feature_value(file) is None else f"holds {file!r}, not a file path"
-            clips.append(Clip(f"row {number}", None, error=f"{name}, row {number} (counting from 1, the header not "
-                              f"counted): its {column!r} cell {problem}; write the audio file's path there or remove "
-                              "the row."))
+            counted = "counting from 1, the header not counted" if separator else "counting from 1"
+            clips.append(Clip(f"row {number}", None, error=f"{name}, row {number} ({counted}): its {column!r} cell "
+                              f"{problem}; write the audio file's path there or remove the row."))
     return clips
 
 

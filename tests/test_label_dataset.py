@@ -274,8 +274,8 @@ def test_a_table_row_without_a_path_gets_an_error_line_naming_the_row(corpus, tm
     assert [line["file"] for line in lines] == [clip, "row 2", "row 3", "row 4", rows[4]["path"]]
     assert "label" in lines[0] and "label" in lines[4]
     where = f"--input {str(table)!r}, row"
-    assert lines[1] == {"file": "row 2", "error": f"{where} 2 (counting from 1, the header not counted): its 'path' "
-                        "cell is empty; write the audio file's path there or remove the row."}
+    assert lines[1] == {"file": "row 2", "error": f"{where} 2 (counting from 1): its 'path' cell is empty; write the "
+                        "audio file's path there or remove the row."}
     assert lines[2]["error"].startswith(f"{where} 3 (") and "cell is empty" in lines[2]["error"]
     assert lines[3]["error"].startswith(f"{where} 4 (") and "cell holds 5, not a file path" in lines[3]["error"]
     assert "nan" not in result.stderr and "/5'" not in result.stderr
@@ -290,7 +290,8 @@ def test_a_table_path_is_read_as_written(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     named, empty = clips_of(str(tmp_path / name), None, "train", None)
     assert (named.key, named.source) == ("001", str(tmp_path / "001")) and named.error is None
-    assert empty.key == "row 2" and "row 2" in empty.error and "'path' cell is empty" in empty.error
+    assert empty.key == "row 2" and "row 2 (counting from 1" in empty.error and "'path' cell is empty" in empty.error
+    assert ("the header not counted" in empty.error) == name.endswith(".csv")
 
 
 def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
