@@ -20,17 +20,19 @@ folder (an optional `transcript` column is used, and the columns of the model's 
 together (`label_clips`).
 
 Output: one JSON object per clip (`--format jsonl`, always with `--output`), in input order per process: `file` (the
-path as given, relative to the folder or table, or the dataset's row index), `label`, `score`, `scores` (best first;
-`label` None and no scores for a clip without speech), `duration` and `speech` (seconds), and for recordings longer
-than one window (`--segment_seconds`, default 10 s) the `timeline` of windows; a clip that cannot be classified gets
-`{"file", "error"}` instead and the others go on (exit status 1 if any failed, in this run or an earlier one it
-resumed). `--format table` (the default on the terminal) prints the same as aligned columns.
+path as given, relative to the folder or table, the dataset's row index, or `row N` for a table row without a path),
+`label`, `score`, `scores` (best first; `label` None and no scores for a clip without speech), `duration` and
+`speech` (seconds), and for recordings longer than one window (`--segment_seconds`, default 10 s) the `timeline` of
+windows; a clip that cannot be classified (or a table row without a path) gets `{"file", "error"}` instead and the
+others go on (exit status 1 if any failed, in this run or an earlier one it resumed). `--format table` (the default
+on the terminal) prints the same as aligned columns.
 
 With `--output`: resumable, clips already in it (and in the part files of a killed multi-process run) are not
-classified again; a line cut by a kill is dropped and its clip redone. Lines are flushed and synced every
-`--batch_size` clips. Several processes (`torchrun`, `accelerate launch`): each takes every N-th clip, writes
-`<output>.rank<R>`, and the first process merges the parts into `--output` in input order once all are done. Each
-process uses its own GPU where there is one (`cuda:<LOCAL_RANK>`), else the CPU.
+classified again; a line cut by a kill is dropped and its clip redone (a file holding other lines is refused, left
+as it is). Lines are flushed and synced every `--batch_size` clips. Several processes (`torchrun`, `accelerate
+launch`): each takes every N-th clip, writes `<output>.rank<R>`, and the first process merges the parts into
+`--output` in input order once all are done. Each process uses its own GPU where there is one (`cuda:<LOCAL_RANK>`),
+else the CPU.
 """
 
 import argparse
@@ -53,6 +55,7 @@ except ImportError:
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".webm")
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
+TABLE_PATH_COLUMNS = ("path", "file_name", "audio")  # a table's audio path column, the first of these it has
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -61,7 +64,8 @@ TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".json": None, ".jsonl": None}
 class Clip:
     """One clip to label."""
 
-    def __init__(self, key: str, source, transcript: str | None = None, columns: dict[str, str] | None = None):
+    def __init__(self, key: str, source, transcript: str | None = None, columns: dict[str, str] | None = None,
+                 error: str | None = None):
         """
         Args:
             key: Its name in the output (`file`).
@@ -70,8 +74,11 @@ class Clip:
             transcript: Its transcript, or None.
             columns: Its table or dataset row's other values as text (empty ones left out), where the model's text
                 features are looked up (`processor.text_features`).
+            error: Why the clip cannot be labelled, known before it is read (a table row without a path); its output
+                line is this error.
         """
         self.key, self.source, self.transcript, self.columns = key, source, transcript, columns or {}
+        self.error = error
 
 
 def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
@@ -85,7 +92,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         audio_column: The table's path column or the dataset's `Audio` column; None picks a usual name.
 
     Returns:
-        The clips, keyed by their path relative to the folder or table, or by the dataset's row index.
+        The clips, keyed by their path relative to the folder or table (`row N` for a row without one), or by the
+        dataset's row index.
     """
     if dataset:
         import datasets
@@ -96,6 +104,8 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
             if split not in data:
                 raise ValueError(f"--dataset {dataset!r} has the splits {list(data)}; name one with --split.")
             data = data[split]
+        if not len(data):
+            raise ValueError(f"--dataset {dataset!r} (split {split!r}) has no rows, so there are no clips to label.")
         column = audio_column or next((c for c in ("audio", "path", "file_name") if c in data.column_names), None)
         if column not in data.column_names:
             raise ValueError(f"--dataset {dataset!r} has no audio column {column!r} (columns: {data.column_names}); "
@@ -109,23 +119,48 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
             raise ValueError(f"--input {input_path!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)}).")
         return [Clip(str(p.relative_to(path)), str(p)) for p in files]
     if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
-        import pandas as pd
-
-        separator = TABLE_SUFFIXES[path.suffix.lower()]
-        table = pd.read_csv(path, sep=separator) if separator else pd.read_json(
-            path, lines=path.suffix.lower() == ".jsonl")
-        column = audio_column or next((c for c in ("path", "file_name", "audio") if c in table.columns), None)
-        if column not in table.columns:
-            raise ValueError(f"--input {input_path!r} has no audio path column {column!r} (columns: "
-                             f"{list(table.columns)}); name it with --audio_column.")
-        others = [name for name in table.columns if name not in (column, "transcript")]
-        return [Clip(str(row[column]), str(path.parent / str(row[column])),
-                     row["transcript"] if isinstance(row.get("transcript"), str) else None, _columns(row, others))
-                for row in table.to_dict("records")]
+        return _table_clips(path, audio_column)
     if not path.exists():
         raise FileNotFoundError(f"--input {input_path!r} does not exist; pass a folder of audio files, a CSV/TSV/JSON "
                                 "table of audio paths, or --dataset for a datasets dataset.")
     raise ValueError(f"--input {input_path!r} is neither a folder nor a table ({', '.join(TABLE_SUFFIXES)}).")
+
+
+def _table_clips(path: Path, audio_column: str | None) -> list[Clip]:
+    """The clips of a CSV/TSV/JSON(L) table (`clips_of`); a table that cannot be read, or has no rows or no path
+    column, raises `ValueError` naming it. A row whose path cell is empty or not text is keyed `row N` (from 1) and
+    gets an error line."""
+    import pandas as pd
+
+    name, separator = f"--input {str(path)!r}", TABLE_SUFFIXES[path.suffix.lower()]
+    # The path columns as they are written (pandas would read "001" as the number 1; JSON's numbers stay numbers).
+    as_written = dict.fromkeys((audio_column,) if audio_column else TABLE_PATH_COLUMNS, str if separator else object)
+    try:
+        table = pd.read_csv(path, sep=separator, dtype=as_written) if separator else pd.read_json(
+            path, lines=path.suffix.lower() == ".jsonl", dtype=as_written)
+    except ValueError as error:  # pandas' parser errors, an empty file, bad JSON, text that is not UTF-8
+        raise ValueError(f"{name} could not be read as a {path.suffix} table ({error}); pass a CSV/TSV file with a "
+                         "header row, or JSON(L) with one object per clip.") from None
+    if table.empty:
+        raise ValueError(f"{name} has no rows, so there are no clips to label; add one row per audio file.")
+    column = audio_column or next((c for c in TABLE_PATH_COLUMNS if c in table.columns), None)
+    if column not in table.columns:
+        wanted = f"--audio_column {audio_column!r}" if audio_column else f"any of {', '.join(TABLE_PATH_COLUMNS)}"
+        raise ValueError(f"{name} has no audio path column (looked for {wanted}; its columns are "
+                         f"{list(table.columns)}); name its column of file paths with --audio_column.")
+    others = [other for other in table.columns if other not in (column, "transcript")]
+    clips = []
+    for number, row in enumerate(table.to_dict("records"), start=1):
+        file = row[column]
+        if isinstance(file, str) and file.strip():
+            transcript = row["transcript"] if isinstance(row.get("transcript"), str) else None
+            clips.append(Clip(file, str(path.parent / file), transcript, _columns(row, others)))
+        else:
+            problem = "is empty" if feature_value(file) is None else f"holds {file!r}, not a file path"
+            counted = "counting from 1, the header not counted" if separator else "counting from 1"
+            clips.append(Clip(f"row {number}", None, error=f"{name}, row {number} ({counted}): its {column!r} cell "
+                              f"{problem}; write the audio file's path there or remove the row."))
+    return clips
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -158,7 +193,7 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
     """
     One output object per clip, in order: the pipeline on `batch_size` clips at a time, the clips of each group of
     `SORTED_GROUP_BATCHES` batches sorted by length first; a batch with a bad clip is redone clip by clip, so that
-    only the bad one gets an error line.
+    only the bad one gets an error line. A clip with an `error` gets it as its line, unread.
 
     Args:
         classifier: The model's `audio-classification` pipeline.
@@ -173,8 +208,8 @@ def label_clips(classifier, clips: list[Clip], batch_size: int, call: dict) -> I
     group_size = batch_size * SORTED_GROUP_BATCHES
     for group_start in range(0, len(clips), group_size):
         group = clips[group_start:group_start + group_size]
-        order = sorted(range(len(group)), key=lambda i: _size(group[i]))
-        lines = {}
+        lines = {i: {"file": clip.key, "error": clip.error} for i, clip in enumerate(group) if clip.error}
+        order = sorted((i for i in range(len(group)) if i not in lines), key=lambda i: _size(group[i]))
         for start in range(0, len(order), batch_size):
             batch = [group[i] for i in order[start:start + batch_size]]
             lines.update(zip(order[start:start + batch_size], _label_batch(classifier, batch, batch_size, call)))
@@ -200,17 +235,24 @@ def _label_batch(classifier, batch: list[Clip], batch_size: int, call: dict) -> 
             try:
                 result = classifier(clip.source, **{key: values[index] for key, values in texts.items()}, **call)
             except (ValueError, OSError) as error:
-                yield {"file": clip.key, "error": str(error)}
+                yield {"file": clip.key, "error": _naming(clip, str(error))}
                 continue
         if len(result.get("timeline", ())) <= 1:  # a timeline only for recordings longer than one window
             result.pop("timeline", None)
         yield {"file": clip.key, **result}
 
 
+def _naming(clip: Clip, message: str) -> str:
+    """An error message that names its clip: as it is where it starts with the clip's path (the audio's errors), else
+    after the clip's key (a transcript's error names only the argument)."""
+    return message if isinstance(clip.source, str) and message.startswith(clip.source) else f"{clip.key}: {message}"
+
+
 def done_files(path: Path) -> dict[str, bool]:
     """
     What an earlier run finished: `{file: whether its line is an error}` of every complete line of a JSONL output; a
-    last line cut by a kill is cut off the file.
+    last line cut by a kill is cut off the file. A file that is not this command's output raises `ValueError` naming
+    the line, and is left as it is.
 
     Args:
         path: The JSONL output (or a part file); missing means nothing is done.
@@ -218,12 +260,35 @@ def done_files(path: Path) -> dict[str, bool]:
     if not path.exists():
         return {}
     data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):  # a partial last line: its clip is done again
+    *complete, last = data.split(b"\n")
+    done = {}
+    for number, text in enumerate(complete, start=1):
+        line = _output_line(text)
+        if line is None and text.strip():
+            raise _not_output(path, number)
+        if line:
+            done[line["file"]] = "error" in line
+    if last.strip() and not last.startswith(b'{"file": '):  # a line cut by a kill starts as each of ours does
+        raise _not_output(path, len(complete) + 1)
+    if last:  # a partial last line: its clip is done again
         with open(path, "r+b") as handle:
-            handle.truncate(end)
-    lines = (json.loads(line) for line in data[:end].decode().splitlines() if line.strip())
-    return {line["file"]: "error" in line for line in lines}
+            handle.truncate(len(data) - len(last))
+    return done
+
+
+def _output_line(text: bytes) -> dict | None:
+    """A line of the JSONL output as this command writes it (a JSON object with a str `file`), or None."""
+    try:
+        line = json.loads(text)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return line if isinstance(line, dict) and isinstance(line.get("file"), str) else None
+
+
+def _not_output(path: Path, number: int) -> ValueError:
+    """The error of a file to resume whose line `number` this command did not write."""
+    return ValueError(f"{str(path)!r}, line {number}: not a line of this command's JSONL output (a JSON object with a "
+                      "\"file\"), so --output cannot resume it; pass another --output, or move or remove the file.")
 
 
 def merge_parts(output: Path, clips: list[Clip]) -> None:
@@ -257,6 +322,8 @@ def _format_scores(scores: list[dict]) -> str:
 
 def _table_rows(line: dict, width: int, timeline: bool) -> list[str]:
     """A result line as table rows: the clip, then with `timeline` each window of a long recording."""
+    if "error" in line:  # the error itself is on standard error
+        return [f"{line['file']:<{width}}  {'':>8}  {'(error)':<12}"]
     if line.get("label") is None:
         return [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {'(no speech)':<12}"]
     rows = [f"{line['file']:<{width}}  {line['duration']:>8.2f}  {line['label']:<12} {line['score']:>6.3f}  "
@@ -328,6 +395,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world
         parser.error("--output writes JSONL; leave --format out (or pass --format jsonl).")
     if world > 1 and not args.output:
         parser.error(f"{world} processes write one file: pass --output.")
+    if args.output:
+        _check_output(parser, Path(args.output))
     try:
         check_device(args.device, "--device")
     except ValueError as error:
@@ -335,6 +404,26 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world
     if not os.path.isdir(args.model) and (os.path.exists(args.model) or args.model.startswith((".", "/", "~"))):
         parser.error(f"--model {args.model!r}: no such model folder; pass a folder written by save_pretrained "
                      "(train.py's --output_dir) or a Hub id.")
+
+
+def _check_output(parser: argparse.ArgumentParser, output: Path) -> None:
+    """Refuses an `--output` that cannot be written (a folder, a path under a file, a place that takes no files); its
+    missing folders are made."""
+    try:
+        if output.is_dir():
+            parser.error(f"--output {str(output)!r} is a folder; pass a file in it, e.g. "
+                         f"{str(output / 'labels.jsonl')!r}.")
+        above = next(folder for folder in output.parents if folder.exists())  # the nearest existing folder (or file)
+        if not above.is_dir():
+            parser.error(f"--output {str(output)!r}: {str(above)!r} is a file, not a folder; pass a path in a folder.")
+        existed = output.exists()
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.open("a").close()
+    except OSError as error:
+        parser.error(f"--output {str(output)!r} cannot be written ({error.strerror}); pass a file in a folder you can "
+                     "write to.")
+    if not existed:
+        output.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,10 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     todo = mine
     if args.output:
         output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        done = done_files(output)
-        for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
-            done.update(done_files(part))
+        try:
+            done = done_files(output)
+            for part in output.parent.glob(f"{output.name}.rank*"):  # a killed run's parts, whatever its world size
+                done.update(done_files(part))
+        except ValueError as error:
+            parser.error(str(error))
         todo = [clip for clip in mine if clip.key not in done]
         failed = sum(done.get(clip.key, False) for clip in mine)  # clips an earlier run could not classify count too
 
@@ -400,8 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     handle.flush()
                     os.fsync(handle.fileno())
             elif table:
-                if "error" not in line:
-                    print("\n".join(_table_rows(line, width, args.timeline)), flush=True)
+                print("\n".join(_table_rows(line, width, args.timeline)), flush=True)
             else:
                 print(json.dumps(line), flush=True)
             progress.update()

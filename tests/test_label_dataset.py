@@ -31,11 +31,15 @@ def corpus(tmp_path_factory):
     return {"tmp": tmp, "model": tmp / "model", "folder": folder}
 
 
-def label(corpus, output: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(output.parent / "m")}
+def label(corpus, output: Path | None, *extra: str, launcher: tuple[str, ...] = (),
+          modules: Path | None = None) -> subprocess.CompletedProcess:
+    """The command line on the tiny model into `output` (None: standard output), its remote code under `modules`
+    (default: beside `output`)."""
+    modules = modules or output.parent / "m"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(modules)}
     return subprocess.run([*(launcher or (sys.executable,)), str(REPO / "cli_emosllm.py"), "--model",
-                           str(corpus["model"]), "--output", str(output), "--no_progress", "--no_speech_detection",
-                           *extra],  # tones: not speech
+                           str(corpus["model"]), *(("--output", str(output)) if output else ()), "--no_progress",
+                           "--no_speech_detection", *extra],  # tones: not speech
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -103,6 +107,22 @@ def test_a_killed_run_resumes_without_redoing_finished_clips(corpus, labelled, t
     assert_same_results(lines[2:], lines_of(complete)[2:])  # the rest labelled as in one go
 
 
+@pytest.mark.parametrize("content, number", [
+    (b'{"file": "a.wav", "label": "sad"}\n{"file": "b.wav", "lab\n{"file": "c.wav", "label": "sad"}\n', 2),
+    (b"path,transcript\nspeaker0/clip0.wav,kids are talking", 1),  # a table, its last line without a newline
+    (b'{"file": "a.wav", "label": "sad"}\n[1, 2]\n', 2),  # JSON, but not an output line
+    (b'{"file": "a.wav", "label": "sad"}\nRIFF\xff\xfe', 2),  # not text; at the end, where a cut line is dropped
+])
+def test_an_output_that_is_not_this_commands_jsonl_is_refused_and_left_as_it_is(corpus, refused, tmp_path, content,
+                                                                                 number):
+    output = tmp_path / "labels.jsonl"
+    output.write_bytes(content)
+    error = refused("--input", str(corpus["folder"]), "--output", str(output))
+    assert (f"{str(output)!r}, line {number}: not a line of this command's JSONL output (a JSON object with a "
+            "\"file\"), so --output cannot resume it; pass another --output, or move or remove the file.") in error
+    assert output.read_bytes() == content
+
+
 def test_two_processes_write_one_output_in_input_order(corpus, labelled, tmp_path):
     _, single = labelled
     output = tmp_path / "labels.jsonl"
@@ -147,6 +167,21 @@ def test_a_table_with_transcripts_and_a_saved_dataset(corpus, labelled, tmp_path
     assert np.abs(np.subtract(scores(by_row[2]), scores(from_folder["speaker2/clip2.wav"]))).max() > 1e-3
 
 
+def test_the_table_names_the_file_of_a_bad_transcript(corpus, tmp_path):
+    """A transcript's error names only the argument; the command line names the clip, and the table has its row."""
+    table = corpus["folder"] / "transcripts.csv"
+    table.write_text("path,transcript\nspeaker1/clip1.wav,kids <|end|> talking\nspeaker2/clip2.wav,kids talking\n")
+    try:
+        result = label(corpus, None, "--input", str(table), modules=tmp_path / "m")
+    finally:
+        table.unlink()
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: speaker1/clip1.wav: transcript: the text holds the tokenizer's special token(s) ['<|end|>']" in \
+        result.stderr
+    rows = result.stdout.splitlines()
+    assert [row.split()[:2] for row in rows[1:]] == [["speaker1/clip1.wav", "(error)"], ["speaker2/clip2.wav", "1.00"]]
+
+
 @pytest.mark.parametrize("flags, message", [
     ([], "give the data once"),
     (["--input", "no/such/folder"], "does not exist"),
@@ -162,6 +197,101 @@ def test_an_empty_folder_is_refused(corpus, tmp_path):
     result = label(corpus, tmp_path / "out.jsonl", "--input", str(tmp_path / "empty"))
     assert result.returncode == 2 and "holds no audio files" in result.stderr
     shutil.rmtree(tmp_path / "empty")
+
+
+@pytest.fixture
+def refused(corpus, monkeypatch, capsys):
+    """Runs the command line here on the tiny model, loading it made an error: `refused(*argv)` asserts that it
+    stopped with exit status 2 (argparse's) before loading the model, and returns what it printed on standard error."""
+    import transformers
+
+    from cli_emosllm import main
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(transformers, "pipeline", load)
+
+    def run(*argv: str) -> str:
+        with pytest.raises(SystemExit) as stopped:
+            main(["--model", str(corpus["model"]), "--no_progress", *argv])
+        assert stopped.value.code == 2
+        return capsys.readouterr().err
+
+    return run
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("header.csv", "path,transcript\n", "has no rows, so there are no clips to label"),
+    ("empty.jsonl", "", "has no rows, so there are no clips to label"),
+    ("no_path.csv", "file,x\na.wav,1\n", "has no audio path column (looked for any of path, file_name, audio; "
+                                         "its columns are ['file', 'x']); name its column of file paths with "
+                                         "--audio_column"),
+    ("empty.csv", "", "could not be read as a .csv table (No columns to parse from file)"),
+    ("bad.jsonl", '{"path": bad}\n', "could not be read as a .jsonl table"),
+    ("bad.json", "[{]", "could not be read as a .json table"),
+])
+def test_a_table_without_clips_or_that_cannot_be_read_is_refused_naming_it(refused, tmp_path, name, content, message):
+    table = tmp_path / name
+    table.write_text(content)
+    error = refused("--input", str(table))
+    assert f"--input {str(table)!r} {message}" in error
+
+
+def test_a_missing_audio_column_named_by_the_option_is_named(refused, tmp_path):
+    (tmp_path / "clips.csv").write_text("path\na.wav\n")
+    error = refused("--input", str(tmp_path / "clips.csv"), "--audio_column", "wav")
+    assert "has no audio path column (looked for --audio_column 'wav'; its columns are ['path'])" in error
+
+
+@pytest.mark.parametrize("output, message", [
+    ("{tmp}", "--output '{tmp}' is a folder; pass a file in it, e.g. '{tmp}/labels.jsonl'."),
+    ("{tmp}/notes.txt/labels.jsonl", "--output '{tmp}/notes.txt/labels.jsonl': '{tmp}/notes.txt' is a file, not a "
+                                     "folder; pass a path in a folder."),
+    ("{tmp}/notes.txt/new/labels.jsonl", "'{tmp}/notes.txt' is a file, not a folder"),
+    pytest.param("/proc/labels.jsonl", "--output '/proc/labels.jsonl' cannot be written (No such file or directory); "
+                 "pass a file in a folder you can write to.",
+                 marks=pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_loading(corpus, refused, tmp_path, output, message):
+    (tmp_path / "notes.txt").write_text("notes\n")
+    error = refused(str(corpus["folder"] / "long.flac"), "--output", output.format(tmp=tmp_path))
+    assert message.format(tmp=tmp_path) in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == \
+        "notes\n"
+
+
+def test_a_table_row_without_a_path_gets_an_error_line_naming_the_row(corpus, tmp_path):
+    """An empty path cell, or a number where a JSON table's path should be, is that row's error line (not the path
+    '.../nan' or '.../5'), and the other rows are labelled."""
+    clip = str(corpus["folder"] / "speaker0" / "clip0.wav")
+    rows = [{"path": clip}, {"path": ""}, {"path": None}, {"path": 5}, {"path": clip.replace("clip0", "clip3")}]
+    table = tmp_path / "clips.jsonl"
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = label(corpus, tmp_path / "labels.jsonl", "--input", str(table))
+    assert result.returncode == 1, result.stderr[-3000:]  # rows without a path count as failed clips
+    lines = lines_of(tmp_path / "labels.jsonl")
+    assert [line["file"] for line in lines] == [clip, "row 2", "row 3", "row 4", rows[4]["path"]]
+    assert "label" in lines[0] and "label" in lines[4]
+    where = f"--input {str(table)!r}, row"
+    assert lines[1] == {"file": "row 2", "error": f"{where} 2 (counting from 1): its 'path' cell is empty; write the "
+                        "audio file's path there or remove the row."}
+    assert lines[2]["error"].startswith(f"{where} 3 (") and "cell is empty" in lines[2]["error"]
+    assert lines[3]["error"].startswith(f"{where} 4 (") and "cell holds 5, not a file path" in lines[3]["error"]
+    assert "nan" not in result.stderr and "/5'" not in result.stderr
+
+
+@pytest.mark.parametrize("name, content", [("clips.csv", "path,x\n001,1\n,2\n"),
+                                           ("clips.jsonl", '{"path": "001", "x": 1}\n{"path": null, "x": 2}\n')])
+def test_a_table_path_is_read_as_written(tmp_path, name, content):
+    """A file named "001" stays "001" (pandas reads a column of such names as numbers), an empty cell an error."""
+    from cli_emosllm import clips_of
+
+    (tmp_path / name).write_text(content)
+    named, empty = clips_of(str(tmp_path / name), None, "train", None)
+    assert (named.key, named.source) == ("001", str(tmp_path / "001")) and named.error is None
+    assert empty.key == "row 2" and "row 2 (counting from 1" in empty.error and "'path' cell is empty" in empty.error
+    assert ("the header not counted" in empty.error) == name.endswith(".csv")
 
 
 def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
@@ -186,7 +316,7 @@ def test_batches_hold_clips_of_similar_length_and_lines_keep_the_input_order():
     lines = list(label_clips(classifier, clips, 2, {}))
     assert [line["file"] for line in lines] == [clip.key for clip in clips]
     assert [line.get("label") for line in lines] == [None if i == 5 else str(n) for i, n in enumerate(lengths)]
-    assert lines[5]["error"] == "bad clip"
+    assert lines[5]["error"] == "c5: bad clip"  # named by its key (the message named no clip)
     first_group = sorted(lengths[:2 * SORTED_GROUP_BATCHES])
     batches = [call for call in calls if len(call) == 2]
     assert batches[:SORTED_GROUP_BATCHES] == [first_group[i:i + 2] for i in range(0, len(first_group), 2)]
