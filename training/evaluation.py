@@ -139,7 +139,9 @@ def check_delivered_score(output_dir: Path, test_clips: list[dict], reported_ua:
     from transformers import pipeline
 
     classifier = pipeline("audio-classification", model=str(output_dir), trust_remote_code=True, device="cpu")
-    inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE, "transcript": c["transcript"],
+    reads_transcripts = classifier.processor.use_transcript != "none"  # (else the pipeline says it drops them)
+    inputs = [{"array": c["audio"], "sampling_rate": SAMPLING_RATE,
+               "transcript": c["transcript"] if reads_transcripts else None,
                "text_features": c.get("text_features") or None} for c in test_clips]
     # Every clip's answer, as the run scored it (the speech detector's verdict on each is counted apart).
     outputs = classifier(inputs, top_k=1, segment_seconds=None, batch_size=DELIVERED_BATCH_SIZE,
