@@ -471,6 +471,9 @@ class EmoSLLMForSpeechEmotionRecognition(EmoSLLMModel):
         Returns:
             A `SpeechEmotionOutput`: `loss` (with `labels` or `lm_labels`) and each class score where present.
         """
+        if labels is not None and labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_labels):
+            raise ValueError(f"labels: class ids {labels.tolist()[:8]} outside 0..{self.config.num_labels - 1}; give "
+                             "ids of config.labels (processor(..., labels=[label names]) makes them).")
         outputs = super().forward(input_ids, attention_mask, audio_lengths, input_features, encoder_layer_states,
                                   lm_labels)
         hidden, start = outputs.last_hidden_state, outputs.hidden_start

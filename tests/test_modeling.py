@@ -398,6 +398,18 @@ def test_mismatched_processor_and_model_raise():
         model(**batch)
 
 
+def test_class_ids_outside_the_labels_are_an_error_naming_them():
+    """They failed inside torch's cross-entropy ("Target 99 is out of bounds"; on a GPU, a device-side assert)."""
+    processor, model = tiny_model()
+    inputs, _ = batch_of_lengths(processor)
+    del inputs["lm_labels"]  # the class loss on the scores
+    model(**inputs)  # the processor's own ids are fine
+    for bad in (len(LABELS), -1):
+        inputs["labels"] = torch.tensor([0, bad, 1])
+        with pytest.raises(ValueError, match=rf"labels: class ids \[0, {bad}, 1\] outside 0\.\.{len(LABELS) - 1}"):
+            model(**inputs)
+
+
 def test_model_needs_tokenizer_ids():
     _, config = tiny_processor()
     config.audio_token_id = None
