@@ -91,8 +91,8 @@ def trained_with_gender(tmp_path_factory):
         [sys.executable, str(REPO / "train.py"), "--data_dir", str(corpus), "--test_speakers", "4", "--eval_speakers",
          "3", "--audio_encoder", str(root / "encoder"), "--llm", str(root / "llm"), "--output_dir", str(output),
          "--text_feature_columns", "gender", "--mapper_type", "qpmapper", "--encoder_layer_combination",
-         "weighted_average", "--num_queries", "4", "--mapper_hidden_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "4", "--bf16",
-         "false", "--lora_rank", "4", "--save_strategy", "no", "--eval_strategy", "no",
+         "weighted_average", "--num_queries", "4", "--mapper_hidden_size", "32", "--max_steps", "2",
+         "--per_device_train_batch_size", "4", "--bf16", "false", "--lora_rank", "4", "--save_strategy", "no", "--eval_strategy", "no",
          "--load_best_model_at_end", "false"],
         cwd=root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

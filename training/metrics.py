@@ -38,8 +38,8 @@ def check_finite_scores(logits: Any, where: str) -> None:
         ValueError: saying what to do.
     """
     if not np.isfinite(np.asarray(logits, dtype=np.float32)).all():
-        raise ValueError(f"Training diverged: the model's class scores on {where} are NaN or infinite. Train again with "
-                         "a lower --learning_rate (or --mapper_learning_rate), or resume from a checkpoint saved "
+        raise ValueError(f"Training diverged: the model's class scores on {where} are NaN or infinite. Train again "
+                         "with a lower --learning_rate (or --mapper_learning_rate), or resume from a checkpoint saved "
                          "before it diverged (--resume_from_checkpoint).")
 
 

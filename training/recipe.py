@@ -121,7 +121,8 @@ def build_model(model_args: ModelArguments, labels: list[str], device_type: str 
     audio_encoder = resolve_pretrained(model_args.audio_encoder, cache_dir=cache)
     llm = resolve_pretrained(model_args.llm, cache_dir=cache)
     processor, config = EmoSLLMProcessor.from_backbones(audio_encoder, llm, labels=labels, **model_settings(model_args))
-    lora_config = LoraConfig(**{**DEFAULT_LORA, **lora_settings(model_args)}) if config.language_model_training == "lora" else None
+    lora_config = (LoraConfig(**{**DEFAULT_LORA, **lora_settings(model_args)})
+                   if config.language_model_training == "lora" else None)
     model = EmoSLLMForSpeechEmotionRecognition.from_backbones(config, audio_encoder, llm, lora_config,
                                                               device_type=device_type)
     trainable, total = model.trainable_parameters()
