@@ -67,7 +67,7 @@ class SharedPromptHead:
         text), stopping before any audio placeholder and any answer token (`lm_labels`), and leaving each prompt at
         least one token of its own; 0 if the batch is not left-padded or the shared head is too short to be worth
         sharing. A batch of one prompt shares its head only at inference (with the prompt cache of earlier calls);
-        nothing is shared while the LLM checkpoints its activations in training (`gradient_checkpointing_enable`).
+        nothing is shared while the LLM checkpoints its activations (`gradient_checkpointing_enable`, training mode).
 
         Args:
             model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.
@@ -84,14 +84,17 @@ class SharedPromptHead:
         left_padded = torch.equal(attention_mask.bool(), real)
         if (batch < 2 and not self.caching(model)) or not left_padded:
             return 0
-        if torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False)
-                                           for m in model.language_model.modules()):
-            # transformers' decoder layers drop a key/value cache while they checkpoint in training ("Caching is
-            # incompatible with gradient checkpointing"), so the rest of the prompt would not see the shared head:
-            # one full pass per prompt instead, the same loss and gradients as without checkpointing (tested).
-            return 0
-        if self.sharded_by_fsdp(model):
-            return 0
+        # transformers' decoder layers drop a key/value cache while they checkpoint (in training mode, with gradients
+        # or without: "Caching is incompatible with gradient checkpointing"), so the rest of the prompt would not see
+        # the shared head; under FSDP2 backward would not reach the head's LoRA weights (`sharded_by_fsdp`). One full
+        # pass per prompt instead, the same loss and gradients as without checkpointing or FSDP (tested). Both checks
+        # walk the LLM's modules (6 ms a call at SmolLM2's size), so an inference call skips them.
+        if model.training or torch.is_grad_enabled():
+            checkpointing = any(
+                getattr(m, "gradient_checkpointing", False) and m.training for m in model.language_model.modules()
+            )
+            if checkpointing or (torch.is_grad_enabled() and self.sharded_by_fsdp(model)):
+                return 0
         shortest = int((input_ids.shape[1] - pad).min()) - 1
         if shortest < self.min_shared_prefix:
             return 0
@@ -107,9 +110,10 @@ class SharedPromptHead:
     def sharded_by_fsdp(model: nn.Module) -> bool:
         """
         Whether FSDP2 (`torch.distributed.fsdp.fully_shard`, as accelerate's `fsdp_version: 2` applies it) shards this
-        model or its LLM. The shared prompt head is then off: its LoRA key/value weights would reach backward only
-        through the head's key/value cache, which FSDP does not follow, so it would not gather them again
-        (`setStorage: ... out of bounds for storage of size 0`); the plain pass gives the same result (tested).
+        model or its LLM. The shared prompt head is then off where gradients flow: its LoRA key/value weights would
+        reach backward only through the head's key/value cache, which FSDP does not follow, so it would not gather them
+        again (`setStorage: ... out of bounds for storage of size 0`); the plain pass gives the same result (tested).
+        Without gradients the head is shared as on one process: a forward pass, nothing for FSDP to gather again.
 
         Args:
             model: The `EmoSLLMModel` whose LLM (`language_model`) runs the prompts.

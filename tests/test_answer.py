@@ -240,7 +240,10 @@ def test_the_shared_prompt_head_runs_once_and_changes_nothing():
 
 @pytest.mark.parametrize("mapper", ["qpmapper", "probe"])
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mapper):
-    """The shared prompt head's cache would be dropped by checkpointed decoder layers: it must change nothing."""
+    """
+    The shared prompt head's cache would be dropped by checkpointed decoder layers: it must change nothing, with
+    gradients or without (a training-mode pass under `torch.no_grad()` checkpoints too).
+    """
     processor, model = tiny_model("whisper", mapper)
     if mapper == "probe":
         fit_random_probe(model)
@@ -255,10 +258,19 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mapper):
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    def loss_without_gradients():  # in training mode (transformers' layers checkpoint then, gradients or not)
+        torch.manual_seed(1)
+        model.train()
+        with torch.no_grad():
+            return model(**batch).loss
+
     plain_loss, plain = loss_and_gradients()
-    model.gradient_checkpointing_enable()  # as the Trainer's --gradient_checkpointing does
+    plain_no_grad = loss_without_gradients()
+    # What the Trainer's --gradient_checkpointing calls (newer transformers renamed it; the old name warns).
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
     loss, gradients = loss_and_gradients()
+    torch.testing.assert_close(loss_without_gradients(), plain_no_grad, rtol=1e-5, atol=1e-6)
     # Tolerance: float32 rounding of the same computation in another order (measured: 1e-6 relative).
     torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-6)
     assert gradients.keys() == plain.keys() and any("lora_" in n for n in plain)
