@@ -217,7 +217,7 @@ def _tiny_model_and_batch():
     return model, processor(audios, labels=LABELS[:3])
 
 
-def _fsdp2_step(rank: int, world: int, out: str, check_plain_pass: bool = True) -> None:
+def _fsdp2_step(rank: int, world: int, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -226,11 +226,14 @@ def _fsdp2_step(rank: int, world: int, out: str, check_plain_pass: bool = True) 
     for layer in model.language_model.model.layers:  # as accelerate's fsdp_version 2 wraps a transformer
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    if check_plain_pass:
-        assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) == 0
+    assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], batch["lm_labels"]) == 0
     loss, gradients = _loss_and_gradients(model, batch)  # every rank the same batch: FSDP averages equal gradients
+    model.eval()
+    with torch.no_grad():  # at inference the head is shared (and kept) under FSDP too: a forward pass only
+        assert model.shared_prefix_length(batch["input_ids"], batch["attention_mask"]) > 0
+        logits = [model(**batch).logits for _ in range(2)]  # the second call reads the kept head
     if rank == 0:
-        torch.save({"loss": loss, "gradients": gradients}, f"{out}/fsdp2.pt")
+        torch.save({"loss": loss, "gradients": gradients, "logits": logits}, f"{out}/fsdp2.pt")
 
 
 def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path):
@@ -239,6 +242,7 @@ def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path
     the shared prompt-head pass is off while FSDP shards the LLM (its LoRA key/value weights would reach backward
     only through the head's key/value cache, which FSDP does not re-gather), and the loss and every gradient equal one
     process's (which shares the head) within float32 rounding: rtol 1e-4, atol 1e-6 (as for gradient checkpointing).
+    At inference the sharded model shares and keeps the head as one process does, with its class scores (1e-5).
     """
     run_ranks(_fsdp2_step, str(tmp_path))
     sharded = torch.load(tmp_path / "fsdp2.pt")
@@ -249,6 +253,11 @@ def test_fsdp2_on_two_ranks_gives_the_loss_and_gradients_of_one_process(tmp_path
     assert sharded["gradients"].keys() == gradients.keys() and any("lora_" in n for n in gradients)
     for name, gradient in gradients.items():
         torch.testing.assert_close(sharded["gradients"][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for sharded_logits in sharded["logits"]:
+        torch.testing.assert_close(sharded_logits, logits, rtol=1e-5, atol=1e-5)
 
 
 def _fsdp_loaded_model(root: str):
