@@ -21,7 +21,7 @@ Each depth runs in a fresh process with `--threads` torch threads and measures:
   out): the activations, exactly, where a step's RSS peak is too noisy for a few MB per layer;
 * a training step as train.py runs it (encoder states from the cache; forward, backward and AdamW on the trainable
   weights, next-token loss on the answer, the paper's objective) with and without gradient checkpointing
-  (`model.activation_checkpointing_enable()`, what the Trainer's `--gradient_checkpointing` calls): median seconds of
+  (`model.activation_checkpointing_enable()`, what the Trainer's `--activation_checkpointing` calls): median seconds of
   `--repeats` steps after one warm-up step, and the peak RSS above the RSS before the step (sampled every
   millisecond by a thread; glibc's freed blocks are given back with `malloc_trim` before each step), i.e. the
   activations, gradients and temporaries of a step. The first step's loss and gradients of both variants are

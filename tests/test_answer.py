@@ -266,7 +266,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mapper):
 
     plain_loss, plain = loss_and_gradients()
     plain_no_grad = loss_without_gradients()
-    # What the Trainer's --gradient_checkpointing calls (newer transformers renamed it; the old name warns).
+    # What the Trainer's --activation_checkpointing calls (newer transformers' name; the old one warns).
     getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
     loss, gradients = loss_and_gradients()

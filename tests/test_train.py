@@ -141,6 +141,34 @@ def test_killed_run_resumes_from_last_checkpoint_and_ends_the_same(tiny_setup, t
     assert resumed_report["ua"] == pytest.approx(straight_report["ua"])
 
 
+def test_the_trainers_checkpointing_flag_trains_as_without_it(tiny_setup, tmp_path):
+    """
+    `--activation_checkpointing true` (the Trainer's flag, formerly `--gradient_checkpointing`) checkpoints the LLM's
+    layers and trains the same weights as a plain run: the shared prompt head is off while they checkpoint, since they
+    would drop its key/value cache. Tolerance: float32 rounding of the same steps in another order.
+    """
+    steps = ["--mapper_type", "qpmapper", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2"]
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    run(train_command(tiny_setup, plain, *steps), tmp_path)
+    result = run(train_command(tiny_setup, checkpointed, *steps, "--activation_checkpointing", "true"), tmp_path)
+    assert "incompatible with gradient checkpointing" in result.stderr  # transformers' layers did checkpoint
+    plain_weights = trainable_weights(plain / "checkpoints" / "checkpoint-2")
+    weights = trainable_weights(checkpointed / "checkpoints" / "checkpoint-2")
+    assert weights.keys() == plain_weights.keys() and any("lora_" in name for name in weights)
+    for name in plain_weights:
+        expected, got = plain_weights[name], weights[name]
+        if name.endswith("self_attn.in_proj_bias"):  # the mapper's attention biases [query; key; value]: the key's
+            # has no effect on the output (softmax ignores a shift), so its gradient is rounding noise that AdamW
+            # scales up to steps of the learning rate's size; the query's and value's are compared.
+            expected, got = (torch.cat([t.chunk(3)[0], t.chunk(3)[2]]) for t in (expected, got))
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4, msg=name)
+    logs = [json.loads((folder / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+            for folder in (plain, checkpointed)]
+    for plain_step, step in zip(*logs, strict=True):
+        for key in ("loss", "grad_norm", "eval_loss", "eval_ua"):
+            assert step.get(key) == pytest.approx(plain_step.get(key), rel=1e-5), key
+
+
 def test_resume_refuses_other_data_another_split_or_other_flags(tiny_setup, tmp_path):
     """A run resumed with what it was not started with stops before training, naming each difference."""
     output = tmp_path / "out"
