@@ -233,7 +233,11 @@ class EmoSLLMAudioEncoder(nn.Module):
             audio_lengths: `(batch,)` valid samples of each clip at 16 kHz.
             num_frames: The batch's number of encoder frames (the mask's width).
         """
-        lengths = [self.config.num_encoder_frames(int(n)) for n in audio_lengths]
+        samples = audio_lengths.tolist()
+        if min(samples, default=1) < 1:  # Whisper's frame count is at least 1: the clip's padding would be read
+            raise ValueError(f"audio_lengths {samples[:8]}: each clip's samples at 16 kHz, at least 1; let the "
+                             "processor set them from the audio (EmoSLLMProcessor(audio))")
+        lengths = [self.config.num_encoder_frames(n) for n in samples]
         return lengths_to_mask(torch.tensor(lengths, device=audio_lengths.device).clamp(max=num_frames), num_frames)
 
 

@@ -257,6 +257,24 @@ def test_a_model_with_broken_weights_is_an_error_not_a_label():
         classifier(CLIP)
 
 
+@pytest.mark.parametrize("encoder", ["whisper", "wav2vec2"])
+def test_a_batch_built_by_hand_with_a_clip_of_no_samples_is_an_error_not_an_answer(encoder):
+    """
+    `audio_lengths` 0 for a clip gave an answer: Whisper read its padding (its frame count is at least 1), a wav2vec2
+    encoder's mapper read no frame at all.
+    """
+    from conftest import tiny_processor
+
+    processor, config = tiny_processor(encoder)
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
+    batch = processor([SPEECHLIKE, SPEECHLIKE])
+    with torch.no_grad():
+        assert model(**batch).logits.shape == (2, len(LABELS))  # as the processor made it, it answers
+        batch["audio_lengths"][1] = 0
+        with pytest.raises(ValueError, match=r"audio_lengths \[\d+, 0\]: each clip's samples at 16 kHz, at least 1"):
+            model(**batch)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 @pytest.mark.parametrize("device, message", [
     ("cuda", "device='cuda': this machine has no cuda device"),
