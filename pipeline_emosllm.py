@@ -28,14 +28,8 @@ from typing import Any
 # The processing module first: its configuration checks the transformers version before anything else is imported.
 try:  # a saved folder is loaded as a package (relative import); `python -m pipeline_emosllm` imports top-level modules
     from .processing_emosllm import EmoSLLMProcessor
-    from .audio_emosllm import (
-        MIN_AUDIO_SECONDS,
-        SAMPLING_RATE,
-        SILENCE_PEAK,
-        check_sampling_rate,
-        decode_audio,
-        read_audio_file,
-    )
+    from .audio_emosllm import (MIN_AUDIO_SECONDS, SAMPLING_RATE, SILENCE_PEAK, check_sampling_rate, decode_audio,
+                                  read_audio_file)
     from .dependencies_emosllm import missing_dependency
     from .transcription_emosllm import resolve_transcripts
     from .vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
@@ -43,14 +37,8 @@ except ImportError:
     if __package__:  # loaded as a package: the sibling failed on its own (a missing package, an old transformers)
         raise
     from processing_emosllm import EmoSLLMProcessor
-    from audio_emosllm import (
-        MIN_AUDIO_SECONDS,
-        SAMPLING_RATE,
-        SILENCE_PEAK,
-        check_sampling_rate,
-        decode_audio,
-        read_audio_file,
-    )
+    from audio_emosllm import (MIN_AUDIO_SECONDS, SAMPLING_RATE, SILENCE_PEAK, check_sampling_rate, decode_audio,
+                               read_audio_file)
     from dependencies_emosllm import missing_dependency
     from transcription_emosllm import resolve_transcripts
     from vad_emosllm import MIN_SPEECH_SECONDS, speech_mask, speech_seconds
@@ -120,6 +108,22 @@ def check_device(device, name: str = "device") -> None:
     if device.index is not None and device.index >= count:
         raise ValueError(f"{name}={str(device)!r}: this machine has {count} {device.type} device(s) (0-{count - 1}); "
                          "pass one of them.")
+
+
+def answer_logits(model, batch: dict) -> torch.Tensor:
+    """
+    The class scores a batch is answered with, `(batch, num_labels)`: the model's `logits`. Where the probe's weight in
+    the answer is 1 (`mapper_config["mix_weight"]`: train.py's guard found no gain from the LLM on held-out speakers)
+    they are the probe's own log-probabilities, the same numbers, so the LLM is not run: half a call's time or more.
+
+    Args:
+        model: The `EmoSLLMForSpeechEmotionRecognition` model.
+        batch: What its processor returns, on the model's device.
+    """
+    if model.config.mapper_config.get("mix_weight", 0.0) == 1.0:
+        scores = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"], return_probe_scores=True)
+        return scores[-1].float().log_softmax(-1)
+    return model(**batch).logits
 
 
 class _Input:
@@ -496,7 +500,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             )
             batch = {k: v.to(self.device) for k, v in batch.items()}
             batch["input_features"] = batch["input_features"].to(self.model.dtype)
-            logits = self.model(**batch).logits.float().cpu()
+            logits = answer_logits(self.model, batch).float().cpu()
             if not torch.isfinite(logits).all():  # the input is checked finite: the model's weights are broken
                 raise ValueError("The model gave NaN or infinite class scores: its weights are not finite (a training "
                                  "run that diverged?). Load a checkpoint from before, or train again with a lower "
@@ -589,6 +593,7 @@ __all__ = [
     "CUSTOM_PIPELINES",
     "DEFAULT_SEGMENT_SECONDS",
     "EmoSLLMAudioClassificationPipeline",
+    "answer_logits",
     "check_device",
     "segment_bounds",
     "segment_weights",

@@ -491,3 +491,27 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
         classifier(tone(2.0, 400))
     warnings = [r.message for r in caplog.records if "none was given" in r.message]
     assert len(warnings) == 1 and "use_transcript='auto'" in warnings[0]  # said once, with the way out
+
+
+def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_the_llm():
+    """With the probe's mix weight 1 the answer is the probe's: the pipeline returns the model's scores, LLM not run."""
+    from conftest import fit_random_probe, tiny_processor
+
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+
+    processor, config = tiny_processor(mapper="probe", mix_weight=1.0)
+    model = EmoSLLMForSpeechEmotionRecognition(config).eval()
+    fit_random_probe(model)
+    clips = [tone(1.5, 220, seed=1), tone(2.5, 330, seed=2)]
+    with torch.no_grad():
+        expected = model(**processor(clips)).logits.softmax(-1)  # the whole model, the LLM included
+    calls = []
+    for module in model.language_model.modules():
+        module.register_forward_pre_hook(lambda *_: calls.append(1))
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
+    outputs = classifier(clips, top_k=None, batch_size=2)
+    assert not calls
+    torch.testing.assert_close(torch.stack([as_vector(o) for o in outputs]), expected, atol=1e-6, rtol=0)
+    model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM: it runs
+    classifier(clips[0])
+    assert calls
