@@ -173,6 +173,22 @@ def test_card_of_local_backbones_on_a_hub_dataset_without_a_hub_id(tmp_path):
     assert_no_absolute_paths(text, tmp_path)
 
 
+def test_card_states_the_llm_and_the_probe_and_when_the_answer_is_the_probes_alone(tmp_path):
+    model_args = SimpleNamespace(audio_encoder="openai/whisper-tiny.en", llm="HuggingFaceTB/SmolLM2-135M-Instruct")
+    split = {"train": ["a", "b", "c"], "validation": [], "test": ["d"], "unit": "speaker"}
+    held_out = {"held_out": "the training speakers (every fold held out in turn)", "held_out_clips": 96,
+                "held_out_llm_ua": 0.71, "held_out_probe_ua": 0.74, "held_out_answer_ua": 0.74,
+                "held_out_departure_confidence": 0.12, "llm_ua": 0.70, "probe_ua": 0.69}
+    for weight, alone in ((1.0, True), (0.5, False)):
+        output = tmp_path / str(weight)
+        output.mkdir()
+        training.hub.write_model_card(output, model_args, data_args(), split,
+                                      {**METRICS, **held_out, "probe_mix_weight": weight}, CONFIG)
+        text = (output / "README.md").read_text()
+        assert "UA 0.7100 (LLM alone), 0.7400 (probe alone)" in text and "scored below its probe" in text
+        assert ("The answer is the probe's alone: the pipeline gives it without running the LLM." in text) is alone
+
+
 def test_card_of_the_smoke_corpus_split_by_clip(tmp_path):
     model_args = SimpleNamespace(audio_encoder="openai/whisper-tiny.en", llm="HuggingFaceTB/SmolLM2-135M-Instruct")
     split = {name: [f"{n} clips drawn at random (no speaker ids; not speaker-independent)"]
