@@ -88,7 +88,7 @@ def train_args(backbones: Path, data_dir: Path, tmp_path: Path, *extra: str):
     return training.arguments.parse_args([
         "--data_dir", str(data_dir), "--audio_encoder", str(backbones / "encoder"), "--llm", str(backbones / "llm"),
         "--output_dir", str(tmp_path / "out"), "--encoder_cache_dir", str(tmp_path / "cache"),
-        "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--mapper_hidden_size", "32",
+        "--test_speakers", "4", "--eval_speakers", "3",
         "--lora_rank", "4", "--bf16", "false", *extra,
     ])
 

@@ -344,7 +344,7 @@ def test_train_py_on_a_nan_clip_exits_non_zero_before_training(backbones, tmp_pa
     command = [sys.executable, str(Path(__file__).resolve().parent.parent / "train.py"), "--data_dir", str(data_dir),
                "--audio_encoder", str(backbones / "encoder"), "--llm", str(backbones / "llm"),
                "--output_dir", str(tmp_path / "out"), "--encoder_cache_dir", str(tmp_path / "cache"),
-               "--test_speakers", "4", "--eval_speakers", "3", "--num_queries", "4", "--mapper_hidden_size", "32",
+               "--test_speakers", "4", "--eval_speakers", "3",
                "--lora_rank", "4", "--bf16", "false", "--max_steps", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ,
                                                                                      "OMP_NUM_THREADS": "1"})

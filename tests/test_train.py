@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configuration_emosllm import DEFAULT_MAPPER_TYPE, MAPPER_SETTINGS
 from conftest import LABELS, TINY_LORA, save_tiny_backbones, tone, write_tone_corpus
 from safetensors.torch import load_file
 from transformers import AutoModelForAudioClassification
@@ -36,12 +37,17 @@ def train_command(setup: Path, output: Path, *extra: str, data: list[str] | None
     """train.py on the tiny backbones; `data`: the data flags (default: the tone corpus, speakers 4 test, 3 eval)."""
     if data is None:
         data = ["--data_dir", str(setup / "corpus"), "--test_speakers", "4", "--eval_speakers", "3"]
+    # tiny sizes for the settings the mapper has (train.py refuses a flag its mapper does not read)
+    mapper = extra[extra.index("--mapper_type") + 1] if "--mapper_type" in extra else DEFAULT_MAPPER_TYPE
+    sizes = [item for flag, key, value in (("--num_queries", "num_queries", "4"),
+                                           ("--mapper_hidden_size", "hidden_size", "32"))
+             if key in MAPPER_SETTINGS[mapper] and flag not in extra for item in (flag, value)]
     return [
         sys.executable, str(REPO / "train.py"), *data,
         "--audio_encoder", str(setup / "encoder"), "--llm", str(setup / "llm"), "--output_dir", str(output),
         "--encoder_cache_dir", str(setup / "encoder_cache"),
         "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "8", "--bf16", "false",
-        "--num_queries", "4", "--mapper_hidden_size", "32", "--lora_rank", "4", "--learning_rate", "3e-3",
+        *sizes, "--lora_rank", "4", "--learning_rate", "3e-3",
         "--logging_steps", "1", "--save_strategy", "steps", "--eval_strategy", "steps", *extra,
     ]
 
@@ -287,11 +293,22 @@ def test_bad_model_flag_values_stop_the_run_before_any_data_is_read(tiny_setup, 
         (["--lora_dropout", "1.5"], r"--lora_dropout 1.5: give a share from 0"),
         (["--lora_rank", "-1"], r"--lora_rank -1: give a whole number"),
         (["--audio_loss_weight", "-2"], r"--audio_loss_weight -2: give a weight"),
+        # flags the chosen mapper or LLM training does not read were dropped without a word
+        (["--num_queries", "4"], r"--num_queries is no setting of the 'probe' mapper.*only qpmapper, statistics"),
+        (["--mapper_type", "statistics", "--mapper_hidden_size", "32"], r"--mapper_hidden_size is no setting of the "
+                                                                         r"'statistics' mapper.*--mapper_type"),
+        (["--mapper_type", "qpmapper", "--probe_c", "1"], r"--probe_c is read by the probe mapper only.*'qpmapper'"),
+        (["--mapper_type", "mlp", "--departure_folds", "2"], r"--departure_folds is read by the probe mapper only"),
+        (["--language_model_training", "full", "--lora_rank", "8"], r"--lora_rank: LoRA's settings.*full\)"),
+        (["--lora_rank", "0", "--lora_alpha", "16"], r"--lora_alpha: LoRA's.*frozen, set by --lora_rank 0"),
+        (["--language_model_training", "lora", "--lora_rank", "0"], r"--lora_rank 0 means no LoRA"),
     ):
         with pytest.raises(ValueError, match=message):
             check_model_args(parse_args(["--output_dir", str(tmp_path), *flags])[0])
-    check_model_args(parse_args(["--output_dir", str(tmp_path), "--mapper_type", "qpmapper", "--num_queries", "4",
-                                 "--mapper_hidden_size", "32", "--lora_dropout", "0.1"])[0])  # good values pass
+    for good in (["--mapper_type", "qpmapper", "--num_queries", "4", "--mapper_hidden_size", "32", "--lora_dropout",
+                  "0.1"], ["--probe_c", "0.1", "--departure_folds", "2"], ["--language_model_training", "frozen",
+                                                                            "--lora_rank", "0"]):
+        check_model_args(parse_args(["--output_dir", str(tmp_path), *good])[0])  # good values pass
     for flag in ("--mapper_type", "--encoder_layer_combination", "--language_model_training", "--use_transcript"):
         with pytest.raises(SystemExit):  # argparse's choices: the config's and processor's own values
             parse_args(["--output_dir", str(tmp_path), flag, "bogus"])

@@ -155,13 +155,18 @@ def test_the_departure_folds_are_every_fold_by_default_and_the_first_only_under_
     assert departure_folds([[{"speaker": "a"}]], None, None) == []  # no folds: fewer than 2 speakers
 
 
-def test_departure_folds_below_one_is_refused_with_the_way_out(tmp_path):
+def test_departure_folds_below_one_or_beside_validation_speakers_is_refused_with_the_way_out(tiny_setup, tmp_path):
     from training.arguments import parse_args
 
     for value in ("0", "-1"):
         with pytest.raises(ValueError, match=f"--departure_folds {value}: give at least 1"):
             parse_args(["--output_dir", str(tmp_path), "--departure_folds", value])
     assert parse_args(["--output_dir", str(tmp_path), "--departure_folds", "2"])[0].departure_folds == 2
+    # with validation speakers (train_command's --eval_speakers 3) the folds decide nothing: it was dropped unsaid
+    result = subprocess.run(train_command(tiny_setup, tmp_path / "out", "--departure_folds", "2"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0 and "--departure_folds: this run has validation speakers" in result.stderr
+    assert "--eval_speakers none" in result.stderr and not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_the_mix_weight_is_chosen_on_held_out_clips_and_the_answer_is_not_below_the_probe(tmp_path, caplog):

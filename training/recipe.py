@@ -81,18 +81,41 @@ def check_model_args(model_args: ModelArguments) -> None:
     """
     The model flags' values, checked before any data is read: a bad one would otherwise stop the run only when the
     model is built (after the data, the splits and the probe's encoder states), in torch's words, or not at all.
+    A flag that the chosen mapper (`--num_queries`, `--mapper_hidden_size`, `--probe_c`, `--departure_folds`) or the
+    chosen LLM training (LoRA's) does not read is refused too, rather than dropped.
 
     Args:
         model_args: The model flags.
 
     Raises:
-        ValueError: naming the flag and what it takes.
+        ValueError: naming the flag and what it takes, or what would read it.
     """
     try:
         EmoSLLMConfig.checked_mapper_config(model_settings(model_args).get("mapper_config"))
     except ValueError as error:
         raise ValueError(f"{error} (set by --mapper_type, --num_queries, --mapper_hidden_size)") from None
+    # A flag the chosen mapper or LLM training has no use for would otherwise be dropped without a word.
+    mapper_type = model_args.mapper_type or DEFAULT_MAPPER_TYPE
+    for flag, key in (("--num_queries", "num_queries"), ("--mapper_hidden_size", "hidden_size")):
+        if getattr(model_args, flag[2:]) is not None and key not in MAPPER_SETTINGS[mapper_type]:
+            readers = [name for name, settings in MAPPER_SETTINGS.items() if key in settings]
+            raise ValueError(f"{flag} is no setting of the {mapper_type!r} mapper (--mapper_type): only "
+                             f"{', '.join(readers)} read it. Drop the flag, or pass --mapper_type with one of those.")
+    for flag in ("--probe_c", "--departure_folds"):
+        if getattr(model_args, flag[2:]) is not None and mapper_type != "probe":
+            raise ValueError(f"{flag} is read by the probe mapper only, and this run trains the {mapper_type!r} "
+                             f"mapper (--mapper_type): drop the flag, or pass --mapper_type probe.")
     lora = lora_settings(model_args)
+    training = model_args.language_model_training or ("frozen" if lora.get("r") == 0 else "lora")
+    unused = [f"--{name}" for name in ("lora_rank", "lora_alpha", "lora_dropout") if getattr(model_args, name) is not None
+              and not (name == "lora_rank" and model_args.lora_rank == 0)]  # rank 0 says "no LoRA": it agrees
+    if training != "lora" and unused:
+        by = ", set by --lora_rank 0" if model_args.language_model_training is None else ""
+        raise ValueError(f"{', '.join(unused)}: LoRA's settings, and this run trains no LoRA "
+                         f"(--language_model_training {training}{by}). Drop them, or pass --language_model_training lora.")
+    if training == "lora" and lora.get("r") == 0:
+        raise ValueError("--lora_rank 0 means no LoRA, and --language_model_training lora asks for it: give a rank "
+                         "of 1 or more, or pass --language_model_training frozen.")
     for flag, value, ok, takes in (
         ("--lora_rank", lora.get("r"), lambda v: v >= 0, "a whole number, 0 for no LoRA"),
         ("--lora_alpha", lora.get("lora_alpha"), lambda v: v > 0, "a number above 0"),
@@ -195,6 +218,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
     labels = sorted(set(splits["train"]["label"]) | set(splits["test"]["label"])) if not data_args.labels \
         else parse_labels(data_args.labels)
     check_split_labels({name: split["label"] for name, split in splits.items()}, labels, data_args.min_clips_per_label)
+    if model_args.departure_folds is not None and "validation" in splits:
+        raise ValueError("--departure_folds: this run has validation speakers, which decide how far the answer may "
+                         "depart from the probe; the folds decide only without them. Drop the flag, or pass "
+                         "--eval_speakers none.")
     set_seed(training_args.seed)
     feature_columns = text_feature_columns(data_args.text_feature_columns, splits["train"].column_names)
     with models_built_whole(training_args):  # DeepSpeed ZeRO-3: partitioned by the engine, not as it is built
