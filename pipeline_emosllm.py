@@ -110,17 +110,22 @@ def check_device(device, name: str = "device") -> None:
                          "pass one of them.")
 
 
+def answered_by_probe(model) -> bool:
+    """Whether the answer is the probe's alone (`mapper_config["mix_weight"]` 1: no gain from the LLM in training)."""
+    return model.config.mapper_config.get("mix_weight", 0.0) == 1.0
+
+
 def answer_logits(model, batch: dict) -> torch.Tensor:
     """
-    The class scores a batch is answered with, `(batch, num_labels)`: the model's `logits`. Where the probe's weight in
-    the answer is 1 (`mapper_config["mix_weight"]`: train.py's guard found no gain from the LLM on held-out speakers)
-    they are the probe's own log-probabilities, the same numbers, so the LLM is not run: half a call's time or more.
+    The class scores a batch is answered with, `(batch, num_labels)`: the model's `logits`. Where the model is
+    `answered_by_probe` they are the probe's own log-probabilities, the same numbers, so the LLM is not run: half a
+    call's time or more.
 
     Args:
         model: The `EmoSLLMForSpeechEmotionRecognition` model.
         batch: What its processor returns, on the model's device.
     """
-    if model.config.mapper_config.get("mix_weight", 0.0) == 1.0:
+    if answered_by_probe(model):
         scores = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"], return_probe_scores=True)
         return scores[-1].float().log_softmax(-1)
     return model(**batch).logits
@@ -275,10 +280,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             postprocess["top_k"] = num_labels if top_k is None else min(int(top_k), num_labels)
         if function_to_apply is not None:
             if function_to_apply not in ("softmax", "sigmoid", "none"):
-                raise ValueError(
-                    f"Invalid value for `function_to_apply`: {function_to_apply}. "
-                    "Valid options are ['softmax', 'sigmoid', 'none']"
-                )
+                raise ValueError(f"Invalid value for `function_to_apply`: {function_to_apply}. "
+                                 "Valid options are ['softmax', 'sigmoid', 'none']")
             postprocess["function_to_apply"] = function_to_apply
         if return_timeline is not None:
             postprocess["return_timeline"] = bool(return_timeline)
@@ -294,15 +297,11 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         if segment_seconds is not _UNSET:
             _check_seconds(segment_seconds, "segment_seconds")
             if segment_seconds is not None and not 0 < segment_seconds <= max_seconds:
-                raise ValueError(
-                    f"segment_seconds={segment_seconds} must lie in (0, {max_seconds:g}] (the model's "
-                    "max_audio_seconds), or be None to classify clips whole."
-                )
+                raise ValueError(f"segment_seconds={segment_seconds} must lie in (0, {max_seconds:g}] (the model's "
+                                 "max_audio_seconds), or be None to classify clips whole.")
             if segment_seconds is not None and segment_seconds < MIN_AUDIO_SECONDS:
-                raise ValueError(
-                    f"segment_seconds={segment_seconds} is shorter than the {MIN_AUDIO_SECONDS:g} s a window needs to "
-                    "hold speech; pass a longer segment."
-                )
+                raise ValueError(f"segment_seconds={segment_seconds} is shorter than the {MIN_AUDIO_SECONDS:g} s a "
+                                 "window needs to hold speech; pass a longer segment.")
             preprocess["segment_seconds"] = segment_seconds
         if hop_seconds is not _UNSET:
             _check_seconds(hop_seconds, "hop_seconds")
@@ -314,9 +313,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
     def __call__(self, inputs, **kwargs: Any):
         """Classify one input or a list of them; input forms, parameters and output: the class documentation."""
         batch_size = kwargs.get("batch_size")
-        if batch_size is not None and (
-            not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1
-        ):
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if isinstance(inputs, tuple):
             inputs = list(inputs)
@@ -431,6 +429,8 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         bounds = segment_bounds(len(audio), segment, hop)
         # The processor's transcript settings: "auto" has Whisper transcribe each window without a transcript below.
         use_transcript, asr_model = self.processor.use_transcript, self.processor.asr_model
+        if answered_by_probe(self.model):
+            use_transcript = "none"  # the answer reads no transcript: Whisper would run for nothing
         if len(bounds) > 1 and transcript is not None:
             instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
                        else "the windows are classified without one")
@@ -589,12 +589,5 @@ CUSTOM_PIPELINES = {
 }
 
 
-__all__ = [
-    "CUSTOM_PIPELINES",
-    "DEFAULT_SEGMENT_SECONDS",
-    "EmoSLLMAudioClassificationPipeline",
-    "answer_logits",
-    "check_device",
-    "segment_bounds",
-    "segment_weights",
-]
+__all__ = ["CUSTOM_PIPELINES", "DEFAULT_SEGMENT_SECONDS", "EmoSLLMAudioClassificationPipeline", "answer_logits",
+           "answered_by_probe", "check_device", "segment_bounds", "segment_weights"]

@@ -493,13 +493,18 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
     assert len(warnings) == 1 and "use_transcript='auto'" in warnings[0]  # said once, with the way out
 
 
-def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_the_llm():
-    """With the probe's mix weight 1 the answer is the probe's: the pipeline returns the model's scores, LLM not run."""
+def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_the_llm_or_asr(monkeypatch):
+    """With the probe's mix weight 1 the answer is the probe's: the pipeline returns the model's scores, and runs
+    neither the LLM nor Whisper (use_transcript='auto'), whose transcript only the LLM reads."""
+    import transcription_emosllm
     from conftest import fit_random_probe, tiny_processor
 
     from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
 
-    processor, config = tiny_processor(mapper="probe", mix_weight=1.0)
+    heard = []
+    monkeypatch.setattr(transcription_emosllm, "transcribe", lambda audios, model_name: heard.extend(audios) or
+                        ["kids are talking by the door"] * len(audios))
+    processor, config = tiny_processor(mapper="probe", mix_weight=1.0, use_transcript="auto")
     model = EmoSLLMForSpeechEmotionRecognition(config).eval()
     fit_random_probe(model)
     clips = [tone(1.5, 220, seed=1), tone(2.5, 330, seed=2)]
@@ -510,8 +515,8 @@ def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_th
         module.register_forward_pre_hook(lambda *_: calls.append(1))
     classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
     outputs = classifier(clips, top_k=None, batch_size=2)
-    assert not calls
+    assert not calls and not heard
     torch.testing.assert_close(torch.stack([as_vector(o) for o in outputs]), expected, atol=1e-6, rtol=0)
-    model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM: it runs
+    model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM and the transcript: both run
     classifier(clips[0])
-    assert calls
+    assert calls and len(heard) == 1
