@@ -13,6 +13,9 @@ except ImportError:
         raise
     from audio_embeddings_emosllm import lengths_to_mask
     from dependencies_emosllm import missing_dependency
+import functools
+import inspect
+
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import torch
     from torch import nn
@@ -23,6 +26,18 @@ try:  # FSDP2's sharded modules (`fully_shard`), to recognise them (`sharded_by_
     from torch.distributed.fsdp import FSDPModule
 except ImportError:  # a torch without torch.distributed (or before FSDP2): nothing is sharded
     FSDPModule = ()
+
+
+@functools.cache
+def cache_keyword(forward) -> str:
+    """
+    The name under which the LLM's `forward` takes a key/value cache: `cache` from transformers 5.24 on, where
+    `past_key_values` warns that it goes in 5.40, else `past_key_values`.
+
+    Args:
+        forward: The LLM's `forward` function (of its class, so that the answer is worked out once per class).
+    """
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 class SharedPromptHead:
@@ -148,9 +163,9 @@ class SharedPromptHead:
                 layers = [(k[:, :, :common], v[:, :, :common]) for k, v in kept]
                 return DynamicCache(ddp_cache_data=layers, config=model.language_model.config), common
         cache = DynamicCache(config=model.language_model.config)
-        model.language_model.model(
-            inputs_embeds=head_embeds, position_ids=head_positions, past_key_values=cache, use_cache=True
-        )
+        llm = model.language_model.model
+        llm(inputs_embeds=head_embeds, position_ids=head_positions, use_cache=True,
+            **{cache_keyword(type(llm).forward): cache})
         if self.caching(model):  # kept; this call extends a cache of its own, never the kept one
             layers = [(k, v) for k, v, *_ in cache]
             self.kept = (head_ids.cpu(), layers)
@@ -198,9 +213,10 @@ class SharedPromptHead:
         columns = torch.arange(start, length, device=input_ids.device)
         own = columns[None] >= (pad + prefix)[:, None]  # this prompt's own tokens (its head is in the cache)
         mask = torch.cat([attention_mask.new_ones(batch, prefix), own.to(attention_mask.dtype)], dim=1)
-        hidden = model.language_model.model(
+        llm = model.language_model.model
+        hidden = llm(
             inputs_embeds=inputs_embeds[:, start:], attention_mask=mask, position_ids=position_ids[:, start:],
-            past_key_values=cache, use_cache=True,
+            use_cache=True, **{cache_keyword(type(llm).forward): cache},
         ).last_hidden_state
         return hidden, start
 
@@ -230,4 +246,4 @@ def prompts_only(
     return ids, mask.to(attention_mask.dtype).to(attention_mask.device)
 
 
-__all__ = ["SharedPromptHead", "prompts_only"]
+__all__ = ["SharedPromptHead", "cache_keyword", "prompts_only"]

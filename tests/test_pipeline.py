@@ -4,6 +4,7 @@ folder, in a fresh process that cannot import the project. One subprocess runs e
 the tests below check them.
 """
 
+import inspect
 import json
 import math
 import os
@@ -520,3 +521,30 @@ def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_th
     model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM and the transcript: both run
     classifier(clips[0])
     assert calls and len(heard) == 1
+
+
+def test_the_llm_takes_the_shared_head_under_its_own_name_for_the_cache_and_nothing_warns():
+    """transformers 5.24 renamed the LLM's `past_key_values` to `cache` (the old name warns on every call and goes in
+    5.40): the shared prompt head passes the name the installed release takes (`.ci/transformers_range.sh` runs this
+    file under 5.24 too), with the head shared and the scores of one full pass."""
+    import warnings
+
+    from conftest import tiny_model
+
+    from pipeline_emosllm import EmoSLLMAudioClassificationPipeline
+    from prompt_head_emosllm import cache_keyword
+
+    processor, model = tiny_model()
+    llm_class = type(model.language_model.model)
+    assert cache_keyword(llm_class.forward) in inspect.signature(llm_class.forward).parameters
+    classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False, top_k=None)
+    clips = [tone(1.5, 220, seed=1), tone(2.5, 330, seed=2)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        shared = [as_vector(output) for output in classifier(clips, batch_size=2)]
+    assert model.prompt_head.kept is not None  # the head ran once and reached the prompts through the cache
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    model.prompt_head.min_shared_prefix = 10**9  # no head shared: one full pass over each prompt, no cache
+    with torch.no_grad():
+        whole = model(**processor(clips)).logits.softmax(-1)
+    torch.testing.assert_close(torch.stack(shared), whole, atol=1e-5, rtol=0)
