@@ -5,6 +5,9 @@ and, at inference, kept between calls as a key/value cache: `SharedPromptHead`. 
 the same keys at the same positions as in one full pass (tested).
 """
 
+import functools
+import inspect
+
 try:  # a saved folder is loaded as a package (relative import); scripts import top-level modules
     from .audio_embeddings_emosllm import lengths_to_mask
     from .dependencies_emosllm import missing_dependency
@@ -13,9 +16,6 @@ except ImportError:
         raise
     from audio_embeddings_emosllm import lengths_to_mask
     from dependencies_emosllm import missing_dependency
-import functools
-import inspect
-
 try:  # a missing package is named with its pip command (dependencies_emosllm.py)
     import torch
     from torch import nn

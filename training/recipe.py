@@ -63,11 +63,8 @@ def model_settings(model_args: ModelArguments) -> dict:
         settings["language_model_training"] = "frozen"  # no LoRA: only the mapper trains
     mapper = {key: value for key, value in (("num_queries", model_args.num_queries),
                                             ("hidden_size", model_args.mapper_hidden_size)) if value is not None}
-    if model_args.mapper_type is not None or mapper:
-        mapper_type = model_args.mapper_type or DEFAULT_MAPPER_TYPE
-        # Each flag sets the mappers that have it (its help says which); the others have no such setting.
-        own = {key: value for key, value in mapper.items() if key in MAPPER_SETTINGS[mapper_type]}
-        settings["mapper_config"] = {"mapper_type": mapper_type, **own}
+    if model_args.mapper_type is not None or mapper:  # a setting the mapper lacks: refused by `check_model_args`
+        settings["mapper_config"] = {"mapper_type": model_args.mapper_type or DEFAULT_MAPPER_TYPE, **mapper}
     return settings
 
 
@@ -90,10 +87,6 @@ def check_model_args(model_args: ModelArguments) -> None:
     Raises:
         ValueError: naming the flag and what it takes, or what would read it.
     """
-    try:
-        EmoSLLMConfig.checked_mapper_config(model_settings(model_args).get("mapper_config"))
-    except ValueError as error:
-        raise ValueError(f"{error} (set by --mapper_type, --num_queries, --mapper_hidden_size)") from None
     # A flag the chosen mapper or LLM training has no use for would otherwise be dropped without a word.
     mapper_type = model_args.mapper_type or DEFAULT_MAPPER_TYPE
     for flag, key in (("--num_queries", "num_queries"), ("--mapper_hidden_size", "hidden_size")):
@@ -101,6 +94,10 @@ def check_model_args(model_args: ModelArguments) -> None:
             readers = [name for name, settings in MAPPER_SETTINGS.items() if key in settings]
             raise ValueError(f"{flag} is no setting of the {mapper_type!r} mapper (--mapper_type): only "
                              f"{', '.join(readers)} read it. Drop the flag, or pass --mapper_type with one of those.")
+    try:
+        EmoSLLMConfig.checked_mapper_config(model_settings(model_args).get("mapper_config"))
+    except ValueError as error:
+        raise ValueError(f"{error} (set by --mapper_type, --num_queries, --mapper_hidden_size)") from None
     for flag in ("--probe_c", "--departure_folds"):
         if getattr(model_args, flag[2:]) is not None and mapper_type != "probe":
             raise ValueError(f"{flag} is read by the probe mapper only, and this run trains the {mapper_type!r} "
