@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import LABELS, tone
+from test_train import tiny_setup  # noqa: F401 (the module's fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,3 +150,26 @@ def test_auto_transcripts_of_training_clips_from_the_bundled_whisper_are_cached(
     again = [dict(c, transcript=None) for c in clips]
     assert TranscriptCache(processor.asr_model, tmp_path).fill(again) == []
     assert again[0]["transcript"] == clips[0]["transcript"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The ASR stage (--asr_epochs): the transcript is its answer
+# ----------------------------------------------------------------------------------------------------------------------
+def test_the_asr_stage_trains_on_every_transcript_then_ser_and_refuses_clips_without_one(tiny_setup, tmp_path):
+    """`--transcript_dropout` (0.5 by default) dropped transcripts in the ASR stage too, whose answer they are, so
+    `--asr_epochs` stopped at its first batch; clips without any transcript stopped it there as well, after the
+    encoder cache and the probe. Now the stage reads every transcript, and a run without them stops before."""
+    from test_train import run, train_command
+
+    output = tmp_path / "out"
+    result = run(train_command(tiny_setup, output, "--asr_epochs", "1", "--max_steps", "2", "--use_transcript",
+                               "given"), tmp_path)
+    losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in result.stdout.splitlines()
+              if "'loss': '" in line]
+    assert len(losses) == 4 and all(np.isfinite(losses))  # two ASR steps, then two SER steps
+    assert (output / "stage1_asr" / "checkpoint-2").is_dir() and (output / "model.safetensors").is_file()
+    refused = subprocess.run(train_command(tiny_setup, tmp_path / "none", "--asr_epochs", "1", "--max_steps", "2",
+                                           "--use_transcript", "none"), capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "--asr_epochs 1: the ASR stage trains the LLM to write" in refused.stderr
+    assert "of the 16 training clips have none (use_transcript='none'" in refused.stderr
+    assert not (tmp_path / "none" / "stage1_asr").exists()

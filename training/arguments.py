@@ -180,7 +180,8 @@ class DataArguments:
         metadata={"help": "Comma-separated SNRs in dB, e.g. '20,10': each training clip also gets a copy with white "
                   "noise at each. Empty (default): none."},
     )
-    asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none)."})
+    asr_epochs: float = field(default=0.0, metadata={"help": "Epochs of the ASR stage before SER (0: none); every "
+                                                           "training clip needs a transcript."})
     encoder_cache_dir: str | None = field(default=None, metadata={"help": "Cache of frozen-encoder outputs."})
     transcript_cache_dir: str | None = field(
         default=None,

@@ -40,8 +40,8 @@ from training.transcripts import TranscriptCache, attach_transcripts, transcribe
 
 logger = logging.getLogger("emosllm.train")
 
-__all__ = ["build_model", "check_model_args", "fold_scores", "load_trainable_state", "lora_settings", "model_settings",
-           "train_one_split", "trainable_state"]
+__all__ = ["build_model", "check_asr_stage_transcripts", "check_model_args", "fold_scores", "load_trainable_state",
+           "lora_settings", "model_settings", "train_one_split", "trainable_state"]
 
 
 def model_settings(model_args: ModelArguments) -> dict:
@@ -121,6 +121,29 @@ def check_model_args(model_args: ModelArguments) -> None:
     ):
         if value is not None and not ok(value):
             raise ValueError(f"{flag} {value:g}: give {takes}.")
+
+
+def check_asr_stage_transcripts(train_clips: list[dict], processor: EmoSLLMProcessor, asr_epochs: float) -> None:
+    """
+    With `--asr_epochs`, every training clip needs a transcript (the ASR stage's answer), checked before the encoder
+    cache and the probe: the stage would otherwise stop at its first batch that lacks one, in the processor's words.
+
+    Args:
+        train_clips: The training clips, their transcripts attached (`attach_transcripts`).
+        processor: The run's processor (`use_transcript` says where transcripts come from).
+        asr_epochs: `--asr_epochs` (0: no ASR stage, nothing to check).
+
+    Raises:
+        ValueError: naming how many clips lack one and how to give them one.
+    """
+    missing = sum(not clip.get("transcript") for clip in train_clips)
+    if asr_epochs > 0 and missing:
+        why = (": the model reads none, by --use_transcript none or because a sample's words did not tell the "
+               "emotions apart" if processor.use_transcript == "none" else "")
+        raise ValueError(f"--asr_epochs {asr_epochs:g}: the ASR stage trains the LLM to write each clip's transcript, "
+                         f"and {missing} of the {len(train_clips)} training clips have none (use_transcript="
+                         f"{processor.use_transcript!r}{why}). Give every clip one (a transcript column, or "
+                         "--use_transcript auto to have Whisper write the missing ones), or leave --asr_epochs out.")
 
 
 def build_model(model_args: ModelArguments, labels: list[str], device_type: str | None = None):
@@ -242,6 +265,7 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                 processor.use_transcript = "none"
         for name, split_clips in clips.items():
             attach_transcripts(split_clips, processor)  # 'none' drops every transcript
+        check_asr_stage_transcripts(clips["train"], processor, data_args.asr_epochs)
         # Only the training clips, read every epoch, are cached; validation and test clips are encoded live, as the
         # pipeline encodes them, so the scores a run reports come from the same path as the saved model's answers.
         cache.fill(clips["train"])
@@ -281,9 +305,9 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                             if further_folds else "they")
     train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
-    if data_args.asr_epochs > 0:
-        run_stage(model, processor, training_args, model_args, train_clips, None, "asr", output_dir / "stage1_asr",
-                  data_args.asr_epochs, data_args.resume)
+    if data_args.asr_epochs > 0:  # the transcript is this stage's answer: never dropped (--transcript_dropout)
+        run_stage(model, processor, training_args, model_args, AugmentedClips(versions, training_args.seed), None,
+                  "asr", output_dir / "stage1_asr", data_args.asr_epochs, data_args.resume)
     untrained = trainable_state(model) if further_folds else None  # where each further fold's LLM starts
     trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
