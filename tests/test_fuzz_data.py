@@ -167,6 +167,22 @@ def test_the_default_split_keeps_every_label_in_test_and_validation_where_the_da
     assert "The validation split has no clip of label(s) ['angry'], which training has" in caplog.text
 
 
+def test_eval_speakers_none_makes_no_validation_split_and_folds_refuse_named_speakers(tmp_path):
+    """`--eval_speakers none` (what the error beside `--departure_folds` advises) was read as a speaker's name;
+    `--folds K` dropped named test or validation speakers without a word."""
+    with pytest.raises(ValueError, match=r"--folds 2 tests every speaker in turn, so --test_speakers 24-29 would be"):
+        training.arguments.parse_args(["--output_dir", str(tmp_path), "--folds", "2", "--test_speakers", "24-29"])
+    assert training.arguments.parse_args(["--output_dir", str(tmp_path), "--folds", "2", "--eval_speakers",
+                                          "none"])[1].folds == 2
+    dataset = talk_show()
+    (default,) = training.splits.make_splits(dataset, training.arguments.DataArguments(), seed=42)
+    for test_speakers, test in (("24-29", [f"guest{n}" for n in range(24, 30)]), (None, default["test"]["speaker"])):
+        args = training.arguments.DataArguments(test_speakers=test_speakers, eval_speakers="none")
+        (splits,) = training.splits.make_splits(dataset, args, seed=42)
+        assert set(splits) == {"train", "test"} and sorted(set(splits["test"]["speaker"])) == sorted(set(test))
+        assert len(splits["train"]) + len(splits["test"]) == len(dataset)
+
+
 def test_a_named_split_that_lacks_a_label_training_has_is_a_warning_naming_both(caplog):
     dataset = talk_show()
     args = training.arguments.DataArguments(test_speakers="24-29", eval_speakers="21-23")

@@ -99,6 +99,22 @@ def test_saved_dataset_dict_trains_on_the_splits_it_is_told_to_join(tiny_setup, 
     assert json.loads((output / "test_report.json").read_text())["num_samples"] == 8
 
 
+def test_folds_train_one_model_per_fold_each_tested_on_its_own_speakers_and_report_their_mean(tiny_setup, tmp_path):
+    """`--folds 2`: leave-speakers-out cross-validation, the fold's model in `fold<i>`, all_results.json the mean."""
+    output = tmp_path / "out"
+    run(train_command(tiny_setup, output, "--folds", "2", "--max_steps", "2", "--eval_strategy", "no",
+                      "--save_strategy", "no", data=["--data_dir", str(tiny_setup / "corpus")]), tmp_path)
+    report = json.loads((output / "all_results.json").read_text())
+    tested = []
+    for fold in (0, 1):
+        folder = output / f"fold{fold}"
+        assert (folder / "model.safetensors").is_file() and report["folds"][fold]["delivered_ua"] is not None
+        tested.append(json.loads((folder / "test_report.json").read_text())["num_samples"])
+    assert tested == [16, 16]  # speakers 1-2, then 3-4: every clip of the corpus tested once
+    for key in ("ua", "wa", "macro_f1"):
+        assert report[key] == pytest.approx(sum(fold[key] for fold in report["folds"]) / 2, abs=1e-12)
+
+
 def test_push_to_hub_offline_trains_saves_and_prints_the_command_to_push_later(tiny_setup, tmp_path):
     output = tmp_path / "emosllm-tones"
     result = run(train_command(tiny_setup, output, *STEPS, "--push_to_hub", "true"), tmp_path,

@@ -166,7 +166,8 @@ class DataArguments:
                   "chosen to hold every label (stratified by label, grouped by speaker; logged)."},
     )
     eval_speakers: str | None = field(
-        default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before, or chosen with the test speakers."}
+        default=None, metadata={"help": "e.g. '13-16'; default: the 10%% before, or chosen with the test speakers; "
+                                "'none': no validation split (the probe's folds of the training speakers choose)."}
     )
     folds: int = field(default=0, metadata={"help": "K>1: leave-speakers-out cross-validation instead."})
     speed_perturbation: str = field(
@@ -245,6 +246,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise ValueError(f"--force_transcripts true has Whisper transcribe clips for --use_transcript auto; with "
                          f"--use_transcript {model_args.use_transcript} nothing is transcribed. Leave it out, or pass "
                          "--use_transcript auto.")
+    given = [f"--{name} {value}" for name, value in (("test_speakers", data_args.test_speakers),
+                                                     ("eval_speakers", data_args.eval_speakers))
+             if value is not None and value.strip().lower() != "none"]
+    if data_args.folds > 1 and given:
+        raise ValueError(f"--folds {data_args.folds} tests every speaker in turn, so {' and '.join(given)} would be "
+                         "ignored: drop them for cross-validation, or drop --folds for that one split.")
     if model_args.departure_folds is not None and model_args.departure_folds < 1:
         raise ValueError(f"--departure_folds {model_args.departure_folds}: give at least 1 (the first fold only), or "
                          "leave it out for every fold.")

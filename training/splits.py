@@ -340,8 +340,8 @@ def split_unit(dataset, args: DataArguments, seed: int) -> str | None:
 def make_splits(dataset, args: DataArguments, seed: int) -> list:
     """
     The splits to train on: one `DatasetDict` (train, validation, test), or `--folds` of them (train, test). By
-    speaker (or `--group_column`): `--test_speakers`/`--eval_speakers`, else `default_speaker_split`; without
-    speaker ids, by clip (`split_by_clips`, `clip_folds`).
+    speaker (or `--group_column`): `--test_speakers`/`--eval_speakers` (`none`: no validation split), else
+    `default_speaker_split`; without speaker ids, by clip (`split_by_clips`, `clip_folds`).
 
     Args:
         dataset: The whole data (a `datasets.Dataset` with a ``label`` column).
@@ -357,9 +357,12 @@ def make_splits(dataset, args: DataArguments, seed: int) -> list:
     if unit is None:
         return [split_by_clips(dataset, seed=seed)]
     test, validation = args.test_speakers, args.eval_speakers
+    no_validation = validation is not None and validation.strip().lower() == "none"  # `--eval_speakers none`
+    if no_validation:
+        validation = None
     if test is None:
         test, default_validation = default_speaker_split(dataset, unit, seed)
-        validation = validation or default_validation
+        validation = None if no_validation else validation or default_validation
     return [split_by_speakers(dataset, test, validation, unit)]
 
 
