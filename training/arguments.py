@@ -204,6 +204,11 @@ class DataArguments:
         default=5, metadata={"help": "Warn when a label has fewer training clips than this (none at all: an error)."}
     )
 
+    @property
+    def no_validation(self) -> bool:
+        """`--eval_speakers none`: no validation split."""
+        return self.eval_speakers is not None and self.eval_speakers.strip().lower() == "none"
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """
@@ -248,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
                          "--use_transcript auto.")
     given = [f"--{name} {value}" for name, value in (("test_speakers", data_args.test_speakers),
                                                      ("eval_speakers", data_args.eval_speakers))
-             if value is not None and value.strip().lower() != "none"]
+             if value is not None and not (name == "eval_speakers" and data_args.no_validation)]
     if data_args.folds > 1 and given:
         raise ValueError(f"--folds {data_args.folds} tests every speaker in turn, so {' and '.join(given)} would be "
                          "ignored: drop them for cross-validation, or drop --folds for that one split.")

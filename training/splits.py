@@ -356,13 +356,10 @@ def make_splits(dataset, args: DataArguments, seed: int) -> list:
         return speaker_folds(dataset, args.folds, unit) if unit else clip_folds(dataset, args.folds, seed)
     if unit is None:
         return [split_by_clips(dataset, seed=seed)]
-    test, validation = args.test_speakers, args.eval_speakers
-    no_validation = validation is not None and validation.strip().lower() == "none"  # `--eval_speakers none`
-    if no_validation:
-        validation = None
+    test, validation = args.test_speakers, None if args.no_validation else args.eval_speakers
     if test is None:
         test, default_validation = default_speaker_split(dataset, unit, seed)
-        validation = None if no_validation else validation or default_validation
+        validation = None if args.no_validation else validation or default_validation
     return [split_by_speakers(dataset, test, validation, unit)]
 
 
