@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import LABELS, tone
-from test_train import tiny_setup  # noqa: F401 (the module's fixture)
+from test_train import run, tiny_setup, train_command  # noqa: F401 (tiny_setup: the module's fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -159,8 +159,6 @@ def test_the_asr_stage_trains_on_every_transcript_then_ser_and_refuses_clips_wit
     """`--transcript_dropout` (0.5 by default) dropped transcripts in the ASR stage too, whose answer they are, so
     `--asr_epochs` stopped at its first batch; clips without any transcript stopped it there as well, after the
     encoder cache and the probe. Now the stage reads every transcript, and a run without them stops before."""
-    from test_train import run, train_command
-
     output = tmp_path / "out"
     result = run(train_command(tiny_setup, output, "--asr_epochs", "1", "--max_steps", "2", "--use_transcript",
                                "given"), tmp_path)
