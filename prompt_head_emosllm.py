@@ -40,6 +40,13 @@ def cache_keyword(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
+def llm_pass_with_cache(model: nn.Module, cache: DynamicCache, **inputs):
+    """The LLM's pass (`model.language_model.model`) over `inputs`, reading and extending `cache`, passed under the
+    name its `forward` takes (`cache_keyword`). Returns its output (`last_hidden_state` `(batch, seq, llm_hidden)`)."""
+    llm = model.language_model.model
+    return llm(use_cache=True, **{cache_keyword(type(llm).forward): cache}, **inputs)
+
+
 class SharedPromptHead:
     """
     Runs `model.language_model` over left-padded prompts (`hidden`), the shared head once. `enabled`: keep the head's
@@ -163,9 +170,7 @@ class SharedPromptHead:
                 layers = [(k[:, :, :common], v[:, :, :common]) for k, v in kept]
                 return DynamicCache(ddp_cache_data=layers, config=model.language_model.config), common
         cache = DynamicCache(config=model.language_model.config)
-        llm = model.language_model.model
-        llm(inputs_embeds=head_embeds, position_ids=head_positions, use_cache=True,
-            **{cache_keyword(type(llm).forward): cache})
+        llm_pass_with_cache(model, cache, inputs_embeds=head_embeds, position_ids=head_positions)
         if self.caching(model):  # kept; this call extends a cache of its own, never the kept one
             layers = [(k, v) for k, v, *_ in cache]
             self.kept = (head_ids.cpu(), layers)
@@ -213,11 +218,8 @@ class SharedPromptHead:
         columns = torch.arange(start, length, device=input_ids.device)
         own = columns[None] >= (pad + prefix)[:, None]  # this prompt's own tokens (its head is in the cache)
         mask = torch.cat([attention_mask.new_ones(batch, prefix), own.to(attention_mask.dtype)], dim=1)
-        llm = model.language_model.model
-        hidden = llm(
-            inputs_embeds=inputs_embeds[:, start:], attention_mask=mask, position_ids=position_ids[:, start:],
-            use_cache=True, **{cache_keyword(type(llm).forward): cache},
-        ).last_hidden_state
+        hidden = llm_pass_with_cache(model, cache, inputs_embeds=inputs_embeds[:, start:], attention_mask=mask,
+                                     position_ids=position_ids[:, start:]).last_hidden_state
         return hidden, start
 
 
@@ -246,4 +248,4 @@ def prompts_only(
     return ids, mask.to(attention_mask.dtype).to(attention_mask.device)
 
 
-__all__ = ["SharedPromptHead", "cache_keyword", "prompts_only"]
+__all__ = ["SharedPromptHead", "cache_keyword", "llm_pass_with_cache", "prompts_only"]

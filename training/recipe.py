@@ -44,6 +44,10 @@ __all__ = ["build_model", "check_asr_stage_transcripts", "check_model_args", "fo
            "lora_settings", "model_settings", "train_one_split", "trainable_state"]
 
 
+# The model flags that set a mapper setting (`MAPPER_SETTINGS`): the flag's field in `ModelArguments` -> the setting.
+MAPPER_FLAGS = {"num_queries": "num_queries", "mapper_hidden_size": "hidden_size"}
+
+
 def model_settings(model_args: ModelArguments) -> dict:
     """
     The config's fields and the processor's settings the flags set; a flag left unset is not passed, so the
@@ -61,8 +65,8 @@ def model_settings(model_args: ModelArguments) -> dict:
                 if getattr(model_args, name) is not None}
     if model_args.lora_rank == 0 and model_args.language_model_training is None:
         settings["language_model_training"] = "frozen"  # no LoRA: only the mapper trains
-    mapper = {key: value for key, value in (("num_queries", model_args.num_queries),
-                                            ("hidden_size", model_args.mapper_hidden_size)) if value is not None}
+    mapper = {key: getattr(model_args, flag) for flag, key in MAPPER_FLAGS.items()
+              if getattr(model_args, flag) is not None}
     if model_args.mapper_type is not None or mapper:  # a setting the mapper lacks: refused by `check_model_args`
         settings["mapper_config"] = {"mapper_type": model_args.mapper_type or DEFAULT_MAPPER_TYPE, **mapper}
     return settings
@@ -89,10 +93,10 @@ def check_model_args(model_args: ModelArguments) -> None:
     """
     # A flag the chosen mapper or LLM training has no use for would otherwise be dropped without a word.
     mapper_type = model_args.mapper_type or DEFAULT_MAPPER_TYPE
-    for flag, key in (("--num_queries", "num_queries"), ("--mapper_hidden_size", "hidden_size")):
-        if getattr(model_args, flag[2:]) is not None and key not in MAPPER_SETTINGS[mapper_type]:
+    for flag, key in MAPPER_FLAGS.items():
+        if getattr(model_args, flag) is not None and key not in MAPPER_SETTINGS[mapper_type]:
             readers = [name for name, settings in MAPPER_SETTINGS.items() if key in settings]
-            raise ValueError(f"{flag} is no setting of the {mapper_type!r} mapper (--mapper_type): only "
+            raise ValueError(f"--{flag} is no setting of the {mapper_type!r} mapper (--mapper_type): only "
                              f"{', '.join(readers)} read it. Drop the flag, or pass --mapper_type with one of those.")
     try:
         EmoSLLMConfig.checked_mapper_config(model_settings(model_args).get("mapper_config"))
