@@ -15,7 +15,8 @@ Inside a saved model folder (it is copied there), `python cli_emosllm.py FILES` 
 Inputs: audio files (or `-`); with `--input`, a folder (searched recursively for audio files) or a CSV/TSV/JSON(L)
 table whose `--audio_column` (default: `path`, else `file_name` or `audio`) holds file paths relative to the table's
 folder (an optional `transcript` column is used, and the columns of the model's text features); with `--dataset`, a
-`datasets` dataset: a `save_to_disk` folder or a Hub id (its `--split`), its `--audio_column` an `Audio` column.
+`datasets` dataset: a `save_to_disk` folder or a Hub id (its `--split`, needed only where it has several), its
+`--audio_column` an `Audio` column.
 `--batch_size` clips go through the model at once, so that a batch is spread over files, clips of similar length
 together (`label_clips`).
 
@@ -81,14 +82,14 @@ class Clip:
         self.error = error
 
 
-def clips_of(input_path: str | None, dataset: str | None, split: str, audio_column: str | None) -> list[Clip]:
+def clips_of(input_path: str | None, dataset: str | None, split: str | None, audio_column: str | None) -> list[Clip]:
     """
     The clips of a folder, a table, or a `datasets` dataset, in a stable order (see the module docstring).
 
     Args:
         input_path: A folder of audio files, or a CSV/TSV/JSON(L) table of audio paths (None with `dataset`).
         dataset: A `datasets` dataset: a `save_to_disk` folder or a Hub id (None with `input_path`).
-        split: The dataset's split.
+        split: The dataset's split; None: its only one (a dataset saved with several needs one named).
         audio_column: The table's path column or the dataset's `Audio` column; None picks a usual name.
 
     Returns:
@@ -101,11 +102,16 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         local = Path(dataset)
         data = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(dataset, split=split)
         if isinstance(data, datasets.DatasetDict):
-            if split not in data:
+            if split not in data and not (split is None and len(data) == 1):
                 raise ValueError(f"--dataset {dataset!r} has the splits {list(data)}; name one with --split.")
-            data = data[split]
+            data = data[split or next(iter(data))]
+        elif split is not None and split != (data.split and str(data.split)):  # one dataset, saved from another split
+            saved = f"saved from its split {str(data.split)!r}" if data.split else "saved without splits"
+            raise ValueError(f"--dataset {dataset!r} is one dataset ({saved}), so it has no split {split!r}; leave "
+                             f"--split out to label its {len(data)} rows.")
         if not len(data):
-            raise ValueError(f"--dataset {dataset!r} (split {split!r}) has no rows, so there are no clips to label.")
+            raise ValueError(f"--dataset {dataset!r}{f' (split {split!r})' if split else ''} has no rows, so there are "
+                             "no clips to label.")
         column = audio_column or next((c for c in ("audio", "path", "file_name") if c in data.column_names), None)
         if column not in data.column_names:
             raise ValueError(f"--dataset {dataset!r} has no audio column {column!r} (columns: {data.column_names}); "
@@ -114,6 +120,9 @@ def clips_of(input_path: str | None, dataset: str | None, split: str, audio_colu
         return [Clip(str(i), row[column], row.get("transcript"), _columns(row, others)) for i, row in enumerate(data)]
     path = Path(input_path)
     if path.is_dir():
+        if audio_column:
+            raise ValueError(f"--input {input_path!r} is a folder, whose audio files are found by their names; "
+                             "--audio_column names a table's column: leave it out.")
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
             raise ValueError(f"--input {input_path!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)}).")
@@ -346,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
                         "- reads one file's content from standard input")
     parser.add_argument("--input", help="a folder of audio files, or a CSV/TSV/JSON(L) table of audio paths")
     parser.add_argument("--dataset", help="a datasets dataset: a save_to_disk folder or a Hub id")
-    parser.add_argument("--split", default="train", help="the --dataset split (default: %(default)s)")
+    parser.add_argument("--split", default=None, help="the --dataset split (needed where it has several)")
     parser.add_argument("--audio_column", default=None, help="table: the path column; dataset: the Audio column")
     parser.add_argument("--output", default=None, help="a JSONL file to write (resumed if it exists; several "
                         "processes write it together); default: standard output")
@@ -393,6 +402,16 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, world
         parser.error(f"--hop_seconds must be a positive number of seconds, got {args.hop_seconds}.")
     if args.output and args.format == "table":
         parser.error("--output writes JSONL; leave --format out (or pass --format jsonl).")
+    if args.timeline and (args.output or args.format == "jsonl"):
+        parser.error("--timeline prints the windows in the table; JSON lines always hold a long recording's "
+                     "timeline: leave --timeline out.")
+    if args.hop_seconds is not None and not args.segment_seconds:
+        parser.error("--hop_seconds spaces the windows of long files, but --segment_seconds 0 classifies files whole; "
+                     "leave --hop_seconds out or pass a --segment_seconds.")
+    if args.split is not None and not args.dataset:
+        parser.error("--split names a split of a --dataset; leave it out for files or --input.")
+    if args.audio_column is not None and args.files:
+        parser.error("--audio_column names a column of an --input table or a --dataset; leave it out for files.")
     if world > 1 and not args.output:
         parser.error(f"{world} processes write one file: pass --output.")
     if args.output:

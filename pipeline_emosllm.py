@@ -418,6 +418,9 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         self.processor.check_text_inputs(transcript, text_features, name, num_samples=longest)
 
         segment = hop = None
+        if segment_seconds is None and hop_seconds is not None:
+            raise ValueError(f"hop_seconds={hop_seconds} spaces windows, but segment_seconds=None classifies clips "
+                             "whole; pass a segment_seconds or leave hop_seconds out.")
         if segment_seconds is not None:
             hop_seconds = segment_seconds if hop_seconds is None else hop_seconds
             if hop_seconds > segment_seconds:

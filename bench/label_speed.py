@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    clips = clips_of(args.input, None, "train", None)[: args.clips]
+    clips = clips_of(args.input, None, None, None)[: args.clips]
     classifier = pipeline("audio-classification", model=args.model, trust_remote_code=True, device="cpu")
     call = {"top_k": None, "segment_seconds": 10.0, "return_timeline": True}
     classifier(clips[0].source, **call)  # warm-up: lazy loading, the prompt cache

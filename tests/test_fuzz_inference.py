@@ -230,6 +230,8 @@ BAD_PARAMETERS = {
     "segment_tiny": ({"segment_seconds": 0.05}, "shorter than the 0.25 s a window needs"),
     "hop_zero": ({"hop_seconds": 0}, "hop_seconds must be positive"),
     "hop_inf": ({"hop_seconds": float("inf")}, "hop_seconds must be a finite number"),
+    "hop_whole": ({"segment_seconds": None, "hop_seconds": 2.0}, "hop_seconds=2.0 spaces windows, but "
+                  "segment_seconds=None classifies clips whole; pass a segment_seconds or leave hop_seconds out."),
     "batch_zero": ({"batch_size": 0}, "batch_size must be a positive integer"),
     "batch_str": ({"batch_size": "4"}, "batch_size must be a positive integer"),
     "function": ({"function_to_apply": "relu"}, "function_to_apply"),
@@ -307,6 +309,12 @@ def saved_folder(tiny, tmp_path_factory):
     (["--model", "{folder}", "--batch_size", "0", "a.wav"], "--batch_size must be at least 1"),
     (["--model", "{folder}", "--segment_seconds", "-2", "a.wav"], "--segment_seconds must be 0"),
     (["--model", "{folder}", "--hop_seconds", "0", "a.wav"], "--hop_seconds must be a positive"),
+    (["--model", "{folder}", "--segment_seconds", "0", "--hop_seconds", "2", "a.wav"],
+     "--hop_seconds spaces the windows of long files, but --segment_seconds 0 classifies files whole"),
+    (["--model", "{folder}", "--timeline", "--format", "jsonl", "a.wav"], "JSON lines always hold a long recording's"),
+    (["--model", "{folder}", "--timeline", "--output", "o.jsonl", "a.wav"], "leave --timeline out"),
+    (["--model", "{folder}", "--split", "test", "a.wav"], "--split names a split of a --dataset"),
+    (["--model", "{folder}", "--audio_column", "path", "a.wav"], "--audio_column names a column of an --input table"),
 ])
 def test_command_line_refuses_bad_arguments_before_loading(argv, message, saved_folder, capsys):
     if "cuda" in message and torch.cuda.is_available():

@@ -281,6 +281,40 @@ def test_a_table_row_without_a_path_gets_an_error_line_naming_the_row(corpus, tm
     assert "nan" not in result.stderr and "/5'" not in result.stderr
 
 
+def test_a_dataset_split_is_the_one_named_and_a_split_it_lacks_is_refused(refused, tmp_path):
+    """`--split` was read only for a dataset saved with splits: a dataset saved as one was labelled whole under any
+    `--split`, and one with several splits had its `train` taken when none was named."""
+    import datasets
+
+    from cli_emosllm import clips_of
+
+    rows = {split: datasets.Dataset.from_dict({"path": [f"{split}{i}.wav" for i in range(n)]})
+            for split, n in (("train", 3), ("test", 2))}
+    datasets.DatasetDict(rows).save_to_disk(tmp_path / "both")
+    assert [c.source for c in clips_of(None, str(tmp_path / "both"), "test", None)] == ["test0.wav", "test1.wav"]
+    error = refused("--dataset", str(tmp_path / "both"), "--output", str(tmp_path / "out.jsonl"))
+    assert f"--dataset {str(tmp_path / 'both')!r} has the splits ['train', 'test']; name one with --split." in error
+    datasets.DatasetDict({"test": rows["test"]}).save_to_disk(tmp_path / "one_split")
+    assert len(clips_of(None, str(tmp_path / "one_split"), None, None)) == 2  # its only split, unnamed
+
+    rows["test"].save_to_disk(tmp_path / "whole")
+    assert len(clips_of(None, str(tmp_path / "whole"), None, None)) == 2
+    error = refused("--dataset", str(tmp_path / "whole"), "--split", "test")
+    assert (f"--dataset {str(tmp_path / 'whole')!r} is one dataset (saved without splits), so it has no split "
+            "'test'; leave --split out to label its 2 rows.") in error
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--input", "{folder}", "--audio_column", "path"], "is a folder, whose audio files are found by their names; "
+                                                         "--audio_column names a table's column: leave it out."),
+    (["--input", "{folder}", "--split", "test"], "--split names a split of a --dataset; leave it out"),
+])
+def test_options_the_input_does_not_read_are_refused(corpus, refused, flags, message):
+    """`--audio_column` and `--split` were dropped without a word where the input has no such thing."""
+    assert message in refused(*(flag.format(folder=corpus["folder"]) for flag in flags))
+
+
 @pytest.mark.parametrize("name, content", [("clips.csv", "path,x\n001,1\n,2\n"),
                                            ("clips.jsonl", '{"path": "001", "x": 1}\n{"path": null, "x": 2}\n')])
 def test_a_table_path_is_read_as_written(tmp_path, name, content):
@@ -288,7 +322,7 @@ def test_a_table_path_is_read_as_written(tmp_path, name, content):
     from cli_emosllm import clips_of
 
     (tmp_path / name).write_text(content)
-    named, empty = clips_of(str(tmp_path / name), None, "train", None)
+    named, empty = clips_of(str(tmp_path / name), None, None, None)
     assert (named.key, named.source) == ("001", str(tmp_path / "001")) and named.error is None
     assert empty.key == "row 2" and "row 2 (counting from 1" in empty.error and "'path' cell is empty" in empty.error
     assert ("the header not counted" in empty.error) == name.endswith(".csv")
