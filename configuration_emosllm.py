@@ -249,6 +249,12 @@ class EmoSLLMConfig(PreTrainedConfig):
         """The mapper's type (`mapper_config["mapper_type"]`)."""
         return self.mapper_config["mapper_type"]
 
+    @property
+    def answered_by_probe(self) -> bool:
+        """Whether the answer is the probe's alone (`mapper_config["mix_weight"]` 1, what train.py saves where the LLM
+        showed no gain over its probe): then the LLM need not run, nor read a transcript."""
+        return self.mapper_config.get("mix_weight", 0.0) == 1.0
+
     def check_label_token_ids(self) -> None:
         """Every label has tokens, and no two labels have the same ones (the LLM's answer could not tell them apart)."""
         if self.label_token_ids is None:

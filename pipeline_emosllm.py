@@ -110,22 +110,17 @@ def check_device(device, name: str = "device") -> None:
                          "pass one of them.")
 
 
-def answered_by_probe(model) -> bool:
-    """Whether the answer is the probe's alone (`mapper_config["mix_weight"]` 1: no gain from the LLM in training)."""
-    return model.config.mapper_config.get("mix_weight", 0.0) == 1.0
-
-
 def answer_logits(model, batch: dict) -> torch.Tensor:
     """
     The class scores a batch is answered with, `(batch, num_labels)`: the model's `logits`. Where the model is
-    `answered_by_probe` they are the probe's own log-probabilities, the same numbers, so the LLM is not run: half a
-    call's time or more.
+    answered by its probe (`EmoSLLMConfig.answered_by_probe`) they are the probe's own log-probabilities, the same
+    numbers, so the LLM is not run: half a call's time or more.
 
     Args:
         model: The `EmoSLLMForSpeechEmotionRecognition` model.
         batch: What its processor returns, on the model's device.
     """
-    if answered_by_probe(model):
+    if model.config.answered_by_probe:
         scores = model.get_audio_embeddings(batch["audio_lengths"], batch["input_features"], return_probe_scores=True)
         return scores[-1].float().log_softmax(-1)
     return model(**batch).logits
@@ -432,7 +427,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         bounds = segment_bounds(len(audio), segment, hop)
         # The processor's transcript settings: "auto" has Whisper transcribe each window without a transcript below.
         use_transcript, asr_model = self.processor.use_transcript, self.processor.asr_model
-        if answered_by_probe(self.model):
+        if self.model.config.answered_by_probe:
             use_transcript = "none"  # the answer reads no transcript: Whisper would run for nothing
         if len(bounds) > 1 and transcript is not None:
             instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
@@ -593,4 +588,4 @@ CUSTOM_PIPELINES = {
 
 
 __all__ = ["CUSTOM_PIPELINES", "DEFAULT_SEGMENT_SECONDS", "EmoSLLMAudioClassificationPipeline", "answer_logits",
-           "answered_by_probe", "check_device", "segment_bounds", "segment_weights"]
+           "check_device", "segment_bounds", "segment_weights"]

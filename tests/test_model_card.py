@@ -94,7 +94,7 @@ def test_the_scores_come_from_the_evaluate_module_and_match_scikit_learn():
 METRICS = {"ua": 0.7104, "wa": 0.7031, "macro_f1": 0.6987, "weighted_f1": 0.7012, "probe_c": 0.01,
            "probe_selection": "validation UA 0.69"}
 CONFIG = SimpleNamespace(encoder_layer_combination="concatenate", mapper_type="probe", language_model_training="lora",
-                         labels=LABELS)
+                         labels=LABELS, answered_by_probe=False)
 
 
 def data_args(**given) -> SimpleNamespace:
@@ -182,8 +182,9 @@ def test_card_states_the_llm_and_the_probe_and_when_the_answer_is_the_probes_alo
     for weight, alone in ((1.0, True), (0.5, False)):
         output = tmp_path / str(weight)
         output.mkdir()
+        config = SimpleNamespace(**{**vars(CONFIG), "answered_by_probe": alone})  # EmoSLLMConfig's: mix weight 1
         training.hub.write_model_card(output, model_args, data_args(), split,
-                                      {**METRICS, **held_out, "probe_mix_weight": weight}, CONFIG)
+                                      {**METRICS, **held_out, "probe_mix_weight": weight}, config)
         text = (output / "README.md").read_text()
         assert "UA 0.7100 (LLM alone), 0.7400 (probe alone)" in text and "scored below its probe" in text
         assert ("The answer is the probe's alone: the pipeline gives it without running the LLM." in text) is alone

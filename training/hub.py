@@ -170,7 +170,7 @@ def write_model_card(output_dir: Path, model_args, data_args, split: dict, metri
         )
         if metrics["held_out_llm_ua"] < metrics["held_out_probe_ua"]:
             answer_and_probe += " **The LLM alone scored below its probe on the held-out speakers.**"
-        if metrics["probe_mix_weight"] == 1:
+        if config.answered_by_probe:
             answer_and_probe += " The answer is the probe's alone: the pipeline gives it without running the LLM."
     if unit == "speaker":
         split_text = "Speaker-independent split"
