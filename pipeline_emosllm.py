@@ -429,6 +429,9 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         use_transcript, asr_model = self.processor.use_transcript, self.processor.asr_model
         if self.model.config.answered_by_probe:
             use_transcript = "none"  # the answer reads no transcript: Whisper would run for nothing
+            if transcript is not None or text_features:  # and the prompt that holds them is not read either
+                logger.warning_once("This model's answer is its probe's (mix weight 1), which reads the audio alone: "
+                                    "the transcript and text features given do not change it.")
         if len(bounds) > 1 and transcript is not None:
             instead = ("each window is transcribed on its own instead" if use_transcript == "auto"
                        else "the windows are classified without one")

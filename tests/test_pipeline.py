@@ -494,9 +494,10 @@ def test_automatic_transcripts_per_window_and_a_warning_when_a_transcript_reader
     assert len(warnings) == 1 and "use_transcript='auto'" in warnings[0]  # said once, with the way out
 
 
-def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_the_llm_or_asr(monkeypatch):
+def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_the_llm_or_asr(monkeypatch, caplog):
     """With the probe's mix weight 1 the answer is the probe's: the pipeline returns the model's scores, and runs
-    neither the LLM nor Whisper (use_transcript='auto'), whose transcript only the LLM reads."""
+    neither the LLM nor Whisper (use_transcript='auto'), whose transcript only the LLM reads; a transcript given is
+    said (once) to change nothing."""
     import transcription_emosllm
     from conftest import fit_random_probe, tiny_processor
 
@@ -518,6 +519,11 @@ def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_th
     outputs = classifier(clips, top_k=None, batch_size=2)
     assert not calls and not heard
     torch.testing.assert_close(torch.stack([as_vector(o) for o in outputs]), expected, atol=1e-6, rtol=0)
+    given = [classifier(clips[0], transcript="kids are talking by the door", top_k=None) for _ in range(2)]
+    assert [r.message for r in caplog.records].count("This model's answer is its probe's (mix weight 1), which reads "
+                                                     "the audio alone: the transcript and text features given do not "
+                                                     "change it.") == 1
+    assert as_vector(given[0]).tolist() == as_vector(classifier(clips[0], top_k=None)).tolist()
     model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM and the transcript: both run
     classifier(clips[0])
     assert calls and len(heard) == 1
