@@ -100,6 +100,11 @@ def clips_of(input_path: str | None, dataset: str | None, split: str | None, aud
         import datasets
 
         local = Path(dataset)
+        if not local.is_dir() and split is None:  # a Hub dataset's splits, known before anything is downloaded
+            names = datasets.get_dataset_split_names(dataset)
+            split = names[0] if len(names) == 1 else None
+            if split is None:
+                raise ValueError(f"--dataset {dataset!r} has the splits {names}; name one with --split.")
         data = datasets.load_from_disk(str(local)) if local.is_dir() else datasets.load_dataset(dataset, split=split)
         if isinstance(data, datasets.DatasetDict):
             if split not in data and not (split is None and len(data) == 1):

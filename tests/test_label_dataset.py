@@ -305,6 +305,16 @@ def test_a_dataset_split_is_the_one_named_and_a_split_it_lacks_is_refused(refuse
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_a_hub_dataset_with_several_splits_needs_one_named_before_any_download(refused, monkeypatch):
+    """The Hub's split names are asked first: with several and none named, nothing is downloaded."""
+    import datasets
+
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda name, **_: ["train", "test"])
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the dataset was downloaded"))
+    error = refused("--dataset", "someone/emotional-speech")
+    assert "--dataset 'someone/emotional-speech' has the splits ['train', 'test']; name one with --split." in error
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--input", "{folder}", "--audio_column", "path"], "is a folder, whose audio files are found by their names; "
                                                          "--audio_column names a table's column: leave it out."),
