@@ -204,6 +204,8 @@ def test_csv_table_resolves_relative_audio_paths_and_keeps_text_ids(tmp_path, da
     assert corpus["speaker"] == ["00", "01", "00", "01"]  # speaker_id taken, kept as text
     assert corpus[3]["audio"].get_all_samples().data.shape[-1] == int(0.23 * 16000)
     assert data.load_source(tmp_path / "meta" / "clips.csv", label_column="emotion")["label"] == corpus["label"]
+    with pytest.raises(ValueError, match=r"one table \(clips.csv\) is the whole data, so it has no split 'test'"):
+        data.load_source(tmp_path / "meta", "test", label_column="emotion")
     (tmp_path / "meta" / "clips.csv").write_text("path,emotion\n../audio/c0.wav,happy\nnowhere.wav,sad\n")
     with pytest.raises(ValueError, match=r"1 audio file\(s\) of column 'path' not found:\n  row 1: 'nowhere.wav'"):
         data.load_source(tmp_path / "meta", label_column="emotion")
@@ -241,6 +243,11 @@ def test_save_to_disk_dataset_and_dataset_dict_load_with_their_splits(tmp_path):
         data.load_source(tmp_path / "dict", "dev", label_column="emotion")
     datasets.DatasetDict({"all": rows}).save_to_disk(str(tmp_path / "single"))  # one split: used whatever its name
     assert len(data.load_source(tmp_path / "single", label_column="emotion")) == 4
+    # A split named that a source without splits does not hold was read as the whole data, without a word.
+    with pytest.raises(ValueError, match=r"one dataset \(saved without splits\), so it has no split 'test'; leave "
+                                         r"--dataset_split out to read its 4 rows"):
+        data.load_source(tmp_path / "one", "test", label_column="emotion")
+    assert len(data.load_source(tmp_path / "one", "train", label_column="emotion")) == 4  # the default's name: all
 
 
 def test_a_hub_id_goes_to_load_dataset_and_an_absent_folder_is_named(tmp_path, monkeypatch):

@@ -96,6 +96,9 @@ def test_ravdess_in_its_own_actor_folders_still_reads_by_file_name(tmp_path, cap
     assert "read as RAVDESS by its file names" in caplog.text
     assert "(Actor_01, Actor_02) are not label names" in caplog.text
     assert "differs from the one" not in caplog.text
+    with pytest.raises(ValueError, match="a corpus folder is one dataset without splits, so it has no split 'test'; "
+                                         "leave --dataset_split out"):
+        training.data.load_source(tmp_path / "rav", "test", hub=False)  # it was read whole, without a word
 
 
 @pytest.mark.parametrize("layout", ["manifest", "metadata", "table"])

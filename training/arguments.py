@@ -130,8 +130,8 @@ class DataArguments:
         default=None, metadata={"help": "A `datasets` dataset: a Hub id, or any local source --data_dir takes."}
     )
     dataset_split: str = field(
-        default="train", metadata={"help": "The split to read (several: 'train+test'); a single split is read "
-                                   "whatever its name."}
+        default="train", metadata={"help": "The split to read (several: 'train+test'); a dataset of one split is "
+                                   "read whatever its name; another name for data without splits is refused."}
     )
     audio_column: str = field(
         default="audio", metadata={"help": "Audio, or audio file paths (default: 'audio', else a 'path' or "

@@ -292,6 +292,9 @@ def load_source(
                          + (", or a Hub dataset id (user/name)" if hub else ""))
     if kind == "corpus":
         check_no_column_flags(path, audio_column, label_column, transcript_column, speaker_column)
+        if split != "train":  # the default's name reads it all; another name would be dropped without a word
+            raise ValueError(f"{name}: a corpus folder is one dataset without splits, so it has no split {split!r}; "
+                             "leave --dataset_split out (--test_speakers and --eval_speakers split it)")
         return load_corpus(path, normalize_labels(labels), check_audio)
     base_dir = None if kind == "hub" else path.parent if path.is_file() else path
     try:
@@ -422,6 +425,10 @@ def _load_saved(folder: Path, split: str) -> datasets.Dataset:
     loaded = datasets.load_from_disk(str(folder))
     if isinstance(loaded, datasets.DatasetDict):
         return _pick_splits(loaded, split, str(folder))
+    if split not in ("train", loaded.split and str(loaded.split)):  # one dataset: a split named (not the default)
+        saved = f"saved from its split {str(loaded.split)!r}" if loaded.split else "saved without splits"
+        raise ValueError(f"{folder}: one dataset ({saved}), so it has no split {split!r}; leave --dataset_split out "
+                         f"to read its {len(loaded)} rows")
     return loaded
 
 
@@ -440,6 +447,9 @@ def _load_table(path: Path, split: str) -> datasets.Dataset:
                          "or pass the file to use")
     builder = builders.pop()
     if len(files) == 1:
+        if split not in ("train", files[0].stem):  # a split named (not the default) that the one table is not
+            raise ValueError(f"{path}: one table ({files[0].name}) is the whole data, so it has no split {split!r}; "
+                             "leave --dataset_split out, or keep one table per split, each named after it")
         data_files, split = {"train": str(files[0])}, "train"  # one table is the whole data, whatever its name
     else:
         data_files = {file.stem: str(file) for file in files}
