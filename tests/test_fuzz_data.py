@@ -99,6 +99,9 @@ def test_ravdess_in_its_own_actor_folders_still_reads_by_file_name(tmp_path, cap
     with pytest.raises(ValueError, match="a corpus folder is one dataset without splits, so it has no split 'test'; "
                                          "leave --dataset_split out"):
         training.data.load_source(tmp_path / "rav", "test", hub=False)  # it was read whole, without a word
+    with pytest.raises(ValueError, match="--dataset_split 'test' names a split of --data_dir or --dataset_name; "
+                                         "without either, train.py reads its smoke corpus, which has none"):
+        training.data.load_data(training.arguments.DataArguments(dataset_split="test"))  # before the corpus is made
 
 
 @pytest.mark.parametrize("layout", ["manifest", "metadata", "table"])

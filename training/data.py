@@ -584,6 +584,9 @@ def load_data(args: DataArguments):
         raise ValueError("Give the data once: --data_dir (a local folder or file) or --dataset_name (a Hub id or "
                          "local source), not both.")
     if not args.dataset_name and not args.data_dir:
+        if args.dataset_split != "train":
+            raise ValueError(f"--dataset_split {args.dataset_split!r} names a split of --data_dir or --dataset_name; "
+                             "without either, train.py reads its smoke corpus, which has none: give the data")
         return load_corpus(make_smoke_corpus(SMOKE_DIR), labels)
     return load_source(
         args.dataset_name or args.data_dir, args.dataset_split, args.audio_column, args.label_column,
