@@ -105,6 +105,13 @@ def test_force_transcripts_transcribes_every_clip_and_keeps_the_words(fake_whisp
     assert len(fake_whisper["heard"]) == 120
     with pytest.raises(ValueError, match="--force_transcripts true .* with --use_transcript none nothing"):
         parse_args(["--output_dir", str(tmp_path), "--use_transcript", "none", "--force_transcripts", "true"])
+    # Each was dropped without a word.
+    for flag, use, message in (("--transcript_column", "none", "and --use_transcript none reads"),
+                               ("--transcript_cache_dir", "none", "Whisper writes, and --use_transcript none reads"),
+                               ("--transcript_cache_dir", "given", "Whisper writes, and --use_transcript given reads")):
+        with pytest.raises(ValueError, match=f"{flag} x is for transcripts {message} none: leave one of the two out"):
+            parse_args(["--output_dir", str(tmp_path), "--use_transcript", use, flag, "x"])
+    parse_args(["--output_dir", str(tmp_path), "--use_transcript", "given", "--transcript_column", "x"])  # read
 
 
 def test_the_transcript_cache_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):

@@ -251,6 +251,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
         raise ValueError(f"--force_transcripts true has Whisper transcribe clips for --use_transcript auto; with "
                          f"--use_transcript {model_args.use_transcript} nothing is transcribed. Leave it out, or pass "
                          "--use_transcript auto.")
+    for flag, value, unread in (("--transcript_column", data_args.transcript_column, ("none",)),
+                                ("--transcript_cache_dir", data_args.transcript_cache_dir, ("none", "given"))):
+        if value is not None and model_args.use_transcript in unread:
+            raise ValueError(f"{flag} {value} is for transcripts {'Whisper writes, ' if 'given' in unread else ''}and "
+                             f"--use_transcript {model_args.use_transcript} reads none: leave one of the two out.")
     given = [f"--{name} {value}" for name, value in (("test_speakers", data_args.test_speakers),
                                                      ("eval_speakers", data_args.eval_speakers))
              if value is not None and not (name == "eval_speakers" and data_args.no_validation)]
