@@ -34,10 +34,7 @@ ASR_PROMPT = "Transcribe the speech."
 
 AudioInput = np.ndarray | torch.Tensor
 
-DEFAULT_PROMPT = (
-    "Listen to the speech and name the emotion of the speaker. "
-    "Answer with one word from: {labels}."
-)
+DEFAULT_PROMPT = "Listen to the speech and name the emotion of the speaker. Answer with one word from: {labels}."
 DEFAULT_AUDIO_TOKEN = "<|audio|>"
 DEFAULT_ASR_MODEL = "openai/whisper-tiny.en"
 USE_TRANSCRIPT = ("auto", "given", "none")
@@ -410,10 +407,8 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             `input_features` `(batch, num_mel_bins, mel_frames)` for Whisper, `(batch, samples)` for the wav2vec2
             family, and `audio_lengths` `(batch,)`: each clip's samples before padding.
         """
-        if self.pad_audio_to_max_length:
-            padding = {"padding": "max_length", "max_length": int(self.max_audio_seconds * SAMPLING_RATE)}
-        else:
-            padding = {"padding": "longest"}
+        padding = ({"padding": "max_length", "max_length": int(self.max_audio_seconds * SAMPLING_RATE)}
+                   if self.pad_audio_to_max_length else {"padding": "longest"})
         features = self.feature_extractor(
             audios, sampling_rate=SAMPLING_RATE, return_tensors="pt", return_attention_mask=False, **padding
         )
@@ -530,7 +525,7 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
 
         Args:
             audio: One clip (1-D, or 2-D stereo; more channels inside a list), or a list of clips; floats in [-1, 1].
-            sampling_rate: The rate of `audio` (default 16 kHz); other rates are resampled.
+            sampling_rate: The rate of `audio` (None: 16 kHz, with a warning); other rates are resampled.
             transcript: Per-clip transcript (or None), used as given (`"none"` models read none); automatic transcripts
                 are a step before the processor (`transcription_emosllm.resolve_transcripts`).
             text_features: Per-clip dict of other features given as natural language, e.g. `{"gender": "female"}`.
@@ -556,6 +551,9 @@ class EmoSLLMProcessor(EmoSLLMInputChecks, ProcessorMixin):
             raise ValueError(f"audio: expected a float array or a list of them, got {type(audio).__name__}.")
         if len(audios) == 0:
             raise ValueError("No audio given.")
+        if sampling_rate is None:  # as transformers' feature extractors warn: audio at another rate would be misread
+            logger.warning_once("No sampling_rate given to the processor, so the audio is read as 16 kHz: pass "
+                                "sampling_rate=... (other rates are resampled).")
         names = ["audio"] if len(audios) == 1 else [f"audio[{i}]" for i in range(len(audios))]
         audios = [self.prepare_audio(a, sampling_rate, name) for a, name in zip(audios, names)]
         transcripts = self._per_clip(transcript, len(audios), "transcript")

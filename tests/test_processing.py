@@ -33,6 +33,21 @@ def test_transcript_not_used_when_config_says_none_and_that_is_said(caplog):
     assert given["input_ids"].shape[1] > without["input_ids"].shape[1]  # where the config says so, it is read
 
 
+def test_a_call_without_sampling_rate_says_that_16_khz_is_assumed(processor, caplog):
+    """Audio at another rate given without its rate is misread (slowed or sped up): said, as transformers' feature
+    extractors say it; a call that names the rate says nothing."""
+    import logging
+
+    logging.Logger.warning_once.cache_clear()  # transformers' warning_once: said once per process, maybe already
+    with caplog.at_level(logging.WARNING):
+        named = processor(tone(1.0, 300), sampling_rate=16000)
+        assert "sampling_rate" not in caplog.text
+        assumed = processor(tone(1.0, 300))
+    assert "No sampling_rate given to the processor, so the audio is read as 16 kHz: pass sampling_rate=..." in \
+        caplog.text
+    assert torch.equal(assumed["input_features"], named["input_features"])
+
+
 def test_stereo_is_mixed_down(processor):
     mono = tone(1.0, 300)
     stereo_first = np.stack([mono, mono])
