@@ -277,8 +277,11 @@ def build_demo(model=None, device=None, detect_speech: bool = True) -> gr.Blocks
     classifier = (load_classifier(model, device, detect_speech=detect_speech)
                   if model is None or isinstance(model, (str, os.PathLike)) else model)
     labels = labels_of(classifier)
-    reads_transcripts = classifier.processor.use_transcript != "none"
-    feature_names = list(getattr(classifier.processor, "text_features", []))  # (none in folders saved before them)
+    # A model answered by its probe reads the audio alone: no boxes for text that would change nothing.
+    reads_text = not classifier.model.config.answered_by_probe
+    reads_transcripts = reads_text and classifier.processor.use_transcript != "none"
+    # (no text features in folders saved before them)
+    feature_names = list(getattr(classifier.processor, "text_features", [])) if reads_text else []
 
     def predict(audio, *texts):  # the transcript box's text (where there is one), then each text feature's
         transcript = texts[0] if reads_transcripts else None

@@ -83,6 +83,7 @@ def test_classify_gives_the_pipelines_probabilities_over_the_models_labels(class
 def test_a_models_text_features_have_boxes_and_reach_the_pipeline(classifier, demo_files):
     app = import_app()
     classifier.processor.text_features = ["gender"]  # as if trained with --text_feature_columns gender
+    mapper_config = dict(classifier.model.config.mapper_config)
     try:
         expected = classifier(demo_files["clip"], text_features={"gender": "female"}, top_k=None)
         prediction = app.classify(classifier, demo_files["clip"], None, {"gender": " female "})
@@ -93,8 +94,14 @@ def test_a_models_text_features_have_boxes_and_reach_the_pipeline(classifier, de
         boxes = [block for block in app.build_demo(classifier).blocks.values()
                  if getattr(block, "elem_id", None) == "text-feature-gender"]
         assert len(boxes) == 1 and boxes[0].label == "Gender (a text feature)"
+        assert any(getattr(block, "label", None) == "Transcript (optional)"
+                   for block in app.build_demo(classifier).blocks.values())
+        classifier.model.config.mapper_config["mix_weight"] = 1.0  # answered by its probe: the text changes nothing
+        labels = [getattr(block, "label", None) for block in app.build_demo(classifier).blocks.values()]
+        assert "Gender (a text feature)" not in labels and "Transcript (optional)" not in labels
     finally:
         classifier.processor.text_features = []
+        classifier.model.config.mapper_config = mapper_config
 
 
 def test_long_recording_draws_the_timeline(classifier, demo_files):
