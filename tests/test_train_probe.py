@@ -101,6 +101,30 @@ def test_by_default_every_probe_fold_is_held_out_in_turn_and_the_saved_model_is_
     assert any(not torch.equal(saved[name], last_fold[name]) for name in trained)
 
 
+def test_with_an_asr_stage_each_further_folds_llm_reads_none_of_its_speakers_in_either_stage(tiny_setup, tmp_path):
+    """
+    `--asr_epochs`: the further folds' LLMs started from the saved model's ASR stage, which had read their speakers'
+    clips (to transcribe them), so the clips that choose the mix weight were not all new to the LLM that scored them.
+    Now each further fold trains its own ASR stage without its speakers, then SER, as the saved model trained.
+    """
+    output = tmp_path / "out"
+    run(train_command(tiny_setup, output, "--mapper_type", "probe", "--encoder_layer_combination", "concatenate",
+                      "--probe_c", "0.01,1", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "2",
+                      "--asr_epochs", "1", "--use_transcript", "given",
+                      data=["--data_dir", str(tiny_setup / "corpus"), "--test_speakers", "4"]),
+        tmp_path, env={"EMOSLLM_RECORD_TRAINING_CLIPS": "1"})
+    report = json.loads((output / "all_results.json").read_text())
+    folds = report["held_out"][report["held_out"].index("(") + 1:-1].split(" | ")
+    assert sorted(folds) == ["spk01", "spk02", "spk03"]
+    for fold in range(3):
+        for stage in ("stage1_asr", "checkpoints"):
+            folder = output / stage / (f"fold_{fold}" if fold else "")
+            read = [json.loads(line)["clip"] for line in
+                    (folder / "training_clips" / "rank0.jsonl").read_text().splitlines()]
+            assert read and not any(folds[fold] in clip for clip in read), (fold, stage, read[:3])
+    assert (output / "stage1_asr" / "fold_2" / "checkpoint-2").is_dir()
+
+
 def test_a_run_killed_while_a_further_fold_trains_resumes_there_and_ends_the_same(tiny_setup, tmp_path):
     """
     Cross-fitting takes most of a run's time, so a kill lands there most often: resumed with `--resume true`, the run

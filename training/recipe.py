@@ -196,16 +196,17 @@ def fold_scores(
     untrained: dict[str, torch.Tensor], output_dir: Path,
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """
-    Cross-fitting the LLM for `--departure_folds`: trains the SER stage again from `untrained`, as the saved model
-    trained, but without `fold`'s speakers (its own checkpoints in `checkpoints/fold_<fold>`, resumable), and scores
-    their clips (`held_out_scores`). The caller puts the saved model's weights back.
+    Cross-fitting the LLM for `--departure_folds`: trains the stages again from `untrained`, as the saved model
+    trained (the ASR stage first, with `--asr_epochs`, in `stage1_asr/fold_<fold>`), but without `fold`'s speakers
+    (the SER stage's checkpoints in `checkpoints/fold_<fold>`; both resumable), and scores their clips
+    (`held_out_scores`). The caller puts the saved model's weights back.
 
     Args:
         model, processor: The run's model (its trainable weights are overwritten) and processor.
         model_args, data_args, training_args: The run's flags.
         fold: The probe fold held out.
         kept, held_out: `hold_out_probe_fold`'s split for `fold`: the versions the LLM trains on, the fold's clips.
-        untrained: `trainable_state` before the SER stage.
+        untrained: `trainable_state` before the first stage.
         output_dir: The run's output folder.
 
     Returns:
@@ -215,6 +216,9 @@ def fold_scores(
     logger.info("Probe fold %d: the LLM trained again without its %d clips' speakers, to score them.", fold,
                 len(held_out))
     args = dataclasses.replace(training_args, resume_from_checkpoint=None)  # a given path is the saved model's
+    if data_args.asr_epochs > 0:  # the fold's speakers are read in no stage, not even for their words
+        run_stage(model, processor, args, model_args, AugmentedClips(kept, training_args.seed), None, "asr",
+                  output_dir / "stage1_asr" / f"fold_{fold}", data_args.asr_epochs, data_args.resume)
     trainer = run_stage(model, processor, args, model_args,
                         AugmentedClips(kept, training_args.seed, model_args.transcript_dropout), held_out, "ser",
                         output_dir / "checkpoints" / f"fold_{fold}", training_args.num_train_epochs, data_args.resume)
@@ -309,10 +313,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                             if further_folds else "they")
     train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
+    untrained = trainable_state(model) if further_folds else None  # where each further fold's LLM starts
     if data_args.asr_epochs > 0:  # the transcript is this stage's answer: never dropped (--transcript_dropout)
         run_stage(model, processor, training_args, model_args, AugmentedClips(versions, training_args.seed), None,
                   "asr", output_dir / "stage1_asr", data_args.asr_epochs, data_args.resume)
-    untrained = trainable_state(model) if further_folds else None  # where each further fold's LLM starts
     trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
                         output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
     if model.config.mapper_type == "probe" and held_out:
