@@ -493,12 +493,13 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         speech = [w for w in windows if not w["silent"]]
         logits = iter(())
         if speech:
-            batch = self.processor(
-                [w["audio"] for w in speech],
-                sampling_rate=SAMPLING_RATE,
-                transcript=[w["transcript"] for w in speech],
-                text_features=[w["text_features"] for w in speech],
-            )
+            audios = [w["audio"] for w in speech]  # checked, 16 kHz mono (`preprocess`)
+            if self.model.config.answered_by_probe:  # its answer reads the audio alone: no prompt to build
+                batch = self.processor.audio_features(audios)
+            else:
+                batch = self.processor(audios, sampling_rate=SAMPLING_RATE,
+                                       transcript=[w["transcript"] for w in speech],
+                                       text_features=[w["text_features"] for w in speech])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             batch["input_features"] = batch["input_features"].to(self.model.dtype)
             logits = answer_logits(self.model, batch).float().cpu()

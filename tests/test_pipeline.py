@@ -512,12 +512,14 @@ def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_th
     clips = [tone(1.5, 220, seed=1), tone(2.5, 330, seed=2)]
     with torch.no_grad():
         expected = model(**processor(clips)).logits.softmax(-1)  # the whole model, the LLM included
-    calls = []
+    calls, prompts = [], []
     for module in model.language_model.modules():
         module.register_forward_pre_hook(lambda *_: calls.append(1))
+    text_inputs = processor.text_inputs
+    monkeypatch.setattr(processor, "text_inputs", lambda *a, **k: prompts.append(1) or text_inputs(*a, **k))
     classifier = EmoSLLMAudioClassificationPipeline(model=model, processor=processor, detect_speech=False)
     outputs = classifier(clips, top_k=None, batch_size=2)
-    assert not calls and not heard
+    assert not calls and not heard and not prompts  # nor a prompt built for it
     torch.testing.assert_close(torch.stack([as_vector(o) for o in outputs]), expected, atol=1e-6, rtol=0)
     given = [classifier(clips[0], transcript="kids are talking by the door", top_k=None) for _ in range(2)]
     assert [r.message for r in caplog.records].count("This model's answer is its probe's (mix weight 1), which reads "
@@ -526,7 +528,7 @@ def test_a_model_answered_by_its_probe_alone_gives_its_scores_without_running_th
     assert as_vector(given[0]).tolist() == as_vector(classifier(clips[0], top_k=None)).tolist()
     model.config.mapper_config["mix_weight"] = 0.5  # the answer reads the LLM and the transcript: both run
     classifier(clips[0])
-    assert calls and len(heard) == 1
+    assert calls and len(heard) == 1 and prompts
 
 
 def test_the_llm_takes_the_shared_head_under_its_own_name_for_the_cache_and_nothing_warns():
