@@ -183,11 +183,9 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
     `AudioClassificationPipeline`, plus transcripts, long recordings and a timeline.
 
     Inputs (one, or a list of them; `batch_size` windows run through the model at once):
-        - a path to an audio file (WAV, FLAC, OGG, MP3 with soundfile; other formats with torchcodec), or an http(s)
-          URL;
+        - a path or http(s) URL of an audio file (WAV, FLAC, OGG, MP3 with soundfile; other formats with torchcodec);
         - `bytes`: the content of an audio file;
-        - a 1-D `np.ndarray` or `torch.Tensor` of float samples at the model's rate (16 kHz); 2-D arrays
-          `(channels, samples)` are mixed down;
+        - a 1-D `np.ndarray` or `torch.Tensor` of float samples at 16 kHz (2-D `(channels, samples)`: mixed down);
         - a dict `{"array" or "raw": samples, "sampling_rate": rate}` at any rate (resampled), optionally with
           `"transcript"` (str) and `"text_features"` (dict, e.g. `{"gender": "female"}`) for this input;
         - a torchcodec `AudioDecoder` (what `datasets` gives for an `Audio` column).
@@ -206,7 +204,7 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
             classified in windows of this length; `None` classifies the clip whole and a clip longer than
             `processor.max_audio_seconds` raises `ValueError`.
         hop_seconds (`float`, defaults to `segment_seconds`): the largest distance between window starts; smaller
-            values make overlapping windows (a smoother timeline, more compute).
+            values make overlapping windows (a smoother timeline, more compute); an error with `segment_seconds=None`.
         return_timeline (`bool`, defaults to `False`): return a dict instead of the list (see below).
         detect_speech (`bool`, defaults to `True`): classify only clips and windows in which the speech detector
             (`vad_emosllm`) finds at least `MIN_SPEECH_SECONDS` of speech; `False` classifies everything.
@@ -493,13 +491,10 @@ class EmoSLLMAudioClassificationPipeline(ChunkPipeline):
         speech = [w for w in windows if not w["silent"]]
         logits = iter(())
         if speech:
-            audios = [w["audio"] for w in speech]  # checked, 16 kHz mono (`preprocess`)
-            if self.model.config.answered_by_probe:  # its answer reads the audio alone: no prompt to build
-                batch = self.processor.audio_features(audios)
-            else:
-                batch = self.processor(audios, sampling_rate=SAMPLING_RATE,
-                                       transcript=[w["transcript"] for w in speech],
-                                       text_features=[w["text_features"] for w in speech])
+            audios = [w["audio"] for w in speech]  # checked, 16 kHz mono (`preprocess`); a probe's answer: no prompt
+            batch = self.processor.audio_features(audios) if self.model.config.answered_by_probe else self.processor(
+                audios, sampling_rate=SAMPLING_RATE, transcript=[w["transcript"] for w in speech],
+                text_features=[w["text_features"] for w in speech])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             batch["input_features"] = batch["input_features"].to(self.model.dtype)
             logits = answer_logits(self.model, batch).float().cpu()

@@ -67,3 +67,26 @@ def test_links_to_a_section_reach_a_heading(document):
         if anchor not in anchors:
             wrong.append(target)
     assert wrong == []
+
+
+def test_files_and_classes_stay_within_the_sizes_a_reader_takes_in():
+    """Issue #40's limits: no Python file over 600 lines, no class over 400, README.md at most 150 lines (the model
+    card), BENCHMARKS.md at most 300. A change that grows past one splits the piece or moves detail to docs/."""
+    import ast
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    files = [REPO / name for name in tracked] or [  # (a copy without git: the project's folders)
+        path for folder in (".", "training", "tests", "bench") for path in sorted((REPO / folder).glob("*.py"))]
+    too_long = []
+    for path in files:
+        text = path.read_text()
+        if len(text.splitlines()) > 600:
+            too_long.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
+        too_long += [f"{path.relative_to(REPO)}: class {node.name}, {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text))
+                     if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 400]
+    for name, limit in (("README.md", 150), ("BENCHMARKS.md", 300)):
+        if len((REPO / name).read_text().splitlines()) > limit:
+            too_long.append(f"{name}: over {limit} lines")
+    assert len(files) > 20 and too_long == []
