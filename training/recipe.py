@@ -41,7 +41,7 @@ from training.transcripts import TranscriptCache, attach_transcripts, transcribe
 logger = logging.getLogger("emosllm.train")
 
 __all__ = ["build_model", "check_asr_stage_transcripts", "check_model_args", "fold_scores", "load_trainable_state",
-           "lora_settings", "model_settings", "train_one_split", "trainable_state"]
+           "lora_settings", "model_settings", "train_one_split", "train_stages", "trainable_state"]
 
 
 # The model flags that set a mapper setting (`MAPPER_SETTINGS`): the flag's field in `ModelArguments` -> the setting.
@@ -216,13 +216,29 @@ def fold_scores(
     logger.info("Probe fold %d: the LLM trained again without its %d clips' speakers, to score them.", fold,
                 len(held_out))
     args = dataclasses.replace(training_args, resume_from_checkpoint=None)  # a given path is the saved model's
-    if data_args.asr_epochs > 0:  # the fold's speakers are read in no stage, not even for their words
-        run_stage(model, processor, args, model_args, AugmentedClips(kept, training_args.seed), None, "asr",
-                  output_dir / "stage1_asr" / f"fold_{fold}", data_args.asr_epochs, data_args.resume)
-    trainer = run_stage(model, processor, args, model_args,
-                        AugmentedClips(kept, training_args.seed, model_args.transcript_dropout), held_out, "ser",
-                        output_dir / "checkpoints" / f"fold_{fold}", training_args.num_train_epochs, data_args.resume)
+    # The fold's speakers are read in no stage, not even the ASR stage for their words.
+    trainer = train_stages(model, processor, model_args, data_args, args, kept, held_out,
+                           output_dir / "stage1_asr" / f"fold_{fold}", output_dir / "checkpoints" / f"fold_{fold}")
     return held_out_scores(trainer, held_out)
+
+
+def train_stages(model: EmoSLLMForSpeechEmotionRecognition, processor: EmoSLLMProcessor, model_args: ModelArguments,
+                 data_args: DataArguments, training_args: TrainingArguments, versions: list[list[dict]],
+                 held_out: list[dict], asr_dir: Path, ser_dir: Path):
+    """
+    The LLM's training, the same for the saved model and each cross-fitting fold: the ASR stage (with
+    `--asr_epochs`; every transcript read, none dropped) in `asr_dir`, then the SER stage in `ser_dir`, scored on
+    `held_out` during training where there are such clips. Both resumable (`--resume`).
+
+    Returns:
+        The SER stage's Trainer.
+    """
+    if data_args.asr_epochs > 0:  # the transcript is this stage's answer: never dropped (--transcript_dropout)
+        run_stage(model, processor, training_args, model_args, AugmentedClips(versions, training_args.seed), None,
+                  "asr", asr_dir, data_args.asr_epochs, data_args.resume)
+    return run_stage(model, processor, training_args, model_args,
+                     AugmentedClips(versions, training_args.seed, model_args.transcript_dropout), held_out, "ser",
+                     ser_dir, training_args.num_train_epochs, data_args.resume)
 
 
 def train_one_split(model_args, data_args, training_args, splits, output_dir: Path) -> dict:
@@ -311,14 +327,10 @@ def train_one_split(model_args, data_args, training_args, splits, output_dir: Pa
                             "choose how far its answer may depart from the probe.", unit or "clip", fold_speakers[0],
                             f"they and {len(further_folds)} more folds, each held out of the LLM's training in turn,"
                             if further_folds else "they")
-    train_clips = AugmentedClips(versions, training_args.seed, model_args.transcript_dropout)
     started = time.time()
     untrained = trainable_state(model) if further_folds else None  # where each further fold's LLM starts
-    if data_args.asr_epochs > 0:  # the transcript is this stage's answer: never dropped (--transcript_dropout)
-        run_stage(model, processor, training_args, model_args, AugmentedClips(versions, training_args.seed), None,
-                  "asr", output_dir / "stage1_asr", data_args.asr_epochs, data_args.resume)
-    trainer = run_stage(model, processor, training_args, model_args, train_clips, held_out, "ser",
-                        output_dir / "checkpoints", training_args.num_train_epochs, data_args.resume)
+    trainer = train_stages(model, processor, model_args, data_args, training_args, versions, held_out,
+                           output_dir / "stage1_asr", output_dir / "checkpoints")
     if model.config.mapper_type == "probe" and held_out:
         scores = [held_out_scores(trainer, held_out)]
         if further_folds:
